@@ -1,0 +1,1 @@
+"""ovnet manager: the gRPC server and its control loops over etcd."""

@@ -1,0 +1,143 @@
+from proto import objects_pb2 as _objects_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class AssignmentAction(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ASSIGNMENT_ACTION_UPDATE: _ClassVar[AssignmentAction]
+    ASSIGNMENT_ACTION_REMOVE: _ClassVar[AssignmentAction]
+
+class AssignmentsType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ASSIGNMENTS_TYPE_COMPLETE: _ClassVar[AssignmentsType]
+    ASSIGNMENTS_TYPE_INCREMENTAL: _ClassVar[AssignmentsType]
+ASSIGNMENT_ACTION_UPDATE: AssignmentAction
+ASSIGNMENT_ACTION_REMOVE: AssignmentAction
+ASSIGNMENTS_TYPE_COMPLETE: AssignmentsType
+ASSIGNMENTS_TYPE_INCREMENTAL: AssignmentsType
+
+class RegisterRequest(_message.Message):
+    __slots__ = ("node_id", "description", "spec")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    description: _objects_pb2.NodeDescription
+    spec: _objects_pb2.NodeSpec
+    def __init__(self, node_id: _Optional[str] = ..., description: _Optional[_Union[_objects_pb2.NodeDescription, _Mapping]] = ..., spec: _Optional[_Union[_objects_pb2.NodeSpec, _Mapping]] = ...) -> None: ...
+
+class RegisterResponse(_message.Message):
+    __slots__ = ("node_id", "heartbeat_period_ms")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_PERIOD_MS_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    heartbeat_period_ms: int
+    def __init__(self, node_id: _Optional[str] = ..., heartbeat_period_ms: _Optional[int] = ...) -> None: ...
+
+class SessionRequest(_message.Message):
+    __slots__ = ("node_id", "description")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    description: _objects_pb2.NodeDescription
+    def __init__(self, node_id: _Optional[str] = ..., description: _Optional[_Union[_objects_pb2.NodeDescription, _Mapping]] = ...) -> None: ...
+
+class Assignment(_message.Message):
+    __slots__ = ("action", "task", "network", "service")
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    NETWORK_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    action: AssignmentAction
+    task: _objects_pb2.Task
+    network: _objects_pb2.Network
+    service: _objects_pb2.Service
+    def __init__(self, action: _Optional[_Union[AssignmentAction, str]] = ..., task: _Optional[_Union[_objects_pb2.Task, _Mapping]] = ..., network: _Optional[_Union[_objects_pb2.Network, _Mapping]] = ..., service: _Optional[_Union[_objects_pb2.Service, _Mapping]] = ...) -> None: ...
+
+class AssignmentsMessage(_message.Message):
+    __slots__ = ("type", "changes", "applies_to", "results_in")
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    CHANGES_FIELD_NUMBER: _ClassVar[int]
+    APPLIES_TO_FIELD_NUMBER: _ClassVar[int]
+    RESULTS_IN_FIELD_NUMBER: _ClassVar[int]
+    type: AssignmentsType
+    changes: _containers.RepeatedCompositeFieldContainer[Assignment]
+    applies_to: int
+    results_in: int
+    def __init__(self, type: _Optional[_Union[AssignmentsType, str]] = ..., changes: _Optional[_Iterable[_Union[Assignment, _Mapping]]] = ..., applies_to: _Optional[int] = ..., results_in: _Optional[int] = ...) -> None: ...
+
+class SessionMessage(_message.Message):
+    __slots__ = ("session_id", "node_id", "heartbeat_period_ms", "managers", "assignments")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_PERIOD_MS_FIELD_NUMBER: _ClassVar[int]
+    MANAGERS_FIELD_NUMBER: _ClassVar[int]
+    ASSIGNMENTS_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    node_id: str
+    heartbeat_period_ms: int
+    managers: _containers.RepeatedScalarFieldContainer[str]
+    assignments: AssignmentsMessage
+    def __init__(self, session_id: _Optional[str] = ..., node_id: _Optional[str] = ..., heartbeat_period_ms: _Optional[int] = ..., managers: _Optional[_Iterable[str]] = ..., assignments: _Optional[_Union[AssignmentsMessage, _Mapping]] = ...) -> None: ...
+
+class HeartbeatRequest(_message.Message):
+    __slots__ = ("node_id", "session_id")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    session_id: str
+    def __init__(self, node_id: _Optional[str] = ..., session_id: _Optional[str] = ...) -> None: ...
+
+class HeartbeatResponse(_message.Message):
+    __slots__ = ("period_ms",)
+    PERIOD_MS_FIELD_NUMBER: _ClassVar[int]
+    period_ms: int
+    def __init__(self, period_ms: _Optional[int] = ...) -> None: ...
+
+class TaskStatusUpdate(_message.Message):
+    __slots__ = ("task_id", "status")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    status: _objects_pb2.TaskStatus
+    def __init__(self, task_id: _Optional[str] = ..., status: _Optional[_Union[_objects_pb2.TaskStatus, _Mapping]] = ...) -> None: ...
+
+class UpdateTaskStatusRequest(_message.Message):
+    __slots__ = ("node_id", "session_id", "updates")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    UPDATES_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    session_id: str
+    updates: _containers.RepeatedCompositeFieldContainer[TaskStatusUpdate]
+    def __init__(self, node_id: _Optional[str] = ..., session_id: _Optional[str] = ..., updates: _Optional[_Iterable[_Union[TaskStatusUpdate, _Mapping]]] = ...) -> None: ...
+
+class UpdateTaskStatusResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class PublishLogsMessage(_message.Message):
+    __slots__ = ("node_id", "session_id", "task_id", "stream", "timestamp_ms", "data")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    STREAM_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_MS_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    session_id: str
+    task_id: str
+    stream: str
+    timestamp_ms: int
+    data: bytes
+    def __init__(self, node_id: _Optional[str] = ..., session_id: _Optional[str] = ..., task_id: _Optional[str] = ..., stream: _Optional[str] = ..., timestamp_ms: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class PublishLogsResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...

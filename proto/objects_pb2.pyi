@@ -1,0 +1,405 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class EndpointMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ENDPOINT_MODE_VIP: _ClassVar[EndpointMode]
+    ENDPOINT_MODE_DNSRR: _ClassVar[EndpointMode]
+
+class Protocol(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PROTOCOL_TCP: _ClassVar[Protocol]
+    PROTOCOL_UDP: _ClassVar[Protocol]
+
+class PublishMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PUBLISH_MODE_INGRESS: _ClassVar[PublishMode]
+    PUBLISH_MODE_HOST: _ClassVar[PublishMode]
+
+class RestartCondition(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    RESTART_CONDITION_ANY: _ClassVar[RestartCondition]
+    RESTART_CONDITION_ON_FAILURE: _ClassVar[RestartCondition]
+    RESTART_CONDITION_NONE: _ClassVar[RestartCondition]
+
+class TaskState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TASK_STATE_NEW: _ClassVar[TaskState]
+    TASK_STATE_PENDING: _ClassVar[TaskState]
+    TASK_STATE_ASSIGNED: _ClassVar[TaskState]
+    TASK_STATE_ACCEPTED: _ClassVar[TaskState]
+    TASK_STATE_PREPARING: _ClassVar[TaskState]
+    TASK_STATE_STARTING: _ClassVar[TaskState]
+    TASK_STATE_RUNNING: _ClassVar[TaskState]
+    TASK_STATE_COMPLETE: _ClassVar[TaskState]
+    TASK_STATE_SHUTDOWN: _ClassVar[TaskState]
+    TASK_STATE_FAILED: _ClassVar[TaskState]
+    TASK_STATE_REJECTED: _ClassVar[TaskState]
+    TASK_STATE_REMOVE: _ClassVar[TaskState]
+    TASK_STATE_ORPHANED: _ClassVar[TaskState]
+
+class NodeRole(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    NODE_ROLE_WORKER: _ClassVar[NodeRole]
+    NODE_ROLE_MANAGER: _ClassVar[NodeRole]
+
+class NodeAvailability(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    NODE_AVAILABILITY_ACTIVE: _ClassVar[NodeAvailability]
+    NODE_AVAILABILITY_PAUSE: _ClassVar[NodeAvailability]
+    NODE_AVAILABILITY_DRAIN: _ClassVar[NodeAvailability]
+
+class NodeState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    NODE_STATE_UNKNOWN: _ClassVar[NodeState]
+    NODE_STATE_DOWN: _ClassVar[NodeState]
+    NODE_STATE_READY: _ClassVar[NodeState]
+    NODE_STATE_DISCONNECTED: _ClassVar[NodeState]
+ENDPOINT_MODE_VIP: EndpointMode
+ENDPOINT_MODE_DNSRR: EndpointMode
+PROTOCOL_TCP: Protocol
+PROTOCOL_UDP: Protocol
+PUBLISH_MODE_INGRESS: PublishMode
+PUBLISH_MODE_HOST: PublishMode
+RESTART_CONDITION_ANY: RestartCondition
+RESTART_CONDITION_ON_FAILURE: RestartCondition
+RESTART_CONDITION_NONE: RestartCondition
+TASK_STATE_NEW: TaskState
+TASK_STATE_PENDING: TaskState
+TASK_STATE_ASSIGNED: TaskState
+TASK_STATE_ACCEPTED: TaskState
+TASK_STATE_PREPARING: TaskState
+TASK_STATE_STARTING: TaskState
+TASK_STATE_RUNNING: TaskState
+TASK_STATE_COMPLETE: TaskState
+TASK_STATE_SHUTDOWN: TaskState
+TASK_STATE_FAILED: TaskState
+TASK_STATE_REJECTED: TaskState
+TASK_STATE_REMOVE: TaskState
+TASK_STATE_ORPHANED: TaskState
+NODE_ROLE_WORKER: NodeRole
+NODE_ROLE_MANAGER: NodeRole
+NODE_AVAILABILITY_ACTIVE: NodeAvailability
+NODE_AVAILABILITY_PAUSE: NodeAvailability
+NODE_AVAILABILITY_DRAIN: NodeAvailability
+NODE_STATE_UNKNOWN: NodeState
+NODE_STATE_DOWN: NodeState
+NODE_STATE_READY: NodeState
+NODE_STATE_DISCONNECTED: NodeState
+
+class Meta(_message.Message):
+    __slots__ = ("id", "version", "created_at_ms", "updated_at_ms")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    version: int
+    created_at_ms: int
+    updated_at_ms: int
+    def __init__(self, id: _Optional[str] = ..., version: _Optional[int] = ..., created_at_ms: _Optional[int] = ..., updated_at_ms: _Optional[int] = ...) -> None: ...
+
+class NetworkSpec(_message.Message):
+    __slots__ = ("name", "labels", "subnet", "gateway", "ip_range", "internal", "attachable", "encrypted", "ingress", "options")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class OptionsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    SUBNET_FIELD_NUMBER: _ClassVar[int]
+    GATEWAY_FIELD_NUMBER: _ClassVar[int]
+    IP_RANGE_FIELD_NUMBER: _ClassVar[int]
+    INTERNAL_FIELD_NUMBER: _ClassVar[int]
+    ATTACHABLE_FIELD_NUMBER: _ClassVar[int]
+    ENCRYPTED_FIELD_NUMBER: _ClassVar[int]
+    INGRESS_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    labels: _containers.ScalarMap[str, str]
+    subnet: str
+    gateway: str
+    ip_range: str
+    internal: bool
+    attachable: bool
+    encrypted: bool
+    ingress: bool
+    options: _containers.ScalarMap[str, str]
+    def __init__(self, name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., subnet: _Optional[str] = ..., gateway: _Optional[str] = ..., ip_range: _Optional[str] = ..., internal: _Optional[bool] = ..., attachable: _Optional[bool] = ..., encrypted: _Optional[bool] = ..., ingress: _Optional[bool] = ..., options: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class Network(_message.Message):
+    __slots__ = ("meta", "spec", "subnet", "gateway", "vni")
+    META_FIELD_NUMBER: _ClassVar[int]
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    SUBNET_FIELD_NUMBER: _ClassVar[int]
+    GATEWAY_FIELD_NUMBER: _ClassVar[int]
+    VNI_FIELD_NUMBER: _ClassVar[int]
+    meta: Meta
+    spec: NetworkSpec
+    subnet: str
+    gateway: str
+    vni: int
+    def __init__(self, meta: _Optional[_Union[Meta, _Mapping]] = ..., spec: _Optional[_Union[NetworkSpec, _Mapping]] = ..., subnet: _Optional[str] = ..., gateway: _Optional[str] = ..., vni: _Optional[int] = ...) -> None: ...
+
+class ReplicatedService(_message.Message):
+    __slots__ = ("replicas",)
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    replicas: int
+    def __init__(self, replicas: _Optional[int] = ...) -> None: ...
+
+class GlobalService(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class PortConfig(_message.Message):
+    __slots__ = ("name", "protocol", "target_port", "published_port", "publish_mode")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
+    TARGET_PORT_FIELD_NUMBER: _ClassVar[int]
+    PUBLISHED_PORT_FIELD_NUMBER: _ClassVar[int]
+    PUBLISH_MODE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    protocol: Protocol
+    target_port: int
+    published_port: int
+    publish_mode: PublishMode
+    def __init__(self, name: _Optional[str] = ..., protocol: _Optional[_Union[Protocol, str]] = ..., target_port: _Optional[int] = ..., published_port: _Optional[int] = ..., publish_mode: _Optional[_Union[PublishMode, str]] = ...) -> None: ...
+
+class EndpointSpec(_message.Message):
+    __slots__ = ("mode", "ports")
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    PORTS_FIELD_NUMBER: _ClassVar[int]
+    mode: EndpointMode
+    ports: _containers.RepeatedCompositeFieldContainer[PortConfig]
+    def __init__(self, mode: _Optional[_Union[EndpointMode, str]] = ..., ports: _Optional[_Iterable[_Union[PortConfig, _Mapping]]] = ...) -> None: ...
+
+class NetworkAttachmentConfig(_message.Message):
+    __slots__ = ("target", "aliases")
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    ALIASES_FIELD_NUMBER: _ClassVar[int]
+    target: str
+    aliases: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, target: _Optional[str] = ..., aliases: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class Placement(_message.Message):
+    __slots__ = ("constraints", "max_replicas_per_node")
+    CONSTRAINTS_FIELD_NUMBER: _ClassVar[int]
+    MAX_REPLICAS_PER_NODE_FIELD_NUMBER: _ClassVar[int]
+    constraints: _containers.RepeatedScalarFieldContainer[str]
+    max_replicas_per_node: int
+    def __init__(self, constraints: _Optional[_Iterable[str]] = ..., max_replicas_per_node: _Optional[int] = ...) -> None: ...
+
+class RestartPolicy(_message.Message):
+    __slots__ = ("condition", "delay_ms", "max_attempts", "window_ms")
+    CONDITION_FIELD_NUMBER: _ClassVar[int]
+    DELAY_MS_FIELD_NUMBER: _ClassVar[int]
+    MAX_ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_MS_FIELD_NUMBER: _ClassVar[int]
+    condition: RestartCondition
+    delay_ms: int
+    max_attempts: int
+    window_ms: int
+    def __init__(self, condition: _Optional[_Union[RestartCondition, str]] = ..., delay_ms: _Optional[int] = ..., max_attempts: _Optional[int] = ..., window_ms: _Optional[int] = ...) -> None: ...
+
+class UpdateConfig(_message.Message):
+    __slots__ = ("parallelism", "delay_ms")
+    PARALLELISM_FIELD_NUMBER: _ClassVar[int]
+    DELAY_MS_FIELD_NUMBER: _ClassVar[int]
+    parallelism: int
+    delay_ms: int
+    def __init__(self, parallelism: _Optional[int] = ..., delay_ms: _Optional[int] = ...) -> None: ...
+
+class ServiceSpec(_message.Message):
+    __slots__ = ("name", "labels", "command", "env", "workdir", "networks", "replicated", "endpoint", "placement", "restart_policy", "update_config")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    COMMAND_FIELD_NUMBER: _ClassVar[int]
+    ENV_FIELD_NUMBER: _ClassVar[int]
+    WORKDIR_FIELD_NUMBER: _ClassVar[int]
+    NETWORKS_FIELD_NUMBER: _ClassVar[int]
+    REPLICATED_FIELD_NUMBER: _ClassVar[int]
+    GLOBAL_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    PLACEMENT_FIELD_NUMBER: _ClassVar[int]
+    RESTART_POLICY_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_CONFIG_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    labels: _containers.ScalarMap[str, str]
+    command: _containers.RepeatedScalarFieldContainer[str]
+    env: _containers.RepeatedScalarFieldContainer[str]
+    workdir: str
+    networks: _containers.RepeatedCompositeFieldContainer[NetworkAttachmentConfig]
+    replicated: ReplicatedService
+    endpoint: EndpointSpec
+    placement: Placement
+    restart_policy: RestartPolicy
+    update_config: UpdateConfig
+    def __init__(self, name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., command: _Optional[_Iterable[str]] = ..., env: _Optional[_Iterable[str]] = ..., workdir: _Optional[str] = ..., networks: _Optional[_Iterable[_Union[NetworkAttachmentConfig, _Mapping]]] = ..., replicated: _Optional[_Union[ReplicatedService, _Mapping]] = ..., endpoint: _Optional[_Union[EndpointSpec, _Mapping]] = ..., placement: _Optional[_Union[Placement, _Mapping]] = ..., restart_policy: _Optional[_Union[RestartPolicy, _Mapping]] = ..., update_config: _Optional[_Union[UpdateConfig, _Mapping]] = ..., **kwargs) -> None: ...
+
+class VirtualIP(_message.Message):
+    __slots__ = ("network_id", "addr")
+    NETWORK_ID_FIELD_NUMBER: _ClassVar[int]
+    ADDR_FIELD_NUMBER: _ClassVar[int]
+    network_id: str
+    addr: str
+    def __init__(self, network_id: _Optional[str] = ..., addr: _Optional[str] = ...) -> None: ...
+
+class Endpoint(_message.Message):
+    __slots__ = ("spec", "ports", "virtual_ips")
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    PORTS_FIELD_NUMBER: _ClassVar[int]
+    VIRTUAL_IPS_FIELD_NUMBER: _ClassVar[int]
+    spec: EndpointSpec
+    ports: _containers.RepeatedCompositeFieldContainer[PortConfig]
+    virtual_ips: _containers.RepeatedCompositeFieldContainer[VirtualIP]
+    def __init__(self, spec: _Optional[_Union[EndpointSpec, _Mapping]] = ..., ports: _Optional[_Iterable[_Union[PortConfig, _Mapping]]] = ..., virtual_ips: _Optional[_Iterable[_Union[VirtualIP, _Mapping]]] = ...) -> None: ...
+
+class Service(_message.Message):
+    __slots__ = ("meta", "spec", "endpoint", "spec_version")
+    META_FIELD_NUMBER: _ClassVar[int]
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    SPEC_VERSION_FIELD_NUMBER: _ClassVar[int]
+    meta: Meta
+    spec: ServiceSpec
+    endpoint: Endpoint
+    spec_version: int
+    def __init__(self, meta: _Optional[_Union[Meta, _Mapping]] = ..., spec: _Optional[_Union[ServiceSpec, _Mapping]] = ..., endpoint: _Optional[_Union[Endpoint, _Mapping]] = ..., spec_version: _Optional[int] = ...) -> None: ...
+
+class TaskStatus(_message.Message):
+    __slots__ = ("state", "timestamp_ms", "message", "err", "exit_code", "pid")
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_MS_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    ERR_FIELD_NUMBER: _ClassVar[int]
+    EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    state: TaskState
+    timestamp_ms: int
+    message: str
+    err: str
+    exit_code: int
+    pid: int
+    def __init__(self, state: _Optional[_Union[TaskState, str]] = ..., timestamp_ms: _Optional[int] = ..., message: _Optional[str] = ..., err: _Optional[str] = ..., exit_code: _Optional[int] = ..., pid: _Optional[int] = ...) -> None: ...
+
+class NetworkAttachment(_message.Message):
+    __slots__ = ("network_id", "addresses", "aliases")
+    NETWORK_ID_FIELD_NUMBER: _ClassVar[int]
+    ADDRESSES_FIELD_NUMBER: _ClassVar[int]
+    ALIASES_FIELD_NUMBER: _ClassVar[int]
+    network_id: str
+    addresses: _containers.RepeatedScalarFieldContainer[str]
+    aliases: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, network_id: _Optional[str] = ..., addresses: _Optional[_Iterable[str]] = ..., aliases: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class TaskSpec(_message.Message):
+    __slots__ = ("command", "env", "workdir")
+    COMMAND_FIELD_NUMBER: _ClassVar[int]
+    ENV_FIELD_NUMBER: _ClassVar[int]
+    WORKDIR_FIELD_NUMBER: _ClassVar[int]
+    command: _containers.RepeatedScalarFieldContainer[str]
+    env: _containers.RepeatedScalarFieldContainer[str]
+    workdir: str
+    def __init__(self, command: _Optional[_Iterable[str]] = ..., env: _Optional[_Iterable[str]] = ..., workdir: _Optional[str] = ...) -> None: ...
+
+class Task(_message.Message):
+    __slots__ = ("meta", "service_id", "service_name", "slot", "node_id", "spec", "spec_version", "desired_state", "status", "networks", "endpoint_mode", "not_before_ms")
+    META_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_NAME_FIELD_NUMBER: _ClassVar[int]
+    SLOT_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    SPEC_VERSION_FIELD_NUMBER: _ClassVar[int]
+    DESIRED_STATE_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    NETWORKS_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINT_MODE_FIELD_NUMBER: _ClassVar[int]
+    NOT_BEFORE_MS_FIELD_NUMBER: _ClassVar[int]
+    meta: Meta
+    service_id: str
+    service_name: str
+    slot: int
+    node_id: str
+    spec: TaskSpec
+    spec_version: int
+    desired_state: TaskState
+    status: TaskStatus
+    networks: _containers.RepeatedCompositeFieldContainer[NetworkAttachment]
+    endpoint_mode: EndpointMode
+    not_before_ms: int
+    def __init__(self, meta: _Optional[_Union[Meta, _Mapping]] = ..., service_id: _Optional[str] = ..., service_name: _Optional[str] = ..., slot: _Optional[int] = ..., node_id: _Optional[str] = ..., spec: _Optional[_Union[TaskSpec, _Mapping]] = ..., spec_version: _Optional[int] = ..., desired_state: _Optional[_Union[TaskState, str]] = ..., status: _Optional[_Union[TaskStatus, _Mapping]] = ..., networks: _Optional[_Iterable[_Union[NetworkAttachment, _Mapping]]] = ..., endpoint_mode: _Optional[_Union[EndpointMode, str]] = ..., not_before_ms: _Optional[int] = ...) -> None: ...
+
+class NodeSpec(_message.Message):
+    __slots__ = ("labels", "role", "availability")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    AVAILABILITY_FIELD_NUMBER: _ClassVar[int]
+    labels: _containers.ScalarMap[str, str]
+    role: NodeRole
+    availability: NodeAvailability
+    def __init__(self, labels: _Optional[_Mapping[str, str]] = ..., role: _Optional[_Union[NodeRole, str]] = ..., availability: _Optional[_Union[NodeAvailability, str]] = ...) -> None: ...
+
+class NodeDescription(_message.Message):
+    __slots__ = ("hostname", "addr", "platform", "agent_version")
+    HOSTNAME_FIELD_NUMBER: _ClassVar[int]
+    ADDR_FIELD_NUMBER: _ClassVar[int]
+    PLATFORM_FIELD_NUMBER: _ClassVar[int]
+    AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    hostname: str
+    addr: str
+    platform: str
+    agent_version: str
+    def __init__(self, hostname: _Optional[str] = ..., addr: _Optional[str] = ..., platform: _Optional[str] = ..., agent_version: _Optional[str] = ...) -> None: ...
+
+class NodeStatus(_message.Message):
+    __slots__ = ("state", "message", "last_heartbeat_ms")
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    LAST_HEARTBEAT_MS_FIELD_NUMBER: _ClassVar[int]
+    state: NodeState
+    message: str
+    last_heartbeat_ms: int
+    def __init__(self, state: _Optional[_Union[NodeState, str]] = ..., message: _Optional[str] = ..., last_heartbeat_ms: _Optional[int] = ...) -> None: ...
+
+class Node(_message.Message):
+    __slots__ = ("meta", "spec", "description", "status")
+    META_FIELD_NUMBER: _ClassVar[int]
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    meta: Meta
+    spec: NodeSpec
+    description: NodeDescription
+    status: NodeStatus
+    def __init__(self, meta: _Optional[_Union[Meta, _Mapping]] = ..., spec: _Optional[_Union[NodeSpec, _Mapping]] = ..., description: _Optional[_Union[NodeDescription, _Mapping]] = ..., status: _Optional[_Union[NodeStatus, _Mapping]] = ...) -> None: ...
