@@ -1,0 +1,79 @@
+"""What a manager holds while it leads: the store, the in-memory state, the allocator.
+
+All writers (control API, reconciler, dispatcher) serialize on `lock` and commit through
+`commit`, which writes to etcd first and mirrors into memory only once etcd has accepted it; that
+keeps the allocator and the state exactly in step with what is stored, and lets the dispatcher
+and reconciler be told what changed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import string
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from manager.allocator import Allocator
+from manager.state import ClusterState
+from manager.store import Batch, Store
+
+_ID_ALPHABET = string.ascii_lowercase + string.digits
+
+
+def new_id() -> str:
+    """25 random base-36 characters, like swarmkit's IDs (~129 bits)."""
+    return "".join(secrets.choice(_ID_ALPHABET) for _ in range(25))
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass
+class ManagerConfig:
+    default_pools: tuple[str, ...] = ("10.0.0.0/8",)
+    default_subnet_size: int = 24
+    heartbeat_period_ms: int = 5000
+    # A node is down after this many missed heartbeat periods.
+    heartbeat_grace: float = 3.0
+    task_history_limit: int = 5
+    reconcile_interval: float = 1.0
+
+
+Listener = Callable[[Batch], None]
+
+
+class Cluster:
+    def __init__(self, store: Store, state: ClusterState, config: ManagerConfig) -> None:
+        self.store = store
+        self.state = state
+        self.config = config
+        self.lock = asyncio.Lock()
+        self.allocator = Allocator(pools=config.default_pools,
+                                   subnet_size=config.default_subnet_size)
+        self.allocator.restore(state.networks.values(), state.services.values(),
+                               state.tasks.values())
+        self._listeners: list[Listener] = []
+
+    @classmethod
+    async def load(cls, store: Store, config: ManagerConfig) -> Cluster:
+        snap = await store.load()
+        return cls(store, ClusterState.from_snapshot(snap), config)
+
+    def subscribe(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    async def commit(self, batch: Batch) -> int:
+        """Write `batch` to etcd, then to memory, then tell listeners. Callers hold `lock`."""
+        rev = await self.store.commit(batch)
+        self.state.apply(batch, rev)
+        for listener in self._listeners:
+            listener(batch)
+        return rev
+
+    async def commit_chunked(self, batches: list[Batch]) -> None:
+        for batch in batches:
+            if len(batch):
+                await self.commit(batch)

@@ -1,0 +1,294 @@
+"""The Control service: what `ovctl` calls.
+
+Each write validates first, allocates in memory, commits one etcd transaction, and only then
+becomes visible; if the commit fails the allocation is released, so a refused or failed request
+leaves etcd and the allocator exactly as they were.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
+
+from manager.cluster import Cluster, new_id, now_ms
+from manager.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from manager.logbroker import LogBroker
+from manager.scheduler import parse_constraints
+from manager.store import Batch
+from manager.validation import check_labels, check_service_spec, normalize_network_spec
+from proto import control_pb2 as cpb
+from proto import objects_pb2 as pb
+
+RUNNING = pb.TASK_STATE_RUNNING
+
+
+def _matches_filters(name: str, labels: Any, name_prefixes: Iterable[str],
+                     label_filters: Iterable[str]) -> bool:
+    prefixes = list(name_prefixes)
+    if prefixes and not any(name.startswith(p) for p in prefixes):
+        return False
+    for f in label_filters:
+        key, sep, value = f.partition("=")
+        if key not in labels or (sep and labels[key] != value):
+            return False
+    return True
+
+
+def task_spec_of(spec: pb.ServiceSpec) -> tuple[Any, ...]:
+    """What a running task is made from: a change here means tasks must be replaced."""
+    return (tuple(spec.command), tuple(spec.env), spec.workdir,
+            tuple((n.target, tuple(n.aliases)) for n in spec.networks))
+
+
+class ControlAPI:
+    """RPC bodies over a leading Cluster; the gRPC edge (server.py) maps errors to statuses."""
+
+    def __init__(self, cluster: Cluster, logs: LogBroker, kick: Any) -> None:
+        self.cluster = cluster
+        self.state = cluster.state
+        self.logs = logs
+        self._kick = kick
+
+    # ------------------------------------------------------------------ networks
+
+    async def create_network(self, req: cpb.CreateNetworkRequest) -> cpb.CreateNetworkResponse:
+        spec = pb.NetworkSpec()
+        spec.CopyFrom(req.spec)
+        normalize_network_spec(spec)
+        async with self.cluster.lock:
+            existing = self.state.names["networks"].get(spec.name)
+            if existing is not None:
+                raise AlreadyExists(f"network {spec.name!r} already exists (ID {existing})")
+            if spec.ingress:
+                for other in self.state.networks.values():
+                    if other.spec.ingress:
+                        raise AlreadyExists(
+                            f"an ingress network already exists: {other.spec.name!r}; "
+                            "a cluster has only one")
+            net_id = new_id()
+            alloc = self.cluster.allocator.allocate_network(net_id, spec)
+            now = now_ms()
+            net = pb.Network(meta=pb.Meta(id=net_id, created_at_ms=now, updated_at_ms=now),
+                             spec=spec, subnet=alloc.subnet, gateway=alloc.gateway, vni=alloc.vni)
+            batch = Batch().create("networks", net).claim_name("networks", spec.name, net_id)
+            try:
+                await self.cluster.commit(batch)
+            except BaseException:
+                self.cluster.allocator.release_network(net)
+                raise
+        return cpb.CreateNetworkResponse(network=net)
+
+    async def get_network(self, req: cpb.GetNetworkRequest) -> cpb.GetNetworkResponse:
+        return cpb.GetNetworkResponse(network=self.state.resolve("networks", req.network_ref))
+
+    async def list_networks(self, req: cpb.ListNetworksRequest) -> cpb.ListNetworksResponse:
+        nets = [n for n in self.state.networks.values()
+                if _matches_filters(n.spec.name, n.spec.labels, req.name_prefixes, req.labels)]
+        nets.sort(key=lambda n: n.spec.name)
+        return cpb.ListNetworksResponse(networks=nets)
+
+    async def remove_network(self, req: cpb.RemoveNetworkRequest) -> cpb.RemoveNetworkResponse:
+        async with self.cluster.lock:
+            net: pb.Network = self.state.resolve("networks", req.network_ref)
+            users = sorted(s.spec.name for s in self.state.services.values()
+                           if any(a.target == net.meta.id for a in s.spec.networks))
+            if users:
+                raise FailedPrecondition(
+                    f"network {net.spec.name!r} is in use by service(s) {', '.join(users)}: "
+                    "remove them or detach them from the network first")
+            attached = [t for t in self.state.tasks.values()
+                        if any(a.network_id == net.meta.id for a in t.networks)]
+            if attached:
+                raise FailedPrecondition(
+                    f"network {net.spec.name!r} still has {len(attached)} task(s) attached "
+                    "that are shutting down; retry in a moment")
+            batch = Batch().delete("networks", net.meta.id).release_name("networks",
+                                                                         net.spec.name)
+            await self.cluster.commit(batch)
+            self.cluster.allocator.release_network(net)
+        return cpb.RemoveNetworkResponse()
+
+    # ------------------------------------------------------------------ services
+
+    def _resolve_service_spec(self, spec: pb.ServiceSpec) -> list[str]:
+        """Validate against cluster state; rewrite network targets to IDs (stored specs never
+        depend on names, which can be reused). Returns the attached network IDs."""
+        check_service_spec(spec)
+        parse_constraints(list(spec.placement.constraints))
+        ids = []
+        for att in spec.networks:
+            try:
+                net: pb.Network = self.state.resolve("networks", att.target)
+            except NotFound:
+                raise NotFound(
+                    f"network {att.target!r} not found: create it with "
+                    f"'ovctl network create {att.target}' first") from None
+            if net.spec.ingress:
+                raise InvalidArgument(
+                    f"network {net.spec.name!r} is the ingress network; services reach it by "
+                    "publishing ports, not by attaching to it")
+            att.target = net.meta.id
+            ids.append(net.meta.id)
+        if len(set(ids)) != len(ids):
+            raise InvalidArgument("the same network is attached more than once")
+        return ids
+
+    async def create_service(self, req: cpb.CreateServiceRequest) -> cpb.CreateServiceResponse:
+        spec = pb.ServiceSpec()
+        spec.CopyFrom(req.spec)
+        async with self.cluster.lock:
+            network_ids = self._resolve_service_spec(spec)
+            existing = self.state.names["services"].get(spec.name)
+            if existing is not None:
+                raise AlreadyExists(f"service {spec.name!r} already exists (ID {existing})")
+            svc_id = new_id()
+            endpoint = self.cluster.allocator.allocate_service(svc_id, spec, network_ids)
+            now = now_ms()
+            svc = pb.Service(meta=pb.Meta(id=svc_id, created_at_ms=now, updated_at_ms=now),
+                             spec=spec, endpoint=endpoint, spec_version=1)
+            batch = Batch().create("services", svc).claim_name("services", spec.name, svc_id)
+            try:
+                await self.cluster.commit(batch)
+            except BaseException:
+                self.cluster.allocator.release_endpoint(svc_id, endpoint)
+                raise
+        self._kick(svc_id)
+        return cpb.CreateServiceResponse(service=svc)
+
+    async def get_service(self, req: cpb.GetServiceRequest) -> cpb.GetServiceResponse:
+        return cpb.GetServiceResponse(service=self.state.resolve("services", req.service_ref))
+
+    async def list_services(self, req: cpb.ListServicesRequest) -> cpb.ListServicesResponse:
+        resp = cpb.ListServicesResponse()
+        svcs = [s for s in self.state.services.values()
+                if _matches_filters(s.spec.name, s.spec.labels, req.name_prefixes, req.labels)]
+        svcs.sort(key=lambda s: s.spec.name)
+        for svc in svcs:
+            tasks = self.state.service_tasks(svc.meta.id)
+            running = sum(1 for t in tasks
+                          if t.desired_state == RUNNING and t.status.state == RUNNING)
+            if svc.spec.WhichOneof("mode") == "global":
+                desired = sum(1 for t in tasks if t.desired_state == RUNNING)
+            else:
+                desired = svc.spec.replicated.replicas
+            resp.services.append(svc)
+            resp.running_tasks[svc.meta.id] = running
+            resp.desired_tasks[svc.meta.id] = desired
+        return resp
+
+    async def update_service(self, req: cpb.UpdateServiceRequest) -> cpb.UpdateServiceResponse:
+        async with self.cluster.lock:
+            cur: pb.Service = self.state.resolve("services", req.service_ref)
+            if req.version != cur.meta.version:
+                raise FailedPrecondition(
+                    f"update out of sequence: service {cur.spec.name!r} is at version "
+                    f"{cur.meta.version}, the update was based on version {req.version}; "
+                    "read it again and retry")
+            spec = pb.ServiceSpec()
+            spec.CopyFrom(req.spec)
+            if spec.name != cur.spec.name:
+                raise InvalidArgument(
+                    f"a service cannot be renamed ({cur.spec.name!r} -> {spec.name!r}): "
+                    "create a new service instead")
+            if spec.WhichOneof("mode") is None:
+                spec.replicated.replicas = 1
+            if spec.WhichOneof("mode") != cur.spec.WhichOneof("mode"):
+                raise InvalidArgument(
+                    f"service {cur.spec.name!r} is {cur.spec.WhichOneof('mode')}; its mode "
+                    "cannot be changed")
+            network_ids = self._resolve_service_spec(spec)
+            endpoint = self.cluster.allocator.reallocate_service(cur, spec, network_ids)
+            svc = pb.Service()
+            svc.CopyFrom(cur)
+            svc.spec.CopyFrom(spec)
+            svc.endpoint.CopyFrom(endpoint)
+            svc.meta.updated_at_ms = now_ms()
+            if task_spec_of(spec) != task_spec_of(cur.spec):
+                svc.spec_version = cur.spec_version + 1
+            try:
+                await self.cluster.commit(Batch().update("services", svc))
+            except BaseException:
+                # Undo: put the old endpoint's allocations back.
+                self.cluster.allocator.reallocate_service(svc, cur.spec,
+                                                          [a.target for a in cur.spec.networks])
+                raise
+        self._kick(svc.meta.id)
+        return cpb.UpdateServiceResponse(service=svc)
+
+    async def remove_service(self, req: cpb.RemoveServiceRequest) -> cpb.RemoveServiceResponse:
+        async with self.cluster.lock:
+            svc: pb.Service = self.state.resolve("services", req.service_ref)
+            batch = Batch().delete("services", svc.meta.id).release_name("services",
+                                                                         svc.spec.name)
+            await self.cluster.commit(batch)
+            self.cluster.allocator.release_service(svc)
+        self._kick(svc.meta.id)
+        return cpb.RemoveServiceResponse()
+
+    async def service_logs(self, req: cpb.ServiceLogsRequest) -> AsyncIterator[cpb.LogLine]:
+        svc: pb.Service = self.state.resolve("services", req.service_ref)
+        task_ids = {t.meta.id for t in self.state.service_tasks(svc.meta.id)}
+        for line in self.logs.lines(task_ids, int(req.tail)):
+            yield line
+
+    # ------------------------------------------------------------------ tasks
+
+    async def get_task(self, req: cpb.GetTaskRequest) -> cpb.GetTaskResponse:
+        return cpb.GetTaskResponse(task=self.state.resolve("tasks", req.task_ref))
+
+    async def list_tasks(self, req: cpb.ListTasksRequest) -> cpb.ListTasksResponse:
+        tasks: Iterable[pb.Task]
+        if req.service_refs:
+            ids = [self.state.resolve("services", r).meta.id for r in req.service_refs]
+            tasks = [t for i in ids for t in self.state.service_tasks(i)]
+        else:
+            tasks = self.state.tasks.values()
+        if req.node_refs:
+            nodes = {self.state.resolve("nodes", r).meta.id for r in req.node_refs}
+            tasks = [t for t in tasks if t.node_id in nodes]
+        if req.desired_states:
+            wanted = set(req.desired_states)
+            tasks = [t for t in tasks if t.desired_state in wanted]
+        ordered = sorted(tasks, key=lambda t: (t.service_name, t.slot, t.node_id,
+                                               -t.meta.created_at_ms))
+        return cpb.ListTasksResponse(tasks=ordered)
+
+    # ------------------------------------------------------------------ nodes
+
+    async def get_node(self, req: cpb.GetNodeRequest) -> cpb.GetNodeResponse:
+        return cpb.GetNodeResponse(node=self.state.resolve("nodes", req.node_ref))
+
+    async def list_nodes(self, req: cpb.ListNodesRequest) -> cpb.ListNodesResponse:
+        nodes = [n for n in self.state.nodes.values()
+                 if _matches_filters(n.description.hostname, n.spec.labels, req.name_prefixes,
+                                     req.labels)]
+        nodes.sort(key=lambda n: (n.description.hostname, n.meta.id))
+        return cpb.ListNodesResponse(nodes=nodes)
+
+    async def update_node(self, req: cpb.UpdateNodeRequest) -> cpb.UpdateNodeResponse:
+        check_labels("node", dict(req.spec.labels))
+        async with self.cluster.lock:
+            cur: pb.Node = self.state.resolve("nodes", req.node_ref)
+            if req.version != cur.meta.version:
+                raise FailedPrecondition(
+                    f"update out of sequence: node {cur.description.hostname!r} is at version "
+                    f"{cur.meta.version}, the update was based on version {req.version}; "
+                    "read it again and retry")
+            node = pb.Node()
+            node.CopyFrom(cur)
+            node.spec.CopyFrom(req.spec)
+            node.meta.updated_at_ms = now_ms()
+            await self.cluster.commit(Batch().update("nodes", node))
+        self._kick(None)
+        return cpb.UpdateNodeResponse(node=node)
+
+    async def remove_node(self, req: cpb.RemoveNodeRequest) -> cpb.RemoveNodeResponse:
+        async with self.cluster.lock:
+            node: pb.Node = self.state.resolve("nodes", req.node_ref)
+            if node.status.state == pb.NODE_STATE_READY and not req.force:
+                raise FailedPrecondition(
+                    f"node {node.description.hostname!r} ({node.meta.id}) is not down and can't "
+                    "be removed: stop its agent first, or use --force")
+            await self.cluster.commit(Batch().delete("nodes", node.meta.id))
+        self._kick(None)
+        return cpb.RemoveNodeResponse()

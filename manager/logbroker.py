@@ -1,0 +1,37 @@
+"""Task output that agents publish, kept in memory for `ovctl service logs`.
+
+Logs are not desired state, so they never go to etcd: each task keeps its last lines in a bounded
+ring on the leader (agents keep full log files on their hosts). A leader change loses the rings;
+agents resend what is still in their files when they reconnect.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable, Iterator
+
+from proto import control_pb2 as cpb
+
+
+class LogBroker:
+    def __init__(self, lines_per_task: int = 1000) -> None:
+        self.lines_per_task = lines_per_task
+        self._rings: dict[str, deque[cpb.LogLine]] = {}
+
+    def publish(self, line: cpb.LogLine) -> None:
+        ring = self._rings.get(line.task_id)
+        if ring is None:
+            ring = self._rings[line.task_id] = deque(maxlen=self.lines_per_task)
+        ring.append(line)
+
+    def forget(self, task_ids: Iterable[str]) -> None:
+        for task_id in task_ids:
+            self._rings.pop(task_id, None)
+
+    def lines(self, task_ids: Iterable[str], tail: int = 0) -> Iterator[cpb.LogLine]:
+        """Lines of these tasks in time order; `tail` > 0 keeps only the last `tail` overall."""
+        merged = sorted((ln for t in task_ids for ln in self._rings.get(t, ())),
+                        key=lambda ln: ln.timestamp_ms)
+        if tail > 0:
+            merged = merged[-tail:]
+        yield from merged

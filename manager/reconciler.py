@@ -1,0 +1,238 @@
+"""The leader's control loop: services -> tasks (orchestrator) -> addresses (allocator) ->
+nodes (scheduler).
+
+Each pass reads the in-memory state, asks the pure cores what to change, and commits the result
+in etcd transactions of bounded size. Passes run when something is kicked (a service or node
+changed) and periodically in full, so a lost kick or a crash mid-way is repaired by the next pass
+rather than remembered: after a restart the first full pass finishes whatever was half done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+
+from manager.cluster import Cluster, new_id, now_ms
+from manager.errors import OvnetError, Unavailable
+from manager.logbroker import LogBroker
+from manager.orchestrator import NewTask, reconcile_removed_service, reconcile_service
+from manager.scheduler import schedule
+from manager.store import Batch, Store
+from proto import objects_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+PENDING = pb.TASK_STATE_PENDING
+
+
+def _chunks(items: Sequence[pb.Task], size: int) -> list[Sequence[pb.Task]]:
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+class Reconciler:
+    def __init__(self, cluster: Cluster, logs: LogBroker) -> None:
+        self.cluster = cluster
+        self.state = cluster.state
+        self.logs = logs
+        self._dirty: set[str] = set()
+        self._full = True
+        self._wake = asyncio.Event()
+        self.passes = 0
+
+    def kick(self, service_id: str | None = None) -> None:
+        """Ask for a pass over one service, or (None) over everything."""
+        if service_id is None:
+            self._full = True
+        else:
+            self._dirty.add(service_id)
+        self._wake.set()
+
+    async def run(self) -> None:
+        interval = self.cluster.config.reconcile_interval
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), interval)
+            except TimeoutError:
+                self._full = True
+            self._wake.clear()
+            try:
+                await self.reconcile()
+            except Unavailable:
+                raise
+            except OvnetError as e:
+                log.warning("reconcile pass failed, retrying: %s", e.message)
+            except Exception:
+                log.exception("reconcile pass failed, retrying")
+
+    async def reconcile(self) -> None:
+        async with self.cluster.lock:
+            full, dirty = self._full, self._dirty
+            self._full, self._dirty = False, set()
+            await self._orchestrate(full, dirty)
+            await self._allocate_new()
+            await self._schedule()
+            self.passes += 1
+
+    # ------------------------------------------------------------------ phases
+
+    async def _orchestrate(self, full: bool, dirty: set[str]) -> None:
+        state = self.state
+        now = now_ms()
+        nodes = list(state.nodes.values())
+        candidates = set(state.services) | set(state.tasks_by_service) if full else dirty
+        creates: list[pb.Task] = []
+        updates: list[pb.Task] = []
+        deletes: list[pb.Task] = []
+        for sid in sorted(candidates):
+            svc = state.services.get(sid)
+            tasks = state.service_tasks(sid)
+            if svc is None:
+                to_remove, deletable = reconcile_removed_service(tasks, state.nodes)
+                deletes += [state.tasks[t] for t in deletable]
+                updates += [_with_desired(state.tasks[t], pb.TASK_STATE_REMOVE)
+                            for t in to_remove if t not in deletable]
+                continue
+            plan = reconcile_service(svc, tasks, nodes, now,
+                                     history_limit=self.cluster.config.task_history_limit)
+            updates += [_with_desired(state.tasks[t], pb.TASK_STATE_SHUTDOWN)
+                        for t in plan.shutdown]
+            deletes += [state.tasks[t] for t in plan.delete]
+            creates += [self._new_task(svc, nt, now) for nt in plan.create]
+        await self._write(creates, updates, deletes)
+
+    async def _allocate_new(self) -> None:
+        """Tasks whose addresses could not be allocated when they were made (pool full) retry."""
+        retry = [t for t in self.state.tasks.values()
+                 if t.status.state == pb.TASK_STATE_NEW and t.desired_state <= pb.TASK_STATE_RUNNING]
+        for cur in retry:
+            task = pb.Task()
+            task.CopyFrom(cur)
+            if not self._allocate(task):
+                continue
+            try:
+                await self.cluster.commit(Batch().update("tasks", task))
+            except BaseException:
+                self.cluster.allocator.release_task(task)
+                raise
+
+    async def _schedule(self) -> None:
+        state = self.state
+        now = now_ms()
+        pending, running = [], []
+        for t in state.tasks.values():
+            if t.desired_state > pb.TASK_STATE_RUNNING:
+                continue
+            if t.status.state == PENDING and t.not_before_ms <= now:
+                pending.append(t)
+            elif pb.TASK_STATE_ASSIGNED <= t.status.state <= pb.TASK_STATE_RUNNING:
+                running.append(t)
+        if not pending:
+            return
+        preset = [t for t in pending if t.node_id]
+        result = schedule([t for t in pending if not t.node_id], list(state.nodes.values()),
+                          running, state.services)
+        updates = []
+        for t in preset:
+            updates.append(_assigned(t, t.node_id, now))
+        for task_id, node_id in result.assignments.items():
+            updates.append(_assigned(state.tasks[task_id], node_id, now))
+        for task_id, message in result.unschedulable.items():
+            cur = state.tasks[task_id]
+            if cur.status.message != message:
+                task = pb.Task()
+                task.CopyFrom(cur)
+                task.status.message = message
+                task.status.timestamp_ms = now
+                updates.append(task)
+        await self._write([], updates, [])
+
+    # ------------------------------------------------------------------ helpers
+
+    def _new_task(self, svc: pb.Service, nt: NewTask, now: int) -> pb.Task:
+        spec = svc.spec
+        task = pb.Task(
+            meta=pb.Meta(id=new_id(), created_at_ms=now, updated_at_ms=now),
+            service_id=svc.meta.id, service_name=spec.name, slot=nt.slot, node_id=nt.node_id,
+            spec=pb.TaskSpec(command=spec.command, env=spec.env, workdir=spec.workdir),
+            spec_version=svc.spec_version, desired_state=pb.TASK_STATE_RUNNING,
+            status=pb.TaskStatus(state=pb.TASK_STATE_NEW, timestamp_ms=now, message="created"),
+            endpoint_mode=spec.endpoint.mode, not_before_ms=nt.not_before_ms,
+        )
+        for att in spec.networks:
+            task.networks.append(pb.NetworkAttachment(network_id=att.target,
+                                                      aliases=att.aliases))
+        self._allocate(task)
+        return task
+
+    def _allocate(self, task: pb.Task) -> bool:
+        """Give the task its addresses and move it to PENDING; on failure it stays NEW with the
+        reason in its status, and a later pass retries."""
+        try:
+            addrs = self.cluster.allocator.allocate_task([a.network_id for a in task.networks])
+        except OvnetError as e:
+            task.status.err = e.message
+            return False
+        for att, addr in zip(task.networks, addrs, strict=True):
+            del att.addresses[:]
+            att.addresses.append(addr)
+        task.status.state = PENDING
+        task.status.message = "pending task scheduling"
+        task.status.err = ""
+        return True
+
+    async def _write(self, creates: list[pb.Task], updates: list[pb.Task],
+                     deletes: list[pb.Task]) -> None:
+        """Commit in bounded transactions. Allocations of tasks that could not be stored are
+        released; those of deleted tasks only once the deletion is stored."""
+        size = Store.MAX_OPS
+        created = {t.meta.id for t in creates}
+        failed: list[pb.Task] = []
+        try:
+            for chunk in _chunks(creates, size):
+                batch = Batch()
+                for t in chunk:
+                    batch.create("tasks", t)
+                try:
+                    await self.cluster.commit(batch)
+                except BaseException:
+                    failed = [t for t in creates if t.meta.id in created]
+                    raise
+                created -= {t.meta.id for t in chunk}
+            for chunk in _chunks(updates, size):
+                batch = Batch()
+                for t in chunk:
+                    batch.update("tasks", t)
+                await self.cluster.commit(batch)
+            for chunk in _chunks(deletes, size):
+                batch = Batch()
+                for t in chunk:
+                    batch.delete("tasks", t.meta.id)
+                await self.cluster.commit(batch)
+                for t in chunk:
+                    self.cluster.allocator.release_task(t)
+                self.logs.forget(t.meta.id for t in chunk)
+        except BaseException:
+            for t in failed:
+                if t.status.state != pb.TASK_STATE_NEW:
+                    self.cluster.allocator.release_task(t)
+            raise
+
+
+def _with_desired(cur: pb.Task, desired: int) -> pb.Task:
+    task = pb.Task()
+    task.CopyFrom(cur)
+    task.desired_state = desired  # type: ignore[assignment]
+    task.meta.updated_at_ms = now_ms()
+    return task
+
+
+def _assigned(cur: pb.Task, node_id: str, now: int) -> pb.Task:
+    task = pb.Task()
+    task.CopyFrom(cur)
+    task.node_id = node_id
+    task.status.state = pb.TASK_STATE_ASSIGNED
+    task.status.message = "scheduled on node"
+    task.status.timestamp_ms = now
+    task.meta.updated_at_ms = now
+    return task

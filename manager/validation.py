@@ -1,0 +1,102 @@
+"""Checks on what users send, before anything is allocated or written.
+
+Pure functions: each raises InvalidArgument with a message that names the bad value and says
+what would be accepted, because that message is all `ovctl` shows.
+"""
+
+from __future__ import annotations
+
+import re
+
+from manager.errors import InvalidArgument
+from proto import objects_pb2 as pb
+
+MAX_NAME = 63
+MAX_REPLICAS = 10_000
+# Docker's rule for object names; services additionally become DNS labels, so no dots there.
+_NETWORK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_SERVICE_NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?$")
+_LABEL_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-/]*$")
+_ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+TRUE_WORDS = {"", "true", "1", "yes", "on"}
+FALSE_WORDS = {"false", "0", "no", "off"}
+
+
+def check_name(kind: str, name: str, *, dns: bool = False) -> None:
+    if not name:
+        raise InvalidArgument(f"{kind} name must not be empty")
+    if len(name) > MAX_NAME:
+        raise InvalidArgument(
+            f"{kind} name {name[:20]!r}... is {len(name)} characters long; at most {MAX_NAME} "
+            "are allowed")
+    pattern = _SERVICE_NAME if dns else _NETWORK_NAME
+    if not pattern.match(name):
+        allowed = ("letters, digits and '-', starting and ending with a letter or digit"
+                   if dns else "letters, digits, '_', '.' and '-', starting with a letter or digit")
+        raise InvalidArgument(f"invalid {kind} name {name!r}: use {allowed}")
+
+
+def check_labels(kind: str, labels: dict[str, str]) -> None:
+    for key in labels:
+        if not _LABEL_KEY.match(key) or len(key) > 255:
+            raise InvalidArgument(
+                f"invalid {kind} label key {key!r}: use letters, digits, '_', '.', '-' and '/'")
+
+
+def normalize_network_spec(spec: pb.NetworkSpec) -> None:
+    """Lift `--opt encrypted[=true]` into the typed field, as the overlay driver reads it."""
+    check_name("network", spec.name)
+    check_labels("network", dict(spec.labels))
+    if "encrypted" in spec.options:
+        value = spec.options["encrypted"].strip().lower()
+        if value in TRUE_WORDS:
+            spec.encrypted = True
+        elif value not in FALSE_WORDS:
+            raise InvalidArgument(
+                f"invalid value {spec.options['encrypted']!r} for option 'encrypted': "
+                "use true or false")
+        del spec.options["encrypted"]
+    if spec.ingress and spec.internal:
+        raise InvalidArgument("an ingress network cannot be internal: it carries published ports")
+
+
+def check_service_spec(spec: pb.ServiceSpec) -> None:
+    """Structural checks that need no cluster state (networks, ports and constraints are checked
+    where that state lives: the control API, the allocator and the scheduler)."""
+    check_name("service", spec.name, dns=True)
+    check_labels("service", dict(spec.labels))
+    if not spec.command or not spec.command[0]:
+        raise InvalidArgument(
+            f"service {spec.name!r} has no command: give one after '--', e.g. "
+            "ovctl service create --name web -- python3 -m http.server 80")
+    for item in spec.env:
+        key, sep, _ = item.partition("=")
+        if not sep or not _ENV_KEY.match(key):
+            raise InvalidArgument(
+                f"invalid environment variable {item!r}: use KEY=VALUE with KEY made of letters, "
+                "digits and '_'")
+    if spec.WhichOneof("mode") is None:
+        spec.replicated.replicas = 1
+    if spec.WhichOneof("mode") == "replicated" and spec.replicated.replicas > MAX_REPLICAS:
+        raise InvalidArgument(
+            f"replicas {spec.replicated.replicas} is out of range: at most {MAX_REPLICAS}")
+    seen: set[str] = set()
+    for att in spec.networks:
+        if not att.target:
+            raise InvalidArgument("a network attachment needs a network name or ID")
+        for alias in att.aliases:
+            check_name("alias", alias, dns=True)
+    for att in spec.networks:
+        if att.target in seen:
+            raise InvalidArgument(f"network {att.target!r} is attached more than once")
+        seen.add(att.target)
+    if spec.endpoint.mode == pb.ENDPOINT_MODE_DNSRR:
+        for port in spec.endpoint.ports:
+            if port.publish_mode == pb.PUBLISH_MODE_INGRESS:
+                raise InvalidArgument(
+                    "port published with ingress mode can't be used with endpoint mode dnsrr: "
+                    "use mode=host for the port, or endpoint mode vip")
+    if spec.placement.max_replicas_per_node > MAX_REPLICAS:
+        raise InvalidArgument(
+            f"max replicas per node {spec.placement.max_replicas_per_node} is out of range")

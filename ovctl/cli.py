@@ -1,0 +1,407 @@
+"""## ovctl, the command-line client
+
+`ovctl` talks to a manager over the gRPC Control API, with docker's verbs and flags:
+
+```
+ovctl network create [--subnet CIDR] [--gateway IP] [--ip-range CIDR] [--internal]
+                     [--attachable] [--ingress] [--opt encrypted[=true]] [--opt k=v]...
+                     [--label k=v]... NAME                       # prints the network ID
+ovctl network ls [-q] [--filter name=X] [--filter label=k[=v]] [--format table|json]
+ovctl network inspect NETWORK...      ovctl network rm NETWORK...
+
+ovctl service create --name NAME [--network NET[,alias=A]]... [--replicas N | --mode global]
+                     [--publish 8080:80[/udp] | --publish 80 |
+                      --publish published=8080,target=80,protocol=tcp,mode=host]...
+                     [--constraint node.labels.zone==a]... [--max-replicas-per-node N]
+                     [--endpoint-mode vip|dnsrr] [--env K=V]... [--workdir DIR] [--label k=v]...
+                     [--restart-condition any|on-failure|none] [--restart-delay 5s]
+                     [--restart-max-attempts N] [--restart-window 1m]
+                     [--update-parallelism N] [--update-delay 10s] -- CMD [ARG...]
+ovctl service ls [-q] [--filter name=X] [--format table|json]
+ovctl service ps SERVICE... [-q] [--filter desired-state=running] [--filter node=N] [--format ..]
+ovctl service inspect SERVICE...      ovctl service rm SERVICE...
+ovctl service scale SERVICE=N...
+ovctl service update [--replicas N] [--env-add K=V] [--env-rm K] [--publish-add SPEC]
+                     [--publish-rm TARGET[/PROTO]] [--constraint-add EXPR] [--constraint-rm EXPR]
+                     [--network-add NET] [--network-rm NET] [--label-add k=v] [--label-rm k]
+                     [--update-parallelism N] [--restart-condition C] ...
+                     [--command] SERVICE [-- CMD ARG...]
+ovctl service logs [--tail N|all] SERVICE
+
+ovctl node ls [-q] [--filter name=X] [--format table|json]    ovctl node inspect NODE...
+ovctl node update [--availability active|pause|drain] [--role worker|manager]
+                  [--label-add k=v] [--label-rm k] NODE
+ovctl node rm [--force] NODE...
+ovctl cluster info [--format table|json]
+```
+
+Objects are named by full ID, exact name, or a unique ID prefix. Durations take a unit:
+`500ms`, `5s`, `1m30s`, `2h`. `-q` prints full IDs, one per line.
+
+**Which manager.** `--host/-H ADDR[,ADDR...]`, else `$OVCTL_HOST`, else the `managers:` list
+of the context file `~/.config/ovnet/context.yaml` (another path with `$OVCTL_CONFIG`), else
+`127.0.0.1:4242`. With several managers, ovctl tries them in order and moves on from one that is
+unreachable or answers UNAVAILABLE (e.g. not the leader). Every call has a deadline
+(`--timeout SECONDS`, default 30, which also bounds `service logs`).
+
+**JSON output.** `inspect`, and `ls`/`ps` with `--format json`, print a JSON list of the
+objects (Network, Service, Task, Node); `cluster info --format json` prints the
+GetClusterInfoResponse. Both are the protobuf JSON mapping
+(`MessageToDict(msg, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)`)
+of the messages in proto/objects.proto and proto/control.proto: snake_case field names as in the
+.proto files, enum values by name (`"TASK_STATE_RUNNING"`), every field present even at its
+default, and 64-bit integers as strings (the proto3 JSON rule; 32-bit ones such as `vni` stay
+numbers). Field names change only when the .proto files do, so scripts can rely on them.
+
+**Names that start with a dash** go after `--`: `ovctl network create -- -odd-name`. For
+`service create` and `service update --command`, the words after `--` are the task's command.
+
+**Exit codes.** 0 on success; 1 when the manager refuses (the message is printed as
+`Error: ...`; codes that are not the user's doing are named, e.g.
+`Error: cannot reach manager at ...: ...`) or when one of several objects failed; 2 for a
+usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
+
+import grpc
+
+from ovctl import commands, specs
+from ovctl.client import DEFAULT_ADDR, ConfigError, ManagerUnreachable, connect, resolve_managers
+
+DEFAULT_TIMEOUT = 30.0
+
+
+def _arg(parse: Callable[[str], Any], name: str) -> Callable[[str], Any]:
+    """Adapt a `specs` parser to argparse, which shows only ArgumentTypeError messages."""
+
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except specs.SpecError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    convert.__name__ = name
+    return convert
+
+
+def _count(what: str, minimum: int = 0) -> Callable[[str], Any]:
+    return _arg(lambda s: specs.parse_uint(s, what, minimum=minimum), what)
+
+
+def _timeout(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid timeout {text!r}: expected seconds") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"invalid timeout {text!r}: must be > 0")
+    return value
+
+
+_duration = _arg(specs.parse_duration, "duration")
+_publish = _arg(specs.parse_publish, "publish")
+_network = _arg(specs.parse_network_attachment, "network")
+_constraint = _arg(specs.parse_constraint, "constraint")
+
+
+def _connection_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
+    """Accepted before and after the verb; after it, SUPPRESS keeps an absent option from
+    overwriting the value given before it."""
+    default_host = argparse.SUPPRESS if suppress else None
+    default_timeout = argparse.SUPPRESS if suppress else DEFAULT_TIMEOUT
+    parser.add_argument(
+        "-H",
+        "--host",
+        default=default_host,
+        metavar="ADDR[,ADDR...]",
+        help=f"manager address(es), tried in order (default: $OVCTL_HOST, the context file, "
+        f"{DEFAULT_ADDR})",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=_timeout,
+        default=default_timeout,
+        metavar="SECONDS",
+        help=f"deadline of every call (default {DEFAULT_TIMEOUT:g})",
+    )
+
+
+def _listing_options(p: argparse.ArgumentParser, filters: str) -> None:
+    p.add_argument("-q", "--quiet", action="store_true", help="print full IDs only")
+    p.add_argument("-f", "--filter", action="append", metavar="KEY=VALUE", help=filters)
+    p.add_argument("--format", choices=("table", "json"), default="table")
+
+
+def _inspect_options(p: argparse.ArgumentParser) -> None:
+    # Accepted so that every command that prints JSON takes the same `--format json`.
+    p.add_argument("--format", choices=("json",), default="json")
+
+
+def build_parser(
+    parser_class: type[argparse.ArgumentParser] | None = None,
+) -> argparse.ArgumentParser:
+    """The whole command tree; sub-parsers are made of `parser_class` too."""
+    parser_class = parser_class or _Parser
+    parser = parser_class(
+        prog="ovctl", description="Manage ovnet overlay networks, services and nodes."
+    )
+    _connection_options(parser, suppress=False)
+    common = parser_class(add_help=False)
+    _connection_options(common, suppress=True)
+    groups = parser.add_subparsers(dest="group", required=True, metavar="COMMAND")
+
+    def verb(
+        sub: Any, name: str, handler: commands.Handler, help_text: str, *aliases: str
+    ) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = sub.add_parser(
+            name, aliases=list(aliases), help=help_text, description=help_text, parents=[common]
+        )
+        p.set_defaults(handler=handler, takes_command=False)
+        return p
+
+    _network_verbs(groups.add_parser("network", help="manage networks"), verb)
+    _service_verbs(groups.add_parser("service", help="manage services"), verb)
+    _node_verbs(groups.add_parser("node", help="manage nodes"), verb)
+    cluster = groups.add_parser("cluster", help="cluster-wide information")
+    sub = cluster.add_subparsers(dest="verb", required=True, metavar="VERB")
+    p = verb(sub, "info", commands.cluster_info, "show the managers and which one leads")
+    p.add_argument("--format", choices=("table", "json"), default="table")
+    return parser
+
+
+_Verb = Callable[..., argparse.ArgumentParser]
+
+
+def _network_verbs(group: argparse.ArgumentParser, verb: _Verb) -> None:
+    sub = group.add_subparsers(dest="verb", required=True, metavar="VERB")
+    p = verb(sub, "create", commands.network_create, "create an overlay network")
+    p.add_argument("--subnet", metavar="CIDR", help="default: allocated from the pool")
+    p.add_argument("--gateway", metavar="IP", help="default: first address of the subnet")
+    p.add_argument("--ip-range", metavar="CIDR", help="allocate task addresses from this range")
+    p.add_argument("--internal", action="store_true", help="no route out of the overlay")
+    p.add_argument("--attachable", action="store_true", help="standalone processes may attach")
+    p.add_argument("--ingress", action="store_true", help="the routing-mesh network")
+    p.add_argument(
+        "-o",
+        "--opt",
+        action="append",
+        metavar="K[=V]",
+        help="driver option; `encrypted` (or encrypted=true) encrypts VXLAN with IPsec",
+    )
+    p.add_argument("--label", action="append", metavar="K[=V]")
+    p.add_argument("name", metavar="NAME")
+
+    p = verb(sub, "ls", commands.network_ls, "list networks", "list")
+    _listing_options(p, "name=PREFIX or label=K[=V], repeatable")
+    p = verb(sub, "inspect", commands.network_inspect, "show networks as JSON")
+    _inspect_options(p)
+    p.add_argument("refs", nargs="+", metavar="NETWORK")
+    p = verb(sub, "rm", commands.network_rm, "remove networks", "remove")
+    p.add_argument("refs", nargs="+", metavar="NETWORK")
+
+
+def _restart_and_update_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--restart-condition", choices=tuple(specs.RESTART_CONDITIONS))
+    p.add_argument("--restart-delay", type=_duration, metavar="DURATION")
+    p.add_argument("--restart-max-attempts", type=_count("restart attempts"), metavar="N")
+    p.add_argument("--restart-window", type=_duration, metavar="DURATION")
+    p.add_argument("--update-parallelism", type=_count("update parallelism"), metavar="N")
+    p.add_argument("--update-delay", type=_duration, metavar="DURATION")
+
+
+def _service_verbs(group: argparse.ArgumentParser, verb: _Verb) -> None:
+    sub = group.add_subparsers(dest="verb", required=True, metavar="VERB")
+    p = verb(sub, "create", commands.service_create, "create a service (prints its ID)")
+    p.set_defaults(takes_command=True)
+    p.add_argument("--name", required=True)
+    p.add_argument("--network", type=_network, action="append", metavar="NET[,alias=A]")
+    p.add_argument("--replicas", type=_count("replicas"), metavar="N", help="default 1")
+    p.add_argument("--mode", choices=("replicated", "global"))
+    p.add_argument(
+        "-p",
+        "--publish",
+        type=_publish,
+        action="append",
+        metavar="SPEC",
+        help="PUBLISHED:TARGET[/tcp|udp], TARGET (published port allocated), or "
+        "published=P,target=T,protocol=tcp|udp,mode=ingress|host",
+    )
+    p.add_argument("--constraint", type=_constraint, action="append", metavar="EXPR")
+    p.add_argument("--max-replicas-per-node", type=_count("max replicas per node"), metavar="N")
+    p.add_argument("--endpoint-mode", choices=tuple(specs.ENDPOINT_MODES))
+    p.add_argument("-e", "--env", action="append", metavar="K=V")
+    p.add_argument("-w", "--workdir", metavar="DIR")
+    p.add_argument("-l", "--label", action="append", metavar="K[=V]")
+    _restart_and_update_options(p)
+    p.add_argument("command", nargs="*", metavar="CMD", help="the command; put it after --")
+
+    p = verb(sub, "ls", commands.service_ls, "list services", "list")
+    _listing_options(p, "name=PREFIX or label=K[=V], repeatable")
+    p = verb(sub, "ps", commands.service_ps, "list the tasks of services")
+    _listing_options(p, "desired-state=STATE or node=NODE, repeatable")
+    p.add_argument("refs", nargs="+", metavar="SERVICE")
+    p = verb(sub, "inspect", commands.service_inspect, "show services as JSON")
+    _inspect_options(p)
+    p.add_argument("refs", nargs="+", metavar="SERVICE")
+    p = verb(sub, "rm", commands.service_rm, "remove services", "remove")
+    p.add_argument("refs", nargs="+", metavar="SERVICE")
+    p = verb(sub, "scale", commands.service_scale, "set the replicas of replicated services")
+    p.add_argument(
+        "scales", nargs="+", type=_arg(specs.parse_scale, "scale"), metavar="SERVICE=REPLICAS"
+    )
+
+    p = verb(sub, "update", commands.service_update, "change a service")
+    p.set_defaults(takes_command=True)
+    p.add_argument("--replicas", type=_count("replicas"), metavar="N")
+    p.add_argument("--env-add", action="append", metavar="K=V")
+    p.add_argument("--env-rm", action="append", metavar="K")
+    p.add_argument("--publish-add", type=_publish, action="append", metavar="SPEC")
+    p.add_argument(
+        "--publish-rm",
+        type=_arg(specs.parse_port_ref, "port"),
+        action="append",
+        metavar="TARGET[/PROTO]",
+    )
+    p.add_argument("--constraint-add", type=_constraint, action="append", metavar="EXPR")
+    p.add_argument("--constraint-rm", type=_constraint, action="append", metavar="EXPR")
+    p.add_argument("--network-add", type=_network, action="append", metavar="NET[,alias=A]")
+    p.add_argument("--network-rm", action="append", metavar="NET")
+    p.add_argument("--label-add", action="append", metavar="K[=V]")
+    p.add_argument("--label-rm", action="append", metavar="K")
+    _restart_and_update_options(p)
+    p.add_argument(
+        "--command", action="store_true", help="replace the command with the words after --"
+    )
+    p.add_argument("ref", metavar="SERVICE")
+
+    p = verb(sub, "logs", commands.service_logs, "print the output of a service's tasks")
+    p.add_argument(
+        "--tail",
+        type=_arg(specs.parse_tail, "tail"),
+        default=0,
+        metavar="N|all",
+        help="only the last N lines of each task (default all)",
+    )
+    p.add_argument("ref", metavar="SERVICE")
+
+
+def _node_verbs(group: argparse.ArgumentParser, verb: _Verb) -> None:
+    sub = group.add_subparsers(dest="verb", required=True, metavar="VERB")
+    p = verb(sub, "ls", commands.node_ls, "list nodes", "list")
+    _listing_options(p, "name=PREFIX or label=K[=V], repeatable")
+    p = verb(sub, "inspect", commands.node_inspect, "show nodes as JSON")
+    _inspect_options(p)
+    p.add_argument("refs", nargs="+", metavar="NODE")
+    p = verb(sub, "update", commands.node_update, "change a node's availability, role, labels")
+    p.add_argument("--availability", choices=tuple(specs.NODE_AVAILABILITIES))
+    p.add_argument("--role", choices=tuple(specs.NODE_ROLES))
+    p.add_argument("--label-add", action="append", metavar="K[=V]")
+    p.add_argument("--label-rm", action="append", metavar="K")
+    p.add_argument("ref", metavar="NODE")
+    p = verb(sub, "rm", commands.node_rm, "remove nodes from the cluster", "remove")
+    p.add_argument("--force", action="store_true", help="remove even if the node is not down")
+    p.add_argument("refs", nargs="+", metavar="NODE")
+
+
+def split_command(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Words before the first `--`, and the task command after it.
+
+    Done before argparse, which cannot tell a `--` command from a positional that has already
+    been matched when options come between them.
+    """
+    words = list(argv)
+    if "--" in words:
+        i = words.index("--")
+        return words[:i], words[i + 1 :]
+    return words, []
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        addrs = resolve_managers(args.host, os.environ)
+    except ConfigError as e:
+        commands.error(str(e))
+        return 1
+    try:
+        with connect(addrs, args.timeout) as stub:
+            code: int = args.handler(stub, args)
+            return code
+    except specs.SpecConflict as e:
+        commands.error(str(e))
+        return 1
+    except specs.SpecError as e:
+        commands.error(str(e))
+        return 2
+    except ManagerUnreachable as e:
+        commands.error(str(e))
+        return 1
+    except grpc.RpcError as e:
+        commands.error(commands.rpc_error_text(e))
+        return 1
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, plus a hint for the usual reason a positional goes missing: a name that starts
+    with '-' is taken for an option."""
+
+    def error(self, message: str) -> NoReturn:
+        prefix = "the following arguments are required: "
+        if message.startswith(prefix) and any(
+            not name.startswith("-") for name in message.removeprefix(prefix).split(", ")
+        ):
+            message += " (a value that starts with '-' goes after --, e.g. -- -name)"
+        super().error(message)
+
+
+class _ParseFailed(Exception):
+    pass
+
+
+class _QuietParser(argparse.ArgumentParser):
+    """Reports a usage error to the caller instead of printing it and exiting."""
+
+    def error(self, message: str) -> NoReturn:
+        raise _ParseFailed(message)
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    """Arguments with the task command after `--` split off (as `args.trailing`) for the verbs
+    that take one; for every other verb, or when the split does not parse, argparse's own
+    meaning of `--` applies (e.g. `network create -- -name`). Exits as argparse does."""
+    words, trailing = split_command(argv)
+    if trailing:
+        try:
+            args = build_parser(_QuietParser).parse_args(words)
+        except _ParseFailed:
+            pass
+        else:
+            if args.takes_command:
+                args.trailing = trailing
+                return args
+    args = build_parser().parse_args(argv)
+    args.trailing = []
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; the exit code is returned (the console script passes it to exit)."""
+    try:
+        args = parse_args(sys.argv[1:] if argv is None else argv)
+    except SystemExit as e:  # argparse's --help (0) and usage errors (2)
+        return e.code if isinstance(e.code, int) else 0
+    try:
+        return _run(args)
+    except BrokenPipeError:
+        # The reader (`| head`) went away: stop quietly, and keep Python's exit-time flush of
+        # stdout from raising again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except KeyboardInterrupt:
+        return 130

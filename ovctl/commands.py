@@ -1,0 +1,350 @@
+"""One handler per verb: build the request, call the manager, print the answer.
+
+Handlers take the Control client and the parsed arguments and return the exit code. Parsing
+and formatting live in `specs` and `render`; what is left here is the I/O between them.
+Commands over several objects (`rm`, `inspect`, `scale`) go on past an object the manager
+refuses, report it, and exit 1 at the end, as docker does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf.message import Message
+
+from ovctl import render, specs
+from proto import control_pb2 as cpb
+from proto import objects_pb2 as pb
+
+# Statuses whose message is meant for the person at the keyboard; anything else is prefixed
+# with its code, because the message alone would not say that something broke.
+USER_ERROR_CODES = frozenset(
+    {
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.ALREADY_EXISTS,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.OUT_OF_RANGE,
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.UNAUTHENTICATED,
+    }
+)
+
+Stub = Any
+_T = TypeVar("_T")
+Handler = Callable[[Stub, argparse.Namespace], int]
+
+
+def rpc_error_text(e: grpc.RpcError) -> str:
+    code: grpc.StatusCode = e.code()
+    details: str = e.details() or ""
+    if code in USER_ERROR_CODES:
+        return details or code.name
+    return f"{code.name}: {details}" if details else code.name
+
+
+def error(message: str) -> None:
+    print(f"Error: {message}", file=sys.stderr)
+
+
+def _each(items: Iterable[_T], action: Callable[[_T], None]) -> int:
+    """Run `action` on every item; a refusal is reported and the rest still run."""
+    failed = False
+    for item in items:
+        try:
+            action(item)
+        except grpc.RpcError as e:
+            if e.code() not in USER_ERROR_CODES:
+                raise
+            error(rpc_error_text(e))
+            failed = True
+        except specs.SpecConflict as e:
+            error(str(e))
+            failed = True
+    return 1 if failed else 0
+
+
+def _inspect(refs: Iterable[str], get: Callable[[str], Message]) -> int:
+    found: list[Message] = []
+    code = _each(refs, lambda ref: found.append(get(ref)))
+    print(render.to_json(found))
+    return code
+
+
+def _print_ids(ids: Iterable[str]) -> None:
+    for object_id in ids:
+        print(object_id)
+
+
+def _filters(args: argparse.Namespace, allowed: tuple[str, ...]) -> dict[str, list[str]]:
+    return specs.parse_filters(args.filter or [], allowed)
+
+
+def _hostnames(stub: Stub) -> Mapping[str, str]:
+    nodes = stub.ListNodes(cpb.ListNodesRequest()).nodes
+    return {n.meta.id: n.description.hostname or n.meta.id for n in nodes}
+
+
+# ---------------------------------------------------------------- networks
+
+
+def network_create(stub: Stub, args: argparse.Namespace) -> int:
+    spec = specs.network_spec(
+        name=args.name,
+        subnet=args.subnet,
+        gateway=args.gateway,
+        ip_range=args.ip_range,
+        internal=args.internal,
+        attachable=args.attachable,
+        ingress=args.ingress,
+        opts=args.opt or [],
+        labels=args.label or [],
+    )
+    resp = stub.CreateNetwork(cpb.CreateNetworkRequest(spec=spec))
+    print(resp.network.meta.id)
+    return 0
+
+
+def network_ls(stub: Stub, args: argparse.Namespace) -> int:
+    f = _filters(args, ("name", "label"))
+    resp = stub.ListNetworks(
+        cpb.ListNetworksRequest(name_prefixes=f.get("name", []), labels=f.get("label", []))
+    )
+    if args.quiet:
+        _print_ids(n.meta.id for n in sorted(resp.networks, key=lambda n: n.spec.name))
+    elif args.format == "json":
+        print(render.to_json(list(resp.networks)))
+    else:
+        print(render.network_table(resp.networks))
+    return 0
+
+
+def network_inspect(stub: Stub, args: argparse.Namespace) -> int:
+    return _inspect(
+        args.refs, lambda ref: stub.GetNetwork(cpb.GetNetworkRequest(network_ref=ref)).network
+    )
+
+
+def network_rm(stub: Stub, args: argparse.Namespace) -> int:
+    def remove(ref: str) -> None:
+        stub.RemoveNetwork(cpb.RemoveNetworkRequest(network_ref=ref))
+        print(ref)
+
+    return _each(args.refs, remove)
+
+
+# ---------------------------------------------------------------- services
+
+
+def service_create(stub: Stub, args: argparse.Namespace) -> int:
+    options = specs.ServiceOptions(
+        name=args.name,
+        command=[*args.command, *args.trailing],
+        networks=args.network or [],
+        replicas=args.replicas,
+        mode=args.mode,
+        ports=args.publish or [],
+        constraints=args.constraint or [],
+        max_replicas_per_node=args.max_replicas_per_node,
+        endpoint_mode=args.endpoint_mode,
+        env=args.env or [],
+        workdir=args.workdir,
+        labels=args.label or [],
+        restart_condition=args.restart_condition,
+        restart_delay_ms=args.restart_delay,
+        restart_max_attempts=args.restart_max_attempts,
+        restart_window_ms=args.restart_window,
+        update_parallelism=args.update_parallelism,
+        update_delay_ms=args.update_delay,
+    )
+    resp = stub.CreateService(cpb.CreateServiceRequest(spec=specs.service_spec(options)))
+    print(resp.service.meta.id)
+    return 0
+
+
+def service_ls(stub: Stub, args: argparse.Namespace) -> int:
+    f = _filters(args, ("name", "label"))
+    resp = stub.ListServices(
+        cpb.ListServicesRequest(name_prefixes=f.get("name", []), labels=f.get("label", []))
+    )
+    if args.quiet:
+        _print_ids(s.meta.id for s in sorted(resp.services, key=lambda s: s.spec.name))
+    elif args.format == "json":
+        print(render.to_json(list(resp.services)))
+    else:
+        print(render.service_table(resp))
+    return 0
+
+
+def service_ps(stub: Stub, args: argparse.Namespace) -> int:
+    f = _filters(args, ("desired-state", "node"))
+    request = cpb.ListTasksRequest(
+        service_refs=args.refs,
+        node_refs=f.get("node", []),
+        desired_states=[specs.parse_task_state(s) for s in f.get("desired-state", [])],
+    )
+    resp = stub.ListTasks(request)
+    if args.format == "json":
+        print(render.to_json(list(resp.tasks)))
+        return 0
+    hostnames = {} if args.quiet else _hostnames(stub)
+    if args.quiet:
+        _print_ids(t.meta.id for t, _ in render.order_tasks(resp.tasks, hostnames))
+    else:
+        print(render.task_table(resp.tasks, hostnames, int(time.time() * 1000)))
+    return 0
+
+
+def service_inspect(stub: Stub, args: argparse.Namespace) -> int:
+    return _inspect(
+        args.refs, lambda ref: stub.GetService(cpb.GetServiceRequest(service_ref=ref)).service
+    )
+
+
+def service_rm(stub: Stub, args: argparse.Namespace) -> int:
+    def remove(ref: str) -> None:
+        stub.RemoveService(cpb.RemoveServiceRequest(service_ref=ref))
+        print(ref)
+
+    return _each(args.refs, remove)
+
+
+def _update_service(
+    stub: Stub, ref: str, change: Callable[[pb.ServiceSpec], pb.ServiceSpec]
+) -> pb.Service:
+    """Read-modify-write quoting the version read, so a concurrent change is refused rather
+    than silently overwritten."""
+    current = stub.GetService(cpb.GetServiceRequest(service_ref=ref)).service
+    resp = stub.UpdateService(
+        cpb.UpdateServiceRequest(
+            service_ref=current.meta.id, version=current.meta.version, spec=change(current.spec)
+        )
+    )
+    return resp.service
+
+
+def service_scale(stub: Stub, args: argparse.Namespace) -> int:
+    def scale(item: tuple[str, int]) -> None:
+        name, replicas = item
+        changes = specs.ServiceChanges(replicas=replicas)
+        _update_service(stub, name, lambda s: specs.apply_service_changes(s, changes))
+        print(f"{name} scaled to {replicas}")
+
+    return _each(args.scales, scale)
+
+
+def service_update(stub: Stub, args: argparse.Namespace) -> int:
+    if args.trailing and not args.command:
+        raise specs.SpecError("arguments after -- replace the command only with --command")
+    network_rm = [(ref, _network_names(stub, ref)) for ref in args.network_rm or []]
+    changes = specs.ServiceChanges(
+        replicas=args.replicas,
+        env_add=args.env_add or [],
+        env_rm=args.env_rm or [],
+        publish_add=args.publish_add or [],
+        publish_rm=args.publish_rm or [],
+        constraint_add=args.constraint_add or [],
+        constraint_rm=args.constraint_rm or [],
+        network_add=args.network_add or [],
+        network_rm=network_rm,
+        update_parallelism=args.update_parallelism,
+        update_delay_ms=args.update_delay,
+        restart_condition=args.restart_condition,
+        restart_delay_ms=args.restart_delay,
+        restart_max_attempts=args.restart_max_attempts,
+        restart_window_ms=args.restart_window,
+        command=list(args.trailing) if args.command else None,
+        label_add=args.label_add or [],
+        label_rm=args.label_rm or [],
+    )
+    if changes == specs.ServiceChanges():
+        raise specs.SpecError("nothing to update: give at least one option (see --help)")
+
+    def update(ref: str) -> None:
+        _update_service(stub, ref, lambda s: specs.apply_service_changes(s, changes))
+        print(ref)
+
+    return _each([args.ref], update)
+
+
+def _network_names(stub: Stub, ref: str) -> frozenset[str]:
+    """A service stores the network's ID, the user may type its name: accept both."""
+    try:
+        net = stub.GetNetwork(cpb.GetNetworkRequest(network_ref=ref)).network
+    except grpc.RpcError as e:
+        if e.code() != grpc.StatusCode.NOT_FOUND:
+            raise
+        return frozenset({ref})
+    return frozenset({ref, net.meta.id, net.spec.name})
+
+
+def service_logs(stub: Stub, args: argparse.Namespace) -> int:
+    hostnames = _hostnames(stub)
+    for line in stub.ServiceLogs(cpb.ServiceLogsRequest(service_ref=args.ref, tail=args.tail)):
+        out = sys.stderr if line.stream == "stderr" else sys.stdout
+        for text in render.log_lines(line, hostnames):
+            print(text, file=out, flush=True)
+    return 0
+
+
+# ---------------------------------------------------------------- nodes, cluster
+
+
+def node_ls(stub: Stub, args: argparse.Namespace) -> int:
+    f = _filters(args, ("name", "label"))
+    resp = stub.ListNodes(
+        cpb.ListNodesRequest(name_prefixes=f.get("name", []), labels=f.get("label", []))
+    )
+    if args.quiet:
+        _print_ids(n.meta.id for n in sorted(resp.nodes, key=lambda n: n.description.hostname))
+    elif args.format == "json":
+        print(render.to_json(list(resp.nodes)))
+    else:
+        print(render.node_table(resp.nodes))
+    return 0
+
+
+def node_inspect(stub: Stub, args: argparse.Namespace) -> int:
+    return _inspect(args.refs, lambda ref: stub.GetNode(cpb.GetNodeRequest(node_ref=ref)).node)
+
+
+def node_update(stub: Stub, args: argparse.Namespace) -> int:
+    if not (args.availability or args.role or args.label_add or args.label_rm):
+        raise specs.SpecError("nothing to update: give at least one option (see --help)")
+
+    def update(ref: str) -> None:
+        node = stub.GetNode(cpb.GetNodeRequest(node_ref=ref)).node
+        spec = specs.apply_node_changes(
+            node.spec,
+            availability=args.availability,
+            role=args.role,
+            label_add=args.label_add or [],
+            label_rm=args.label_rm or [],
+        )
+        stub.UpdateNode(
+            cpb.UpdateNodeRequest(node_ref=node.meta.id, version=node.meta.version, spec=spec)
+        )
+        print(ref)
+
+    return _each([args.ref], update)
+
+
+def node_rm(stub: Stub, args: argparse.Namespace) -> int:
+    def remove(ref: str) -> None:
+        stub.RemoveNode(cpb.RemoveNodeRequest(node_ref=ref, force=args.force))
+        print(ref)
+
+    return _each(args.refs, remove)
+
+
+def cluster_info(stub: Stub, args: argparse.Namespace) -> int:
+    resp = stub.GetClusterInfo(cpb.GetClusterInfoRequest())
+    print(render.to_json(resp) if args.format == "json" else render.cluster_info_text(resp))
+    return 0

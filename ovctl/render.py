@@ -1,0 +1,274 @@
+"""Turn API responses into the text `ovctl` prints, with no I/O.
+
+Tables are plain aligned columns (as docker prints them) rather than boxes, so that `awk`,
+`cut` and `grep` work on the output. JSON output is the protobuf JSON mapping of the messages
+with proto field names (snake_case), enum values by name, every field present even when it holds
+its default, and 64-bit integers as strings (the proto3 JSON rule): a stable contract scripts
+can rely on, which changes only when the .proto files do.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
+from google.protobuf.json_format import MessageToDict
+from google.protobuf.message import Message
+
+from proto import control_pb2
+from proto import objects_pb2 as pb
+
+SHORT_ID_LEN = 12
+_COLUMN_GAP = "   "
+
+
+def short_id(object_id: str) -> str:
+    return object_id[:SHORT_ID_LEN]
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    """Left-aligned columns; the last column is not padded so lines carry no trailing blanks."""
+    all_rows = [list(headers), *(list(r) for r in rows)]
+    widths = [max(len(r[i]) for r in all_rows) for i in range(len(headers))]
+    lines = []
+    for row in all_rows:
+        cells = [cell.ljust(w) for cell, w in zip(row[:-1], widths, strict=False)]
+        lines.append(_COLUMN_GAP.join([*cells, row[-1]]).rstrip())
+    return "\n".join(lines)
+
+
+def to_dict(msg: Message) -> dict[str, Any]:
+    """The one place messages become JSON-able dicts, so every command prints the same shape."""
+    return MessageToDict(
+        msg, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+
+
+def to_json(value: Message | Sequence[Message]) -> str:
+    """One message as an object, several (inspect) as a list, indented as `docker inspect`."""
+    if isinstance(value, Message):
+        return json.dumps(to_dict(value), indent=4)
+    return json.dumps([to_dict(m) for m in value], indent=4)
+
+
+def _enum_prefix(wrapper: EnumTypeWrapper) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", wrapper.DESCRIPTOR.name).upper() + "_"
+
+
+def enum_word(wrapper: EnumTypeWrapper, value: int) -> str:
+    """TASK_STATE_RUNNING → "running"; a value newer than this client prints as its number."""
+    try:
+        name = wrapper.Name(value)
+    except ValueError:
+        return str(value)
+    return name.removeprefix(_enum_prefix(wrapper)).lower().replace("_", "-")
+
+
+def enum_label(wrapper: EnumTypeWrapper, value: int) -> str:
+    """TASK_STATE_RUNNING → "Running", NODE_AVAILABILITY_DRAIN → "Drain", as docker prints them."""
+    return enum_word(wrapper, value).capitalize()
+
+
+def human_duration(seconds: float) -> str:
+    """Docker's rough "how long ago" wording ("5 seconds", "About a minute", "3 hours")."""
+    s = int(seconds)
+    if s < 1:
+        return "Less than a second"
+    if s == 1:
+        return "1 second"
+    if s < 60:
+        return f"{s} seconds"
+    minutes = round(s / 60)
+    if minutes == 1:
+        return "About a minute"
+    if minutes < 60:
+        return f"{minutes} minutes"
+    hours = round(s / 3600)
+    if hours == 1:
+        return "About an hour"
+    if hours < 48:
+        return f"{hours} hours"
+    if hours < 24 * 7 * 2:
+        return f"{hours // 24} days"
+    if hours < 24 * 30 * 2:
+        return f"{hours // (24 * 7)} weeks"
+    if hours < 24 * 365 * 2:
+        return f"{hours // (24 * 30)} months"
+    return f"{hours // (24 * 365)} years"
+
+
+def port_text(port: pb.PortConfig) -> str:
+    """`*:8080->80/tcp`; a port the manager has not allocated yet shows as `*:?`."""
+    published = str(port.published_port) if port.published_port else "?"
+    proto = enum_word(pb.Protocol, port.protocol)
+    host = " (host)" if port.publish_mode == pb.PUBLISH_MODE_HOST else ""
+    return f"*:{published}->{port.target_port}/{proto}{host}"
+
+
+def service_ports(service: pb.Service) -> list[pb.PortConfig]:
+    """The allocated ports once the manager has filled them in, else the ports asked for."""
+    return list(service.endpoint.ports) or list(service.spec.endpoint.ports)
+
+
+# ---------------------------------------------------------------- networks
+
+NETWORK_HEADERS = ("NETWORK ID", "NAME", "SUBNET", "GATEWAY", "VNI", "FLAGS")
+
+
+def network_flags(spec: pb.NetworkSpec) -> str:
+    flags = [
+        name
+        for name, on in (
+            ("internal", spec.internal),
+            ("encrypted", spec.encrypted),
+            ("attachable", spec.attachable),
+            ("ingress", spec.ingress),
+        )
+        if on
+    ]
+    return ",".join(flags)
+
+
+def network_row(n: pb.Network) -> list[str]:
+    return [
+        short_id(n.meta.id),
+        n.spec.name,
+        n.subnet or n.spec.subnet,
+        n.gateway or n.spec.gateway,
+        str(n.vni) if n.vni else "",
+        network_flags(n.spec),
+    ]
+
+
+def network_table(networks: Iterable[pb.Network]) -> str:
+    ordered = sorted(networks, key=lambda n: n.spec.name)
+    return table(NETWORK_HEADERS, (network_row(n) for n in ordered))
+
+
+# ---------------------------------------------------------------- services
+
+SERVICE_HEADERS = ("ID", "NAME", "MODE", "REPLICAS", "PORTS", "COMMAND")
+
+
+def service_mode(spec: pb.ServiceSpec) -> str:
+    return "global" if spec.WhichOneof("mode") == "global" else "replicated"
+
+
+def service_row(s: pb.Service, running: int, desired: int) -> list[str]:
+    return [
+        short_id(s.meta.id),
+        s.spec.name,
+        service_mode(s.spec),
+        f"{running}/{desired}",
+        ", ".join(port_text(p) for p in service_ports(s)),
+        shlex.join(s.spec.command),
+    ]
+
+
+def service_table(resp: control_pb2.ListServicesResponse) -> str:
+    ordered = sorted(resp.services, key=lambda s: s.spec.name)
+    rows = (
+        service_row(s, resp.running_tasks.get(s.meta.id, 0), resp.desired_tasks.get(s.meta.id, 0))
+        for s in ordered
+    )
+    return table(SERVICE_HEADERS, rows)
+
+
+# ---------------------------------------------------------------- tasks
+
+TASK_HEADERS = ("ID", "NAME", "NODE", "DESIRED STATE", "CURRENT STATE", "ERROR", "ADDRESSES")
+_HISTORY_MARK = " \\_ "
+
+
+def task_name(t: pb.Task) -> str:
+    """`service.slot` for replicated tasks, `service.node` for global ones (slot 0)."""
+    return f"{t.service_name}.{t.slot if t.slot else t.node_id}"
+
+
+def current_state(status: pb.TaskStatus, now_ms: int) -> str:
+    label = enum_label(pb.TaskState, status.state)
+    if not status.timestamp_ms:
+        return label
+    ago = max(0, now_ms - status.timestamp_ms) / 1000
+    return f"{label} {human_duration(ago)} ago"
+
+
+def order_tasks(
+    tasks: Iterable[pb.Task], hostnames: Mapping[str, str]
+) -> list[tuple[pb.Task, bool]]:
+    """Tasks grouped by slot (by node for global services), newest first, each with whether it
+    is an older task of its slot: `docker service ps` shows a slot's history beneath it."""
+    slots: dict[str, list[pb.Task]] = {}
+    for t in tasks:
+        slots.setdefault(task_name(t), []).append(t)
+
+    def slot_order(name: str) -> tuple[str, int, str]:
+        first = slots[name][0]
+        return (first.service_name, first.slot, hostnames.get(first.node_id, first.node_id))
+
+    ordered: list[tuple[pb.Task, bool]] = []
+    for name in sorted(slots, key=slot_order):
+        history = sorted(slots[name], key=lambda t: t.meta.created_at_ms, reverse=True)
+        ordered.extend((t, i > 0) for i, t in enumerate(history))
+    return ordered
+
+
+def task_row(t: pb.Task, older: bool, hostnames: Mapping[str, str], now_ms: int) -> list[str]:
+    return [
+        short_id(t.meta.id),
+        _HISTORY_MARK + task_name(t) if older else task_name(t),
+        hostnames.get(t.node_id, t.node_id),
+        enum_label(pb.TaskState, t.desired_state),
+        current_state(t.status, now_ms),
+        t.status.err,
+        ",".join(a for n in t.networks for a in n.addresses),
+    ]
+
+
+def task_table(tasks: Iterable[pb.Task], hostnames: Mapping[str, str], now_ms: int) -> str:
+    rows = (task_row(t, older, hostnames, now_ms) for t, older in order_tasks(tasks, hostnames))
+    return table(TASK_HEADERS, rows)
+
+
+# ---------------------------------------------------------------- nodes, cluster
+
+NODE_HEADERS = ("ID", "HOSTNAME", "STATUS", "AVAILABILITY", "ROLE", "ADDRESS")
+
+
+def node_row(n: pb.Node) -> list[str]:
+    return [
+        short_id(n.meta.id),
+        n.description.hostname,
+        enum_label(pb.NodeState, n.status.state),
+        enum_label(pb.NodeAvailability, n.spec.availability),
+        enum_word(pb.NodeRole, n.spec.role),
+        n.description.addr,
+    ]
+
+
+def node_table(nodes: Iterable[pb.Node]) -> str:
+    ordered = sorted(nodes, key=lambda n: n.description.hostname)
+    return table(NODE_HEADERS, (node_row(n) for n in ordered))
+
+
+def cluster_info_text(resp: control_pb2.GetClusterInfoResponse) -> str:
+    leader = next((m for m in resp.managers if m.leader), None)
+    leader_text = (
+        f"{leader.manager_id} ({leader.addr})" if leader else resp.leader_id or "none elected"
+    )
+    managers = table(
+        ("MANAGER ID", "ADDRESS", "LEADER"),
+        ([m.manager_id, m.addr, "yes" if m.leader else ""] for m in resp.managers),
+    )
+    return f"Leader: {leader_text}\netcd revision: {resp.etcd_revision}\n\n{managers}"
+
+
+def log_lines(line: control_pb2.LogLine, hostnames: Mapping[str, str]) -> list[str]:
+    """`task@node | text` for every line the message carries (a chunk may hold several)."""
+    prefix = f"{line.task_name}@{hostnames.get(line.node_id, line.node_id)} | "
+    text = line.data.decode("utf-8", errors="replace")
+    return [prefix + part for part in text.removesuffix("\n").split("\n")]

@@ -1,0 +1,1074 @@
+"""ovctl: parsing and formatting as pure functions, then whole commands through `main(argv)`
+against a real gRPC server on loopback (port 0) with a fake Control servicer."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Callable, Iterator
+from concurrent import futures
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from ovctl import cli, render, specs
+from ovctl.client import (
+    DEFAULT_ADDR,
+    ConfigError,
+    managers_from_context,
+    normalize_addr,
+    resolve_managers,
+)
+from proto import control_pb2 as cpb
+from proto import control_pb2_grpc
+from proto import objects_pb2 as pb
+
+# ---------------------------------------------------------------- specs: scalars
+
+
+@pytest.mark.parametrize(
+    ("text", "ms"),
+    [
+        ("500ms", 500),
+        ("5s", 5000),
+        ("1m", 60_000),
+        ("2h", 7_200_000),
+        ("1m30s", 90_000),
+        ("1.5s", 1500),
+        ("0", 0),
+        (" 10s ", 10_000),
+    ],
+)
+def test_parse_duration(text: str, ms: int) -> None:
+    assert specs.parse_duration(text) == ms
+
+
+@pytest.mark.parametrize("text", ["5", "", "s", "5x", "5s3", "-1s", "1 m"])
+def test_parse_duration_rejects(text: str) -> None:
+    with pytest.raises(specs.SpecError, match="invalid duration"):
+        specs.parse_duration(text)
+
+
+def test_parse_uint_bounds() -> None:
+    assert specs.parse_uint("7", "replicas") == 7
+    with pytest.raises(specs.SpecError, match="expected a whole number"):
+        specs.parse_uint("x", "replicas")
+    with pytest.raises(specs.SpecError, match=">= 1"):
+        specs.parse_uint("0", "n", minimum=1)
+    with pytest.raises(specs.SpecError, match="between 1 and 65535"):
+        specs.parse_port("70000")
+
+
+def test_parse_task_state() -> None:
+    assert specs.parse_task_state("running") == pb.TASK_STATE_RUNNING
+    assert specs.parse_task_state("Shutdown") == pb.TASK_STATE_SHUTDOWN
+    with pytest.raises(specs.SpecError, match="expected one of new, pending"):
+        specs.parse_task_state("sleeping")
+
+
+# ---------------------------------------------------------------- specs: publish
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("8080:80", pb.PortConfig(published_port=8080, target_port=80)),
+        ("8080:80/tcp", pb.PortConfig(published_port=8080, target_port=80)),
+        ("53:53/udp", pb.PortConfig(published_port=53, target_port=53, protocol=pb.PROTOCOL_UDP)),
+        ("80", pb.PortConfig(target_port=80)),
+        ("80/UDP", pb.PortConfig(target_port=80, protocol=pb.PROTOCOL_UDP)),
+        (
+            "published=8080,target=80,protocol=tcp,mode=host",
+            pb.PortConfig(published_port=8080, target_port=80, publish_mode=pb.PUBLISH_MODE_HOST),
+        ),
+        ("target=53,protocol=udp", pb.PortConfig(target_port=53, protocol=pb.PROTOCOL_UDP)),
+        ("mode=ingress,target=80", pb.PortConfig(target_port=80)),
+    ],
+)
+def test_parse_publish(text: str, expected: pb.PortConfig) -> None:
+    assert specs.parse_publish(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("8080:80:90", "expected PUBLISHED:TARGET"),
+        ("http", "invalid target port 'http'"),
+        ("0:80", "invalid published port 0"),
+        ("80/sctp", "expected one of tcp, udp"),
+        ("published=8080", "target=PORT is required"),
+        ("target=80,color=red", "unknown key 'color'"),
+        ("target=80,mode=vip", "invalid publish mode"),
+        ("target=80,udp", "is not KEY=VALUE"),
+    ],
+)
+def test_parse_publish_rejects(text: str, message: str) -> None:
+    with pytest.raises(specs.SpecError, match=message):
+        specs.parse_publish(text)
+
+
+def test_parse_port_ref() -> None:
+    assert specs.parse_port_ref("80") == (80, None)
+    assert specs.parse_port_ref("53/udp") == (53, pb.PROTOCOL_UDP)
+    with pytest.raises(specs.SpecError):
+        specs.parse_port_ref("80/xyz")
+
+
+# ---------------------------------------------------------------- specs: networks, constraints
+
+
+def test_parse_network_attachment_forms() -> None:
+    assert specs.parse_network_attachment("front") == pb.NetworkAttachmentConfig(target="front")
+    assert specs.parse_network_attachment("front,alias=web,alias=www") == (
+        pb.NetworkAttachmentConfig(target="front", aliases=["web", "www"])
+    )
+    assert specs.parse_network_attachment("name=front,alias=web") == (
+        pb.NetworkAttachmentConfig(target="front", aliases=["web"])
+    )
+
+
+@pytest.mark.parametrize("text", ["", "alias=web", "front,web", "front,alias=", "front,x=1"])
+def test_parse_network_attachment_rejects(text: str) -> None:
+    with pytest.raises(specs.SpecError, match="invalid network"):
+        specs.parse_network_attachment(text)
+
+
+def test_parse_constraint_normalises_spacing() -> None:
+    assert specs.parse_constraint("node.labels.zone == a") == "node.labels.zone==a"
+    assert specs.parse_constraint("node.role!=manager") == "node.role!=manager"
+    for bad in ("node.role=manager", "node.role==", "==a", "node role==a"):
+        with pytest.raises(specs.SpecError, match="KEY==VALUE"):
+            specs.parse_constraint(bad)
+
+
+def test_parse_filters_scale_tail() -> None:
+    assert specs.parse_filters(["name=a", "label=x=1", "name=b"], ("name", "label")) == {
+        "name": ["a", "b"],
+        "label": ["x=1"],
+    }
+    with pytest.raises(specs.SpecError, match="unknown key 'driver'"):
+        specs.parse_filters(["driver=overlay"], ("name",))
+    with pytest.raises(specs.SpecError, match="expected KEY=VALUE"):
+        specs.parse_filters(["name"], ("name",))
+    assert specs.parse_scale("web=3") == ("web", 3)
+    with pytest.raises(specs.SpecError, match="SERVICE=REPLICAS"):
+        specs.parse_scale("web")
+    with pytest.raises(specs.SpecError, match="replica count for web"):
+        specs.parse_scale("web=many")
+    assert specs.parse_tail("all") == 0
+    assert specs.parse_tail("20") == 20
+
+
+# ---------------------------------------------------------------- specs: network spec
+
+
+@pytest.mark.parametrize(
+    ("opt", "encrypted"),
+    [("encrypted", True), ("encrypted=true", True), ("encrypted=false", False)],
+)
+def test_network_spec_lifts_encrypted(opt: str, encrypted: bool) -> None:
+    spec = specs.network_spec(name="n", opts=[opt, "mtu=1400"])
+    assert spec.encrypted is encrypted
+    assert dict(spec.options) == {"mtu": "1400"}
+
+
+def test_network_spec_fields_and_errors() -> None:
+    spec = specs.network_spec(
+        name="n",
+        subnet="10.1.0.0/24",
+        gateway="10.1.0.254",
+        ip_range="10.1.0.128/25",
+        internal=True,
+        attachable=True,
+        ingress=True,
+        labels=["env=prod", "flag"],
+    )
+    assert (spec.subnet, spec.gateway, spec.ip_range) == (
+        "10.1.0.0/24",
+        "10.1.0.254",
+        "10.1.0.128/25",
+    )
+    assert spec.internal and spec.attachable and spec.ingress and not spec.encrypted
+    assert dict(spec.labels) == {"env": "prod", "flag": ""}
+    with pytest.raises(specs.SpecError, match="host bits set"):
+        specs.network_spec(name="n", subnet="10.1.0.1/24")
+    with pytest.raises(specs.SpecError, match="invalid gateway"):
+        specs.network_spec(name="n", gateway="10.1.0")
+    with pytest.raises(specs.SpecError, match="option encrypted"):
+        specs.network_spec(name="n", opts=["encrypted=maybe"])
+
+
+# ---------------------------------------------------------------- specs: service spec
+
+
+def test_service_spec_defaults_leave_policies_unset() -> None:
+    spec = specs.service_spec(specs.ServiceOptions(name="web", command=["sleep", "1"]))
+    assert spec.replicated.replicas == 1
+    assert not spec.HasField("restart_policy")
+    assert not spec.HasField("update_config")
+    assert not spec.HasField("endpoint")
+    assert not spec.HasField("placement")
+
+
+def test_service_spec_all_options() -> None:
+    spec = specs.service_spec(
+        specs.ServiceOptions(
+            name="web",
+            command=["httpd"],
+            replicas=3,
+            networks=[pb.NetworkAttachmentConfig(target="front")],
+            ports=[pb.PortConfig(target_port=80)],
+            endpoint_mode="dnsrr",
+            constraints=["node.role == worker"],
+            max_replicas_per_node=2,
+            env=["A=1"],
+            workdir="/srv",
+            labels=["tier=web"],
+            restart_condition="on-failure",
+            restart_delay_ms=5000,
+            restart_max_attempts=3,
+            restart_window_ms=60_000,
+            update_parallelism=2,
+            update_delay_ms=10_000,
+        )
+    )
+    assert spec.replicated.replicas == 3
+    assert spec.endpoint.mode == pb.ENDPOINT_MODE_DNSRR
+    assert list(spec.placement.constraints) == ["node.role==worker"]
+    assert spec.placement.max_replicas_per_node == 2
+    assert spec.restart_policy == pb.RestartPolicy(
+        condition=pb.RESTART_CONDITION_ON_FAILURE, delay_ms=5000, max_attempts=3, window_ms=60_000
+    )
+    assert spec.update_config == pb.UpdateConfig(parallelism=2, delay_ms=10_000)
+    assert (list(spec.env), spec.workdir, dict(spec.labels)) == (["A=1"], "/srv", {"tier": "web"})
+
+
+def test_service_spec_global_and_errors() -> None:
+    spec = specs.service_spec(specs.ServiceOptions(name="g", command=["x"], mode="global"))
+    assert spec.WhichOneof("mode") == "global"
+    with pytest.raises(specs.SpecError, match="--replicas cannot be used with --mode global"):
+        specs.service_spec(specs.ServiceOptions(name="g", command=["x"], mode="global", replicas=2))
+    with pytest.raises(specs.SpecError, match="needs a command"):
+        specs.service_spec(specs.ServiceOptions(name="g", command=[]))
+    with pytest.raises(specs.SpecError, match="expected KEY=VALUE"):
+        specs.service_spec(specs.ServiceOptions(name="g", command=["x"], env=["A"]))
+
+
+def _stored_spec() -> pb.ServiceSpec:
+    spec = pb.ServiceSpec(
+        name="web",
+        command=["old"],
+        env=["A=1", "B=2"],
+        networks=[pb.NetworkAttachmentConfig(target="netid1")],
+        labels={"keep": "1", "drop": "1"},
+    )
+    spec.replicated.replicas = 2
+    spec.endpoint.ports.append(pb.PortConfig(target_port=80, published_port=8080))
+    spec.placement.constraints.append("node.role==worker")
+    return spec
+
+
+def test_apply_service_changes() -> None:
+    current = _stored_spec()
+    changes = specs.ServiceChanges(
+        replicas=5,
+        env_add=["B=3", "C=4"],
+        env_rm=["A"],
+        publish_add=[pb.PortConfig(target_port=53, protocol=pb.PROTOCOL_UDP)],
+        publish_rm=[(80, None)],
+        constraint_add=["node.labels.zone==a"],
+        constraint_rm=["node.role == worker"],
+        network_add=[pb.NetworkAttachmentConfig(target="back")],
+        network_rm=[("front", frozenset({"front", "netid1"}))],
+        update_parallelism=3,
+        restart_condition="none",
+        command=["new", "arg"],
+        label_add=["new=2"],
+        label_rm=["drop"],
+    )
+    spec = specs.apply_service_changes(current, changes)
+    assert spec.replicated.replicas == 5
+    assert list(spec.env) == ["B=3", "C=4"]
+    assert list(spec.endpoint.ports) == [pb.PortConfig(target_port=53, protocol=pb.PROTOCOL_UDP)]
+    assert list(spec.placement.constraints) == ["node.labels.zone==a"]
+    assert [n.target for n in spec.networks] == ["back"]
+    assert spec.update_config.parallelism == 3
+    assert spec.restart_policy.condition == pb.RESTART_CONDITION_NONE
+    assert list(spec.command) == ["new", "arg"]
+    assert dict(spec.labels) == {"keep": "1", "new": "2"}
+    assert current == _stored_spec(), "the spec read from the manager must not be modified"
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        (specs.ServiceChanges(publish_rm=[(443, None)]), "publishes no port with target 443"),
+        (specs.ServiceChanges(publish_rm=[(80, pb.PROTOCOL_UDP)]), "no port with target 80"),
+        (specs.ServiceChanges(constraint_rm=["node.role==manager"]), "no constraint"),
+        (
+            specs.ServiceChanges(network_rm=[("back", frozenset({"back"}))]),
+            "not attached to network 'back'",
+        ),
+        (specs.ServiceChanges(label_rm=["nope"]), "no label 'nope'"),
+    ],
+)
+def test_apply_service_changes_conflicts(changes: specs.ServiceChanges, message: str) -> None:
+    with pytest.raises(specs.SpecConflict, match=message):
+        specs.apply_service_changes(_stored_spec(), changes)
+
+
+def test_apply_service_changes_refuses_replicas_on_global() -> None:
+    spec = pb.ServiceSpec(name="g", command=["x"])
+    getattr(spec, "global").SetInParent()
+    with pytest.raises(specs.SpecConflict, match="service g is global"):
+        specs.apply_service_changes(spec, specs.ServiceChanges(replicas=3))
+
+
+def test_apply_service_changes_dedups_added_port_and_constraint() -> None:
+    spec = specs.apply_service_changes(
+        _stored_spec(),
+        specs.ServiceChanges(
+            publish_add=[pb.PortConfig(target_port=80, published_port=8080)],
+            constraint_add=["node.role==worker"],
+        ),
+    )
+    assert len(spec.endpoint.ports) == 1
+    assert list(spec.placement.constraints) == ["node.role==worker"]
+
+
+def test_apply_node_changes() -> None:
+    current = pb.NodeSpec(labels={"a": "1"})
+    spec = specs.apply_node_changes(
+        current, availability="drain", role="manager", label_add=["zone=b"], label_rm=["a"]
+    )
+    assert spec == pb.NodeSpec(
+        labels={"zone": "b"}, role=pb.NODE_ROLE_MANAGER, availability=pb.NODE_AVAILABILITY_DRAIN
+    )
+    with pytest.raises(specs.SpecConflict, match="no label 'x'"):
+        specs.apply_node_changes(current, label_rm=["x"])
+
+
+# ---------------------------------------------------------------- render
+
+
+def test_table_aligns_columns_without_trailing_blanks() -> None:
+    out = render.table(("A", "LONGER", "C"), [["xxxx", "y", ""], ["z", "w", "last"]])
+    assert out.splitlines() == ["A      LONGER   C", "xxxx   y", "z      w        last"]
+
+
+def test_enum_labels() -> None:
+    assert render.enum_label(pb.TaskState, pb.TASK_STATE_RUNNING) == "Running"
+    assert render.enum_label(pb.NodeAvailability, pb.NODE_AVAILABILITY_DRAIN) == "Drain"
+    assert render.enum_label(pb.NodeState, pb.NODE_STATE_READY) == "Ready"
+    assert render.enum_word(pb.RestartCondition, pb.RESTART_CONDITION_ON_FAILURE) == "on-failure"
+    assert render.enum_label(pb.TaskState, 9999) == "9999"
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [
+        (0.3, "Less than a second"),
+        (1, "1 second"),
+        (5, "5 seconds"),
+        (70, "About a minute"),
+        (600, "10 minutes"),
+        (3600, "About an hour"),
+        (5 * 3600, "5 hours"),
+        (3 * 86400, "3 days"),
+        (20 * 86400, "2 weeks"),
+        (90 * 86400, "3 months"),
+        (800 * 86400, "2 years"),
+    ],
+)
+def test_human_duration(seconds: float, text: str) -> None:
+    assert render.human_duration(seconds) == text
+
+
+def test_port_text() -> None:
+    assert render.port_text(pb.PortConfig(published_port=8080, target_port=80)) == "*:8080->80/tcp"
+    assert render.port_text(pb.PortConfig(target_port=53, protocol=pb.PROTOCOL_UDP)) == (
+        "*:?->53/udp"
+    )
+    assert render.port_text(
+        pb.PortConfig(published_port=1, target_port=2, publish_mode=pb.PUBLISH_MODE_HOST)
+    ) == ("*:1->2/tcp (host)")
+
+
+def _network(name: str, nid: str, **spec: Any) -> pb.Network:
+    return pb.Network(
+        meta=pb.Meta(id=nid),
+        spec=pb.NetworkSpec(name=name, **spec),
+        subnet="10.0.1.0/24",
+        gateway="10.0.1.1",
+        vni=4097,
+    )
+
+
+def test_network_table() -> None:
+    out = render.network_table(
+        [
+            _network("zeta", "b" * 25, encrypted=True, attachable=True),
+            _network("alpha", "a" * 25),
+        ]
+    )
+    lines = out.splitlines()
+    assert lines[0].split() == ["NETWORK", "ID", "NAME", "SUBNET", "GATEWAY", "VNI", "FLAGS"]
+    assert lines[1].split() == ["a" * 12, "alpha", "10.0.1.0/24", "10.0.1.1", "4097"]
+    assert lines[2].split() == [
+        "b" * 12,
+        "zeta",
+        "10.0.1.0/24",
+        "10.0.1.1",
+        "4097",
+        "encrypted,attachable",
+    ]
+
+
+def _service(name: str, sid: str, command: list[str], replicas: int | None = None) -> pb.Service:
+    svc = pb.Service(
+        meta=pb.Meta(id=sid, version=7), spec=pb.ServiceSpec(name=name, command=command)
+    )
+    if replicas is None:
+        getattr(svc.spec, "global").SetInParent()
+    else:
+        svc.spec.replicated.replicas = replicas
+    return svc
+
+
+def test_service_table() -> None:
+    web = _service("web", "s1" * 10, ["python3", "-m", "http.server", "80"], replicas=3)
+    web.spec.endpoint.ports.append(pb.PortConfig(target_port=80))
+    web.endpoint.ports.append(pb.PortConfig(target_port=80, published_port=30000))
+    mon = _service("mon", "s2" * 10, ["sh", "-c", "echo hi"])
+    resp = cpb.ListServicesResponse(
+        services=[web, mon],
+        running_tasks={web.meta.id: 2},
+        desired_tasks={web.meta.id: 3, mon.meta.id: 2},
+    )
+    lines = render.service_table(resp).splitlines()
+    assert lines[0].split()[:4] == ["ID", "NAME", "MODE", "REPLICAS"]
+    assert lines[1].split()[1:4] == ["mon", "global", "0/2"]
+    assert lines[1].endswith("   sh -c 'echo hi'")
+    assert lines[2].split()[1:5] == ["web", "replicated", "2/3", "*:30000->80/tcp"]
+
+
+def _task(
+    tid: str, slot: int, created: int, state: int, node: str = "n1", err: str = ""
+) -> pb.Task:
+    return pb.Task(
+        meta=pb.Meta(id=tid, created_at_ms=created),
+        service_name="web",
+        slot=slot,
+        node_id=node,
+        desired_state=pb.TASK_STATE_RUNNING,
+        status=pb.TaskStatus(state=state, timestamp_ms=100_000, err=err),  # type: ignore[arg-type]
+        networks=[pb.NetworkAttachment(network_id="x", addresses=["10.0.1.5/24"])],
+    )
+
+
+def test_task_rows_show_history_under_the_slot() -> None:
+    tasks = [
+        _task("old1", 1, 10, pb.TASK_STATE_FAILED, err="exit 1"),
+        _task("slot2", 2, 30, pb.TASK_STATE_RUNNING),
+        _task("new1", 1, 20, pb.TASK_STATE_RUNNING),
+    ]
+    rows = [
+        render.task_row(t, older, {"n1": "host-a"}, now_ms=105_000)
+        for t, older in render.order_tasks(tasks, {"n1": "host-a"})
+    ]
+    assert [r[:3] for r in rows] == [
+        ["new1", "web.1", "host-a"],
+        ["old1", " \\_ web.1", "host-a"],
+        ["slot2", "web.2", "host-a"],
+    ]
+    assert rows[0][3:] == ["Running", "Running 5 seconds ago", "", "10.0.1.5/24"]
+    assert rows[1][4:6] == ["Failed 5 seconds ago", "exit 1"]
+
+
+def test_global_task_named_by_node() -> None:
+    assert render.task_name(_task("t", 0, 1, pb.TASK_STATE_RUNNING, node="nodeX")) == "web.nodeX"
+
+
+def test_node_table_and_cluster_info() -> None:
+    node = pb.Node(
+        meta=pb.Meta(id="n" * 20),
+        spec=pb.NodeSpec(role=pb.NODE_ROLE_MANAGER, availability=pb.NODE_AVAILABILITY_PAUSE),
+        description=pb.NodeDescription(hostname="h1", addr="198.51.100.1"),
+        status=pb.NodeStatus(state=pb.NODE_STATE_DOWN),
+    )
+    assert render.node_table([node]).splitlines()[1].split() == [
+        "n" * 12,
+        "h1",
+        "Down",
+        "Pause",
+        "manager",
+        "198.51.100.1",
+    ]
+    info = render.cluster_info_text(
+        cpb.GetClusterInfoResponse(
+            managers=[
+                cpb.ManagerInfo(manager_id="m1", addr="a:1"),
+                cpb.ManagerInfo(manager_id="m2", addr="b:1", leader=True),
+            ],
+            leader_id="m2",
+            etcd_revision=42,
+        )
+    )
+    assert info.startswith("Leader: m2 (b:1)\netcd revision: 42")
+    assert "m2           b:1       yes" in info
+
+
+def test_log_lines_split_chunks() -> None:
+    line = cpb.LogLine(task_name="web.1", node_id="n1", data=b"a\nb\n")
+    assert render.log_lines(line, {"n1": "h1"}) == ["web.1@h1 | a", "web.1@h1 | b"]
+
+
+def test_json_uses_proto_names_enum_names_and_defaults() -> None:
+    doc = json.loads(render.to_json([_network("n", "id1")]))
+    assert doc[0]["spec"]["ip_range"] == ""
+    assert doc[0]["spec"]["internal"] is False
+    assert doc[0]["meta"]["created_at_ms"] == "0"
+    node = json.loads(render.to_json(pb.Node(spec=pb.NodeSpec())))
+    assert node["spec"]["availability"] == "NODE_AVAILABILITY_ACTIVE"
+
+
+# ---------------------------------------------------------------- client: which managers
+
+
+def test_normalize_addr() -> None:
+    assert normalize_addr("10.0.0.1") == "10.0.0.1:4242"
+    assert normalize_addr("m1:5000") == "m1:5000"
+    assert normalize_addr("::1") == "[::1]:4242"
+    assert normalize_addr("[::1]") == "[::1]:4242"
+    assert normalize_addr("[::1]:9") == "[::1]:9"
+
+
+def test_resolve_managers_precedence(tmp_path: Path) -> None:
+    ctx = tmp_path / "context.yaml"
+    ctx.write_text("managers: [m1:1, m2]\n")
+    env = {"OVCTL_CONFIG": str(ctx)}
+    assert resolve_managers(None, env) == ["m1:1", "m2:4242"]
+    assert resolve_managers(None, {**env, "OVCTL_HOST": "e1,e2:2"}) == ["e1:4242", "e2:2"]
+    assert resolve_managers("f1", {**env, "OVCTL_HOST": "e1"}) == ["f1:4242"]
+    with pytest.raises(ConfigError, match="does not exist"):
+        resolve_managers(None, {"OVCTL_CONFIG": str(tmp_path / "missing.yaml")})
+
+
+def test_default_manager_when_no_context_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert resolve_managers(None, {}) == [DEFAULT_ADDR]
+    (tmp_path / ".config" / "ovnet").mkdir(parents=True)
+    (tmp_path / ".config" / "ovnet" / "context.yaml").write_text("managers: [h:1]\n")
+    assert resolve_managers(None, {}) == ["h:1"]
+
+
+def test_context_file_errors() -> None:
+    assert managers_from_context("managers: a,b\n", "f") == ["a:4242", "b:4242"]
+    with pytest.raises(ConfigError, match="f: expected a non-empty list"):
+        managers_from_context("other: 1\n", "f")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        managers_from_context("managers: [\n", "f")
+
+
+# ---------------------------------------------------------------- main() against a real server
+
+Canned = Any  # a response message, a list of them (streams), an RpcError spec, or a callable
+
+
+class Abort:
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        self.code, self.details = code, details
+
+
+class FakeControl(control_pb2_grpc.ControlServicer):
+    """Records every request; answers with what the test put in `answers[method]`."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Any]] = []
+        self.answers: dict[str, Canned] = {}
+        for name in dir(control_pb2_grpc.ControlServicer):
+            if not name.startswith("_"):
+                setattr(self, name, self._handler(name))
+
+    def _handler(self, name: str) -> Callable[[Any, grpc.ServicerContext], Any]:
+        def handle(request: Any, context: grpc.ServicerContext) -> Any:
+            self.calls.append((name, request))
+            answer = self.answers.get(name)
+            if callable(answer):
+                answer = answer(request)
+            if isinstance(answer, Abort):
+                context.abort(answer.code, answer.details)
+            if answer is None:
+                context.abort(grpc.StatusCode.UNIMPLEMENTED, f"no answer for {name}")
+            return iter(answer) if isinstance(answer, list) else answer
+
+        return handle
+
+    def requests(self, name: str) -> list[Any]:
+        return [r for n, r in self.calls if n == name]
+
+
+def _serve(servicer: FakeControl) -> tuple[grpc.Server, str]:
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    control_pb2_grpc.add_ControlServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    return server, f"127.0.0.1:{port}"
+
+
+@pytest.fixture
+def fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[FakeControl, str]]:
+    monkeypatch.delenv("OVCTL_HOST", raising=False)
+    monkeypatch.setenv("OVCTL_CONFIG", "/nonexistent/ovctl-test-context.yaml")
+    servicer = FakeControl()
+    server, addr = _serve(servicer)
+    yield servicer, addr
+    server.stop(0)
+
+
+def _closed_port() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{s.getsockname()[1]}"
+
+
+def run(addr: str, *argv: str) -> int:
+    return cli.main(["-H", addr, *argv])
+
+
+def test_network_create_sends_spec_and_prints_id(
+    fake: tuple[FakeControl, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    servicer, addr = fake
+    servicer.answers["CreateNetwork"] = cpb.CreateNetworkResponse(
+        network=pb.Network(meta=pb.Meta(id="net123"))
+    )
+    code = run(
+        addr,
+        "network",
+        "create",
+        "--subnet",
+        "10.9.0.0/24",
+        "--opt",
+        "encrypted",
+        "--opt",
+        "com.x=1",
+        "--label",
+        "env=dev",
+        "--attachable",
+        "front",
+    )
+    assert code == 0
+    assert capsys.readouterr().out == "net123\n"
+    (req,) = servicer.requests("CreateNetwork")
+    assert req.spec == pb.NetworkSpec(
+        name="front",
+        subnet="10.9.0.0/24",
+        encrypted=True,
+        attachable=True,
+        options={"com.x": "1"},
+        labels={"env": "dev"},
+    )
+
+
+def test_double_dash_lets_a_name_start_with_a_dash(
+    fake: tuple[FakeControl, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    servicer, addr = fake
+    servicer.answers["CreateNetwork"] = Abort(grpc.StatusCode.INVALID_ARGUMENT, "bad name -x")
+    servicer.answers["RemoveNetwork"] = cpb.RemoveNetworkResponse()
+    assert run(addr, "network", "create", "-x") == 2
+    assert "goes after --" in capsys.readouterr().err
+    assert run(addr, "network", "create", "--", "-x") == 1
+    assert servicer.requests("CreateNetwork")[0].spec.name == "-x"
+    assert run(addr, "network", "rm", "a", "--", "-b") == 0
+    assert [r.network_ref for r in servicer.requests("RemoveNetwork")] == ["a", "-b"]
+    assert capsys.readouterr().err == "Error: bad name -x\n"
+
+
+def test_network_ls_filters_quiet_and_json(
+    fake: tuple[FakeControl, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    servicer, addr = fake
+    servicer.answers["ListNetworks"] = cpb.ListNetworksResponse(
+        networks=[_network("b", "id-b" * 5), _network("a", "id-a" * 5)]
+    )
+    assert run(addr, "network", "ls", "-q", "--filter", "name=a", "-f", "label=env") == 0
+    assert capsys.readouterr().out == f"{'id-a' * 5}\n{'id-b' * 5}\n"
+    assert servicer.requests("ListNetworks")[0] == cpb.ListNetworksRequest(
+        name_prefixes=["a"], labels=["env"]
+    )
+    assert run(addr, "network", "ls", "--format", "json") == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert [n["spec"]["name"] for n in doc] == ["b", "a"]
+    assert doc[0]["vni"] == 4097 and doc[0]["spec"]["encrypted"] is False
+    assert run(addr, "network", "ls") == 0
+    assert capsys.readouterr().out.splitlines()[1].startswith("id-aid-aid-a   a ")
+
+
+def test_service_create_builds_the_spec(
+    fake: tuple[FakeControl, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    servicer, addr = fake
+    servicer.answers["CreateService"] = cpb.CreateServiceResponse(
+        service=pb.Service(meta=pb.Meta(id="svc1"))
+    )
+    code = run(
+        addr,
+        "service",
+        "create",
+        "--name",
+        "web",
+        "--network",
+        "front,alias=www",
+        "--replicas",
+        "3",
+        "-p",
+        "8080:80",
+        "--publish",
+        "target=53,protocol=udp",
+        "--constraint",
+        "node.role==worker",
+        "--env",
+        "A=1",
+        "--restart-delay",
+        "2s",
+        "--update-delay",
+        "1m",
+        "--",
+        "python3",
+        "-m",
+        "http.server",
+        "80",
+    )
+    assert code == 0, capsys.readouterr().err
+    assert capsys.readouterr().out == "svc1\n"
+    spec = servicer.requests("CreateService")[0].spec
+    assert list(spec.command) == ["python3", "-m", "http.server", "80"]
+    assert spec.replicated.replicas == 3
+    assert spec.networks[0] == pb.NetworkAttachmentConfig(target="front", aliases=["www"])
+    assert [(p.published_port, p.target_port, p.protocol) for p in spec.endpoint.ports] == [
+        (8080, 80, pb.PROTOCOL_TCP),
+        (0, 53, pb.PROTOCOL_UDP),
+    ]
+    assert spec.restart_policy.delay_ms == 2000 and spec.update_config.delay_ms == 60_000
+
+
+def test_usage_errors_exit_2_without_calling(
+    fake: tuple[FakeControl, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    servicer, addr = fake
+    assert run(addr, "service", "create", "--name", "web", "--restart-delay", "5") == 2
+    assert "invalid duration '5'" in capsys.readouterr().err
+    assert (
+        run(
+            addr,
+            "service",
+            "create",
+            "--name",
+            "g",
+            "--mode",
+            "global",
+            "--replicas",
+            "2",
+            "--",
+            "x",
+        )
+        == 2
+    )
+    assert "--replicas cannot be used with --mode global" in capsys.readouterr().err
+    assert run(addr, "cluster", "info", "--", "x") == 2
+    assert "unrecognized arguments: -- x" in capsys.readouterr().err
+    assert run(addr, "service", "create", "--", "sleep", "1") == 2
+    assert "required: --name" in capsys.readouterr().err
+    assert run(addr, "service", "update", "web") == 2
+    assert "nothing to update" in capsys.readouterr().err
+    assert servicer.calls == []
+
+
+def test_server_refusal_is_printed_and_exits_1(
+    fake: tuple[FakeControl, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    servicer, addr = fake
+    servicer.answers["CreateNetwork"] = Abort(
+        grpc.StatusCode.INVALID_ARGUMENT, "subnet 10.9.0.0/24 overlaps network back (10.9.0.0/16)"
+    )
+    assert run(addr, "network", "create", "--subnet", "10.9.0.0/24", "front") == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == "Error: subnet 10.9.0.0/24 overlaps network back (10.9.0.0/16)\n"
+
+
+def test_internal_errors_name_their_code(
+    fake: tuple[FakeControl, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    servicer, addr = fake
+    servicer.answers["ListNodes"] = Abort(grpc.StatusCode.INTERNAL, "boom")
+    assert run(addr, "node", "ls") == 1
+    assert capsys.readouterr().err == "Error: INTERNAL: boom\n"
+
+
+def test_rm_goes_on_past_not_found(
+    fake: tuple[FakeControl, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    servicer, addr = fake
+    servicer.answers["RemoveService"] = lambda req: (
+        Abort(grpc.StatusCode.NOT_FOUND, f"no service {req.service_ref}")
+        if req.service_ref == "ghost"
+        else cpb.RemoveServiceResponse()
+    )
+    assert run(addr, "service", "rm", "ghost", "web") == 1
+    captured = capsys.readouterr()
+    assert captured.out == "web\n"
+    assert captured.err == "Error: no service ghost\n"
+    assert [r.service_ref for r in servicer.requests("RemoveService")] == ["ghost", "web"]
+
+
+def test_inspect_prints_found_objects_as_a_list(
+    fake: tuple[FakeControl, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    servicer, addr = fake
+    servicer.answers["GetNode"] = lambda req: (
+        cpb.GetNodeResponse(node=pb.Node(meta=pb.Meta(id=req.node_ref)))
+        if req.node_ref != "ghost"
+        else Abort(grpc.StatusCode.NOT_FOUND, "no node ghost")
+    )
+    assert run(addr, "node", "inspect", "n1", "ghost", "--format", "json") == 1
+    captured = capsys.readouterr()
+    assert [n["meta"]["id"] for n in json.loads(captured.out)] == ["n1"]
+    assert "Error: no node ghost" in captured.err
+
+
+def test_scale_updates_with_the_version_read(
+    fake: tuple[FakeControl, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    servicer, addr = fake
+    services = {
+        "web": _service("web", "idweb", ["x"], replicas=1),
+        "mon": _service("mon", "idmon", ["x"]),
+    }
+    servicer.answers["GetService"] = lambda req: cpb.GetServiceResponse(
+        service=services[req.service_ref]
+    )
+    servicer.answers["UpdateService"] = lambda req: cpb.UpdateServiceResponse()
+    assert run(addr, "service", "scale", "web=4", "mon=2") == 1
+    captured = capsys.readouterr()
+    assert captured.out == "web scaled to 4\n"
+    assert "service mon is global" in captured.err
+    (update,) = servicer.requests("UpdateService")
+    assert (update.service_ref, update.version, update.spec.replicated.replicas) == ("idweb", 7, 4)
+    assert list(update.spec.command) == ["x"]
+
+
+def test_scale_rejects_bad_syntax(fake: tuple[FakeControl, str]) -> None:
+    _, addr = fake
+    assert run(addr, "service", "scale", "web") == 2
+
+
+def test_service_update_read_modify_write(
+    fake: tuple[FakeControl, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    servicer, addr = fake
+    svc = pb.Service(meta=pb.Meta(id="idweb", version=11), spec=_stored_spec())
+    servicer.answers["GetService"] = cpb.GetServiceResponse(service=svc)
+    servicer.answers["GetNetwork"] = cpb.GetNetworkResponse(
+        network=pb.Network(meta=pb.Meta(id="netid1"), spec=pb.NetworkSpec(name="front"))
+    )
+    servicer.answers["UpdateService"] = cpb.UpdateServiceResponse()
+    code = run(
+        addr,
+        "service",
+        "update",
+        "--env-add",
+        "A=9",
+        "--network-rm",
+        "front",
+        "--publish-rm",
+        "80",
+        "--command",
+        "web",
+        "--",
+        "sleep",
+        "5",
+    )
+    assert code == 0, capsys.readouterr().err
+    assert capsys.readouterr().out == "web\n"
+    (req,) = servicer.requests("UpdateService")
+    assert (req.service_ref, req.version) == ("idweb", 11)
+    assert list(req.spec.env) == ["B=2", "A=9"]
+    assert list(req.spec.networks) == []
+    assert list(req.spec.endpoint.ports) == []
+    assert list(req.spec.command) == ["sleep", "5"]
+
+
+def test_service_update_conflict_exits_1(
+    fake: tuple[FakeControl, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    servicer, addr = fake
+    servicer.answers["GetService"] = cpb.GetServiceResponse(
+        service=pb.Service(meta=pb.Meta(id="idweb"), spec=_stored_spec())
+    )
+    assert run(addr, "service", "update", "--label-rm", "absent", "web") == 1
+    assert "has no label 'absent'" in capsys.readouterr().err
+    assert servicer.requests("UpdateService") == []
+
+
+def test_service_ps_resolves_hostnames_and_filters(
+    fake: tuple[FakeControl, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    servicer, addr = fake
+    task = _task("task1" * 4, 1, 1, pb.TASK_STATE_RUNNING)
+    task.status.timestamp_ms = int(time.time() * 1000) - 5000
+    servicer.answers["ListTasks"] = cpb.ListTasksResponse(tasks=[task])
+    servicer.answers["ListNodes"] = cpb.ListNodesResponse(
+        nodes=[pb.Node(meta=pb.Meta(id="n1"), description=pb.NodeDescription(hostname="host-a"))]
+    )
+    assert run(addr, "service", "ps", "web", "--filter", "desired-state=running") == 0
+    row = capsys.readouterr().out.splitlines()[1]
+    assert row.split()[:5] == ["task1task1ta", "web.1", "host-a", "Running", "Running"]
+    assert "seconds ago" in row and row.endswith("10.0.1.5/24")
+    assert servicer.requests("ListTasks")[0] == cpb.ListTasksRequest(
+        service_refs=["web"], desired_states=[pb.TASK_STATE_RUNNING]
+    )
+    assert run(addr, "service", "ps", "-q", "web") == 0
+    assert capsys.readouterr().out == "task1" * 4 + "\n"
+
+
+def test_service_logs_streams_to_stdout_and_stderr(
+    fake: tuple[FakeControl, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    servicer, addr = fake
+    servicer.answers["ListNodes"] = cpb.ListNodesResponse(
+        nodes=[pb.Node(meta=pb.Meta(id="n1"), description=pb.NodeDescription(hostname="h1"))]
+    )
+    servicer.answers["ServiceLogs"] = [
+        cpb.LogLine(task_name="web.1.abc", node_id="n1", stream="stdout", data=b"hello\n"),
+        cpb.LogLine(task_name="web.2.def", node_id="n1", stream="stderr", data=b"oops\n"),
+    ]
+    assert run(addr, "service", "logs", "--tail", "10", "web") == 0
+    captured = capsys.readouterr()
+    assert captured.out == "web.1.abc@h1 | hello\n"
+    assert captured.err == "web.2.def@h1 | oops\n"
+    assert servicer.requests("ServiceLogs")[0] == cpb.ServiceLogsRequest(service_ref="web", tail=10)
+
+
+def test_node_update_and_rm(
+    fake: tuple[FakeControl, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    servicer, addr = fake
+    servicer.answers["GetNode"] = cpb.GetNodeResponse(
+        node=pb.Node(meta=pb.Meta(id="nid", version=3), spec=pb.NodeSpec(labels={"a": "1"}))
+    )
+    servicer.answers["UpdateNode"] = cpb.UpdateNodeResponse()
+    servicer.answers["RemoveNode"] = cpb.RemoveNodeResponse()
+    assert run(addr, "node", "update", "--availability", "drain", "--label-add", "z=1", "h1") == 0
+    (req,) = servicer.requests("UpdateNode")
+    assert (req.node_ref, req.version) == ("nid", 3)
+    assert req.spec == pb.NodeSpec(
+        labels={"a": "1", "z": "1"}, availability=pb.NODE_AVAILABILITY_DRAIN
+    )
+    assert run(addr, "node", "rm", "--force", "h1") == 0
+    assert servicer.requests("RemoveNode") == [cpb.RemoveNodeRequest(node_ref="h1", force=True)]
+    assert capsys.readouterr().out == "h1\nh1\n"
+
+
+def test_cluster_info_json(
+    fake: tuple[FakeControl, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    servicer, addr = fake
+    servicer.answers["GetClusterInfo"] = cpb.GetClusterInfoResponse(
+        managers=[cpb.ManagerInfo(manager_id="m1", addr=addr, leader=True)], leader_id="m1"
+    )
+    assert run(addr, "cluster", "info", "--format", "json") == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["leader_id"] == "m1" and doc["managers"][0]["leader"] is True
+
+
+def test_fails_over_from_unreachable_and_unavailable_managers(
+    fake: tuple[FakeControl, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    servicer, addr = fake
+    servicer.answers["ListNodes"] = cpb.ListNodesResponse()
+    follower = FakeControl()
+    follower.answers["ListNodes"] = Abort(grpc.StatusCode.UNAVAILABLE, "not the leader")
+    server, follower_addr = _serve(follower)
+    try:
+        assert cli.main(["node", "ls", "-q", "-H", f"{_closed_port()},{follower_addr},{addr}"]) == 0
+    finally:
+        server.stop(0)
+    assert len(follower.requests("ListNodes")) == 1
+    assert len(servicer.requests("ListNodes")) == 1
+    assert capsys.readouterr().err == ""
+
+
+def test_log_stream_fails_over_before_the_first_line(
+    fake: tuple[FakeControl, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    servicer, addr = fake
+    servicer.answers["ListNodes"] = cpb.ListNodesResponse()
+    servicer.answers["ServiceLogs"] = [cpb.LogLine(task_name="t", node_id="n", data=b"x")]
+    follower = FakeControl()
+    follower.answers["ServiceLogs"] = Abort(grpc.StatusCode.UNAVAILABLE, "not the leader")
+    server, follower_addr = _serve(follower)
+    try:
+        # The first address answers ListNodes, so the stream starts there and must move on.
+        follower.answers["ListNodes"] = cpb.ListNodesResponse()
+        assert run(f"{follower_addr},{addr}", "service", "logs", "web") == 0
+    finally:
+        server.stop(0)
+    assert len(follower.requests("ServiceLogs")) == 1
+    assert capsys.readouterr().out == "t@n | x\n"
+
+
+def test_help_exits_0_without_a_call(
+    fake: tuple[FakeControl, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    servicer, addr = fake
+    assert run(addr, "service", "update", "--help") == 0
+    assert "--publish-rm TARGET[/PROTO]" in capsys.readouterr().out
+    assert cli.main([]) == 2
+    assert servicer.calls == []
+
+
+def test_all_managers_unavailable(
+    fake: tuple[FakeControl, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    servicer, addr = fake
+    servicer.answers["ListNodes"] = Abort(grpc.StatusCode.UNAVAILABLE, "not the leader")
+    dead = _closed_port()
+    assert run(f"{dead},{addr}", "node", "ls") == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"Error: cannot reach manager at {dead}, {addr}: not the leader")
+
+
+def test_timeout_is_applied(
+    fake: tuple[FakeControl, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    servicer, addr = fake
+
+    def slow(_req: Any) -> cpb.ListNodesResponse:
+        time.sleep(1)
+        return cpb.ListNodesResponse()
+
+    servicer.answers["ListNodes"] = slow
+    start = time.monotonic()
+    assert run(addr, "--timeout", "0.2", "node", "ls") == 1
+    assert time.monotonic() - start < 0.9
+    assert capsys.readouterr().err.startswith("Error: DEADLINE_EXCEEDED")
+
+
+def test_host_from_environment(
+    fake: tuple[FakeControl, str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    servicer, addr = fake
+    servicer.answers["ListServices"] = cpb.ListServicesResponse()
+    monkeypatch.setenv("OVCTL_HOST", addr)
+    assert cli.main(["service", "ls"]) == 0
+    assert capsys.readouterr().out.split() == ["ID", "NAME", "MODE", "REPLICAS", "PORTS", "COMMAND"]
