@@ -17,6 +17,7 @@ import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -52,8 +53,11 @@ class Assignments:
             if kind is None:
                 continue
             obj = getattr(change, kind)
-            table: dict = {"task": self.tasks, "network": self.networks,
-                           "service": self.services}[kind]
+            table: dict[str, Any] = {
+                "task": self.tasks,
+                "network": self.networks,
+                "service": self.services,
+            }[kind]  # type: ignore[assignment]
             if change.action == dpb.ASSIGNMENT_ACTION_REMOVE:
                 table.pop(obj.meta.id, None)
             else:
@@ -65,10 +69,16 @@ OnAssignments = Callable[[Assignments], Awaitable[None]]
 
 
 class AgentSession:
-    def __init__(self, managers: Sequence[str], description: pb.NodeDescription,
-                 spec: pb.NodeSpec | None = None, *, state_dir: Path | None = None,
-                 on_assignments: OnAssignments | None = None,
-                 backoff_max: float = 5.0) -> None:
+    def __init__(
+        self,
+        managers: Sequence[str],
+        description: pb.NodeDescription,
+        spec: pb.NodeSpec | None = None,
+        *,
+        state_dir: Path | None = None,
+        on_assignments: OnAssignments | None = None,
+        backoff_max: float = 5.0,
+    ) -> None:
         self.managers = list(managers)
         self.description = description
         self.spec = spec or pb.NodeSpec()
@@ -113,8 +123,9 @@ class AgentSession:
                     delay = 0.05
                 else:
                     i += 1
-                if e.code() == grpc.StatusCode.NOT_FOUND and "not registered" in (e.details()
-                                                                                   or ""):
+                if e.code() == grpc.StatusCode.NOT_FOUND and "not registered" in (
+                    e.details() or ""
+                ):
                     self.node_id = ""  # the node was removed: register afresh
                 log.info("session with %s ended: %s %s", addr, e.code().name, e.details())
             except SequenceGap as e:
@@ -133,14 +144,14 @@ class AgentSession:
     async def _session(self, addr: str) -> None:
         self._channel = grpc.aio.insecure_channel(addr)
         self._stub = stub = dispatcher_pb2_grpc.DispatcherStub(self._channel)
-        reg = await stub.Register(dpb.RegisterRequest(node_id=self.node_id,
-                                                      description=self.description,
-                                                      spec=self.spec), timeout=10)
+        reg = await stub.Register(
+            dpb.RegisterRequest(node_id=self.node_id, description=self.description, spec=self.spec),
+            timeout=10,
+        )
         if reg.node_id != self.node_id:
             self.node_id = reg.node_id
             self._save_node_id()
-        call = stub.Session(dpb.SessionRequest(node_id=self.node_id,
-                                               description=self.description))
+        call = stub.Session(dpb.SessionRequest(node_id=self.node_id, description=self.description))
         heartbeat: asyncio.Task[None] | None = None
         try:
             async for msg in call:
@@ -169,8 +180,10 @@ class AgentSession:
             if stub is None:
                 return
             try:
-                resp = await stub.Heartbeat(dpb.HeartbeatRequest(
-                    node_id=self.node_id, session_id=self.session_id), timeout=period_ms / 1000)
+                resp = await stub.Heartbeat(
+                    dpb.HeartbeatRequest(node_id=self.node_id, session_id=self.session_id),
+                    timeout=period_ms / 1000,
+                )
                 period_ms = resp.period_ms or period_ms
             except grpc.aio.AioRpcError as e:
                 log.warning("heartbeat failed: %s %s", e.code().name, e.details())
@@ -180,8 +193,12 @@ class AgentSession:
         the states and sends them again once `connected` is set)."""
         if self._stub is None:
             raise ConnectionError("no session with a manager")
-        await self._stub.UpdateTaskStatus(dpb.UpdateTaskStatusRequest(
-            node_id=self.node_id, session_id=self.session_id, updates=list(updates)), timeout=10)
+        await self._stub.UpdateTaskStatus(
+            dpb.UpdateTaskStatusRequest(
+                node_id=self.node_id, session_id=self.session_id, updates=list(updates)
+            ),
+            timeout=10,
+        )
 
     async def publish_logs(self, lines: Sequence[dpb.PublishLogsMessage]) -> None:
         if self._stub is None:

@@ -312,13 +312,17 @@ class Allocator:
             raise AlreadyExists(f"network {network_id} already has an allocation")
         if spec.subnet:
             subnet = self._explicit_subnet(spec.subnet)
+            # Mistakes in what was asked are reported before conflicts with other networks.
+            gateway = self._gateway(spec.gateway, subnet)
+            ip_range = self._ip_range(spec.ip_range, subnet, gateway) if spec.ip_range else None
+            self._check_free(subnet)
         elif spec.gateway or spec.ip_range:
             raise InvalidArgument(
                 "a gateway or ip_range needs an explicit subnet: give the subnet as well")
         else:
             subnet = self._free_subnet()
-        gateway = self._gateway(spec.gateway, subnet)
-        ip_range = self._ip_range(spec.ip_range, subnet, gateway) if spec.ip_range else None
+            gateway = self._gateway("", subnet)
+            ip_range = None
         with _all_or_nothing() as undo:
             vni = self._vnis.take_next(undo)
             if vni is None:
@@ -342,13 +346,15 @@ class Allocator:
             raise InvalidArgument(
                 f"invalid subnet {text!r}: prefix length must be between /{_MIN_PREFIX} "
                 f"and /{_MAX_PREFIX}")
+        return subnet
+
+    def _check_free(self, subnet: ipaddress.IPv4Network) -> None:
         if self._occupied.last_run_touching(*self._span(subnet)) is not None:
             other = min((n for n in self._networks.values() if n.subnet.overlaps(subnet)),
                         key=lambda n: n.subnet)
             raise FailedPrecondition(
                 f"subnet {subnet} overlaps subnet {other.subnet} of {other.label()}: "
                 "choose a subnet that no other network uses")
-        return subnet
 
     def _free_subnet(self) -> ipaddress.IPv4Network:
         """First fit, jumping over whole runs of taken space rather than trying every block."""

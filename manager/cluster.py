@@ -51,10 +51,12 @@ class Cluster:
         self.state = state
         self.config = config
         self.lock = asyncio.Lock()
-        self.allocator = Allocator(pools=config.default_pools,
-                                   subnet_size=config.default_subnet_size)
-        self.allocator.restore(state.networks.values(), state.services.values(),
-                               state.tasks.values())
+        self.allocator = Allocator(
+            pools=config.default_pools, subnet_size=config.default_subnet_size
+        )
+        self.allocator.restore(
+            state.networks.values(), state.services.values(), state.tasks.values()
+        )
         self._listeners: list[Listener] = []
 
     @classmethod

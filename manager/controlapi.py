@@ -22,8 +22,9 @@ from proto import objects_pb2 as pb
 RUNNING = pb.TASK_STATE_RUNNING
 
 
-def _matches_filters(name: str, labels: Any, name_prefixes: Iterable[str],
-                     label_filters: Iterable[str]) -> bool:
+def _matches_filters(
+    name: str, labels: Any, name_prefixes: Iterable[str], label_filters: Iterable[str]
+) -> bool:
     prefixes = list(name_prefixes)
     if prefixes and not any(name.startswith(p) for p in prefixes):
         return False
@@ -36,8 +37,12 @@ def _matches_filters(name: str, labels: Any, name_prefixes: Iterable[str],
 
 def task_spec_of(spec: pb.ServiceSpec) -> tuple[Any, ...]:
     """What a running task is made from: a change here means tasks must be replaced."""
-    return (tuple(spec.command), tuple(spec.env), spec.workdir,
-            tuple((n.target, tuple(n.aliases)) for n in spec.networks))
+    return (
+        tuple(spec.command),
+        tuple(spec.env),
+        spec.workdir,
+        tuple((n.target, tuple(n.aliases)) for n in spec.networks),
+    )
 
 
 class ControlAPI:
@@ -64,12 +69,18 @@ class ControlAPI:
                     if other.spec.ingress:
                         raise AlreadyExists(
                             f"an ingress network already exists: {other.spec.name!r}; "
-                            "a cluster has only one")
+                            "a cluster has only one"
+                        )
             net_id = new_id()
             alloc = self.cluster.allocator.allocate_network(net_id, spec)
             now = now_ms()
-            net = pb.Network(meta=pb.Meta(id=net_id, created_at_ms=now, updated_at_ms=now),
-                             spec=spec, subnet=alloc.subnet, gateway=alloc.gateway, vni=alloc.vni)
+            net = pb.Network(
+                meta=pb.Meta(id=net_id, created_at_ms=now, updated_at_ms=now),
+                spec=spec,
+                subnet=alloc.subnet,
+                gateway=alloc.gateway,
+                vni=alloc.vni,
+            )
             batch = Batch().create("networks", net).claim_name("networks", spec.name, net_id)
             try:
                 await self.cluster.commit(batch)
@@ -82,28 +93,38 @@ class ControlAPI:
         return cpb.GetNetworkResponse(network=self.state.resolve("networks", req.network_ref))
 
     async def list_networks(self, req: cpb.ListNetworksRequest) -> cpb.ListNetworksResponse:
-        nets = [n for n in self.state.networks.values()
-                if _matches_filters(n.spec.name, n.spec.labels, req.name_prefixes, req.labels)]
+        nets = [
+            n
+            for n in self.state.networks.values()
+            if _matches_filters(n.spec.name, n.spec.labels, req.name_prefixes, req.labels)
+        ]
         nets.sort(key=lambda n: n.spec.name)
         return cpb.ListNetworksResponse(networks=nets)
 
     async def remove_network(self, req: cpb.RemoveNetworkRequest) -> cpb.RemoveNetworkResponse:
         async with self.cluster.lock:
             net: pb.Network = self.state.resolve("networks", req.network_ref)
-            users = sorted(s.spec.name for s in self.state.services.values()
-                           if any(a.target == net.meta.id for a in s.spec.networks))
+            users = sorted(
+                s.spec.name
+                for s in self.state.services.values()
+                if any(a.target == net.meta.id for a in s.spec.networks)
+            )
             if users:
                 raise FailedPrecondition(
                     f"network {net.spec.name!r} is in use by service(s) {', '.join(users)}: "
-                    "remove them or detach them from the network first")
-            attached = [t for t in self.state.tasks.values()
-                        if any(a.network_id == net.meta.id for a in t.networks)]
+                    "remove them or detach them from the network first"
+                )
+            attached = [
+                t
+                for t in self.state.tasks.values()
+                if any(a.network_id == net.meta.id for a in t.networks)
+            ]
             if attached:
                 raise FailedPrecondition(
                     f"network {net.spec.name!r} still has {len(attached)} task(s) attached "
-                    "that are shutting down; retry in a moment")
-            batch = Batch().delete("networks", net.meta.id).release_name("networks",
-                                                                         net.spec.name)
+                    "that are shutting down; retry in a moment"
+                )
+            batch = Batch().delete("networks", net.meta.id).release_name("networks", net.spec.name)
             await self.cluster.commit(batch)
             self.cluster.allocator.release_network(net)
         return cpb.RemoveNetworkResponse()
@@ -122,11 +143,13 @@ class ControlAPI:
             except NotFound:
                 raise NotFound(
                     f"network {att.target!r} not found: create it with "
-                    f"'ovctl network create {att.target}' first") from None
+                    f"'ovctl network create {att.target}' first"
+                ) from None
             if net.spec.ingress:
                 raise InvalidArgument(
                     f"network {net.spec.name!r} is the ingress network; services reach it by "
-                    "publishing ports, not by attaching to it")
+                    "publishing ports, not by attaching to it"
+                )
             att.target = net.meta.id
             ids.append(net.meta.id)
         if len(set(ids)) != len(ids):
@@ -144,8 +167,12 @@ class ControlAPI:
             svc_id = new_id()
             endpoint = self.cluster.allocator.allocate_service(svc_id, spec, network_ids)
             now = now_ms()
-            svc = pb.Service(meta=pb.Meta(id=svc_id, created_at_ms=now, updated_at_ms=now),
-                             spec=spec, endpoint=endpoint, spec_version=1)
+            svc = pb.Service(
+                meta=pb.Meta(id=svc_id, created_at_ms=now, updated_at_ms=now),
+                spec=spec,
+                endpoint=endpoint,
+                spec_version=1,
+            )
             batch = Batch().create("services", svc).claim_name("services", spec.name, svc_id)
             try:
                 await self.cluster.commit(batch)
@@ -160,13 +187,17 @@ class ControlAPI:
 
     async def list_services(self, req: cpb.ListServicesRequest) -> cpb.ListServicesResponse:
         resp = cpb.ListServicesResponse()
-        svcs = [s for s in self.state.services.values()
-                if _matches_filters(s.spec.name, s.spec.labels, req.name_prefixes, req.labels)]
+        svcs = [
+            s
+            for s in self.state.services.values()
+            if _matches_filters(s.spec.name, s.spec.labels, req.name_prefixes, req.labels)
+        ]
         svcs.sort(key=lambda s: s.spec.name)
         for svc in svcs:
             tasks = self.state.service_tasks(svc.meta.id)
-            running = sum(1 for t in tasks
-                          if t.desired_state == RUNNING and t.status.state == RUNNING)
+            running = sum(
+                1 for t in tasks if t.desired_state == RUNNING and t.status.state == RUNNING
+            )
             if svc.spec.WhichOneof("mode") == "global":
                 desired = sum(1 for t in tasks if t.desired_state == RUNNING)
             else:
@@ -183,19 +214,22 @@ class ControlAPI:
                 raise FailedPrecondition(
                     f"update out of sequence: service {cur.spec.name!r} is at version "
                     f"{cur.meta.version}, the update was based on version {req.version}; "
-                    "read it again and retry")
+                    "read it again and retry"
+                )
             spec = pb.ServiceSpec()
             spec.CopyFrom(req.spec)
             if spec.name != cur.spec.name:
                 raise InvalidArgument(
                     f"a service cannot be renamed ({cur.spec.name!r} -> {spec.name!r}): "
-                    "create a new service instead")
+                    "create a new service instead"
+                )
             if spec.WhichOneof("mode") is None:
                 spec.replicated.replicas = 1
             if spec.WhichOneof("mode") != cur.spec.WhichOneof("mode"):
                 raise InvalidArgument(
                     f"service {cur.spec.name!r} is {cur.spec.WhichOneof('mode')}; its mode "
-                    "cannot be changed")
+                    "cannot be changed"
+                )
             network_ids = self._resolve_service_spec(spec)
             endpoint = self.cluster.allocator.reallocate_service(cur, spec, network_ids)
             svc = pb.Service()
@@ -208,9 +242,9 @@ class ControlAPI:
             try:
                 await self.cluster.commit(Batch().update("services", svc))
             except BaseException:
-                # Undo: put the old endpoint's allocations back.
-                self.cluster.allocator.reallocate_service(svc, cur.spec,
-                                                          [a.target for a in cur.spec.networks])
+                # Undo: drop the new endpoint and take back exactly what is still stored.
+                self.cluster.allocator.release_endpoint(svc.meta.id, endpoint)
+                self.cluster.allocator.restore([], [cur], [])
                 raise
         self._kick(svc.meta.id)
         return cpb.UpdateServiceResponse(service=svc)
@@ -218,8 +252,7 @@ class ControlAPI:
     async def remove_service(self, req: cpb.RemoveServiceRequest) -> cpb.RemoveServiceResponse:
         async with self.cluster.lock:
             svc: pb.Service = self.state.resolve("services", req.service_ref)
-            batch = Batch().delete("services", svc.meta.id).release_name("services",
-                                                                         svc.spec.name)
+            batch = Batch().delete("services", svc.meta.id).release_name("services", svc.spec.name)
             await self.cluster.commit(batch)
             self.cluster.allocator.release_service(svc)
         self._kick(svc.meta.id)
@@ -249,8 +282,9 @@ class ControlAPI:
         if req.desired_states:
             wanted = set(req.desired_states)
             tasks = [t for t in tasks if t.desired_state in wanted]
-        ordered = sorted(tasks, key=lambda t: (t.service_name, t.slot, t.node_id,
-                                               -t.meta.created_at_ms))
+        ordered = sorted(
+            tasks, key=lambda t: (t.service_name, t.slot, t.node_id, -t.meta.created_at_ms)
+        )
         return cpb.ListTasksResponse(tasks=ordered)
 
     # ------------------------------------------------------------------ nodes
@@ -259,9 +293,13 @@ class ControlAPI:
         return cpb.GetNodeResponse(node=self.state.resolve("nodes", req.node_ref))
 
     async def list_nodes(self, req: cpb.ListNodesRequest) -> cpb.ListNodesResponse:
-        nodes = [n for n in self.state.nodes.values()
-                 if _matches_filters(n.description.hostname, n.spec.labels, req.name_prefixes,
-                                     req.labels)]
+        nodes = [
+            n
+            for n in self.state.nodes.values()
+            if _matches_filters(
+                n.description.hostname, n.spec.labels, req.name_prefixes, req.labels
+            )
+        ]
         nodes.sort(key=lambda n: (n.description.hostname, n.meta.id))
         return cpb.ListNodesResponse(nodes=nodes)
 
@@ -273,7 +311,8 @@ class ControlAPI:
                 raise FailedPrecondition(
                     f"update out of sequence: node {cur.description.hostname!r} is at version "
                     f"{cur.meta.version}, the update was based on version {req.version}; "
-                    "read it again and retry")
+                    "read it again and retry"
+                )
             node = pb.Node()
             node.CopyFrom(cur)
             node.spec.CopyFrom(req.spec)
@@ -288,7 +327,8 @@ class ControlAPI:
             if node.status.state == pb.NODE_STATE_READY and not req.force:
                 raise FailedPrecondition(
                     f"node {node.description.hostname!r} ({node.meta.id}) is not down and can't "
-                    "be removed: stop its agent first, or use --force")
+                    "be removed: stop its agent first, or use --force"
+                )
             await self.cluster.commit(Batch().delete("nodes", node.meta.id))
         self._kick(None)
         return cpb.RemoveNodeResponse()

@@ -50,8 +50,13 @@ _ITEM_FIELD = {"tasks": "task", "networks": "network", "services": "service"}
 
 
 class Dispatcher:
-    def __init__(self, cluster: Cluster, logs: LogBroker, kick: Callable[[str | None], None],
-                 managers: Callable[[], list[str]]) -> None:
+    def __init__(
+        self,
+        cluster: Cluster,
+        logs: LogBroker,
+        kick: Callable[[str | None], None],
+        managers: Callable[[], list[str]],
+    ) -> None:
         self.cluster = cluster
         self.state = cluster.state
         self.logs = logs
@@ -69,7 +74,8 @@ class Dispatcher:
 
     def _on_commit(self, batch: Batch) -> None:
         if any(k in _ITEM_FIELD for k, _ in batch.puts) or any(
-                k in _ITEM_FIELD for k, _ in batch.deletes):
+            k in _ITEM_FIELD for k, _ in batch.deletes
+        ):
             self._dirty.set()
 
     def assignment_set(self, node_id: str) -> dict[Key, Message]:
@@ -105,11 +111,19 @@ class Dispatcher:
             return None
         sess.sent = {k: v.meta.version for k, v in current.items()}  # type: ignore[attr-defined]
         msg = dpb.SessionMessage(
-            session_id=sess.session_id, node_id=sess.node_id,
-            heartbeat_period_ms=self.period_ms, managers=self._managers(),
+            session_id=sess.session_id,
+            node_id=sess.node_id,
+            heartbeat_period_ms=self.period_ms,
+            managers=self._managers(),
             assignments=dpb.AssignmentsMessage(
-                type=dpb.ASSIGNMENTS_TYPE_COMPLETE if complete else dpb.ASSIGNMENTS_TYPE_INCREMENTAL,
-                changes=changes, applies_to=sess.seq, results_in=sess.seq + 1))
+                type=dpb.ASSIGNMENTS_TYPE_COMPLETE
+                if complete
+                else dpb.ASSIGNMENTS_TYPE_INCREMENTAL,
+                changes=changes,
+                applies_to=sess.seq,
+                results_in=sess.seq + 1,
+            ),
+        )
         sess.seq += 1
         return msg
 
@@ -136,9 +150,12 @@ class Dispatcher:
         while True:
             await asyncio.sleep(self.period_ms / 2000)
             now = time.monotonic()
-            stale = [n for n in self.state.nodes.values()
-                     if n.status.state == pb.NODE_STATE_READY
-                     and now - self.last_seen.setdefault(n.meta.id, now) > grace]
+            stale = [
+                n
+                for n in self.state.nodes.values()
+                if n.status.state == pb.NODE_STATE_READY
+                and now - self.last_seen.setdefault(n.meta.id, now) > grace
+            ]
             if not stale:
                 continue
             async with self.cluster.lock:
@@ -155,8 +172,11 @@ class Dispatcher:
                     sess = self.sessions.pop(node.meta.id, None)
                     if sess is not None:
                         sess.queue.put_nowait(None)
-                    log.warning("node %s (%s) missed heartbeats: marked down",
-                                node.meta.id, node.description.hostname)
+                    log.warning(
+                        "node %s (%s) missed heartbeats: marked down",
+                        node.meta.id,
+                        node.description.hostname,
+                    )
                 if len(batch):
                     await self.cluster.commit(batch)
             self._kick(None)
@@ -170,10 +190,12 @@ class Dispatcher:
             cur = self.state.nodes.get(req.node_id) if req.node_id else None
             now = now_ms()
             if cur is None:
-                node = pb.Node(meta=pb.Meta(id=new_id(), created_at_ms=now, updated_at_ms=now),
-                               spec=req.spec, description=req.description,
-                               status=pb.NodeStatus(state=pb.NODE_STATE_UNKNOWN,
-                                                    message="registered"))
+                node = pb.Node(
+                    meta=pb.Meta(id=new_id(), created_at_ms=now, updated_at_ms=now),
+                    spec=req.spec,
+                    description=req.description,
+                    status=pb.NodeStatus(state=pb.NODE_STATE_UNKNOWN, message="registered"),
+                )
                 await self.cluster.commit(Batch().create("nodes", node))
             else:
                 node = pb.Node()
@@ -226,8 +248,9 @@ class Dispatcher:
         self.last_seen[req.node_id] = time.monotonic()
         return dpb.HeartbeatResponse(period_ms=self.period_ms)
 
-    async def update_task_status(self, req: dpb.UpdateTaskStatusRequest
-                                 ) -> dpb.UpdateTaskStatusResponse:
+    async def update_task_status(
+        self, req: dpb.UpdateTaskStatusRequest
+    ) -> dpb.UpdateTaskStatusResponse:
         self._check_session(req.node_id, req.session_id)
         self.last_seen[req.node_id] = time.monotonic()
         async with self.cluster.lock:
@@ -249,24 +272,32 @@ class Dispatcher:
                 changed.append(task)
             for i in range(0, len(changed), Store.MAX_OPS):
                 batch = Batch()
-                for task in changed[i:i + Store.MAX_OPS]:
+                for task in changed[i : i + Store.MAX_OPS]:
                     batch.update("tasks", task)
                 await self.cluster.commit(batch)
         for sid in {t.service_id for t in changed}:
             self._kick(sid)
         return dpb.UpdateTaskStatusResponse()
 
-    async def publish_logs(self, messages: AsyncIterator[dpb.PublishLogsMessage]
-                           ) -> dpb.PublishLogsResponse:
+    async def publish_logs(
+        self, messages: AsyncIterator[dpb.PublishLogsMessage]
+    ) -> dpb.PublishLogsResponse:
         async for m in messages:
             self._check_session(m.node_id, m.session_id)
             task = self.state.tasks.get(m.task_id)
             if task is None:
                 continue
             name = f"{task.service_name}.{task.slot or task.node_id}.{task.meta.id}"
-            self.logs.publish(cpb.LogLine(task_id=m.task_id, task_name=name, node_id=m.node_id,
-                                          stream=m.stream, timestamp_ms=m.timestamp_ms or now_ms(),
-                                          data=m.data))
+            self.logs.publish(
+                cpb.LogLine(
+                    task_id=m.task_id,
+                    task_name=name,
+                    node_id=m.node_id,
+                    stream=m.stream,
+                    timestamp_ms=m.timestamp_ms or now_ms(),
+                    data=m.data,
+                )
+            )
         return dpb.PublishLogsResponse()
 
     async def close(self) -> None:

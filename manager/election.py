@@ -24,8 +24,9 @@ log = logging.getLogger(__name__)
 
 
 class Election:
-    def __init__(self, etcd: EtcdClient, store: Store, manager_id: str, advertise: str,
-                 ttl: int = 3) -> None:
+    def __init__(
+        self, etcd: EtcdClient, store: Store, manager_id: str, advertise: str, ttl: int = 3
+    ) -> None:
         self.etcd = etcd
         self.store = store
         self.manager_id = manager_id
@@ -37,8 +38,11 @@ class Election:
         self.lease_id = 0
         self.is_leader = False
 
-    async def run(self, on_elected: Callable[[int], Awaitable[None]],
-                  on_deposed: Callable[[], Awaitable[None]]) -> None:
+    async def run(
+        self,
+        on_elected: Callable[[int], Awaitable[None]],
+        on_deposed: Callable[[], Awaitable[None]],
+    ) -> None:
         """Campaign forever; call `on_elected(fence_revision)` on winning and `on_deposed()` when
         the lease is lost. Returns only by cancellation."""
         while True:
@@ -59,15 +63,24 @@ class Election:
                 await on_deposed()
             await asyncio.sleep(0.2)
 
-    async def _campaign_while_alive(self, keepalive: asyncio.Task[None],
-                                    on_elected: Callable[[int], Awaitable[None]],
-                                    on_deposed: Callable[[], Awaitable[None]]) -> None:
+    async def _campaign_while_alive(
+        self,
+        keepalive: asyncio.Task[None],
+        on_elected: Callable[[int], Awaitable[None]],
+        on_deposed: Callable[[], Awaitable[None]],
+    ) -> None:
         while not keepalive.done():
             resp = await self.etcd.txn(
                 [compare(self.leader_key, "version", 0)],
-                [rpc.RequestOp(request_put=rpc.PutRequest(
-                    key=self.leader_key, value=self.manager_id.encode(), lease=self.lease_id))],
-                [rpc.RequestOp(request_range=rpc.RangeRequest(key=self.leader_key))])
+                [
+                    rpc.RequestOp(
+                        request_put=rpc.PutRequest(
+                            key=self.leader_key, value=self.manager_id.encode(), lease=self.lease_id
+                        )
+                    )
+                ],
+                [rpc.RequestOp(request_range=rpc.RangeRequest(key=self.leader_key))],
+            )
             if resp.succeeded:
                 self.leader_id = self.manager_id
                 self.is_leader = True
@@ -80,6 +93,13 @@ class Election:
                 return
             kvs = resp.responses[0].response_range.kvs
             if not kvs:
+                continue
+            if kvs[0].value.decode() == self.manager_id and kvs[0].lease != self.lease_id:
+                # Our own previous life (killed before its lease ran out): nobody else leads,
+                # so end that lease now instead of waiting out its TTL.
+                log.info("revoking lease %x of this manager's previous run", kvs[0].lease)
+                with contextlib.suppress(grpc.aio.AioRpcError):
+                    await self.etcd.lease_revoke(kvs[0].lease)
                 continue
             self.leader_id = kvs[0].value.decode()
             await self._wait_leader_gone(int(resp.header.revision), keepalive)

@@ -30,8 +30,9 @@ class LogBroker:
 
     def lines(self, task_ids: Iterable[str], tail: int = 0) -> Iterator[cpb.LogLine]:
         """Lines of these tasks in time order; `tail` > 0 keeps only the last `tail` overall."""
-        merged = sorted((ln for t in task_ids for ln in self._rings.get(t, ())),
-                        key=lambda ln: ln.timestamp_ms)
+        merged = sorted(
+            (ln for t in task_ids for ln in self._rings.get(t, ())), key=lambda ln: ln.timestamp_ms
+        )
         if tail > 0:
             merged = merged[-tail:]
         yield from merged

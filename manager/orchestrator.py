@@ -82,6 +82,7 @@ from proto import objects_pb2 as pb
 RUNNING = pb.TASK_STATE_RUNNING
 _TERMINAL = pb.TASK_STATE_COMPLETE
 _EXITED = frozenset({pb.TASK_STATE_COMPLETE, pb.TASK_STATE_FAILED, pb.TASK_STATE_REJECTED})
+_Nodes = Sequence[pb.Node] | Mapping[str, pb.Node]
 
 
 @dataclass
@@ -151,13 +152,14 @@ class _Slot:
 
 
 class _Reconciler:
-    def __init__(self, service: pb.Service, tasks: Sequence[pb.Task], nodes: Sequence[pb.Node],
-                 now_ms: int, history_limit: int) -> None:
+    def __init__(self, service: pb.Service, tasks: Sequence[pb.Task], nodes: _Nodes, now_ms: int,
+                 history_limit: int) -> None:
         self.service = service
         self.tasks = tasks
         self.version = service.spec_version
         self.policy = service.spec.restart_policy
-        self.nodes = {n.meta.id: n for n in nodes}
+        self.nodes: Mapping[str, pb.Node] = (
+            nodes if isinstance(nodes, Mapping) else {n.meta.id: n for n in nodes})
         self.now = now_ms
         self.history_limit = max(1, history_limit)
         self.plan = ServicePlan()
@@ -394,11 +396,14 @@ class _Reconciler:
         return self.done()
 
 
-def reconcile_service(service: pb.Service, tasks: Sequence[pb.Task], nodes: Sequence[pb.Node],
-                      now_ms: int, history_limit: int = 5) -> ServicePlan:
+def reconcile_service(service: pb.Service, tasks: Sequence[pb.Task], nodes: _Nodes, now_ms: int,
+                      history_limit: int = 5) -> ServicePlan:
     """What to change so that `tasks` (all stored tasks of `service`) match its spec; see the
     module docstring for the rules. A spec without a mode has no replicas: defaults are the
-    control API's to fill in."""
+    control API's to fill in.
+
+    `nodes` may be given by id: a caller reconciling many services against the same nodes then
+    saves rebuilding that index for each of them."""
     r = _Reconciler(service, tasks, nodes, now_ms, history_limit)
     if service.spec.WhichOneof("mode") == "global":
         return r.global_()

@@ -27,7 +27,7 @@ PENDING = pb.TASK_STATE_PENDING
 
 
 def _chunks(items: Sequence[pb.Task], size: int) -> list[Sequence[pb.Task]]:
-    return [items[i:i + size] for i in range(0, len(items), size)]
+    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
 class Reconciler:
@@ -79,7 +79,6 @@ class Reconciler:
     async def _orchestrate(self, full: bool, dirty: set[str]) -> None:
         state = self.state
         now = now_ms()
-        nodes = list(state.nodes.values())
         candidates = set(state.services) | set(state.tasks_by_service) if full else dirty
         creates: list[pb.Task] = []
         updates: list[pb.Task] = []
@@ -90,21 +89,29 @@ class Reconciler:
             if svc is None:
                 to_remove, deletable = reconcile_removed_service(tasks, state.nodes)
                 deletes += [state.tasks[t] for t in deletable]
-                updates += [_with_desired(state.tasks[t], pb.TASK_STATE_REMOVE)
-                            for t in to_remove if t not in deletable]
+                updates += [
+                    _with_desired(state.tasks[t], pb.TASK_STATE_REMOVE)
+                    for t in to_remove
+                    if t not in deletable
+                ]
                 continue
-            plan = reconcile_service(svc, tasks, nodes, now,
-                                     history_limit=self.cluster.config.task_history_limit)
-            updates += [_with_desired(state.tasks[t], pb.TASK_STATE_SHUTDOWN)
-                        for t in plan.shutdown]
+            plan = reconcile_service(
+                svc, tasks, state.nodes, now, history_limit=self.cluster.config.task_history_limit
+            )
+            updates += [
+                _with_desired(state.tasks[t], pb.TASK_STATE_SHUTDOWN) for t in plan.shutdown
+            ]
             deletes += [state.tasks[t] for t in plan.delete]
             creates += [self._new_task(svc, nt, now) for nt in plan.create]
         await self._write(creates, updates, deletes)
 
     async def _allocate_new(self) -> None:
         """Tasks whose addresses could not be allocated when they were made (pool full) retry."""
-        retry = [t for t in self.state.tasks.values()
-                 if t.status.state == pb.TASK_STATE_NEW and t.desired_state <= pb.TASK_STATE_RUNNING]
+        retry = [
+            t
+            for t in self.state.tasks.values()
+            if t.status.state == pb.TASK_STATE_NEW and t.desired_state <= pb.TASK_STATE_RUNNING
+        ]
         for cur in retry:
             task = pb.Task()
             task.CopyFrom(cur)
@@ -130,8 +137,12 @@ class Reconciler:
         if not pending:
             return
         preset = [t for t in pending if t.node_id]
-        result = schedule([t for t in pending if not t.node_id], list(state.nodes.values()),
-                          running, state.services)
+        result = schedule(
+            [t for t in pending if not t.node_id],
+            list(state.nodes.values()),
+            running,
+            state.services,
+        )
         updates = []
         for t in preset:
             updates.append(_assigned(t, t.node_id, now))
@@ -153,15 +164,19 @@ class Reconciler:
         spec = svc.spec
         task = pb.Task(
             meta=pb.Meta(id=new_id(), created_at_ms=now, updated_at_ms=now),
-            service_id=svc.meta.id, service_name=spec.name, slot=nt.slot, node_id=nt.node_id,
+            service_id=svc.meta.id,
+            service_name=spec.name,
+            slot=nt.slot,
+            node_id=nt.node_id,
             spec=pb.TaskSpec(command=spec.command, env=spec.env, workdir=spec.workdir),
-            spec_version=svc.spec_version, desired_state=pb.TASK_STATE_RUNNING,
+            spec_version=svc.spec_version,
+            desired_state=pb.TASK_STATE_RUNNING,
             status=pb.TaskStatus(state=pb.TASK_STATE_NEW, timestamp_ms=now, message="created"),
-            endpoint_mode=spec.endpoint.mode, not_before_ms=nt.not_before_ms,
+            endpoint_mode=spec.endpoint.mode,
+            not_before_ms=nt.not_before_ms,
         )
         for att in spec.networks:
-            task.networks.append(pb.NetworkAttachment(network_id=att.target,
-                                                      aliases=att.aliases))
+            task.networks.append(pb.NetworkAttachment(network_id=att.target, aliases=att.aliases))
         self._allocate(task)
         return task
 
@@ -181,8 +196,9 @@ class Reconciler:
         task.status.err = ""
         return True
 
-    async def _write(self, creates: list[pb.Task], updates: list[pb.Task],
-                     deletes: list[pb.Task]) -> None:
+    async def _write(
+        self, creates: list[pb.Task], updates: list[pb.Task], deletes: list[pb.Task]
+    ) -> None:
         """Commit in bounded transactions. Allocations of tasks that could not be stored are
         released; those of deleted tasks only once the deletion is stored."""
         size = Store.MAX_OPS

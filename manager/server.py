@@ -59,8 +59,10 @@ class Leadership:
         self.reconciler = Reconciler(cluster, self.logs)
         self.control = ControlAPI(cluster, self.logs, self.reconciler.kick)
         self.dispatcher = Dispatcher(cluster, self.logs, self.reconciler.kick, managers)
-        self.tasks = [asyncio.create_task(self.reconciler.run(), name="reconciler"),
-                      asyncio.create_task(self.dispatcher.run(), name="dispatcher")]
+        self.tasks = [
+            asyncio.create_task(self.reconciler.run(), name="reconciler"),
+            asyncio.create_task(self.dispatcher.run(), name="dispatcher"),
+        ]
 
     async def stop(self) -> None:
         for t in self.tasks:
@@ -77,16 +79,19 @@ class Manager:
         self.config = config
         self.etcd = EtcdClient(list(opts.etcd))
         self.store = Store(self.etcd, opts.prefix)
-        self.election = Election(self.etcd, self.store, opts.manager_id,
-                                 opts.advertise or opts.listen, opts.election_ttl)
+        self.election = Election(
+            self.etcd, self.store, opts.manager_id, opts.advertise or opts.listen, opts.election_ttl
+        )
         self.leading: Leadership | None = None
         self.manager_addrs: dict[str, str] = {}
         self._leader_channel: tuple[str, grpc.aio.Channel] | None = None
         self.server = grpc.aio.server()
-        self.server.add_generic_rpc_handlers([
-            self._handlers("Control", control_pb2, self._control_target),
-            self._handlers("Dispatcher", dispatcher_pb2, self._dispatcher_target),
-        ])
+        self.server.add_generic_rpc_handlers(
+            [
+                self._handlers("Control", control_pb2, self._control_target),
+                self._handlers("Dispatcher", dispatcher_pb2, self._dispatcher_target),
+            ]
+        )
         self.port = self.server.add_insecure_port(opts.listen)
         self._election_task: asyncio.Task[None] | None = None
         self._peers_task: asyncio.Task[None] | None = None
@@ -96,7 +101,8 @@ class Manager:
     async def start(self) -> None:
         await self.server.start()
         self._election_task = asyncio.create_task(
-            self.election.run(self._on_elected, self._on_deposed), name="election")
+            self.election.run(self._on_elected, self._on_deposed), name="election"
+        )
         self._peers_task = asyncio.create_task(self._track_managers(), name="managers")
 
     async def stop(self) -> None:
@@ -133,13 +139,14 @@ class Manager:
         while True:
             try:
                 rev, kvs = await self.etcd.get_prefix(prefix)
-                self.manager_addrs = {kv.key[len(prefix):].decode(): kv.value.decode()
-                                      for kv in kvs}
+                self.manager_addrs = {
+                    kv.key[len(prefix) :].decode(): kv.value.decode() for kv in kvs
+                }
                 async for update in self.etcd.watch_prefix(prefix, rev + 1):
                     if update.resync:
                         self.manager_addrs = {}
                     for ev in update.events:
-                        mid = ev.kv.key[len(prefix):].decode()
+                        mid = ev.kv.key[len(prefix) :].decode()
                         if ev.kind == "put":
                             self.manager_addrs[mid] = ev.kv.value.decode()
                         else:
@@ -183,23 +190,28 @@ class Manager:
     async def get_cluster_info(self, _req: cpb.GetClusterInfoRequest) -> cpb.GetClusterInfoResponse:
         resp = cpb.GetClusterInfoResponse(leader_id=self.election.leader_id)
         for mid, addr in sorted(self.manager_addrs.items()):
-            resp.managers.append(cpb.ManagerInfo(manager_id=mid, addr=addr,
-                                                 leader=mid == self.election.leader_id))
+            resp.managers.append(
+                cpb.ManagerInfo(manager_id=mid, addr=addr, leader=mid == self.election.leader_id)
+            )
         with contextlib.suppress(grpc.aio.AioRpcError):
             resp.etcd_revision = await self.etcd.revision()
         return resp
 
-    def _handlers(self, service: str, module: Any, target: Callable[[], Any]
-                  ) -> grpc.GenericRpcHandler:
+    def _handlers(
+        self, service: str, module: Any, target: Callable[[], Any]
+    ) -> grpc.GenericRpcHandler:
         desc = module.DESCRIPTOR.services_by_name[service]
         handlers = {}
         for method in desc.methods:
             req_cls = message_factory.GetMessageClass(method.input_type)
             resp_cls = message_factory.GetMessageClass(method.output_type)
-            fn = self._make_handler(service, method.name, target, method.client_streaming,
-                                    method.server_streaming)
-            kw = {"request_deserializer": req_cls.FromString,
-                  "response_serializer": resp_cls.SerializeToString}
+            fn = self._make_handler(
+                service, method.name, target, method.client_streaming, method.server_streaming
+            )
+            kw = {
+                "request_deserializer": req_cls.FromString,
+                "response_serializer": resp_cls.SerializeToString,
+            }
             if method.server_streaming:
                 handlers[method.name] = grpc.unary_stream_rpc_method_handler(fn, **kw)
             elif method.client_streaming:
@@ -208,8 +220,14 @@ class Manager:
                 handlers[method.name] = grpc.unary_unary_rpc_method_handler(fn, **kw)
         return grpc.method_handlers_generic_handler(f"ovnet.v1.{service}", handlers)
 
-    def _make_handler(self, service: str, name: str, target: Callable[[], Any],
-                      client_streaming: bool, server_streaming: bool) -> Any:
+    def _make_handler(
+        self,
+        service: str,
+        name: str,
+        target: Callable[[], Any],
+        client_streaming: bool,
+        server_streaming: bool,
+    ) -> Any:
         attr = snake(name)
 
         def resolve() -> Any:
@@ -227,8 +245,10 @@ class Manager:
             await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {name}: {e!r}")
 
         if server_streaming:
-            async def stream_handler(request: Any, context: grpc.aio.ServicerContext
-                                     ) -> AsyncIterator[Any]:
+
+            async def stream_handler(
+                request: Any, context: grpc.aio.ServicerContext
+            ) -> AsyncIterator[Any]:
                 try:
                     impl = resolve()
                     if impl is None:
@@ -240,8 +260,9 @@ class Manager:
                         yield item
                 except asyncio.CancelledError:
                     raise
-                except BaseException as e:  # noqa: BLE001 - the edge maps every error
+                except BaseException as e:
                     await fail(context, e)
+
             return stream_handler
 
         async def unary_handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -253,6 +274,7 @@ class Manager:
                 return await getattr(impl, attr)(request)
             except asyncio.CancelledError:
                 raise
-            except BaseException as e:  # noqa: BLE001 - the edge maps every error
+            except BaseException as e:
                 await fail(context, e)
+
         return unary_handler

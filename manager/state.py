@@ -81,7 +81,8 @@ class ClusterState:
             return objs[matches[0]]
         if len(matches) > 1:
             raise InvalidArgument(
-                f"{what} ID prefix {ref!r} is ambiguous: it matches {len(matches)} {kind}")
+                f"{what} ID prefix {ref!r} is ambiguous: it matches {len(matches)} {kind}"
+            )
         raise NotFound(f"{what} {ref!r} not found")
 
     # ---------------------------------------------------------------- mutation

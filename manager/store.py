@@ -2,7 +2,7 @@
 
 Everything the cluster wants lives under one key prefix:
 
-    {prefix}/objects/{kind}/{id}    serialized protobuf object (kind: networks, services, tasks, nodes)
+    {prefix}/objects/{kind}/{id}    serialized object (networks, services, tasks, nodes)
     {prefix}/names/{kind}/{name}    the ID owning a name (uniqueness is a compare on this key)
     {prefix}/leader                 the leading manager's ID, attached to its lease
     {prefix}/managers/{id}          a manager's advertised address, attached to its lease
@@ -108,40 +108,53 @@ class EtcdClient:
         await self.channel.close()
 
     async def get(self, key: bytes) -> KV | None:
-        resp = await self.kv.Range(rpc.RangeRequest(key=key), timeout=self.timeout, wait_for_ready=True)
+        resp = await self.kv.Range(
+            rpc.RangeRequest(key=key), timeout=self.timeout, wait_for_ready=True
+        )
         return _kv(resp.kvs[0]) if resp.kvs else None
 
     async def get_prefix(self, prefix: bytes) -> tuple[int, list[KV]]:
-        """All keys under `prefix` at one revision (a single range read is a consistent snapshot)."""
+        """All keys under `prefix` at one revision (one range read is a consistent snapshot)."""
         resp = await self.kv.Range(
             rpc.RangeRequest(key=prefix, range_end=prefix_range_end(prefix)),
-            timeout=self.timeout, wait_for_ready=True,
+            timeout=self.timeout,
+            wait_for_ready=True,
         )
         return resp.header.revision, [_kv(m) for m in resp.kvs]
 
     async def put(self, key: bytes, value: bytes, lease: int = 0) -> int:
-        resp = await self.kv.Put(rpc.PutRequest(key=key, value=value, lease=lease),
-                                 timeout=self.timeout, wait_for_ready=True)
+        resp = await self.kv.Put(
+            rpc.PutRequest(key=key, value=value, lease=lease),
+            timeout=self.timeout,
+            wait_for_ready=True,
+        )
         return int(resp.header.revision)
 
     async def delete(self, key: bytes) -> int:
-        resp = await self.kv.DeleteRange(rpc.DeleteRangeRequest(key=key), timeout=self.timeout, wait_for_ready=True)
+        resp = await self.kv.DeleteRange(
+            rpc.DeleteRangeRequest(key=key), timeout=self.timeout, wait_for_ready=True
+        )
         return int(resp.header.revision)
 
-    async def txn(self, compare: list[Any], success: list[Any], failure: list[Any] | None = None
-                  ) -> Any:
+    async def txn(
+        self, compare: list[Any], success: list[Any], failure: list[Any] | None = None
+    ) -> Any:
         return await self.kv.Txn(
             rpc.TxnRequest(compare=compare, success=success, failure=failure or []),
-            timeout=self.timeout, wait_for_ready=True,
+            timeout=self.timeout,
+            wait_for_ready=True,
         )
 
     async def revision(self) -> int:
-        resp = await self.kv.Range(rpc.RangeRequest(key=b"\0", count_only=True),
-                                   timeout=self.timeout, wait_for_ready=True)
+        resp = await self.kv.Range(
+            rpc.RangeRequest(key=b"\0", count_only=True), timeout=self.timeout, wait_for_ready=True
+        )
         return int(resp.header.revision)
 
     async def lease_grant(self, ttl: int) -> int:
-        resp = await self.lease.LeaseGrant(rpc.LeaseGrantRequest(TTL=ttl), timeout=self.timeout, wait_for_ready=True)
+        resp = await self.lease.LeaseGrant(
+            rpc.LeaseGrantRequest(TTL=ttl), timeout=self.timeout, wait_for_ready=True
+        )
         return int(resp.ID)
 
     async def lease_keepalive(self, lease_id: int) -> int:
@@ -154,11 +167,16 @@ class EtcdClient:
         return 0 if resp is grpc.aio.EOF else int(resp.TTL)
 
     async def lease_revoke(self, lease_id: int) -> None:
-        await self.lease.LeaseRevoke(rpc.LeaseRevokeRequest(ID=lease_id), timeout=self.timeout, wait_for_ready=True)
+        await self.lease.LeaseRevoke(
+            rpc.LeaseRevokeRequest(ID=lease_id), timeout=self.timeout, wait_for_ready=True
+        )
 
     async def compact(self, revision: int) -> None:
-        await self.kv.Compact(rpc.CompactionRequest(revision=revision, physical=True),
-                              timeout=self.timeout, wait_for_ready=True)
+        await self.kv.Compact(
+            rpc.CompactionRequest(revision=revision, physical=True),
+            timeout=self.timeout,
+            wait_for_ready=True,
+        )
 
     async def watch_prefix(
         self, prefix: bytes, start_revision: int, *, retry_delay: float = 0.2
@@ -174,8 +192,13 @@ class EtcdClient:
         while True:
             call = self.watch_stub.Watch()
             try:
-                await call.write(rpc.WatchRequest(create_request=rpc.WatchCreateRequest(
-                    key=prefix, range_end=range_end, start_revision=next_rev)))
+                await call.write(
+                    rpc.WatchRequest(
+                        create_request=rpc.WatchCreateRequest(
+                            key=prefix, range_end=range_end, start_revision=next_rev
+                        )
+                    )
+                )
                 compacted = False
                 async for resp in call:
                     if resp.compact_revision:
@@ -198,12 +221,20 @@ class EtcdClient:
                     yield WatchUpdate(rev, [WatchEvent("put", kv) for kv in kvs], resync=True)
                     continue
             except grpc.aio.AioRpcError as e:
-                if e.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
-                                    grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN,
-                                    grpc.StatusCode.INTERNAL):
+                if e.code() not in (
+                    grpc.StatusCode.UNAVAILABLE,
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                    grpc.StatusCode.CANCELLED,
+                    grpc.StatusCode.UNKNOWN,
+                    grpc.StatusCode.INTERNAL,
+                ):
                     raise
-                log.info("etcd watch on %r interrupted (%s); resuming at revision %d",
-                         prefix, e.code().name, next_rev)
+                log.info(
+                    "etcd watch on %r interrupted (%s); resuming at revision %d",
+                    prefix,
+                    e.code().name,
+                    next_rev,
+                )
             finally:
                 call.cancel()
             await asyncio.sleep(retry_delay)
@@ -308,7 +339,7 @@ class Store:
         return tuple(rest.split("/", 2))
 
     async def load(self) -> Snapshot:
-        rev, kvs = await self.etcd.get_prefix(self.key("") )
+        rev, kvs = await self.etcd.get_prefix(self.key(""))
         objects: dict[str, dict[str, Message]] = {k: {} for k in KINDS}
         names: dict[str, dict[str, str]] = {k: {} for k in KINDS}
         for kv in kvs:
@@ -331,24 +362,39 @@ class Store:
             conds.append(compare(self._fence[0], "create", self._fence[1]))
         for kind, obj_id, version in batch.expect:
             key = self.object_key(kind, obj_id)
-            conds.append(compare(key, "version", 0) if version == 0
-                         else compare(key, "mod", version))
+            conds.append(
+                compare(key, "version", 0) if version == 0 else compare(key, "mod", version)
+            )
         for kind, name, _ in batch.name_puts:
             conds.append(compare(self.name_key(kind, name), "version", 0))
         ops = []
         for kind, obj in batch.puts:
-            ops.append(rpc.RequestOp(request_put=rpc.PutRequest(
-                key=self.object_key(kind, obj.meta.id),  # type: ignore[attr-defined]
-                value=_encode(obj))))
+            ops.append(
+                rpc.RequestOp(
+                    request_put=rpc.PutRequest(
+                        key=self.object_key(kind, obj.meta.id),  # type: ignore[attr-defined]
+                        value=_encode(obj),
+                    )
+                )
+            )
         for kind, obj_id in batch.deletes:
-            ops.append(rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(
-                key=self.object_key(kind, obj_id))))
+            ops.append(
+                rpc.RequestOp(
+                    request_delete_range=rpc.DeleteRangeRequest(key=self.object_key(kind, obj_id))
+                )
+            )
         for kind, name, obj_id in batch.name_puts:
-            ops.append(rpc.RequestOp(request_put=rpc.PutRequest(
-                key=self.name_key(kind, name), value=obj_id.encode())))
+            ops.append(
+                rpc.RequestOp(
+                    request_put=rpc.PutRequest(key=self.name_key(kind, name), value=obj_id.encode())
+                )
+            )
         for kind, name in batch.name_deletes:
-            ops.append(rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(
-                key=self.name_key(kind, name))))
+            ops.append(
+                rpc.RequestOp(
+                    request_delete_range=rpc.DeleteRangeRequest(key=self.name_key(kind, name))
+                )
+            )
         try:
             resp = await self.etcd.txn(conds, ops)
         except grpc.aio.AioRpcError as e:
@@ -359,7 +405,8 @@ class Store:
                 if cur is None or cur.create_revision != self._fence[1]:
                     raise Unavailable("this manager is no longer the leader; retry")
             raise FailedPrecondition(
-                "the object was changed by someone else since it was read; read it again and retry")
+                "the object was changed by someone else since it was read; read it again and retry"
+            )
         rev = int(resp.header.revision)
         for _, obj in batch.puts:
             obj.meta.version = rev  # type: ignore[attr-defined]
@@ -367,7 +414,7 @@ class Store:
 
 
 def _encode(obj: Message) -> bytes:
-    """Serialize without `meta.version`: it is the key's mod revision, known only after the write."""
+    """Serialize without `meta.version`: it is the key's mod revision, known after the write."""
     version = obj.meta.version  # type: ignore[attr-defined]
     obj.meta.version = 0  # type: ignore[attr-defined]
     try:

@@ -29,11 +29,15 @@ def check_name(kind: str, name: str, *, dns: bool = False) -> None:
     if len(name) > MAX_NAME:
         raise InvalidArgument(
             f"{kind} name {name[:20]!r}... is {len(name)} characters long; at most {MAX_NAME} "
-            "are allowed")
+            "are allowed"
+        )
     pattern = _SERVICE_NAME if dns else _NETWORK_NAME
     if not pattern.match(name):
-        allowed = ("letters, digits and '-', starting and ending with a letter or digit"
-                   if dns else "letters, digits, '_', '.' and '-', starting with a letter or digit")
+        allowed = (
+            "letters, digits and '-', starting and ending with a letter or digit"
+            if dns
+            else "letters, digits, '_', '.' and '-', starting with a letter or digit"
+        )
         raise InvalidArgument(f"invalid {kind} name {name!r}: use {allowed}")
 
 
@@ -41,7 +45,8 @@ def check_labels(kind: str, labels: dict[str, str]) -> None:
     for key in labels:
         if not _LABEL_KEY.match(key) or len(key) > 255:
             raise InvalidArgument(
-                f"invalid {kind} label key {key!r}: use letters, digits, '_', '.', '-' and '/'")
+                f"invalid {kind} label key {key!r}: use letters, digits, '_', '.', '-' and '/'"
+            )
 
 
 def normalize_network_spec(spec: pb.NetworkSpec) -> None:
@@ -55,7 +60,8 @@ def normalize_network_spec(spec: pb.NetworkSpec) -> None:
         elif value not in FALSE_WORDS:
             raise InvalidArgument(
                 f"invalid value {spec.options['encrypted']!r} for option 'encrypted': "
-                "use true or false")
+                "use true or false"
+            )
         del spec.options["encrypted"]
     if spec.ingress and spec.internal:
         raise InvalidArgument("an ingress network cannot be internal: it carries published ports")
@@ -69,18 +75,21 @@ def check_service_spec(spec: pb.ServiceSpec) -> None:
     if not spec.command or not spec.command[0]:
         raise InvalidArgument(
             f"service {spec.name!r} has no command: give one after '--', e.g. "
-            "ovctl service create --name web -- python3 -m http.server 80")
+            "ovctl service create --name web -- python3 -m http.server 80"
+        )
     for item in spec.env:
         key, sep, _ = item.partition("=")
         if not sep or not _ENV_KEY.match(key):
             raise InvalidArgument(
                 f"invalid environment variable {item!r}: use KEY=VALUE with KEY made of letters, "
-                "digits and '_'")
+                "digits and '_'"
+            )
     if spec.WhichOneof("mode") is None:
         spec.replicated.replicas = 1
     if spec.WhichOneof("mode") == "replicated" and spec.replicated.replicas > MAX_REPLICAS:
         raise InvalidArgument(
-            f"replicas {spec.replicated.replicas} is out of range: at most {MAX_REPLICAS}")
+            f"replicas {spec.replicated.replicas} is out of range: at most {MAX_REPLICAS}"
+        )
     seen: set[str] = set()
     for att in spec.networks:
         if not att.target:
@@ -96,7 +105,9 @@ def check_service_spec(spec: pb.ServiceSpec) -> None:
             if port.publish_mode == pb.PUBLISH_MODE_INGRESS:
                 raise InvalidArgument(
                     "port published with ingress mode can't be used with endpoint mode dnsrr: "
-                    "use mode=host for the port, or endpoint mode vip")
+                    "use mode=host for the port, or endpoint mode vip"
+                )
     if spec.placement.max_replicas_per_node > MAX_REPLICAS:
         raise InvalidArgument(
-            f"max replicas per node {spec.placement.max_replicas_per_node} is out of range")
+            f"max replicas per node {spec.placement.max_replicas_per_node} is out of range"
+        )

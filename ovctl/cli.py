@@ -91,8 +91,8 @@ def _arg(parse: Callable[[str], Any], name: str) -> Callable[[str], Any]:
     return convert
 
 
-def _count(what: str, minimum: int = 0) -> Callable[[str], Any]:
-    return _arg(lambda s: specs.parse_uint(s, what, minimum=minimum), what)
+def _count(what: str) -> Callable[[str], Any]:
+    return _arg(lambda s: specs.parse_uint(s, what), what)
 
 
 def _timeout(text: str) -> float:

@@ -68,21 +68,22 @@ e.g. sudo bash scripts/install.sh"
     fi
 }
 
-check_python() {
-    command -v "$python" >/dev/null || die "no '$python' on PATH; ovnet needs Python 3.11 or newer"
-    "$python" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' \
-        || die "$("$python" -V 2>&1) found as '$python'; ovnet needs Python 3.11 or newer \
-(set PYTHON=/path/to/python3.11)"
+# Whether "$1" runs and is Python 3.11 or newer (ovnet uses tomllib, ExceptionGroup, Self).
+python_ok() {
+    "$1" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' >/dev/null 2>&1
 }
 
-# A venv whose interpreter no longer runs (its base Python was removed or upgraded) is rebuilt
-# rather than patched.
+# A venv whose interpreter no longer runs (its base Python was removed or upgraded) or is too
+# old is rebuilt rather than patched.
 ensure_venv() {
-    if [[ -x $venv/bin/python ]] && "$venv/bin/python" -c 'import sys' >/dev/null 2>&1; then
+    if python_ok "$venv/bin/python"; then
         return
     fi
+    command -v "$python" >/dev/null || die "no '$python' on PATH; ovnet needs Python 3.11 or newer"
+    python_ok "$python" || die "'$python' ($("$python" -V 2>&1 | head -n1)) is not a working \
+Python 3.11 or newer; set PYTHON=/path/to/python3.11"
     if [[ -e $venv ]]; then
-        say "removing broken virtualenv $venv"
+        say "removing unusable virtualenv $venv"
         rm -rf "$venv"
     fi
     say "creating virtualenv $venv with $("$python" -V 2>&1)"
@@ -106,7 +107,6 @@ install_python_packages() {
 }
 
 install_debian_packages
-check_python
 ensure_venv
 install_python_packages
 say "done"

@@ -16,6 +16,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 LOOPBACK = "127.0.0.1"
@@ -64,10 +65,14 @@ def tail(path: Path, lines: int) -> str:
 
 
 def _pdeathsig_prefix() -> list[str]:
-    # The death signal is tied to the thread that forked the child: start daemons from the
-    # main thread (as pytest fixtures do), not from a short-lived worker thread.
     setpriv = shutil.which("setpriv")
     return [setpriv, "--pdeathsig", "KILL", "--"] if setpriv else []
+
+
+# The kernel sends the death signal when the *thread* that forked the child exits, not the
+# process. Tests restart daemons from asyncio.to_thread workers, which exit when their event
+# loop closes; so every child is forked by this one thread, which lives as long as the process.
+_forker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tests-procs-forker")
 
 
 class ProcessError(RuntimeError):
@@ -119,7 +124,8 @@ class ManagedProcess:
         with self.log_path.open("ab") as log:
             log.write(f"--- start: {' '.join(self.argv)}\n".encode())
             log.flush()
-            self._proc = subprocess.Popen(
+            self._proc = _forker.submit(
+                subprocess.Popen,
                 _pdeathsig_prefix() + self.argv,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
@@ -129,7 +135,7 @@ class ManagedProcess:
                 # Its own session: a Ctrl-C aimed at pytest must not kill the daemon before the
                 # fixture's teardown has had the chance to stop it in order.
                 start_new_session=True,
-            )
+            ).result()
         return self
 
     def wait_port(self, host: str, port: int, timeout: float = 15.0) -> None:

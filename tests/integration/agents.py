@@ -23,14 +23,23 @@ from proto import objects_pb2 as pb
 
 
 class ScriptedAgent:
-    def __init__(self, loop: asyncio.AbstractEventLoop, managers: list[str], hostname: str,
-                 labels: dict[str, str] | None = None, role: int = pb.NODE_ROLE_WORKER) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        managers: list[str],
+        hostname: str,
+        labels: dict[str, str] | None = None,
+        role: int = pb.NODE_ROLE_WORKER,
+    ) -> None:
         self.loop = loop
         self.hostname = hostname
         self.session = AgentSession(
-            managers, pb.NodeDescription(hostname=hostname, addr="198.51.100.1"),
+            managers,
+            pb.NodeDescription(hostname=hostname, addr="198.51.100.1"),
             pb.NodeSpec(labels=labels or {}, role=role),  # type: ignore[arg-type]
-            on_assignments=self._on_assignments, backoff_max=0.5)
+            on_assignments=self._on_assignments,
+            backoff_max=0.5,
+        )
         self.reported: dict[str, int] = {}
         self._runner: asyncio.Task[None] | None = None
 
@@ -47,38 +56,52 @@ class ScriptedAgent:
             with contextlib.suppress(Exception):
                 await self.session.report(updates)
 
-    def _status(self, task_id: str, state: int, msg: str, exit_code: int = 0
-                ) -> dpb.TaskStatusUpdate:
+    def _status(
+        self, task_id: str, state: int, msg: str, exit_code: int = 0
+    ) -> dpb.TaskStatusUpdate:
         self.reported[task_id] = state
-        return dpb.TaskStatusUpdate(task_id=task_id, status=pb.TaskStatus(
-            state=state, message=msg, exit_code=exit_code,  # type: ignore[arg-type]
-            timestamp_ms=int(time.time() * 1000)))
+        return dpb.TaskStatusUpdate(
+            task_id=task_id,
+            status=pb.TaskStatus(
+                state=state,  # type: ignore[arg-type]
+                message=msg,
+                exit_code=exit_code,
+                timestamp_ms=int(time.time() * 1000),
+            ),
+        )
 
     def start(self) -> None:
         def go() -> None:
             self._runner = asyncio.ensure_future(self.session.run())
+
         self.loop.call_soon_threadsafe(go)
 
     def stop(self) -> None:
         """The host dies: no goodbye, heartbeats just stop."""
+
         async def halt() -> None:
             if self._runner is not None:
                 self._runner.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await self._runner
             self._runner = None
+
         asyncio.run_coroutine_threadsafe(halt(), self.loop).result(10)
 
     def finish(self, task_id: str, state: int, exit_code: int = 0) -> None:
         """Make a running task end (FAILED / COMPLETE) as its process would."""
+
         async def send() -> None:
             await self.session.report([self._status(task_id, state, "exited", exit_code)])
+
         asyncio.run_coroutine_threadsafe(send(), self.loop).result(10)
 
     def publish(self, task_id: str, text: str) -> None:
         async def send() -> None:
-            await self.session.publish_logs([dpb.PublishLogsMessage(
-                task_id=task_id, stream="stdout", data=text.encode())])
+            await self.session.publish_logs(
+                [dpb.PublishLogsMessage(task_id=task_id, stream="stdout", data=text.encode())]
+            )
+
         asyncio.run_coroutine_threadsafe(send(), self.loop).result(10)
 
     @property

@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -44,9 +45,19 @@ class ManagerCluster:
     def add(self) -> ManagedProcess:
         port = free_port()
         addr = f"127.0.0.1:{port}"
-        argv = [sys.executable, "-m", "manager.main", "--listen", addr, "--etcd",
-                self.etcd.endpoint, "--prefix", self.etcd.prefix.rstrip("/"),
-                "--manager-id", f"m{len(self.procs)}"]
+        argv = [
+            sys.executable,
+            "-m",
+            "manager.main",
+            "--listen",
+            addr,
+            "--etcd",
+            self.etcd.endpoint,
+            "--prefix",
+            self.etcd.prefix.rstrip("/"),
+            "--manager-id",
+            f"m{len(self.procs)}",
+        ]
         for k, v in self.flags.items():
             argv += [f"--{k}", v]
         proc = self.spawn(argv, name=f"manager{len(self.procs)}", port=port)
@@ -76,16 +87,24 @@ class ManagerCluster:
             time.sleep(0.05)
         raise AssertionError(f"no leader within {timeout}s (last error: {last})")
 
-    def ovctl(self, *args: str, check: bool = True, host: str | None = None
-              ) -> subprocess.CompletedProcess[str]:
-        res = subprocess.run([*OVCTL, "--host", host or self.host_arg, *args], cwd=REPO,
-                             capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    def ovctl(
+        self, *args: str, check: bool = True, host: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        res = subprocess.run(
+            [*OVCTL, "--host", host or self.host_arg, *args],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            stdin=subprocess.DEVNULL,
+        )
         if check and res.returncode != 0:
-            raise AssertionError(f"ovctl {' '.join(args)} failed ({res.returncode}):\n"
-                                 f"{res.stdout}\n{res.stderr}")
+            raise AssertionError(
+                f"ovctl {' '.join(args)} failed ({res.returncode}):\n{res.stdout}\n{res.stderr}"
+            )
         return res
 
-    def ovctl_json(self, *args: str) -> object:
+    def ovctl_json(self, *args: str) -> Any:
         return json.loads(self.ovctl(*args, "--format", "json").stdout)
 
     def dump(self) -> dict[bytes, tuple[int, bytes]]:

@@ -13,6 +13,7 @@ import ipaddress
 import threading
 import time
 from collections import Counter
+from typing import Any
 
 import grpc
 import pytest
@@ -25,13 +26,17 @@ from tests.integration.conftest import ManagerCluster
 pytestmark = pytest.mark.integration
 
 
-def decode_all(m: ManagerCluster) -> dict[str, dict[str, object]]:
-    out: dict[str, dict[str, object]] = {"networks": {}, "services": {}, "tasks": {},
-                                         "nodes": {}, "names": {}}
-    types = {"networks": pb.Network, "services": pb.Service, "tasks": pb.Task,
-             "nodes": pb.Node}
+def decode_all(m: ManagerCluster) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {
+        "networks": {},
+        "services": {},
+        "tasks": {},
+        "nodes": {},
+        "names": {},
+    }
+    types = {"networks": pb.Network, "services": pb.Service, "tasks": pb.Task, "nodes": pb.Node}
     for key, (_, value) in m.dump().items():
-        parts = key.decode()[len(m.etcd.prefix):].split("/")
+        parts = key.decode()[len(m.etcd.prefix) :].split("/")
         if parts[0] == "objects":
             obj = types[parts[1]]()
             obj.ParseFromString(value)
@@ -41,20 +46,20 @@ def decode_all(m: ManagerCluster) -> dict[str, dict[str, object]]:
     return out
 
 
-def assert_consistent(m: ManagerCluster) -> dict[str, dict[str, object]]:
+def assert_consistent(m: ManagerCluster) -> dict[str, dict[str, Any]]:
     s = decode_all(m)
-    services: dict[str, pb.Service] = s["services"]  # type: ignore[assignment]
-    tasks: dict[str, pb.Task] = s["tasks"]  # type: ignore[assignment]
-    networks: dict[str, pb.Network] = s["networks"]  # type: ignore[assignment]
+    services: dict[str, pb.Service] = s["services"]
+    tasks: dict[str, pb.Task] = s["tasks"]
+    networks: dict[str, pb.Network] = s["networks"]
     # Every name key points at an existing object of that name, and every object has its name.
     for key, obj_id in s["names"].items():
         kind, name = key.split("/", 1)
-        obj = s[kind].get(obj_id)  # type: ignore[union-attr]
+        obj = s[kind].get(obj_id)
         assert obj is not None, f"name {key} points at missing {obj_id}"
-        assert obj.spec.name == name  # type: ignore[attr-defined]
+        assert obj.spec.name == name
     for kind in ("services", "networks"):
         for obj_id, obj in s[kind].items():
-            assert s["names"].get(f"{kind}/{obj.spec.name}") == obj_id  # type: ignore[attr-defined]
+            assert s["names"].get(f"{kind}/{obj.spec.name}") == obj_id
     # No address handed out twice on any network (VIPs and task IPs alike).
     held: Counter[tuple[str, str]] = Counter()
     for svc in services.values():
@@ -68,8 +73,9 @@ def assert_consistent(m: ManagerCluster) -> dict[str, dict[str, object]]:
                 assert ipaddress.ip_interface(addr).ip in ipaddress.ip_network(net.subnet)
     dup = [k for k, n in held.items() if n > 1]
     assert not dup, f"addresses held twice: {dup[:5]}"
-    ports = Counter((p.protocol, p.published_port) for svc in services.values()
-                    for p in svc.endpoint.ports)
+    ports = Counter(
+        (p.protocol, p.published_port) for svc in services.values() for p in svc.endpoint.ports
+    )
     assert all(n == 1 for n in ports.values())
     return s
 
@@ -83,9 +89,12 @@ def test_sigkill_while_creating_200_services(managers: ManagerCluster) -> None:
 
     def create_all() -> None:
         for i in range(200):
-            spec = pb.ServiceSpec(name=f"s{i}", command=["true"],
-                                  networks=[pb.NetworkAttachmentConfig(target="bulk")],
-                                  endpoint=pb.EndpointSpec(ports=[pb.PortConfig(target_port=80)]))
+            spec = pb.ServiceSpec(
+                name=f"s{i}",
+                command=["true"],
+                networks=[pb.NetworkAttachmentConfig(target="bulk")],
+                endpoint=pb.EndpointSpec(ports=[pb.PortConfig(target_port=80)]),
+            )
             try:
                 stub.CreateService(cpb.CreateServiceRequest(spec=spec), timeout=5)
                 created.append(spec.name)
@@ -104,7 +113,7 @@ def test_sigkill_while_creating_200_services(managers: ManagerCluster) -> None:
 
     # Straight after the crash: consistent, and every acknowledged service is there.
     s = assert_consistent(managers)
-    services: dict[str, pb.Service] = s["services"]  # type: ignore[assignment]
+    services: dict[str, pb.Service] = s["services"]
     names = {svc.spec.name for svc in services.values()}
     assert set(created) <= names
     # At most the one in flight when the kill came is stored without its reply.
@@ -113,12 +122,16 @@ def test_sigkill_while_creating_200_services(managers: ManagerCluster) -> None:
     # Restart: the reconciler finishes the half-done work (each service gets its task).
     managers.procs[0].start()
     managers.wait_leader()
-    wait_for(lambda: len(decode_all(managers)["tasks"]) == len(names), timeout=30,
-             what="one task per stored service")
+    wait_for(
+        lambda: len(decode_all(managers)["tasks"]) == len(names),
+        timeout=30,
+        what="one task per stored service",
+    )
     s = assert_consistent(managers)
-    tasks: dict[str, pb.Task] = s["tasks"]  # type: ignore[assignment]
+    tasks: dict[str, pb.Task] = s["tasks"]
     assert Counter(t.service_id for t in tasks.values()) == Counter(
-        {sid: 1 for sid in s["services"]})
+        {sid: 1 for sid in s["services"]}
+    )
     # And it keeps working: the rest can be created.
     for i in range(len(names), len(names) + 5):
         managers.ovctl("service", "create", "--name", f"s{i}", "--network", "bulk", "--", "true")
@@ -134,8 +147,17 @@ def test_leader_failover(managers: ManagerCluster, how: str) -> None:
     # A follower forwards Control calls to the leader.
     out = managers.ovctl("network", "create", "before", host=managers.addrs[1])
     net_id = out.stdout.strip()
-    managers.ovctl("service", "create", "--name", "web", "--replicas", "2", "--", "true",
-                   host=managers.addrs[1])
+    managers.ovctl(
+        "service",
+        "create",
+        "--name",
+        "web",
+        "--replicas",
+        "2",
+        "--",
+        "true",
+        host=managers.addrs[1],
+    )
     before = assert_consistent(managers)
 
     t0 = time.monotonic()
@@ -143,12 +165,20 @@ def test_leader_failover(managers: ManagerCluster, how: str) -> None:
         managers.procs[0].kill()
     else:
         managers.procs[0].stop()
-    wait_for(lambda: managers.wait_leader(addr=managers.addrs[1]) == "m1", timeout=15,
-             what="m1 leading")
+    wait_for(
+        lambda: managers.wait_leader(addr=managers.addrs[1]) == "m1", timeout=15, what="m1 leading"
+    )
     # The new leader serves reads and writes.
-    wait_for(lambda: managers.ovctl("network", "create", "after", host=managers.addrs[1],
-                                    check=False).returncode == 0, timeout=15,
-             what="a write through the new leader")
+    wait_for(
+        lambda: (
+            managers.ovctl(
+                "network", "create", "after", host=managers.addrs[1], check=False
+            ).returncode
+            == 0
+        ),
+        timeout=15,
+        what="a write through the new leader",
+    )
     took = time.monotonic() - t0
     print(f"failover after {how}: new leader serving writes in {took:.2f}s")
     assert took < 10

@@ -17,9 +17,22 @@ pytestmark = pytest.mark.integration
 
 
 def test_create_ls_inspect_rm(managers: ManagerCluster) -> None:
-    out = managers.ovctl("network", "create", "--subnet", "10.10.0.0/24", "--gateway",
-                         "10.10.0.254", "--ip-range", "10.10.0.128/25", "--attachable",
-                         "--opt", "encrypted", "--label", "team=a", "front")
+    out = managers.ovctl(
+        "network",
+        "create",
+        "--subnet",
+        "10.10.0.0/24",
+        "--gateway",
+        "10.10.0.254",
+        "--ip-range",
+        "10.10.0.128/25",
+        "--attachable",
+        "--opt",
+        "encrypted",
+        "--label",
+        "team=a",
+        "front",
+    )
     net_id = out.stdout.strip()
     assert len(net_id) == 25
     managers.ovctl("network", "create", "back")
@@ -37,23 +50,23 @@ def test_create_ls_inspect_rm(managers: ManagerCluster) -> None:
     # Automatic subnets come from 10.0.0.0/8 in /24s, never overlap, and VNIs start at 4096.
     subnets = [ipaddress.ip_network(n["subnet"]) for n in nets]
     for i, a in enumerate(subnets):
-        for b in subnets[i + 1:]:
+        for b in subnets[i + 1 :]:
             assert not a.overlaps(b)
-    assert all(ipaddress.ip_network(by_name[n]["subnet"]).prefixlen == 24
-               for n in ("back", "db"))
+    assert all(ipaddress.ip_network(by_name[n]["subnet"]).prefixlen == 24 for n in ("back", "db"))
     assert sorted(n["vni"] for n in nets) == [4096, 4097, 4098]
 
     table = managers.ovctl("network", "ls").stdout
     assert "front" in table and "10.10.0.0/24" in table
     assert managers.ovctl("network", "ls", "-q").stdout.split() == sorted(
-        [n["meta"]["id"] for n in nets], key=lambda i: by_name_id(nets, i))
+        [n["meta"]["id"] for n in nets], key=lambda i: by_name_id(nets, i)
+    )
     inspected = managers.ovctl_json("network", "inspect", "front")
     assert isinstance(inspected, list) and inspected[0]["meta"]["id"] == net_id
     # An ID prefix works as a reference too.
-    assert managers.ovctl_json("network", "inspect", net_id[:8])[0]["spec"]["name"] == "front"  # type: ignore[index]
+    assert managers.ovctl_json("network", "inspect", net_id[:8])[0]["spec"]["name"] == "front"
 
     managers.ovctl("network", "rm", "front", "back")
-    assert [n["spec"]["name"] for n in managers.ovctl_json("network", "ls")] == ["db"]  # type: ignore[index, union-attr]
+    assert [n["spec"]["name"] for n in managers.ovctl_json("network", "ls")] == ["db"]
     assert len(managers.object_keys("networks")) == 1
 
 
@@ -64,24 +77,30 @@ def by_name_id(nets: list, net_id: str) -> str:
 BAD_NETWORKS = [
     (["--subnet", "10.0.0.1/24", "x"], "INVALID_ARGUMENT", "host bits"),
     (["--subnet", "banana", "x"], "INVALID_ARGUMENT", "banana"),
-    (["--subnet", "10.20.0.0/24", "--gateway", "10.30.0.1", "x"], "INVALID_ARGUMENT",
-     "10.30.0.1"),
-    (["--subnet", "10.20.0.0/24", "--ip-range", "10.21.0.0/25", "x"], "INVALID_ARGUMENT",
-     "10.21.0.0/25"),
+    (["--subnet", "10.20.0.0/24", "--gateway", "10.30.0.1", "x"], "INVALID_ARGUMENT", "10.30.0.1"),
+    (
+        ["--subnet", "10.20.0.0/24", "--ip-range", "10.21.0.0/25", "x"],
+        "INVALID_ARGUMENT",
+        "10.21.0.0/25",
+    ),
     (["--subnet", "10.50.1.0/24", "x"], "FAILED_PRECONDITION", "overlap"),
     (["--subnet", "10.50.0.0/16", "x"], "FAILED_PRECONDITION", "overlap"),
     (["taken"], "ALREADY_EXISTS", "taken"),
     (["bad name!"], "INVALID_ARGUMENT", "bad name!"),
-    (["-leading-dash"], "INVALID_ARGUMENT", "-leading-dash"),
+    (["--", "-leading-dash"], "INVALID_ARGUMENT", "-leading-dash"),
     (["n" * 64], "INVALID_ARGUMENT", "at most 63"),
     (["--opt", "encrypted=maybe", "x"], "INVALID_ARGUMENT", "encrypted"),
 ]
 
 
-@pytest.mark.parametrize(("args", "code", "fragment"), BAD_NETWORKS,
-                         ids=[f"{c}-{'-'.join(a)[:30]}" for a, c, _ in BAD_NETWORKS])
-def test_bad_network_refused_and_nothing_written(managers: ManagerCluster, args: list[str],
-                                                 code: str, fragment: str) -> None:
+@pytest.mark.parametrize(
+    ("args", "code", "fragment"),
+    BAD_NETWORKS,
+    ids=[f"{c}-{'-'.join(a)[:30]}" for a, c, _ in BAD_NETWORKS],
+)
+def test_bad_network_refused_and_nothing_written(
+    managers: ManagerCluster, args: list[str], code: str, fragment: str
+) -> None:
     managers.ovctl("network", "create", "--subnet", "10.50.1.0/24", "taken")
     before = managers.dump()
     res = managers.ovctl("network", "create", *args, check=False)
@@ -98,7 +117,7 @@ def test_bad_network_refused_and_nothing_written(managers: ManagerCluster, args:
 
 def _spec_from_args(args: list[str]) -> pb.NetworkSpec:
     spec = pb.NetworkSpec(name=args[-1])
-    it = iter(args[:-1])
+    it = iter(a for a in args[:-1] if a != "--")
     for flag in it:
         value = next(it)
         if flag == "--opt":
@@ -132,8 +151,9 @@ def test_pool_exhausted(etcd, spawn_process) -> None:  # type: ignore[no-untyped
         res = cluster.ovctl("network", "create", "c", check=False)
         assert res.returncode != 0 and "10.99.0.0/23" in res.stderr
         with pytest.raises(grpc.RpcError) as err:
-            cluster.stub().CreateNetwork(cpb.CreateNetworkRequest(spec=pb.NetworkSpec(name="c")),
-                                         timeout=10)
+            cluster.stub().CreateNetwork(
+                cpb.CreateNetworkRequest(spec=pb.NetworkSpec(name="c")), timeout=10
+            )
         assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert cluster.dump() == before
         # Removing one frees its subnet for the next network.

@@ -28,8 +28,7 @@ def agents() -> Iterator[AgentPool]:
 
 
 def tasks(m: ManagerCluster, service: str) -> list[pb.Task]:
-    return list(m.stub().ListTasks(cpb.ListTasksRequest(service_refs=[service]),
-                                   timeout=10).tasks)
+    return list(m.stub().ListTasks(cpb.ListTasksRequest(service_refs=[service]), timeout=10).tasks)
 
 
 def live(m: ManagerCluster, service: str) -> list[pb.Task]:
@@ -42,9 +41,25 @@ def running(m: ManagerCluster, service: str) -> list[pb.Task]:
 
 def test_service_lifecycle_without_nodes(managers: ManagerCluster) -> None:
     managers.ovctl("network", "create", "--subnet", "10.40.0.0/24", "app")
-    svc_id = managers.ovctl("service", "create", "--name", "web", "--network", "app",
-                            "--replicas", "3", "--publish", "8080:80", "--env", "A=1",
-                            "--", "python3", "-m", "http.server", "80").stdout.strip()
+    svc_id = managers.ovctl(
+        "service",
+        "create",
+        "--name",
+        "web",
+        "--network",
+        "app",
+        "--replicas",
+        "3",
+        "--publish",
+        "8080:80",
+        "--env",
+        "A=1",
+        "--",
+        "python3",
+        "-m",
+        "http.server",
+        "80",
+    ).stdout.strip()
     assert len(svc_id) == 25
     wait_for(lambda: len(live(managers, "web")) == 3, what="3 tasks")
     ts = live(managers, "web")
@@ -53,12 +68,14 @@ def test_service_lifecycle_without_nodes(managers: ManagerCluster) -> None:
     svc = managers.stub().GetService(cpb.GetServiceRequest(service_ref="web"), timeout=10).service
     vip = svc.endpoint.virtual_ips[0].addr
     addrs = [t.networks[0].addresses[0] for t in ts]
-    assert len(set(addrs + [vip])) == 4 and all(a.startswith("10.40.0.") for a in addrs)
-    assert "10.40.0.1/24" not in addrs + [vip]
+    assert len({*addrs, vip}) == 4 and all(a.startswith("10.40.0.") for a in addrs)
+    assert "10.40.0.1/24" not in [*addrs, vip]
     assert list(ts[0].spec.command) == ["python3", "-m", "http.server", "80"]
     # No node: tasks wait for one and say why.
-    wait_for(lambda: all("no suitable node" in t.status.message for t in live(managers, "web")),
-             what="unschedulable message")
+    wait_for(
+        lambda: all("no suitable node" in t.status.message for t in live(managers, "web")),
+        what="unschedulable message",
+    )
     table = managers.ovctl("service", "ls").stdout
     assert "web" in table and "0/3" in table and "8080->80/tcp" in table
 
@@ -78,10 +95,16 @@ BAD_SERVICES = [
     (["--name", "x", "--network", "nosuch", "--", "true"], "not found", "NOT_FOUND"),
     (["--name", "taken", "--", "true"], "already exists", "ALREADY_EXISTS"),
     (["--name", "x", "--replicas", "100000", "--", "true"], "replicas", "INVALID_ARGUMENT"),
-    (["--name", "x", "--constraint", "node.zone=a", "--", "true"], "node.zone=a",
-     "INVALID_ARGUMENT"),
-    (["--name", "x", "--constraint", "node.labels.zone==", "--", "true"], "node.labels.zone",
-     "INVALID_ARGUMENT"),
+    (
+        ["--name", "x", "--constraint", "node.zone=a", "--", "true"],
+        "node.zone=a",
+        "INVALID_ARGUMENT",
+    ),
+    (
+        ["--name", "x", "--constraint", "node.labels.zone==", "--", "true"],
+        "node.labels.zone",
+        "INVALID_ARGUMENT",
+    ),
     (["--name", "x", "--publish", "9000:80", "--", "true"], "9000", "FAILED_PRECONDITION"),
     (["--name", "bad_name!", "--", "true"], "bad_name!", "INVALID_ARGUMENT"),
     (["--name", "s" * 64, "--", "true"], "at most 63", "INVALID_ARGUMENT"),
@@ -89,14 +112,17 @@ BAD_SERVICES = [
 ]
 
 
-@pytest.mark.parametrize(("args", "fragment", "code"), BAD_SERVICES,
-                         ids=[c + "-" + f[:20] for _, f, c in BAD_SERVICES])
-def test_bad_service_refused_and_nothing_written(managers: ManagerCluster, args: list[str],
-                                                 fragment: str, code: str) -> None:
+@pytest.mark.parametrize(
+    ("args", "fragment", "code"), BAD_SERVICES, ids=[c + "-" + f[:20] for _, f, c in BAD_SERVICES]
+)
+def test_bad_service_refused_and_nothing_written(
+    managers: ManagerCluster, args: list[str], fragment: str, code: str
+) -> None:
     managers.ovctl("service", "create", "--name", "taken", "--publish", "9000:80", "--", "true")
     wait_for(lambda: len(live(managers, "taken")) == 1, what="task of 'taken'")
-    wait_for(lambda: "no suitable node" in live(managers, "taken")[0].status.message,
-             what="settled")
+    wait_for(
+        lambda: "no suitable node" in live(managers, "taken")[0].status.message, what="settled"
+    )
     before = managers.dump()
     res = managers.ovctl("service", "create", *args, check=False)
     assert res.returncode != 0, res.stdout
@@ -117,26 +143,39 @@ def test_bad_requests_over_grpc_have_the_right_codes(managers: ManagerCluster) -
         assert err.value.details(), "every refusal carries a message"
         return err.value.code()
 
-    assert code_of(stub.CreateService, cpb.CreateServiceRequest(spec=pb.ServiceSpec(
-        name="", command=["true"]))) == grpc.StatusCode.INVALID_ARGUMENT
-    assert code_of(stub.CreateService, cpb.CreateServiceRequest(spec=pb.ServiceSpec(
-        name="nocmd"))) == grpc.StatusCode.INVALID_ARGUMENT
-    assert code_of(stub.RemoveNetwork, cpb.RemoveNetworkRequest(network_ref="busy")) == \
-        grpc.StatusCode.FAILED_PRECONDITION
-    assert code_of(stub.RemoveService, cpb.RemoveServiceRequest(service_ref="nope")) == \
-        grpc.StatusCode.NOT_FOUND
-    assert code_of(stub.GetNode, cpb.GetNodeRequest(node_ref="nope")) == \
-        grpc.StatusCode.NOT_FOUND
+    assert (
+        code_of(
+            stub.CreateService,
+            cpb.CreateServiceRequest(spec=pb.ServiceSpec(name="", command=["true"])),
+        )
+        == grpc.StatusCode.INVALID_ARGUMENT
+    )
+    assert (
+        code_of(stub.CreateService, cpb.CreateServiceRequest(spec=pb.ServiceSpec(name="nocmd")))
+        == grpc.StatusCode.INVALID_ARGUMENT
+    )
+    assert (
+        code_of(stub.RemoveNetwork, cpb.RemoveNetworkRequest(network_ref="busy"))
+        == grpc.StatusCode.FAILED_PRECONDITION
+    )
+    assert (
+        code_of(stub.RemoveService, cpb.RemoveServiceRequest(service_ref="nope"))
+        == grpc.StatusCode.NOT_FOUND
+    )
+    assert code_of(stub.GetNode, cpb.GetNodeRequest(node_ref="nope")) == grpc.StatusCode.NOT_FOUND
     svc = stub.GetService(cpb.GetServiceRequest(service_ref="api"), timeout=10).service
-    stale = cpb.UpdateServiceRequest(service_ref="api", version=svc.meta.version - 1,
-                                     spec=svc.spec)
+    stale = cpb.UpdateServiceRequest(service_ref="api", version=svc.meta.version - 1, spec=svc.spec)
     assert code_of(stub.UpdateService, stale) == grpc.StatusCode.FAILED_PRECONDITION
     renamed = pb.ServiceSpec()
     renamed.CopyFrom(svc.spec)
     renamed.name = "other"
-    assert code_of(stub.UpdateService, cpb.UpdateServiceRequest(
-        service_ref="api", version=svc.meta.version, spec=renamed)) == \
-        grpc.StatusCode.INVALID_ARGUMENT
+    assert (
+        code_of(
+            stub.UpdateService,
+            cpb.UpdateServiceRequest(service_ref="api", version=svc.meta.version, spec=renamed),
+        )
+        == grpc.StatusCode.INVALID_ARGUMENT
+    )
     assert managers.dump() == before
     res = managers.ovctl("network", "rm", "busy", check=False)
     assert res.returncode != 0 and "in use by service(s) api" in res.stderr
@@ -151,8 +190,19 @@ def test_spread_drain_and_node_down(managers: ManagerCluster, agents: AgentPool)
     hosts = [agents.add(managers.addrs, f"host{i}") for i in range(3)]
     wait_for(lambda: all(h.node_id for h in hosts), what="registration")
     managers.ovctl("network", "create", "app")
-    managers.ovctl("service", "create", "--name", "web", "--network", "app", "--replicas", "3",
-                   "--", "sleep", "infinity")
+    managers.ovctl(
+        "service",
+        "create",
+        "--name",
+        "web",
+        "--network",
+        "app",
+        "--replicas",
+        "3",
+        "--",
+        "sleep",
+        "infinity",
+    )
     wait_for(lambda: len(running(managers, "web")) == 3, what="3 running")
     assert sorted(Counter(t.node_id for t in running(managers, "web")).values()) == [1, 1, 1]
     assert "3/3" in managers.ovctl("service", "ls").stdout
@@ -161,37 +211,61 @@ def test_spread_drain_and_node_down(managers: ManagerCluster, agents: AgentPool)
 
     # Drain: host0's task moves away and keeps its slot.
     managers.ovctl("node", "update", "--availability", "drain", "host0")
-    wait_for(lambda: len(running(managers, "web")) == 3
-             and all(t.node_id != hosts[0].node_id for t in running(managers, "web")),
-             what="tasks moved off the drained node")
+    wait_for(
+        lambda: (
+            len(running(managers, "web")) == 3
+            and all(t.node_id != hosts[0].node_id for t in running(managers, "web"))
+        ),
+        what="tasks moved off the drained node",
+    )
     assert sorted(t.slot for t in running(managers, "web")) == [1, 2, 3]
     wait_for(lambda: not hosts[0].task_ids, what="drained node's assignments emptied")
 
     # A host dies: it is marked down and its task is rescheduled on the survivor.
     hosts[1].stop()
-    wait_for(lambda: "Down" in managers.ovctl("node", "ls").stdout, timeout=10,
-             what="node marked down")
-    wait_for(lambda: len(running(managers, "web")) == 3
-             and {t.node_id for t in running(managers, "web")} == {hosts[2].node_id},
-             what="rescheduled on the last node")
+    wait_for(
+        lambda: "Down" in managers.ovctl("node", "ls").stdout, timeout=10, what="node marked down"
+    )
+    wait_for(
+        lambda: (
+            len(running(managers, "web")) == 3
+            and {t.node_id for t in running(managers, "web")} == {hosts[2].node_id}
+        ),
+        what="rescheduled on the last node",
+    )
     # It comes back: nothing moves back by itself (as in Swarm), but it is Ready again.
     hosts[1].start()
-    wait_for(lambda: managers.ovctl("node", "ls").stdout.count("Ready") == 3,
-             what="node ready again")
+    wait_for(
+        lambda: managers.ovctl("node", "ls").stdout.count("Ready") == 3, what="node ready again"
+    )
 
 
 def test_restart_policy(managers: ManagerCluster, agents: AgentPool) -> None:
     host = agents.add(managers.addrs, "solo")
     wait_for(lambda: host.node_id, what="registration")
-    managers.ovctl("service", "create", "--name", "flaky", "--restart-condition", "on-failure",
-                   "--restart-max-attempts", "2", "--", "false")
-    managers.ovctl("service", "create", "--name", "once", "--restart-condition", "none",
-                   "--", "true")
+    managers.ovctl(
+        "service",
+        "create",
+        "--name",
+        "flaky",
+        "--restart-condition",
+        "on-failure",
+        "--restart-max-attempts",
+        "2",
+        "--",
+        "false",
+    )
+    managers.ovctl(
+        "service", "create", "--name", "once", "--restart-condition", "none", "--", "true"
+    )
     for _ in range(3):
         cur = wait_for(lambda: running(managers, "flaky"), what="a running flaky task")[0]
         host.finish(cur.meta.id, pb.TASK_STATE_FAILED, exit_code=1)
-        wait_for(lambda c=cur: all(t.meta.id != c.meta.id for t in running(managers, "flaky")),
-                 what="failure recorded")
+        gone = cur.meta.id
+        wait_for(
+            lambda: all(t.meta.id != gone for t in running(managers, "flaky")),  # noqa: B023
+            what="failure recorded",
+        )
     # One original and two restarts, then the slot is given up.
     wait_for(lambda: len(tasks(managers, "flaky")) == 3, what="three attempts")
     assert not running(managers, "flaky")
@@ -203,14 +277,24 @@ def test_restart_policy(managers: ManagerCluster, agents: AgentPool) -> None:
     assert len(tasks(managers, "once")) == 1
 
 
-def test_global_service_constraints_and_logs(managers: ManagerCluster,
-                                             agents: AgentPool) -> None:
+def test_global_service_constraints_and_logs(managers: ManagerCluster, agents: AgentPool) -> None:
     a = agents.add(managers.addrs, "zone-a-1", labels={"zone": "a"})
     b = agents.add(managers.addrs, "zone-b-1", labels={"zone": "b"})
     wait_for(lambda: a.node_id and b.node_id, what="registration")
     managers.ovctl("service", "create", "--name", "mon", "--mode", "global", "--", "sleep", "1d")
-    managers.ovctl("service", "create", "--name", "zoned", "--replicas", "2", "--constraint",
-                   "node.labels.zone==a", "--", "sleep", "1d")
+    managers.ovctl(
+        "service",
+        "create",
+        "--name",
+        "zoned",
+        "--replicas",
+        "2",
+        "--constraint",
+        "node.labels.zone==a",
+        "--",
+        "sleep",
+        "1d",
+    )
     wait_for(lambda: len(running(managers, "mon")) == 2, what="global on both")
     wait_for(lambda: len(running(managers, "zoned")) == 2, what="zoned running")
     assert {t.node_id for t in running(managers, "zoned")} == {a.node_id}

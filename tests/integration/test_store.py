@@ -16,8 +16,13 @@ pytestmark = pytest.mark.integration
 
 
 def net(obj_id: str, name: str) -> pb.Network:
-    return pb.Network(meta=pb.Meta(id=obj_id), spec=pb.NetworkSpec(name=name),
-                      subnet="10.1.0.0/24", gateway="10.1.0.1", vni=4096)
+    return pb.Network(
+        meta=pb.Meta(id=obj_id),
+        spec=pb.NetworkSpec(name=name),
+        subnet="10.1.0.0/24",
+        gateway="10.1.0.1",
+        vni=4096,
+    )
 
 
 async def _next(it: object, timeout: float = 10.0) -> WatchUpdate:
@@ -34,12 +39,12 @@ def test_commit_is_atomic_and_names_are_unique(etcd: EtcdHandle) -> None:
         # Same name, different ID: the whole batch is refused, including the object put.
         b = net("b2", "front")
         with pytest.raises(FailedPrecondition):
-            await store.commit(Batch().create("networks", b).claim_name("networks", "front",
-                                                                         "b2"))
+            await store.commit(Batch().create("networks", b).claim_name("networks", "front", "b2"))
         snap = await store.load()
         assert set(snap.objects["networks"]) == {"a1"}
         assert snap.names["networks"] == {"front": "a1"}
-        assert snap.objects["networks"]["a1"].meta.version == a.meta.version
+        stored = snap.objects["networks"]["a1"]
+        assert isinstance(stored, pb.Network) and stored.meta.version == a.meta.version
         # A stale version is refused.
         stale = pb.Network()
         stale.CopyFrom(a)

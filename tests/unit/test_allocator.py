@@ -5,8 +5,9 @@ from __future__ import annotations
 import ipaddress
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar, cast
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -25,6 +26,7 @@ from manager.errors import (
 from proto import objects_pb2 as pb
 
 TCP, UDP = pb.PROTOCOL_TCP, pb.PROTOCOL_UDP
+T = TypeVar("T")
 
 
 def add_network(alloc: Allocator, net_id: str, subnet: str = "", gateway: str = "",
@@ -35,13 +37,14 @@ def add_network(alloc: Allocator, net_id: str, subnet: str = "", gateway: str = 
                       gateway=got.gateway, vni=got.vni)
 
 
-def port(target: int, published: int = 0, proto: int = TCP,
-         mode: int = pb.PUBLISH_MODE_INGRESS) -> pb.PortConfig:
+def port(target: int, published: int = 0, proto: pb.Protocol = TCP,
+         mode: pb.PublishMode = pb.PUBLISH_MODE_INGRESS) -> pb.PortConfig:
     return pb.PortConfig(protocol=proto, target_port=target, published_port=published,
                          publish_mode=mode)
 
 
-def service_spec(*ports: pb.PortConfig, mode: int = pb.ENDPOINT_MODE_VIP) -> pb.ServiceSpec:
+def service_spec(*ports: pb.PortConfig,
+                 mode: pb.EndpointMode = pb.ENDPOINT_MODE_VIP) -> pb.ServiceSpec:
     return pb.ServiceSpec(name="web", endpoint=pb.EndpointSpec(mode=mode, ports=ports))
 
 
@@ -62,7 +65,9 @@ def vips(endpoint: pb.Endpoint) -> dict[str, str]:
     return {v.network_id: v.addr for v in endpoint.virtual_ips}
 
 
-def fails_unchanged(alloc: Allocator, error: type[OvnetError], match: str, call, *args):
+def fails_unchanged(alloc: Allocator, error: type[OvnetError], match: str,
+                    call: Callable[..., object], *args: object) -> None:
+    """The call raises `error` and leaves every allocation and cursor as it was."""
     before = alloc._snapshot()
     with pytest.raises(error, match=match):
         call(*args)
@@ -122,6 +127,14 @@ def test_overlapping_explicit_subnet_names_the_network_it_overlaps(subnet: str,
     add_network(alloc, "net-3", "10.0.3.0/24", name="backend")
     fails_unchanged(alloc, FailedPrecondition, re.escape(message),
                     alloc.allocate_network, "n", pb.NetworkSpec(subnet=subnet))
+
+
+def test_invalid_input_is_reported_before_an_overlap() -> None:
+    alloc = Allocator()
+    add_network(alloc, "n", "10.1.0.0/24")
+    fails_unchanged(alloc, InvalidArgument, "gateway 10.2.0.1 is outside subnet 10.1.0.0/24",
+                    alloc.allocate_network, "m",
+                    pb.NetworkSpec(subnet="10.1.0.0/24", gateway="10.2.0.1"))
 
 
 def test_pool_exhaustion_names_the_pools_and_changes_nothing() -> None:
@@ -347,7 +360,7 @@ def test_published_port_conflicts_across_services_and_publish_modes() -> None:
     ((port(70000),), "target port 70000/tcp is out of range 1-65535"),
     ((port(80, 65536, UDP),), "published port 65536/udp is out of range 1-65535 (leave it at 0 "
                               "to get a free one from 30000-32767)"),
-    ((pb.PortConfig(protocol=7, target_port=80),), "unknown protocol 7"),
+    ((pb.PortConfig(protocol=cast(pb.Protocol, 7), target_port=80),), "unknown protocol 7"),
 ])
 def test_invalid_ports(ports: tuple[pb.PortConfig, ...], message: str) -> None:
     alloc = Allocator()
@@ -512,8 +525,8 @@ def test_restore_cursor_ignores_a_high_gateway_and_skips_unknown_networks() -> N
 
 # ---------------------------------------------------------------- property tests
 
-POOL = ipaddress.IPv4Network("10.0.0.0/22")
-AUTO_SIZE = 26
+POOL = ipaddress.IPv4Network("10.0.0.0/24")
+AUTO_SIZE = 28
 VNI_RANGE = (100, 107)
 PORT_RANGE = (30000, 30002)
 
@@ -560,10 +573,10 @@ def model_net(stored: pb.Network) -> ModelNet:
     return ModelNet(stored, subnet, int(ipaddress.IPv4Address(stored.gateway)), lo, hi, lo)
 
 
-explicit_subnets = st.integers(24, 29).flatmap(
-    lambda p: st.integers(0, 2 ** (p - 21) - 1).map(
-        lambda k: ipaddress.IPv4Network((int(ipaddress.IPv4Address("10.0.0.0")) + k * 2 ** (32 - p),
-                                         p))))
+# Half inside the automatic pool, half beside it.
+explicit_subnets = st.integers(26, 29).flatmap(
+    lambda p: st.integers(0, 2 ** (p - 23) - 1).map(
+        lambda k: ipaddress.IPv4Network((int(POOL.network_address) + k * 2 ** (32 - p), p))))
 
 
 class AllocatorMachine(RuleBasedStateMachine):
@@ -581,7 +594,10 @@ class AllocatorMachine(RuleBasedStateMachine):
         self.counter += 1
         return f"id{self.counter}"
 
-    def attempt(self, expected_error: type[OvnetError] | None, call, *args):
+    def attempt(self, expected_error: type[OvnetError] | None, call: Callable[..., T],
+                *args: object) -> T | None:
+        """Run an allocator call that the model predicts fails with `expected_error` (or
+        succeeds when None); a failure must leave the allocator exactly as it was."""
         before = self.alloc._snapshot()
         try:
             result = call(*args)
@@ -601,7 +617,7 @@ class AllocatorMachine(RuleBasedStateMachine):
         self.nets[net_id] = model_net(stored)
 
     @rule(subnet=explicit_subnets, gateway_at=st.none() | st.integers(1, 6),
-          range_prefix=st.none() | st.integers(24, 32), range_at=st.integers(0, 255))
+          range_prefix=st.none() | st.integers(27, 32), range_at=st.integers(0, 255))
     def create_explicit(self, subnet: ipaddress.IPv4Network, gateway_at: int | None,
                         range_prefix: int | None, range_at: int) -> None:
         spec = pb.NetworkSpec(subnet=str(subnet))
@@ -620,7 +636,7 @@ class AllocatorMachine(RuleBasedStateMachine):
             hi = min(last, int(ip_range.broadcast_address))
             if hi < lo or lo == hi == gateway:
                 expected = InvalidArgument
-        if self.overlaps(subnet):
+        if expected is None and self.overlaps(subnet):
             expected = FailedPrecondition
         elif expected is None and len(self.nets) == VNI_RANGE[1] - VNI_RANGE[0] + 1:
             expected = ResourceExhausted
@@ -653,15 +669,18 @@ class AllocatorMachine(RuleBasedStateMachine):
             net_id = data.draw(st.sampled_from(idle))
             self.alloc.release_network(self.nets.pop(net_id).stored)
 
-    @rule(data=st.data())
-    def allocate_task(self, data: st.DataObject) -> None:
+    @rule(data=st.data(), repeat=st.integers(1, 6))
+    def allocate_tasks(self, data: st.DataObject, repeat: int) -> None:
         if not self.nets:
             return
         chosen = data.draw(st.lists(st.sampled_from(sorted(self.nets)), min_size=1, max_size=2,
                                     unique=True))
-        full = any(self.nets[n].expected_next() is None for n in chosen)
-        got = self.attempt(ResourceExhausted if full else None, self.alloc.allocate_task, chosen)
-        if got is not None:
+        for _ in range(repeat):
+            full = any(self.nets[n].expected_next() is None for n in chosen)
+            got = self.attempt(ResourceExhausted if full else None, self.alloc.allocate_task,
+                               chosen)
+            if got is None:
+                return
             for net_id, addr in zip(chosen, got, strict=True):
                 self.nets[net_id].take(addr)
             self.counter += 1
@@ -680,8 +699,8 @@ class AllocatorMachine(RuleBasedStateMachine):
     @rule(data=st.data(), explicit=st.sets(st.tuples(st.sampled_from([TCP, UDP]),
                                                      st.sampled_from([80, 81]))),
           auto=st.lists(st.sampled_from([TCP, UDP]), max_size=2))
-    def allocate_service(self, data: st.DataObject, explicit: set[tuple[int, int]],
-                         auto: list[int]) -> None:
+    def allocate_service(self, data: st.DataObject, explicit: set[tuple[pb.Protocol, int]],
+                         auto: list[pb.Protocol]) -> None:
         chosen = data.draw(st.lists(st.sampled_from(sorted(self.nets)), max_size=2, unique=True)
                            if self.nets else st.just([]))
         taken = {(p.protocol, p.published_port) for s in self.services.values()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -58,10 +59,8 @@ def test_stop_escalates_to_sigkill_when_sigterm_is_ignored(tmp_path: Path) -> No
         "print('rea' + 'dy', flush=True); time.sleep(60)"
     )
     proc = ManagedProcess(_python(code), tmp_path / "p.log").start()
-    deadline = time.monotonic() + 10
     # The log's first line echoes argv, so the marker is assembled at run time.
-    while "ready" not in proc.log_tail() and time.monotonic() < deadline:
-        time.sleep(0.01)
+    _wait_for_output(proc, "ready")
     assert proc.stop(timeout=0.3) == -signal.SIGKILL
     assert not proc.running
 
@@ -113,3 +112,29 @@ def test_wait_times_out_on_a_process_that_keeps_running(tmp_path: Path) -> None:
         proc.start()
         with pytest.raises(ProcessError, match=r"still running after 0\.1s"):
             proc.wait(timeout=0.1)
+
+
+def _wait_for_output(proc: ManagedProcess, marker: str) -> None:
+    deadline = time.monotonic() + 10
+    while marker not in proc.log_tail() and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def test_process_started_from_a_short_lived_thread_outlives_it(tmp_path: Path) -> None:
+    # asyncio.to_thread workers exit with their loop; the daemon must not die with them.
+    code = "import time; print('rea' + 'dy', flush=True); time.sleep(60)"
+    proc = ManagedProcess(_python(code), tmp_path / "p.log")
+
+    def start_and_wait_until_running() -> None:
+        # Once the child prints, setpriv has armed its death signal; only then may we exit.
+        proc.start()
+        _wait_for_output(proc, "ready")
+
+    worker = threading.Thread(target=start_and_wait_until_running)
+    worker.start()
+    worker.join()
+    time.sleep(0.3)
+    try:
+        assert proc.running
+    finally:
+        proc.stop()

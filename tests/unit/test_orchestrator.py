@@ -117,6 +117,12 @@ def test_scale_down_retires_a_given_up_slot_first() -> None:
     assert plan_for(svc, tasks) == ServicePlan(delete=["gave-up"])
 
 
+def test_retired_slot_whose_task_just_ended_is_deleted_not_shut_down() -> None:
+    svc = service(1, condition=pb.RESTART_CONDITION_NONE)
+    tasks = [task("t1", 1, "n1"), task("t2", 2, "n2", state=FAILED, ended=NOW)]
+    assert plan_for(svc, tasks) == ServicePlan(delete=["t2"])
+
+
 def test_scale_down_keeps_slot_numbers_and_then_is_stable() -> None:
     tasks = [task("t1", 1, "n1"), task("t2", 2, "n1"), task("t3", 3, "n2")]
     plan = plan_for(service(2), tasks)
@@ -487,17 +493,20 @@ def test_plan_does_not_depend_on_task_order() -> None:
         assert plan_for(svc, list(perm)) == expected
 
 
-def test_thousand_single_task_services_are_fast() -> None:
-    nodes = [node(f"n{i:03d}") for i in range(100)]
+@pytest.mark.parametrize("by_id", [False, True], ids=["node-list", "node-map"])
+def test_thousand_single_task_services_are_fast(by_id: bool) -> None:
+    node_list = [node(f"n{i:03d}") for i in range(100)]
+    nodes = {n.meta.id: n for n in node_list} if by_id else node_list
     work = []
     for i in range(1000):
         svc = service(1)
         svc.meta.id = f"s{i}"
-        work.append((svc, [task(f"t{i}", 1, f"n{i % 100:03d}")]))
+        work.append((svc, [task(f"t{i}", 1, f"n{i % 100:03d}", state=FAILED, ended=NOW)]))
     best = float("inf")
     for _ in range(3):
         start = time.perf_counter()
         plans = [reconcile_service(svc, ts, nodes, NOW) for svc, ts in work]
         best = min(best, time.perf_counter() - start)
-    assert all(p.empty() for p in plans)
+    assert [p.create for p in plans[:2]] == [[new(1, replaces="t0")], [new(1, replaces="t1")]]
+    assert all(len(p.create) == 1 for p in plans)
     assert best < 0.2, f"reconciling took {best * 1000:.1f} ms"

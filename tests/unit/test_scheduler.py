@@ -176,6 +176,15 @@ def test_placements_of_other_services_in_the_same_call_count() -> None:
     assert result.assignments == {"a-t0000": "n1", "b-t0000": "n2"}
 
 
+def test_interleaved_services_see_each_others_placements() -> None:
+    nodes = [node("n1"), node("n2"), node("n3")]
+    services = {"a": service("a"), "b": service("b")}
+    tasks = [task("a1", "a"), task("b1", "b"), task("a2", "a")]
+    result = schedule(tasks, nodes, [], services)
+    # a2 could go to n2 or n3 as far as "a" is concerned; b1 made n2 busier.
+    assert result.assignments == {"a1": "n1", "b1": "n2", "a2": "n3"}
+
+
 def test_result_does_not_depend_on_node_order() -> None:
     nodes = [node(f"n{i}") for i in range(10)]
     running = [task(f"r{i}", "web", f"n{i % 3}") for i in range(5)]

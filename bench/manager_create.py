@@ -1,0 +1,152 @@
+"""Manager benchmark: create N one-replica services through the Control API.
+
+Starts a private etcd (Debian's etcd-server, data on /dev/shm when present) and one manager
+process, then creates N services from `--clients` concurrent gRPC clients. Prints services/s and
+the p50/p99/max latency of CreateService, then how long the reconciler took until every service
+had its task, and writes everything to a JSON file.
+
+    .venv/bin/python -m bench.manager_create [--services 1000] [--clients 1] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import cast
+
+import grpc
+
+from proto import control_pb2 as cpb
+from proto import control_pb2_grpc
+from proto import objects_pb2 as pb
+from tests.etcd import EtcdServer
+from tests.procs import ManagedProcess, free_port
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+def run(n: int, clients: int, out: Path) -> dict[str, object]:
+    tmp = Path(tempfile.mkdtemp(prefix="ovnet-bench-"))
+    with EtcdServer() as etcd:
+        etcd.start()
+        port = free_port()
+        addr = f"127.0.0.1:{port}"
+        mgr = ManagedProcess(
+            [
+                sys.executable,
+                "-m",
+                "manager.main",
+                "--listen",
+                addr,
+                "--etcd",
+                etcd.endpoint,
+                "--prefix",
+                "/bench",
+                "--log-level",
+                "warning",
+            ],
+            tmp / "manager.log",
+        )
+        with mgr:
+            mgr.start()
+            mgr.wait_port("127.0.0.1", port, 15)
+            channel = grpc.insecure_channel(addr)
+            stub = control_pb2_grpc.ControlStub(channel)
+            deadline = time.monotonic() + 15
+            while not stub.GetClusterInfo(cpb.GetClusterInfoRequest(), timeout=5).leader_id:
+                if time.monotonic() > deadline:
+                    raise SystemExit("manager did not become leader")
+                time.sleep(0.05)
+            stub.CreateNetwork(
+                cpb.CreateNetworkRequest(spec=pb.NetworkSpec(name="bench", subnet="10.100.0.0/16")),
+                timeout=10,
+            )
+            latencies: list[float] = []
+            lock = threading.Lock()
+
+            def worker(k: int) -> None:
+                own = control_pb2_grpc.ControlStub(grpc.insecure_channel(addr))
+                for i in range(k, n, clients):
+                    spec = pb.ServiceSpec(
+                        name=f"svc{i}",
+                        command=["sleep", "infinity"],
+                        networks=[pb.NetworkAttachmentConfig(target="bench")],
+                        replicated=pb.ReplicatedService(replicas=1),
+                    )
+                    t = time.perf_counter()
+                    own.CreateService(cpb.CreateServiceRequest(spec=spec), timeout=30)
+                    dt = time.perf_counter() - t
+                    with lock:
+                        latencies.append(dt)
+
+            threads = [threading.Thread(target=worker, args=(k,)) for k in range(clients)]
+            t0 = time.perf_counter()
+            for th in threads:
+                th.start()
+            for th in threads:
+                th.join()
+            elapsed = time.perf_counter() - t0
+            # The reconciler creates each service's task in the background: time until all exist.
+            while True:
+                count = len(stub.ListTasks(cpb.ListTasksRequest(), timeout=30).tasks)
+                if count >= n:
+                    break
+                time.sleep(0.05)
+            converged = time.perf_counter() - t0
+            channel.close()
+    result: dict[str, object] = {
+        "benchmark": "manager_create_services",
+        "services": n,
+        "clients": clients,
+        "seconds": round(elapsed, 3),
+        "services_per_second": round(n / elapsed, 1),
+        "latency_ms": {
+            "p50": round(percentile(latencies, 50) * 1000, 2),
+            "p99": round(percentile(latencies, 99) * 1000, 2),
+            "max": round(max(latencies) * 1000, 2),
+            "mean": round(statistics.fmean(latencies) * 1000, 2),
+        },
+        "all_tasks_created_after_s": round(converged, 3),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--services", type=int, default=1000)
+    p.add_argument("--clients", type=int, default=1)
+    p.add_argument("--out", type=Path, default=Path("bench/results/manager_create.json"))
+    args = p.parse_args()
+    r = run(args.services, args.clients, args.out)
+    lat = cast(dict[str, float], r["latency_ms"])
+    print(
+        f"created {r['services']} services with {r['clients']} client(s) in {r['seconds']} s: "
+        f"{r['services_per_second']} services/s"
+    )
+    print(
+        f"CreateService latency: p50 {lat['p50']} ms, p99 {lat['p99']} ms, max {lat['max']} ms"
+    )
+    print(f"every service had its task after {r['all_tasks_created_after_s']} s")
+    print(f"results written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
