@@ -204,19 +204,22 @@ def _all_or_nothing() -> Iterator[_Undo]:
 def _parse_network(what: str, text: str) -> ipaddress.IPv4Network:
     if "/" not in text:
         raise InvalidArgument(
-            f"invalid {what} {text!r}: expected CIDR notation such as 10.0.3.0/24")
+            f"invalid {what} {text!r}: expected CIDR notation such as 10.0.3.0/24"
+        )
     try:
         net = ipaddress.ip_network(text, strict=False)
     except ValueError:
         raise InvalidArgument(
-            f"invalid {what} {text!r}: expected CIDR notation such as 10.0.3.0/24") from None
+            f"invalid {what} {text!r}: expected CIDR notation such as 10.0.3.0/24"
+        ) from None
     if not isinstance(net, ipaddress.IPv4Network):
         raise InvalidArgument(f"invalid {what} {text!r}: only IPv4 is supported")
     try:
         return ipaddress.IPv4Network(text)
     except ValueError:
         raise InvalidArgument(
-            f"invalid {what} {text!r}: has host bits set (did you mean {net}?)") from None
+            f"invalid {what} {text!r}: has host bits set (did you mean {net}?)"
+        ) from None
 
 
 def _usable(net: ipaddress.IPv4Network) -> tuple[int, int]:
@@ -229,9 +232,13 @@ def _port_label(key: _PortKey) -> str:
 
 
 class Allocator:
-    def __init__(self, pools: Sequence[str] = ("10.0.0.0/8",), subnet_size: int = 24,
-                 vni_range: tuple[int, int] = (4096, 16_777_215),
-                 port_range: tuple[int, int] = (30000, 32767)) -> None:
+    def __init__(
+        self,
+        pools: Sequence[str] = ("10.0.0.0/8",),
+        subnet_size: int = 24,
+        vni_range: tuple[int, int] = (4096, 16_777_215),
+        port_range: tuple[int, int] = (30000, 32767),
+    ) -> None:
         if not _MIN_PREFIX <= subnet_size <= _MAX_PREFIX:
             raise ValueError(f"subnet_size must be between {_MIN_PREFIX} and {_MAX_PREFIX}")
         self._pools = [ipaddress.IPv4Network(p) for p in pools]
@@ -249,11 +256,17 @@ class Allocator:
         self._vnis = _CursorPool(*vni_range)
         self._ports = {proto: _CursorPool(*port_range) for proto in _PROTOCOLS}
         self._port_owners: dict[_PortKey, str] = {}
+        # Only for messages: a conflict should name the service the user knows.
+        self._service_names: dict[str, str] = {}
 
     # ------------------------------------------------------------------ restore
 
-    def restore(self, networks: Iterable[pb.Network], services: Iterable[pb.Service],
-                tasks: Iterable[pb.Task]) -> None:
+    def restore(
+        self,
+        networks: Iterable[pb.Network],
+        services: Iterable[pb.Service],
+        tasks: Iterable[pb.Task],
+    ) -> None:
         """Mark as used everything stored objects hold: network subnets/gateways/VNIs, service
         VIPs and published ports, task addresses.
 
@@ -271,6 +284,7 @@ class Allocator:
                 self._vnis.used.add(net.vni, net.vni)
                 restored.append(net)
         for svc in services:
+            self._service_names[svc.meta.id] = svc.spec.name
             for port in svc.endpoint.ports:
                 if port.published_port and port.protocol in _PROTOCOLS:
                     key = (port.protocol, port.published_port)
@@ -296,8 +310,9 @@ class Allocator:
             ip_range = ipaddress.IPv4Network(stored.spec.ip_range) if stored.spec.ip_range else None
         except ValueError as exc:
             raise ValueError(f"stored network {stored.meta.id} is malformed: {exc}") from None
-        return self._make_network(stored.meta.id, stored.spec.name, subnet, int(gateway),
-                                  ip_range, stored.vni)
+        return self._make_network(
+            stored.meta.id, stored.spec.name, subnet, int(gateway), ip_range, stored.vni
+        )
 
     def _mark_address(self, network_id: str, text: str) -> None:
         net = self._networks.get(network_id)
@@ -318,7 +333,8 @@ class Allocator:
             self._check_free(subnet)
         elif spec.gateway or spec.ip_range:
             raise InvalidArgument(
-                "a gateway or ip_range needs an explicit subnet: give the subnet as well")
+                "a gateway or ip_range needs an explicit subnet: give the subnet as well"
+            )
         else:
             subnet = self._free_subnet()
             gateway = self._gateway("", subnet)
@@ -328,9 +344,11 @@ class Allocator:
             if vni is None:
                 raise ResourceExhausted(
                     f"no free VXLAN VNI left in {self._vnis.lo}-{self._vnis.hi}: "
-                    "remove networks that are no longer used")
-            self._add_network(self._make_network(network_id, spec.name, subnet, gateway,
-                                                 ip_range, vni))
+                    "remove networks that are no longer used"
+                )
+            self._add_network(
+                self._make_network(network_id, spec.name, subnet, gateway, ip_range, vni)
+            )
         return NetworkAllocation(str(subnet), str(ipaddress.IPv4Address(gateway)), vni)
 
     def release_network(self, network: pb.Network) -> None:
@@ -345,16 +363,20 @@ class Allocator:
         if not _MIN_PREFIX <= subnet.prefixlen <= _MAX_PREFIX:
             raise InvalidArgument(
                 f"invalid subnet {text!r}: prefix length must be between /{_MIN_PREFIX} "
-                f"and /{_MAX_PREFIX}")
+                f"and /{_MAX_PREFIX}"
+            )
         return subnet
 
     def _check_free(self, subnet: ipaddress.IPv4Network) -> None:
         if self._occupied.last_run_touching(*self._span(subnet)) is not None:
-            other = min((n for n in self._networks.values() if n.subnet.overlaps(subnet)),
-                        key=lambda n: n.subnet)
+            other = min(
+                (n for n in self._networks.values() if n.subnet.overlaps(subnet)),
+                key=lambda n: n.subnet,
+            )
             raise FailedPrecondition(
                 f"subnet {subnet} overlaps subnet {other.subnet} of {other.label()}: "
-                "choose a subnet that no other network uses")
+                "choose a subnet that no other network uses"
+            )
 
     def _free_subnet(self) -> ipaddress.IPv4Network:
         """First fit, jumping over whole runs of taken space rather than trying every block."""
@@ -369,7 +391,8 @@ class Allocator:
         pools = ", ".join(str(p) for p in self._pools)
         raise ResourceExhausted(
             f"no free /{self._subnet_size} subnet left in address pool(s) {pools}: remove "
-            "networks that are no longer used, or give an explicit subnet")
+            "networks that are no longer used, or give an explicit subnet"
+        )
 
     @staticmethod
     def _gateway(text: str, subnet: ipaddress.IPv4Network) -> int:
@@ -381,7 +404,8 @@ class Allocator:
         except ValueError:
             raise InvalidArgument(
                 f"invalid gateway {text!r}: expected an IPv4 address such as "
-                f"{ipaddress.IPv4Address(first)}, without a prefix length") from None
+                f"{ipaddress.IPv4Address(first)}, without a prefix length"
+            ) from None
         if not isinstance(gateway, ipaddress.IPv4Address):
             raise InvalidArgument(f"invalid gateway {text!r}: only IPv4 is supported")
         if gateway not in subnet:
@@ -389,16 +413,17 @@ class Allocator:
         if gateway == subnet.network_address:
             raise InvalidArgument(
                 f"gateway {gateway} is the network address of subnet {subnet}: use an address "
-                f"from {ipaddress.IPv4Address(first)} to {ipaddress.IPv4Address(last)}")
+                f"from {ipaddress.IPv4Address(first)} to {ipaddress.IPv4Address(last)}"
+            )
         if gateway == subnet.broadcast_address:
             raise InvalidArgument(
                 f"gateway {gateway} is the broadcast address of subnet {subnet}: use an address "
-                f"from {ipaddress.IPv4Address(first)} to {ipaddress.IPv4Address(last)}")
+                f"from {ipaddress.IPv4Address(first)} to {ipaddress.IPv4Address(last)}"
+            )
         return int(gateway)
 
     @staticmethod
-    def _ip_range(text: str, subnet: ipaddress.IPv4Network,
-                  gateway: int) -> ipaddress.IPv4Network:
+    def _ip_range(text: str, subnet: ipaddress.IPv4Network, gateway: int) -> ipaddress.IPv4Network:
         ip_range = _parse_network("ip_range", text)
         if not ip_range.subnet_of(subnet):
             raise InvalidArgument(f"ip_range {ip_range} is not inside subnet {subnet}")
@@ -408,7 +433,8 @@ class Allocator:
         if hi < lo or (lo == hi == gateway):
             raise InvalidArgument(
                 f"ip_range {ip_range} leaves no address for tasks in subnet {subnet} (the "
-                "network address, broadcast address and gateway are never handed out)")
+                "network address, broadcast address and gateway are never handed out)"
+            )
         return ip_range
 
     @staticmethod
@@ -416,8 +442,14 @@ class Allocator:
         return int(net.network_address), int(net.broadcast_address)
 
     @staticmethod
-    def _make_network(network_id: str, name: str, subnet: ipaddress.IPv4Network, gateway: int,
-                      ip_range: ipaddress.IPv4Network | None, vni: int) -> _Network:
+    def _make_network(
+        network_id: str,
+        name: str,
+        subnet: ipaddress.IPv4Network,
+        gateway: int,
+        ip_range: ipaddress.IPv4Network | None,
+        vni: int,
+    ) -> _Network:
         first, last = _usable(subnet)
         if ip_range is not None:
             first = max(first, int(ip_range.network_address))
@@ -432,12 +464,15 @@ class Allocator:
 
     # ------------------------------------------------------------------ services
 
-    def allocate_service(self, service_id: str, spec: pb.ServiceSpec,
-                         network_ids: Sequence[str]) -> pb.Endpoint:
+    def allocate_service(
+        self, service_id: str, spec: pb.ServiceSpec, network_ids: Sequence[str]
+    ) -> pb.Endpoint:
+        self._service_names[service_id] = spec.name
         return self._allocate_endpoint(service_id, spec, network_ids, pb.Endpoint())
 
-    def reallocate_service(self, service: pb.Service, spec: pb.ServiceSpec,
-                           network_ids: Sequence[str]) -> pb.Endpoint:
+    def reallocate_service(
+        self, service: pb.Service, spec: pb.ServiceSpec, network_ids: Sequence[str]
+    ) -> pb.Endpoint:
         """The endpoint for an updated spec: VIPs on networks still attached and published ports
         still asked for are kept (an automatic port stays with its (protocol, target port)).
 
@@ -461,6 +496,7 @@ class Allocator:
 
     def release_service(self, service: pb.Service) -> None:
         self.release_endpoint(service.meta.id, service.endpoint)
+        self._service_names.pop(service.meta.id, None)
 
     def release_endpoint(self, service_id: str, endpoint: pb.Endpoint) -> None:
         for port in endpoint.ports:
@@ -468,15 +504,17 @@ class Allocator:
         for vip in endpoint.virtual_ips:
             self._release_address(vip.network_id, vip.addr)
 
-    def _allocate_endpoint(self, service_id: str, spec: pb.ServiceSpec,
-                           network_ids: Sequence[str], old: pb.Endpoint) -> pb.Endpoint:
+    def _allocate_endpoint(
+        self, service_id: str, spec: pb.ServiceSpec, network_ids: Sequence[str], old: pb.Endpoint
+    ) -> pb.Endpoint:
         endpoint_spec = spec.endpoint
         if endpoint_spec.mode not in (pb.ENDPOINT_MODE_VIP, pb.ENDPOINT_MODE_DNSRR):
             raise InvalidArgument(f"unknown endpoint mode {endpoint_spec.mode}")
         self._check_ports(service_id, endpoint_spec.ports)
         nets = self._attached(network_ids)
-        explicit: set[_PortKey] = {(p.protocol, p.published_port)
-                                   for p in endpoint_spec.ports if p.published_port}
+        explicit: set[_PortKey] = {
+            (p.protocol, p.published_port) for p in endpoint_spec.ports if p.published_port
+        }
         reusable = self._reusable_auto_ports(service_id, old, explicit)
         old_vips = {v.network_id: v.addr for v in old.virtual_ips}
 
@@ -490,8 +528,9 @@ class Allocator:
             for filled in endpoint.ports:
                 if not filled.published_port:
                     kept = reusable.get((filled.protocol, filled.target_port))
-                    filled.published_port = (kept.pop(0) if kept else
-                                             self._next_port(service_id, filled.protocol, undo))
+                    filled.published_port = (
+                        kept.pop(0) if kept else self._next_port(service_id, filled.protocol, undo)
+                    )
             if endpoint_spec.mode == pb.ENDPOINT_MODE_VIP:
                 for net in nets:
                     addr = old_vips.get(net.id)
@@ -506,30 +545,38 @@ class Allocator:
             if port.protocol not in _PROTOCOLS:
                 raise InvalidArgument(
                     f"unknown protocol {port.protocol} for target port {port.target_port}: "
-                    "use tcp or udp")
+                    "use tcp or udp"
+                )
             proto = _PROTOCOLS[port.protocol]
             if not 1 <= port.target_port <= _MAX_PORT:
                 raise InvalidArgument(
-                    f"target port {port.target_port}/{proto} is out of range 1-{_MAX_PORT}")
+                    f"target port {port.target_port}/{proto} is out of range 1-{_MAX_PORT}"
+                )
             if port.published_port > _MAX_PORT:
                 pool = self._ports[port.protocol]
                 raise InvalidArgument(
                     f"published port {port.published_port}/{proto} is out of range "
-                    f"1-{_MAX_PORT} (leave it at 0 to get a free one from {pool.lo}-{pool.hi})")
+                    f"1-{_MAX_PORT} (leave it at 0 to get a free one from {pool.lo}-{pool.hi})"
+                )
             if not port.published_port:
                 continue
             key = (port.protocol, port.published_port)
             if key in seen:
                 raise InvalidArgument(
-                    f"port {_port_label(key)} is published more than once in the service spec")
+                    f"port {_port_label(key)} is published more than once in the service spec"
+                )
             seen.add(key)
             owner = self._port_owners.get(key)
             if owner is not None and owner != service_id:
+                name = self._service_names.get(owner)
+                who = f"{name!r} ({owner})" if name else owner
                 raise FailedPrecondition(
-                    f"port {_port_label(key)} is already published by service {owner}")
+                    f"port {_port_label(key)} is already published by service {who}"
+                )
 
-    def _reusable_auto_ports(self, service_id: str, old: pb.Endpoint,
-                             explicit: set[_PortKey]) -> dict[tuple[int, int], list[int]]:
+    def _reusable_auto_ports(
+        self, service_id: str, old: pb.Endpoint, explicit: set[_PortKey]
+    ) -> dict[tuple[int, int], list[int]]:
         """The automatic ports the old endpoint holds, by (protocol, target port). The stored
         endpoint's spec tells which of its ports were automatic: it keeps the ports' order."""
         reusable: dict[tuple[int, int], list[int]] = {}
@@ -537,8 +584,11 @@ class Allocator:
             return reusable
         for asked, got in zip(old.spec.ports, old.ports, strict=True):
             key = (got.protocol, got.published_port)
-            if (not asked.published_port and key not in explicit
-                    and self._port_owners.get(key) == service_id):
+            if (
+                not asked.published_port
+                and key not in explicit
+                and self._port_owners.get(key) == service_id
+            ):
                 reusable.setdefault((got.protocol, got.target_port), []).append(got.published_port)
         return reusable
 
@@ -555,7 +605,8 @@ class Allocator:
         if port is None:
             raise ResourceExhausted(
                 f"no free {_PROTOCOLS[protocol]} port left to publish in {pool.lo}-{pool.hi}: "
-                "remove services that publish ports, or publish an explicit port")
+                "remove services that publish ports, or publish an explicit port"
+            )
         key = (protocol, port)
         self._port_owners[key] = service_id
         undo.append(lambda: self._port_owners.pop(key))
@@ -595,7 +646,8 @@ class Allocator:
         if value is None:
             raise ResourceExhausted(
                 f"{net.label()} has no free address left in {net.address_range()}: remove "
-                "tasks or services attached to it, or use a network with a larger subnet")
+                "tasks or services attached to it, or use a network with a larger subnet"
+            )
         return net.cidr(value)
 
     def _release_address(self, network_id: str, text: str) -> None:
@@ -609,9 +661,17 @@ class Allocator:
     def _in_use(self) -> dict[str, Any]:
         """Everything allocated, without the cursors: what `restore` must rebuild."""
         return {
-            "networks": {n.id: (str(n.subnet), n.gateway, n.vni, n.addresses.lo,
-                                n.addresses.hi, n.addresses.used.runs())
-                         for n in self._networks.values()},
+            "networks": {
+                n.id: (
+                    str(n.subnet),
+                    n.gateway,
+                    n.vni,
+                    n.addresses.lo,
+                    n.addresses.hi,
+                    n.addresses.used.runs(),
+                )
+                for n in self._networks.values()
+            },
             "subnets": self._occupied.runs(),
             "vnis": self._vnis.used.runs(),
             "ports": dict(self._port_owners),
@@ -622,7 +682,9 @@ class Allocator:
         """The whole state, cursors included: a failed call must leave it equal."""
         return {
             **self._in_use(),
-            "cursors": ({n.id: n.addresses.cursor for n in self._networks.values()},
-                        self._vnis.cursor,
-                        {proto: pool.cursor for proto, pool in self._ports.items()}),
+            "cursors": (
+                {n.id: n.addresses.cursor for n in self._networks.values()},
+                self._vnis.cursor,
+                {proto: pool.cursor for proto, pool in self._ports.items()},
+            ),
         }

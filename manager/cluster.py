@@ -74,8 +74,3 @@ class Cluster:
         for listener in self._listeners:
             listener(batch)
         return rev
-
-    async def commit_chunked(self, batches: list[Batch]) -> None:
-        for batch in batches:
-            if len(batch):
-                await self.commit(batch)

@@ -7,7 +7,7 @@ leaves etcd and the allocator exactly as they were.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
 from manager.cluster import Cluster, new_id, now_ms
@@ -22,17 +22,23 @@ from proto import objects_pb2 as pb
 RUNNING = pb.TASK_STATE_RUNNING
 
 
-def _matches_filters(
-    name: str, labels: Any, name_prefixes: Iterable[str], label_filters: Iterable[str]
-) -> bool:
-    prefixes = list(name_prefixes)
-    if prefixes and not any(name.startswith(p) for p in prefixes):
-        return False
-    for f in label_filters:
-        key, sep, value = f.partition("=")
-        if key not in labels or (sep and labels[key] != value):
+def _filtered(objs: Iterable[Any], name_of: Callable[[Any], str], req: Any) -> list[Any]:
+    """Objects whose name starts with any of `req.name_prefixes` (if given) and that carry every
+    label of `req.labels` ("k" or "k=v"), ordered by name then ID."""
+    prefixes = list(req.name_prefixes)
+
+    def keep(obj: Any) -> bool:
+        name = name_of(obj)
+        if prefixes and not any(name.startswith(p) for p in prefixes):
             return False
-    return True
+        labels = obj.spec.labels
+        for f in req.labels:
+            key, sep, value = f.partition("=")
+            if key not in labels or (sep and labels[key] != value):
+                return False
+        return True
+
+    return sorted((o for o in objs if keep(o)), key=lambda o: (name_of(o), o.meta.id))
 
 
 def task_spec_of(spec: pb.ServiceSpec) -> tuple[Any, ...]:
@@ -93,12 +99,7 @@ class ControlAPI:
         return cpb.GetNetworkResponse(network=self.state.resolve("networks", req.network_ref))
 
     async def list_networks(self, req: cpb.ListNetworksRequest) -> cpb.ListNetworksResponse:
-        nets = [
-            n
-            for n in self.state.networks.values()
-            if _matches_filters(n.spec.name, n.spec.labels, req.name_prefixes, req.labels)
-        ]
-        nets.sort(key=lambda n: n.spec.name)
+        nets = _filtered(self.state.networks.values(), lambda n: n.spec.name, req)
         return cpb.ListNetworksResponse(networks=nets)
 
     async def remove_network(self, req: cpb.RemoveNetworkRequest) -> cpb.RemoveNetworkResponse:
@@ -187,12 +188,7 @@ class ControlAPI:
 
     async def list_services(self, req: cpb.ListServicesRequest) -> cpb.ListServicesResponse:
         resp = cpb.ListServicesResponse()
-        svcs = [
-            s
-            for s in self.state.services.values()
-            if _matches_filters(s.spec.name, s.spec.labels, req.name_prefixes, req.labels)
-        ]
-        svcs.sort(key=lambda s: s.spec.name)
+        svcs = _filtered(self.state.services.values(), lambda s: s.spec.name, req)
         for svc in svcs:
             tasks = self.state.service_tasks(svc.meta.id)
             running = sum(
@@ -293,14 +289,7 @@ class ControlAPI:
         return cpb.GetNodeResponse(node=self.state.resolve("nodes", req.node_ref))
 
     async def list_nodes(self, req: cpb.ListNodesRequest) -> cpb.ListNodesResponse:
-        nodes = [
-            n
-            for n in self.state.nodes.values()
-            if _matches_filters(
-                n.description.hostname, n.spec.labels, req.name_prefixes, req.labels
-            )
-        ]
-        nodes.sort(key=lambda n: (n.description.hostname, n.meta.id))
+        nodes = _filtered(self.state.nodes.values(), lambda n: n.description.hostname, req)
         return cpb.ListNodesResponse(nodes=nodes)
 
     async def update_node(self, req: cpb.UpdateNodeRequest) -> cpb.UpdateNodeResponse:

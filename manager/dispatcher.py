@@ -14,7 +14,6 @@ heartbeats stop for `heartbeat_grace` periods.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -299,12 +298,6 @@ class Dispatcher:
                 )
             )
         return dpb.PublishLogsResponse()
-
-    async def close(self) -> None:
-        for sess in list(self.sessions.values()):
-            sess.queue.put_nowait(None)
-        with contextlib.suppress(Exception):
-            self.sessions.clear()
 
 
 def _assignment(kind: str, obj: Any, action: Any) -> dpb.Assignment:

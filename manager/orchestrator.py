@@ -128,8 +128,11 @@ def _ended_ms(task: pb.Task) -> int:
 
 
 def _node_keeps_tasks(node: pb.Node | None) -> bool:
-    return (node is not None and node.status.state != pb.NODE_STATE_DOWN
-            and node.spec.availability != pb.NODE_AVAILABILITY_DRAIN)
+    return (
+        node is not None
+        and node.status.state != pb.NODE_STATE_DOWN
+        and node.spec.availability != pb.NODE_AVAILABILITY_DRAIN
+    )
 
 
 @dataclass
@@ -152,14 +155,21 @@ class _Slot:
 
 
 class _Reconciler:
-    def __init__(self, service: pb.Service, tasks: Sequence[pb.Task], nodes: _Nodes, now_ms: int,
-                 history_limit: int) -> None:
+    def __init__(
+        self,
+        service: pb.Service,
+        tasks: Sequence[pb.Task],
+        nodes: _Nodes,
+        now_ms: int,
+        history_limit: int,
+    ) -> None:
         self.service = service
         self.tasks = tasks
         self.version = service.spec_version
         self.policy = service.spec.restart_policy
         self.nodes: Mapping[str, pb.Node] = (
-            nodes if isinstance(nodes, Mapping) else {n.meta.id: n for n in nodes})
+            nodes if isinstance(nodes, Mapping) else {n.meta.id: n for n in nodes}
+        )
         self.now = now_ms
         self.history_limit = max(1, history_limit)
         self.plan = ServicePlan()
@@ -203,8 +213,11 @@ class _Reconciler:
         policy = self.policy
         if policy.condition == pb.RESTART_CONDITION_NONE:
             return False
-        if (policy.condition == pb.RESTART_CONDITION_ON_FAILURE
-                and task.status.state == pb.TASK_STATE_COMPLETE and task.status.exit_code == 0):
+        if (
+            policy.condition == pb.RESTART_CONDITION_ON_FAILURE
+            and task.status.state == pb.TASK_STATE_COMPLETE
+            and task.status.exit_code == 0
+        ):
             return False
         if not policy.max_attempts:
             return True
@@ -213,14 +226,18 @@ class _Reconciler:
         for t in history:
             if t is task:
                 break
-            if (t.status.state in _EXITED and t.spec_version == task.spec_version
-                    and (since is None or _ended_ms(t) >= since)):
+            if (
+                t.status.state in _EXITED
+                and t.spec_version == task.spec_version
+                and (since is None or _ended_ms(t) >= since)
+            ):
                 attempts += 1
         return attempts < policy.max_attempts
 
     def create(self, slot: int, node_id: str, not_before_ms: int, replaces: pb.Task | None) -> None:
         self.plan.create.append(
-            NewTask(slot, node_id, not_before_ms, replaces.meta.id if replaces else ""))
+            NewTask(slot, node_id, not_before_ms, replaces.meta.id if replaces else "")
+        )
 
     def outdated(self, task: pb.Task) -> bool:
         return task.spec_version < self.version
@@ -236,8 +253,7 @@ class _Reconciler:
             cur = slot.current
             if cur is not None and not self.outdated(cur):
                 in_progress += cur.status.state < RUNNING
-            elif cur is not None or (slot.given_up is not None
-                                     and self.outdated(slot.given_up)):
+            elif cur is not None or (slot.given_up is not None and self.outdated(slot.given_up)):
                 candidates.append((number, node_id, slot))
         parallelism = self.service.spec.update_config.parallelism
         budget = max(0, parallelism - in_progress) if parallelism else len(candidates)
@@ -250,8 +266,9 @@ class _Reconciler:
     # ------------------------------------------------------------------ history
 
     def finished(self, task: pb.Task) -> bool:
-        return task_is_terminal(task) or (task.desired_state > RUNNING
-                                          and _unreachable(task, self.nodes))
+        return task_is_terminal(task) or (
+            task.desired_state > RUNNING and _unreachable(task, self.nodes)
+        )
 
     def trim(self, tasks: list[pb.Task]) -> None:
         max_attempts = self.policy.max_attempts
@@ -261,8 +278,11 @@ class _Reconciler:
             if not self.finished(t):
                 continue
             exited = t.status.state in _EXITED
-            if (kept < self.history_limit or (exited and exits < keep_exits)
-                    or t.meta.id in self._stopping):
+            if (
+                kept < self.history_limit
+                or (exited and exits < keep_exits)
+                or t.meta.id in self._stopping
+            ):
                 kept += 1
                 exits += exited
             else:
@@ -297,8 +317,11 @@ class _Reconciler:
         slots = {n: self.read_slot(by_slot[n]) for n in sorted(by_slot)}
         for slot in slots.values():
             cur = slot.current
-            if cur is not None and cur.node_id and not _node_keeps_tasks(
-                    self.nodes.get(cur.node_id)):
+            if (
+                cur is not None
+                and cur.node_id
+                and not _node_keeps_tasks(self.nodes.get(cur.node_id))
+            ):
                 self.shutdown(cur)
                 slot.current, slot.replace, slot.not_before_ms = None, cur, self.now
         active = [n for n, s in slots.items() if s.active]
@@ -357,7 +380,8 @@ class _Reconciler:
     def global_(self) -> ServicePlan:
         try:
             constraints: list[Constraint] | None = parse_constraints(
-                list(self.service.spec.placement.constraints))
+                list(self.service.spec.placement.constraints)
+            )
         except InvalidArgument:
             constraints = None
         by_node: dict[str, list[pb.Task]] = {}
@@ -374,8 +398,11 @@ class _Reconciler:
         for node_id in sorted(placeable | set(by_node)):
             slot = self.read_slot(by_node.get(node_id, []))
             node = self.nodes.get(node_id)
-            keep = node is not None and _node_keeps_tasks(node) and (
-                constraints is None or all(c.matches(node) for c in constraints))
+            keep = (
+                node is not None
+                and _node_keeps_tasks(node)
+                and (constraints is None or all(c.matches(node) for c in constraints))
+            )
             if not keep:
                 if slot.current is not None:
                     self.shutdown(slot.current)
@@ -396,8 +423,13 @@ class _Reconciler:
         return self.done()
 
 
-def reconcile_service(service: pb.Service, tasks: Sequence[pb.Task], nodes: _Nodes, now_ms: int,
-                      history_limit: int = 5) -> ServicePlan:
+def reconcile_service(
+    service: pb.Service,
+    tasks: Sequence[pb.Task],
+    nodes: _Nodes,
+    now_ms: int,
+    history_limit: int = 5,
+) -> ServicePlan:
     """What to change so that `tasks` (all stored tasks of `service`) match its spec; see the
     module docstring for the rules. A spec without a mode has no replicas: defaults are the
     control API's to fill in.
@@ -410,8 +442,9 @@ def reconcile_service(service: pb.Service, tasks: Sequence[pb.Task], nodes: _Nod
     return r.replicated()
 
 
-def reconcile_removed_service(tasks: Sequence[pb.Task],
-                              nodes: Mapping[str, pb.Node]) -> tuple[list[str], list[str]]:
+def reconcile_removed_service(
+    tasks: Sequence[pb.Task], nodes: Mapping[str, pb.Node]
+) -> tuple[list[str], list[str]]:
     """Tasks of a deleted service: (ids whose desired state must become REMOVE, ids to delete
     now). A task is deleted at once when no agent will stop it any more (terminal, never
     assigned, or on a node that is DOWN or gone); the others are told to go and deleted on a

@@ -38,7 +38,6 @@ class Reconciler:
         self._dirty: set[str] = set()
         self._full = True
         self._wake = asyncio.Event()
-        self.passes = 0
 
     def kick(self, service_id: str | None = None) -> None:
         """Ask for a pass over one service, or (None) over everything."""
@@ -72,7 +71,6 @@ class Reconciler:
             await self._orchestrate(full, dirty)
             await self._allocate_new()
             await self._schedule()
-            self.passes += 1
 
     # ------------------------------------------------------------------ phases
 

@@ -22,8 +22,10 @@ from dataclasses import dataclass, field
 from manager.errors import InvalidArgument
 from proto import objects_pb2 as pb
 
-_ACCEPTED_FORM = ("expected KEY==VALUE or KEY!=VALUE with KEY one of node.id, node.hostname, "
-                  "node.role, node.labels.<label>")
+_ACCEPTED_FORM = (
+    "expected KEY==VALUE or KEY!=VALUE with KEY one of node.id, node.hostname, "
+    "node.role, node.labels.<label>"
+)
 _LABEL_PREFIX = "node.labels."
 _PLAIN_KEYS = frozenset({"node.id", "node.hostname", "node.role"})
 _ROLES = {"manager": pb.NODE_ROLE_MANAGER, "worker": pb.NODE_ROLE_WORKER}
@@ -57,7 +59,7 @@ class Constraint:
             return node.description.hostname
         if self.key == "node.role":
             return "manager" if node.spec.role == pb.NODE_ROLE_MANAGER else "worker"
-        return node.spec.labels.get(self.key[len(_LABEL_PREFIX):])
+        return node.spec.labels.get(self.key[len(_LABEL_PREFIX) :])
 
 
 def _parse_one(expr: str) -> Constraint:
@@ -70,7 +72,7 @@ def _parse_one(expr: str) -> Constraint:
     raw_key, op, value = m.groups()
     key = raw_key.lower()
     if key.startswith(_LABEL_PREFIX):
-        label = raw_key[len(_LABEL_PREFIX):]
+        label = raw_key[len(_LABEL_PREFIX) :]
         if not label:
             raise bad(f"the label name is empty; {_ACCEPTED_FORM}")
         # Label names are matched as written: node labels are case-sensitive map keys.
@@ -96,9 +98,11 @@ def parse_constraints(exprs: Sequence[str]) -> list[Constraint]:
 
 def node_is_eligible(node: pb.Node, constraints: Sequence[Constraint]) -> bool:
     """Whether a new task of a service with these constraints may go to this node now."""
-    return (node.status.state == pb.NODE_STATE_READY
-            and node.spec.availability == pb.NODE_AVAILABILITY_ACTIVE
-            and all(c.matches(node) for c in constraints))
+    return (
+        node.status.state == pb.NODE_STATE_READY
+        and node.spec.availability == pb.NODE_AVAILABILITY_ACTIVE
+        and all(c.matches(node) for c in constraints)
+    )
 
 
 @dataclass
@@ -153,13 +157,16 @@ class _Pool:
             parts.append(f"{_nodes(self.not_matching)} not satisfying constraints")
         if self.full:
             verb = "runs" if self.full == 1 else "run"
-            parts.append(f"{_nodes(self.full)} already {verb} the maximum of {self.limit} "
-                         "tasks of this service per node")
+            parts.append(
+                f"{_nodes(self.full)} already {verb} the maximum of {self.limit} "
+                "tasks of this service per node"
+            )
         return f"no suitable node ({'; '.join(parts) or 'the cluster has no nodes'})"
 
 
-def _pool(service: pb.Service, nodes: Sequence[pb.Node], overall: Counter[str],
-          mine: Counter[str]) -> _Pool | str:
+def _pool(
+    service: pb.Service, nodes: Sequence[pb.Node], overall: Counter[str], mine: Counter[str]
+) -> _Pool | str:
     placement = service.spec.placement
     try:
         constraints = parse_constraints(list(placement.constraints))
@@ -169,8 +176,10 @@ def _pool(service: pb.Service, nodes: Sequence[pb.Node], overall: Counter[str],
     pool = _Pool([], limit, 0, 0, 0)
     for node in nodes:
         node_id = node.meta.id
-        if (node.status.state != pb.NODE_STATE_READY
-                or node.spec.availability != pb.NODE_AVAILABILITY_ACTIVE):
+        if (
+            node.status.state != pb.NODE_STATE_READY
+            or node.spec.availability != pb.NODE_AVAILABILITY_ACTIVE
+        ):
             pool.not_available += 1
         elif not all(c.matches(node) for c in constraints):
             pool.not_matching += 1
@@ -182,8 +191,12 @@ def _pool(service: pb.Service, nodes: Sequence[pb.Node], overall: Counter[str],
     return pool
 
 
-def schedule(pending: Sequence[pb.Task], nodes: Sequence[pb.Node], running: Sequence[pb.Task],
-             services: Mapping[str, pb.Service]) -> SchedulingResult:
+def schedule(
+    pending: Sequence[pb.Task],
+    nodes: Sequence[pb.Node],
+    running: Sequence[pb.Task],
+    services: Mapping[str, pb.Service],
+) -> SchedulingResult:
     """Place `pending` tasks (in the order given) on `nodes`.
 
     `running` are the tasks already placed and not finished: they count towards spreading and

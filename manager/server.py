@@ -70,7 +70,6 @@ class Leadership:
         for t in self.tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
-        await self.dispatcher.close()
 
 
 class Manager:

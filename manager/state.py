@@ -8,10 +8,7 @@ are derived here and nowhere else.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
 from typing import Any, cast
-
-from google.protobuf.message import Message
 
 from manager.errors import InvalidArgument, NotFound
 from manager.store import KINDS, Batch, Snapshot
@@ -92,11 +89,6 @@ class ClusterState:
         for kind, obj_id in batch.deletes:
             self._delete(kind, obj_id)
         for kind, obj in batch.puts:
-            self._put(kind, obj)
-        self.revision = revision
-
-    def apply_many(self, kind: str, objs: Iterable[Message], revision: int) -> None:
-        for obj in objs:
             self._put(kind, obj)
         self.revision = revision
 

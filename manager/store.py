@@ -15,7 +15,6 @@ while the manager needs a watch that resumes after an etcd restart and resyncs a
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -421,12 +420,3 @@ def _encode(obj: Message) -> bytes:
         return obj.SerializeToString(deterministic=True)
     finally:
         obj.meta.version = version  # type: ignore[attr-defined]
-
-
-@contextlib.asynccontextmanager
-async def connect(endpoints: Sequence[str], prefix: str) -> AsyncIterator[Store]:
-    etcd = EtcdClient(endpoints)
-    try:
-        yield Store(etcd, prefix)
-    finally:
-        await etcd.close()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -83,6 +83,22 @@ def _print_ids(ids: Iterable[str]) -> None:
         print(object_id)
 
 
+def _print_listing(
+    args: argparse.Namespace,
+    objs: Sequence[Any],
+    order: Callable[[Any], Any],
+    table: Callable[[], str],
+) -> int:
+    """What every `ls` prints: full IDs with -q, the objects as JSON, or the table."""
+    if args.quiet:
+        _print_ids(o.meta.id for o in sorted(objs, key=order))
+    elif args.format == "json":
+        print(render.to_json(list(objs)))
+    else:
+        print(table())
+    return 0
+
+
 def _filters(args: argparse.Namespace, allowed: tuple[str, ...]) -> dict[str, list[str]]:
     return specs.parse_filters(args.filter or [], allowed)
 
@@ -117,13 +133,9 @@ def network_ls(stub: Stub, args: argparse.Namespace) -> int:
     resp = stub.ListNetworks(
         cpb.ListNetworksRequest(name_prefixes=f.get("name", []), labels=f.get("label", []))
     )
-    if args.quiet:
-        _print_ids(n.meta.id for n in sorted(resp.networks, key=lambda n: n.spec.name))
-    elif args.format == "json":
-        print(render.to_json(list(resp.networks)))
-    else:
-        print(render.network_table(resp.networks))
-    return 0
+    return _print_listing(
+        args, resp.networks, lambda n: n.spec.name, lambda: render.network_table(resp.networks)
+    )
 
 
 def network_inspect(stub: Stub, args: argparse.Namespace) -> int:
@@ -174,13 +186,9 @@ def service_ls(stub: Stub, args: argparse.Namespace) -> int:
     resp = stub.ListServices(
         cpb.ListServicesRequest(name_prefixes=f.get("name", []), labels=f.get("label", []))
     )
-    if args.quiet:
-        _print_ids(s.meta.id for s in sorted(resp.services, key=lambda s: s.spec.name))
-    elif args.format == "json":
-        print(render.to_json(list(resp.services)))
-    else:
-        print(render.service_table(resp))
-    return 0
+    return _print_listing(
+        args, resp.services, lambda s: s.spec.name, lambda: render.service_table(resp)
+    )
 
 
 def service_ps(stub: Stub, args: argparse.Namespace) -> int:
@@ -302,13 +310,9 @@ def node_ls(stub: Stub, args: argparse.Namespace) -> int:
     resp = stub.ListNodes(
         cpb.ListNodesRequest(name_prefixes=f.get("name", []), labels=f.get("label", []))
     )
-    if args.quiet:
-        _print_ids(n.meta.id for n in sorted(resp.nodes, key=lambda n: n.description.hostname))
-    elif args.format == "json":
-        print(render.to_json(list(resp.nodes)))
-    else:
-        print(render.node_table(resp.nodes))
-    return 0
+    return _print_listing(
+        args, resp.nodes, lambda n: n.description.hostname, lambda: render.node_table(resp.nodes)
+    )
 
 
 def node_inspect(stub: Stub, args: argparse.Namespace) -> int:

@@ -189,3 +189,44 @@ def test_leader_failover(managers: ManagerCluster, how: str) -> None:
     assert set(before["tasks"]) == set(after["tasks"])
     # ovctl with both addresses keeps working while the first is down.
     assert "web" in managers.ovctl("service", "ls").stdout
+
+
+def test_agents_follow_the_new_leader(managers: ManagerCluster) -> None:
+    from tests.integration.agents import AgentPool
+
+    managers.add()
+    pool = AgentPool()
+    try:
+        # Each agent is told only of the first manager; it learns the others from its session.
+        hosts = [pool.add([managers.addrs[0]], f"h{i}") for i in range(2)]
+        wait_for(lambda: all(h.node_id for h in hosts), what="registration")
+        managers.ovctl("service", "create", "--name", "web", "--replicas", "2", "--", "sleep", "1d")
+
+        def running_ids() -> set[str]:
+            resp = managers.stub(managers.addrs[-1]).ListTasks(
+                cpb.ListTasksRequest(service_refs=["web"]), timeout=10
+            )
+            return {
+                t.meta.id
+                for t in resp.tasks
+                if t.status.state == pb.TASK_STATE_RUNNING
+                and t.desired_state == pb.TASK_STATE_RUNNING
+            }
+
+        before = wait_for(lambda: len(running_ids()) == 2 and running_ids(), what="2 running")
+        managers.procs[0].kill()
+        wait_for(lambda: managers.wait_leader(addr=managers.addrs[1]) == "m1", what="m1 leads")
+        # Both agents find the new leader (they learnt its address from their session) and their
+        # nodes stay Ready; the same two tasks keep running, none is duplicated or replaced.
+        wait_for(
+            lambda: all(h.session.connected.is_set() for h in hosts),
+            timeout=15,
+            what="agents reconnected",
+        )
+        nodes = managers.stub(managers.addrs[1]).ListNodes(cpb.ListNodesRequest(), timeout=10)
+        assert all(n.status.state == pb.NODE_STATE_READY for n in nodes.nodes)
+        time.sleep(2)  # several heartbeat periods: nothing is marked down or rescheduled
+        assert running_ids() == before
+        assert all(h.session.connected.is_set() for h in hosts)
+    finally:
+        pool.close()

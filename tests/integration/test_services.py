@@ -308,3 +308,77 @@ def test_global_service_constraints_and_logs(managers: ManagerCluster, agents: A
     owner.publish(task.meta.id, "hello from the task\n")
     out = managers.ovctl("service", "logs", "mon").stdout
     assert "hello from the task" in out and "mon." in out
+
+
+def test_update_replaces_tasks_only_when_the_task_spec_changes(
+    managers: ManagerCluster, agents: AgentPool
+) -> None:
+    host = agents.add(managers.addrs, "solo")
+    wait_for(lambda: host.node_id, what="registration")
+    managers.ovctl(
+        "service",
+        "create",
+        "--name",
+        "api",
+        "--replicas",
+        "2",
+        "--env",
+        "V=1",
+        "--update-parallelism",
+        "1",
+        "--",
+        "sleep",
+        "1d",
+    )
+    first = {
+        t.meta.id
+        for t in wait_for(
+            lambda: len(running(managers, "api")) == 2 and running(managers, "api"),
+            what="2 running",
+        )
+    }
+    # Scaling is not a task change: the running tasks stay.
+    managers.ovctl("service", "update", "--replicas", "3", "api")
+    wait_for(lambda: len(running(managers, "api")) == 3, what="3 running")
+    assert first <= {t.meta.id for t in running(managers, "api")}
+    # An environment change replaces every task, one slot at a time, keeping slot numbers.
+    managers.ovctl("service", "update", "--env-add", "V=2", "api")
+    wait_for(
+        lambda: (
+            len(running(managers, "api")) == 3
+            and all("V=2" in t.spec.env for t in running(managers, "api"))
+        ),
+        timeout=20,
+        what="all tasks on the new spec",
+    )
+    now = running(managers, "api")
+    assert sorted(t.slot for t in now) == [1, 2, 3]
+    assert not first & {t.meta.id for t in now}
+    assert all(t.spec_version == 2 for t in now)
+    svc = managers.ovctl_json("service", "inspect", "api")[0]
+    assert svc["spec"]["env"] == ["V=2"] and svc["spec_version"] == "2"
+
+
+def test_node_rm_rules(managers: ManagerCluster, agents: AgentPool) -> None:
+    a = agents.add(managers.addrs, "keep")
+    b = agents.add(managers.addrs, "gone")
+    wait_for(lambda: a.node_id and b.node_id, what="registration")
+    managers.ovctl("service", "create", "--name", "web", "--replicas", "2", "--", "sleep", "1d")
+    wait_for(lambda: len(running(managers, "web")) == 2, what="2 running")
+    before = managers.dump()
+    res = managers.ovctl("node", "rm", "gone", check=False)
+    assert res.returncode != 0 and "is not down" in res.stderr and "--force" in res.stderr
+    assert managers.dump() == before
+    b.stop()
+    wait_for(lambda: "Down" in managers.ovctl("node", "ls").stdout, what="node down")
+    managers.ovctl("node", "rm", "gone")
+    assert "gone" not in managers.ovctl("node", "ls").stdout
+    wait_for(
+        lambda: (
+            {t.node_id for t in running(managers, "web")} == {a.node_id}
+            and len(running(managers, "web")) == 2
+        ),
+        what="tasks moved to the remaining node",
+    )
+    res = managers.ovctl("node", "update", "--availability", "drain", "gone", check=False)
+    assert res.returncode != 0 and "not found" in res.stderr

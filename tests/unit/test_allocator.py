@@ -347,8 +347,9 @@ def test_published_port_conflicts_across_services_and_publish_modes() -> None:
     alloc = Allocator()
     alloc.allocate_service("s1", service_spec(port(80, 8080)), [])
     fails_unchanged(alloc, FailedPrecondition,
-                    "port 8080/tcp is already published by service s1", alloc.allocate_service,
-                    "s2", service_spec(port(81, 8080, mode=pb.PUBLISH_MODE_HOST)), [])
+                    "port 8080/tcp is already published by service 'web' \\(s1\\)",
+                    alloc.allocate_service, "s2",
+                    service_spec(port(81, 8080, mode=pb.PUBLISH_MODE_HOST)), [])
     # Another protocol is another port.
     assert published(alloc.allocate_service("s2", service_spec(port(80, 8080, UDP)), [])) == [
         8080]
@@ -422,7 +423,7 @@ def test_reallocate_keeps_vips_and_ports_still_asked_for() -> None:
         "10.9.0.3/29", "10.9.0.4/29", "10.9.0.5/29", "10.9.0.6/29", "10.9.0.2/29"]
     # What it kept is still taken.
     with pytest.raises(FailedPrecondition, match="port 30000/udp is already published by "
-                                                 "service s"):
+                                                 "service 'web' \\(s\\)"):
         alloc.allocate_service("u", service_spec(port(1, 30000, UDP)), [])
     assert [alloc.allocate_task(["b"])[0] for _ in range(4)] == [
         "10.8.0.3/29", "10.8.0.4/29", "10.8.0.5/29", "10.8.0.6/29"]
@@ -450,7 +451,8 @@ def test_failed_reallocate_changes_nothing() -> None:
     old_spec = service_spec(port(80), port(81, 8080))
     old = service("s", old_spec, alloc.allocate_service("s", old_spec, ["a"]))
     fails_unchanged(alloc, FailedPrecondition, "port 9000/tcp is already published by service "
-                    "other", alloc.reallocate_service, old, service_spec(port(80, 9000)), ["a"])
+                    "'web' \\(other\\)", alloc.reallocate_service, old,
+                    service_spec(port(80, 9000)), ["a"])
     # Fails after keeping 8080 and the automatic port: both must stay with the service.
     fails_unchanged(alloc, ResourceExhausted, "no free tcp port", alloc.reallocate_service, old,
                     service_spec(port(81, 8080), port(80), port(82), port(83)), ["a", "b"])
@@ -505,7 +507,7 @@ def test_restore_rebuilds_allocations_and_resumes_cursors() -> None:
     assert add_network(restored, "c").vni == add_network(live, "c").vni == 4099
     assert published(restored.allocate_service("t", service_spec(port(1)), [])) == [30003]
     with pytest.raises(FailedPrecondition, match="port 8081/tcp is already published by "
-                                                 "service s"):
+                                                 "service 'web' \\(s\\)"):
         restored.allocate_service("t2", service_spec(port(1, 8081)), [])
     with pytest.raises(FailedPrecondition, match=re.escape(
             "overlaps subnet 10.0.0.0/24 of network 'front' (a)")):
