@@ -58,8 +58,8 @@ numbers). Field names change only when the .proto files do, so scripts can rely 
 
 **Exit codes.** 0 on success; 1 when the manager refuses (the message is printed as
 `Error: ...`; codes that are not the user's doing are named, e.g.
-`Error: cannot reach manager at ...: ...`) or when one of several objects failed; 2 for a
-usage error.
+`Error: no manager could serve the request (tried ...): ...`) or when one of several
+objects failed; 2 for a usage error.
 """
 
 from __future__ import annotations

@@ -29,10 +29,12 @@ class ConfigError(Exception):
 
 
 class ManagerUnreachable(Exception):
-    """Every manager answered UNAVAILABLE (or could not be reached)."""
+    """Every manager answered UNAVAILABLE (not the leader, etcd away) or could not be reached."""
 
     def __init__(self, addrs: Sequence[str], details: str) -> None:
-        super().__init__(f"cannot reach manager at {', '.join(addrs)}: {details}")
+        super().__init__(
+            f"no manager could serve the request (tried {', '.join(addrs)}): {details}"
+        )
         self.addrs = list(addrs)
         self.details = details
 

@@ -230,3 +230,31 @@ def test_agents_follow_the_new_leader(managers: ManagerCluster) -> None:
         assert all(h.session.connected.is_set() for h in hosts)
     finally:
         pool.close()
+
+
+def test_manager_rides_out_an_etcd_restart(etcd_fresh, spawn_process) -> None:  # type: ignore[no-untyped-def]
+    from tests.etcd import EtcdHandle
+
+    cluster = ManagerCluster(EtcdHandle(etcd_fresh, "/ovnet/"), spawn_process)
+    try:
+        cluster.add()
+        cluster.wait_leader()
+        cluster.ovctl("network", "create", "keep")
+        etcd_fresh.stop()
+        # While etcd is away, a write is refused with a message saying why, not INTERNAL.
+        res = cluster.ovctl("--timeout", "15", "network", "create", "during", check=False)
+        print(f"while etcd is down: {res.stderr.strip()}")
+        assert res.returncode != 0
+        assert "INTERNAL" not in res.stderr and (
+            "etcd" in res.stderr or "leader" in res.stderr or "UNAVAILABLE" in res.stderr
+        ), res.stderr
+        etcd_fresh.start()
+        wait_for(
+            lambda: cluster.ovctl("network", "create", "after", check=False).returncode == 0,
+            timeout=30,
+            what="writes accepted again",
+        )
+        names = sorted(n["spec"]["name"] for n in cluster.ovctl_json("network", "ls"))
+        assert names == ["after", "keep"]
+    finally:
+        cluster.close()

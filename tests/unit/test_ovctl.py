@@ -1043,7 +1043,9 @@ def test_all_managers_unavailable(
     dead = _closed_port()
     assert run(f"{dead},{addr}", "node", "ls") == 1
     err = capsys.readouterr().err
-    assert err.startswith(f"Error: cannot reach manager at {dead}, {addr}: not the leader")
+    assert err.startswith(
+        f"Error: no manager could serve the request (tried {dead}, {addr}): not the leader"
+    )
 
 
 def test_timeout_is_applied(
