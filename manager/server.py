@@ -167,9 +167,7 @@ class Manager:
         return Unavailable(f"manager {self.opts.manager_id} is not the leader: {where}")
 
     def _control_target(self) -> Any:
-        if self.leading is None:
-            return None
-        return self.leading.control
+        return self.leading.control if self.leading is not None else None
 
     def _dispatcher_target(self) -> Any:
         if self.leading is None:
@@ -204,9 +202,9 @@ class Manager:
         for method in desc.methods:
             req_cls = message_factory.GetMessageClass(method.input_type)
             resp_cls = message_factory.GetMessageClass(method.output_type)
-            fn = self._make_handler(
-                service, method.name, target, method.client_streaming, method.server_streaming
-            )
+            # A client-streaming body gets the request iterator in place of a request, so the
+            # unary wrapper serves it too.
+            fn = self._make_handler(service, method.name, target, method.server_streaming)
             kw = {
                 "request_deserializer": req_cls.FromString,
                 "response_serializer": resp_cls.SerializeToString,
@@ -224,7 +222,6 @@ class Manager:
         service: str,
         name: str,
         target: Callable[[], Any],
-        client_streaming: bool,
         server_streaming: bool,
     ) -> Any:
         attr = snake(name)
