@@ -1,27 +1,26 @@
 """`ovnet-agent`: the per-host daemon.
 
-This release holds the session with the managers: it registers the host, keeps its session and
-heartbeats (so the manager sees the node Ready and can schedule onto it), and tracks the node's
-assignment set. It does not yet run tasks or build the data plane: assigned tasks stay in state
-Assigned until the executor and VXLAN data plane (issue F2) land.
+It registers the host with a manager and holds a session (failing over between managers),
+runs the tasks assigned to the host as processes in their own network namespaces, builds the
+overlay data plane for them (a bridge and a VXLAN device per network, veths, static FDB and
+neighbour entries for the endpoints on other hosts, egress through the host), and reports
+task states and logs back.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import logging
 import platform
 import signal
 import socket
 import sys
-import time
 from pathlib import Path
 
-import grpc
-
-from agent.session import AgentSession, Assignments
-from proto import dispatcher_pb2 as dpb
+from agent.model import DEFAULT_GWBRIDGE_SUBNET, DEFAULT_VXLAN_PORT, HostConfig, Names
+from agent.session import AgentSession
 from proto import objects_pb2 as pb
 
 log = logging.getLogger("ovnet-agent")
@@ -33,9 +32,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--manager", required=True, help="manager addresses host:port, comma separated")
+    p.add_argument("--manager", default="", help="manager addresses host:port, comma separated")
     p.add_argument("--hostname", default=socket.gethostname())
-    p.add_argument("--addr", default="", help="this host's underlay (VTEP) address")
+    p.add_argument(
+        "--addr",
+        default="",
+        help="this host's underlay (VTEP) address (default: the source address of the route "
+        "to the first manager)",
+    )
     p.add_argument("--role", choices=["worker", "manager"], default="worker")
     p.add_argument(
         "--label",
@@ -49,73 +53,135 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="/var/lib/ovnet-agent",
         help="where the node ID is kept across restarts (default %(default)s)",
     )
+    p.add_argument(
+        "--netns-prefix",
+        default="ovnet-",
+        help="prefix of the network namespaces this agent makes (default %(default)s); one "
+        "per agent when several share a machine",
+    )
+    p.add_argument("--vxlan-port", type=int, default=DEFAULT_VXLAN_PORT)
+    p.add_argument("--underlay-mtu", type=int, default=0, help="default: the VTEP's link MTU")
+    p.add_argument("--gwbridge-subnet", default=str(DEFAULT_GWBRIDGE_SUBNET))
+    p.add_argument("--etc-netns", default="/etc/netns", help=argparse.SUPPRESS)
+    p.add_argument(
+        "--reconcile-interval",
+        type=float,
+        default=5.0,
+        help="seconds between full reconciles of kernel state (default %(default)s)",
+    )
+    p.add_argument(
+        "--stop-timeout",
+        type=float,
+        default=10.0,
+        help="seconds between SIGTERM and SIGKILL when stopping a task (default %(default)s)",
+    )
+    p.add_argument(
+        "--cleanup",
+        action="store_true",
+        help="stop this agent's tasks and remove every kernel object it made, then exit",
+    )
     p.add_argument("--log-level", default="info")
     return p.parse_args(argv)
 
 
+def detect_vtep(managers: list[str]) -> str:
+    """The local address the kernel would use to reach the first manager: on a multi-homed
+    host that is the underlay the cluster talks over."""
+    host, _, port = managers[0].rpartition(":")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.connect((host.strip("[]"), int(port or 1)))  # UDP connect: no packet is sent
+        return str(s.getsockname()[0])
+
+
+def underlay_mtu(vtep: str) -> int:
+    """The MTU of the interface holding the VTEP address (1500 when it cannot be found)."""
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        for addr in ipr.get_addr(family=socket.AF_INET):
+            if addr.get("IFA_ADDRESS") == vtep:
+                links = ipr.get_links(addr["index"])
+                if links:
+                    return int(links[0].get("IFLA_MTU") or 1500)
+    return 1500
+
+
 async def run(args: argparse.Namespace) -> None:
+    from agent.daemon import AgentDaemon  # imported here so that --help stays light
+
+    managers = [m.strip() for m in args.manager.split(",") if m.strip()]
+    vtep = args.addr
     labels = dict(item.partition("=")[::2] for item in args.label)
     spec = pb.NodeSpec(
         labels=labels, role=pb.NODE_ROLE_MANAGER if args.role == "manager" else pb.NODE_ROLE_WORKER
     )
     desc = pb.NodeDescription(
         hostname=args.hostname,
-        addr=args.addr,
+        addr=vtep,
         platform=f"{platform.system()}/{platform.machine()}",
-        agent_version="0.1.0",
+        agent_version="0.2.0",
     )
-
-    reported: set[str] = set()
-
-    async def show(a: Assignments) -> None:
-        log.info(
-            "assignment set: %d task(s), %d network(s), %d service(s)",
-            len(a.tasks),
-            len(a.networks),
-            len(a.services),
-        )
-        # Nothing runs here yet, so a task told to stop is stopped: say so, or the manager
-        # would wait for it forever before freeing its addresses.
-        stop = [
-            t.meta.id
-            for t in a.tasks.values()
-            if t.desired_state > pb.TASK_STATE_RUNNING and t.meta.id not in reported
-        ]
-        if stop:
-            now = int(time.time() * 1000)
-            try:
-                await session.report(
-                    [
-                        dpb.TaskStatusUpdate(
-                            task_id=tid,
-                            status=pb.TaskStatus(
-                                state=pb.TASK_STATE_SHUTDOWN,
-                                message="not running",
-                                timestamp_ms=now,
-                            ),
-                        )
-                        for tid in stop
-                    ]
-                )
-                reported.update(stop)
-            except (grpc.aio.AioRpcError, ConnectionError) as e:
-                log.warning("could not report stopped tasks (will retry): %s", e)
-
-    session = AgentSession(
-        [m.strip() for m in args.manager.split(",") if m.strip()],
-        desc,
-        spec,
-        state_dir=Path(args.state_dir),
-        on_assignments=show,
+    host = HostConfig(
+        vtep=ipaddress.IPv4Address(vtep),
+        underlay_mtu=args.underlay_mtu,
+        vxlan_port=args.vxlan_port,
+        gwbridge_subnet=ipaddress.IPv4Network(args.gwbridge_subnet),
+        names=Names(args.netns_prefix),
+        etc_netns=Path(args.etc_netns),
     )
-    runner = asyncio.create_task(session.run())
+    state_dir = Path(args.state_dir)
+    session = AgentSession(managers, desc, spec, state_dir=state_dir)
+    daemon = AgentDaemon(
+        host,
+        session,
+        state_dir,
+        reconcile_interval=args.reconcile_interval,
+        stop_timeout=args.stop_timeout,
+    )
+    log.info(
+        "agent %s: vtep %s, underlay MTU %d, netns prefix %r",
+        args.hostname,
+        vtep,
+        host.underlay_mtu,
+        host.names.prefix,
+    )
+    runners = [asyncio.create_task(session.run()), asyncio.create_task(daemon.run())]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    log.warning("this agent does not run tasks yet (executor and data plane: issue F2)")
-    await stop.wait()
-    runner.cancel()
+    waiter = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait([*runners, waiter], return_when=asyncio.FIRST_COMPLETED)
+    for r in runners:
+        r.cancel()
+    for r in runners:
+        if r in done and not r.cancelled() and (exc := r.exception()) is not None:
+            raise exc
+    # Tasks keep running when the agent stops (as with Docker's live restore): a restarted
+    # agent adopts them. `--cleanup` is the way to remove everything.
+
+
+async def cleanup(args: argparse.Namespace) -> None:
+    """Remove every kernel object carrying this agent's prefix (after stopping its tasks)."""
+    from agent.dataplane.kernel import DataPlane
+    from agent.executor.runner import Runner
+
+    runner = Runner(Path(args.state_dir), lambda *_: None)
+    for task_id in runner.adopt():
+        await runner.stop(task_id, args.stop_timeout)
+    for task_id in runner.task_ids():
+        runner.remove(task_id)
+    host = HostConfig(
+        vtep=ipaddress.IPv4Address(args.addr or "127.0.0.1"),
+        names=Names(args.netns_prefix),
+        etc_netns=Path(args.etc_netns),
+        gwbridge_subnet=ipaddress.IPv4Network(args.gwbridge_subnet),
+    )
+    dp = DataPlane(host)
+    try:
+        await dp.remove_all()
+    finally:
+        await dp.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -123,6 +189,17 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if args.cleanup:
+        asyncio.run(cleanup(args))
+        return 0
+    if not args.manager:
+        print("ovnet-agent: error: --manager is required", file=sys.stderr)
+        return 2
+    # Facts about the host, found before the event loop starts (pyroute2's sync API runs its
+    # own loop).
+    managers = [m.strip() for m in args.manager.split(",") if m.strip()]
+    args.addr = args.addr or detect_vtep(managers)
+    args.underlay_mtu = args.underlay_mtu or underlay_mtu(args.addr)
     asyncio.run(run(args))
     return 0
 

@@ -39,6 +39,8 @@ class Assignments:
     tasks: dict[str, pb.Task] = field(default_factory=dict)
     networks: dict[str, pb.Network] = field(default_factory=dict)
     services: dict[str, pb.Service] = field(default_factory=dict)
+    # Per network ID: its endpoints on other hosts (the manager's view, until gossip).
+    endpoints: dict[str, dpb.NetworkEndpoints] = field(default_factory=dict)
     seq: int = 0
 
     def apply(self, msg: dpb.AssignmentsMessage) -> None:
@@ -46,6 +48,7 @@ class Assignments:
             self.tasks.clear()
             self.networks.clear()
             self.services.clear()
+            self.endpoints.clear()
         elif msg.applies_to != self.seq:
             raise SequenceGap(f"got changes for sequence {msg.applies_to}, have {self.seq}")
         for change in msg.changes:
@@ -57,6 +60,7 @@ class Assignments:
                 "task": self.tasks,
                 "network": self.networks,
                 "service": self.services,
+                "endpoints": self.endpoints,
             }[kind]  # type: ignore[assignment]
             if change.action == dpb.ASSIGNMENT_ACTION_REMOVE:
                 table.pop(obj.meta.id, None)

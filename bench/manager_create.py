@@ -140,9 +140,7 @@ def main() -> int:
         f"created {r['services']} services with {r['clients']} client(s) in {r['seconds']} s: "
         f"{r['services_per_second']} services/s"
     )
-    print(
-        f"CreateService latency: p50 {lat['p50']} ms, p99 {lat['p99']} ms, max {lat['max']} ms"
-    )
+    print(f"CreateService latency: p50 {lat['p50']} ms, p99 {lat['p99']} ms, max {lat['max']} ms")
     print(f"every service had its task after {r['all_tasks_created_after_s']} s")
     print(f"results written to {args.out}")
     return 0

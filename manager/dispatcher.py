@@ -14,6 +14,7 @@ heartbeats stop for `heartbeat_grace` periods.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -45,7 +46,61 @@ class _Session:
 
 
 # Kinds a session carries and the assignment field each goes in.
-_ITEM_FIELD = {"tasks": "task", "networks": "network", "services": "service"}
+_ITEM_FIELD = {
+    "tasks": "task",
+    "networks": "network",
+    "services": "service",
+    "endpoints": "endpoints",
+}
+# Kinds whose commits may change some session's set (endpoints follow nodes' state and address).
+_WATCHED = {"tasks", "networks", "services", "nodes"}
+
+EndpointIndex = dict[str, list[dpb.NetworkEndpoint]]
+
+
+def endpoint_index(state: Any) -> EndpointIndex:
+    """Per network ID, every task address that other hosts should be able to reach.
+
+    A task counts from the moment it is assigned (its address is allocated and its host will
+    build it shortly: programming the others early avoids a window where it is unreachable)
+    until it finishes or is told to stop; tasks on nodes that are down or have no underlay
+    address are left out, so traffic is not sent into a dead host.
+    """
+    index: EndpointIndex = {}
+    for task in state.tasks.values():
+        if not pb.TASK_STATE_ASSIGNED <= task.status.state <= pb.TASK_STATE_RUNNING:
+            continue
+        if task.desired_state > pb.TASK_STATE_RUNNING or not task.networks:
+            continue
+        node = state.nodes.get(task.node_id)
+        if node is None or node.status.state == pb.NODE_STATE_DOWN or not node.description.addr:
+            continue
+        for att in task.networks:
+            for addr in att.addresses:
+                index.setdefault(att.network_id, []).append(
+                    dpb.NetworkEndpoint(
+                        task_id=task.meta.id,
+                        service_id=task.service_id,
+                        service_name=task.service_name,
+                        slot=task.slot,
+                        node_id=task.node_id,
+                        vtep=node.description.addr,
+                        addr=addr,
+                    )
+                )
+    for eps in index.values():
+        eps.sort(key=lambda e: (e.addr, e.task_id))
+    return index
+
+
+def _endpoints_for(network_id: str, node_id: str, index: EndpointIndex) -> dpb.NetworkEndpoints:
+    msg = dpb.NetworkEndpoints(
+        meta=pb.Meta(id=network_id),
+        endpoints=[e for e in index.get(network_id, ()) if e.node_id != node_id],
+    )
+    digest = hashlib.blake2b(msg.SerializeToString(deterministic=True), digest_size=8).digest()
+    msg.meta.version = int.from_bytes(digest, "big") >> 1
+    return msg
 
 
 class Dispatcher:
@@ -72,12 +127,18 @@ class Dispatcher:
     # ------------------------------------------------------------------ assignment sets
 
     def _on_commit(self, batch: Batch) -> None:
-        if any(k in _ITEM_FIELD for k, _ in batch.puts) or any(
-            k in _ITEM_FIELD for k, _ in batch.deletes
+        if any(k in _WATCHED for k, _ in batch.puts) or any(
+            k in _WATCHED for k, _ in batch.deletes
         ):
             self._dirty.set()
 
-    def assignment_set(self, node_id: str) -> dict[Key, Message]:
+    def assignment_set(
+        self, node_id: str, endpoints: EndpointIndex | None = None
+    ) -> dict[Key, Message]:
+        """Tasks on the node, the services and networks they use, and for each of those
+        networks the endpoints on other hosts."""
+        if endpoints is None:
+            endpoints = endpoint_index(self.state)
         items: dict[Key, Message] = {}
         for task in self.state.node_tasks(node_id):
             if task.status.state < pb.TASK_STATE_ASSIGNED:
@@ -93,10 +154,16 @@ class Dispatcher:
                 net = self.state.networks.get(att.network_id)
                 if net is not None:
                     items[("networks", net.meta.id)] = net
+                    if ("endpoints", net.meta.id) not in items:
+                        items[("endpoints", net.meta.id)] = _endpoints_for(
+                            net.meta.id, node_id, endpoints
+                        )
         return items
 
-    def _diff(self, sess: _Session, complete: bool) -> dpb.SessionMessage | None:
-        current = self.assignment_set(sess.node_id)
+    def _diff(
+        self, sess: _Session, complete: bool, endpoints: EndpointIndex | None = None
+    ) -> dpb.SessionMessage | None:
+        current = self.assignment_set(sess.node_id, endpoints)
         changes = []
         for key, obj in current.items():
             version = obj.meta.version  # type: ignore[attr-defined]
@@ -135,8 +202,9 @@ class Dispatcher:
                 await self._dirty.wait()
                 await asyncio.sleep(0.02)
                 self._dirty.clear()
+                index = endpoint_index(self.state)
                 for sess in list(self.sessions.values()):
-                    msg = self._diff(sess, complete=False)
+                    msg = self._diff(sess, complete=False, endpoints=index)
                     if msg is not None:
                         sess.queue.put_nowait(msg)
         finally:
@@ -309,6 +377,11 @@ def _assignment(kind: str, obj: Any, action: Any) -> dpb.Assignment:
 def _stub(key: Key) -> Message:
     """A REMOVE carries only the ID of what is gone."""
     kind, obj_id = key
-    obj = {"tasks": pb.Task, "networks": pb.Network, "services": pb.Service}[kind]()
+    obj = {
+        "tasks": pb.Task,
+        "networks": pb.Network,
+        "services": pb.Service,
+        "endpoints": dpb.NetworkEndpoints,
+    }[kind]()
     obj.meta.id = obj_id  # type: ignore[attr-defined]
     return obj

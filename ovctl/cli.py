@@ -33,6 +33,11 @@ ovctl node update [--availability active|pause|drain] [--role worker|manager]
                   [--label-add k=v] [--label-rm k] NODE
 ovctl node rm [--force] NODE...
 ovctl cluster info [--format table|json]
+
+ovctl dev up [--hosts N] [--prefix P] [--subnet CIDR] [--heartbeat-period SECONDS]
+ovctl dev down [--prefix P]          ovctl dev status [--prefix P] [--format table|json]
+ovctl dev exec [--prefix P] HOST -- CMD [ARG...]
+ovctl dev stop [--prefix P] HOST     ovctl dev start [--prefix P] HOST
 ```
 
 Objects are named by full ID, exact name, or a unique ID prefix. Durations take a unit:
@@ -56,6 +61,23 @@ numbers). Field names change only when the .proto files do, so scripts can rely 
 **Names that start with a dash** go after `--`: `ovctl network create -- -odd-name`. For
 `service create` and `service update --command`, the words after `--` are the task's command.
 
+**A local cluster (`ovctl dev`, as root).** `ovctl dev up` builds a multi-host cluster on this
+machine: a bridge `ovd-br` with 198.51.100.1 on the underlay subnet (default 198.51.100.0/26;
+it must lie in 198.51.100.0/24, the only range put into the root namespace), and per host a
+network namespace `ovd-h1`..`ovd-hN` with `eth0` at .11, .12, ... and no default route, each
+running an `ovnet-agent` (named `h1`..`hN`); etcd (loopback, data on /dev/shm) and one manager
+(on 198.51.100.1) run in the root namespace. It returns once every node is Ready, and points
+ovctl at the cluster by writing the context file (unless one exists that `dev up` did not
+write: then it prints the `export OVCTL_HOST=...` line to use instead). State and logs are
+in `/run/ovnet-dev/<prefix>` (`cluster.json`, `manager.log`, `agent-h1.log`, ...).
+`dev exec HOST -- CMD` runs a command in a host's namespace; `dev stop HOST` kills everything
+on a host and takes its link down (the manager marks the node Down), `dev start HOST` brings
+it back; `dev status` lists hosts, addresses, node states and daemon PIDs. `dev down` kills
+every process in the cluster's namespaces and the daemons, and removes the namespaces, links,
+`/etc/netns` entries, state and the context file it wrote; it also cleans up a half-built
+cluster, or one whose state file is gone. `--prefix` (default `ovd-`, or `$OVCTL_DEV_PREFIX`)
+lets several clusters coexist, on distinct subnets.
+
 **Exit codes.** 0 on success; 1 when the manager refuses (the message is printed as
 `Error: ...`; codes that are not the user's doing are named, e.g.
 `Error: no manager could serve the request (tried ...): ...`) or when one of several
@@ -72,7 +94,7 @@ from typing import Any, NoReturn
 
 import grpc
 
-from ovctl import commands, specs
+from ovctl import commands, dev, specs
 from ovctl.client import DEFAULT_ADDR, ConfigError, ManagerUnreachable, connect, resolve_managers
 
 DEFAULT_TIMEOUT = 30.0
@@ -173,6 +195,10 @@ def build_parser(
     sub = cluster.add_subparsers(dest="verb", required=True, metavar="VERB")
     p = verb(sub, "info", commands.cluster_info, "show the managers and which one leads")
     p.add_argument("--format", choices=("table", "json"), default="table")
+    dev.add_verbs(
+        groups.add_parser("dev", help="a local multi-host cluster in network namespaces (root)"),
+        parser_class,
+    )
     return parser
 
 
@@ -324,6 +350,9 @@ def split_command(argv: Sequence[str]) -> tuple[list[str], list[str]]:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if getattr(args, "local", False):  # `ovctl dev`: runs on this machine, no manager
+        local: int = args.handler(args)
+        return local
     try:
         addrs = resolve_managers(args.host, os.environ)
     except ConfigError as e:

@@ -48,17 +48,45 @@ class SessionRequest(_message.Message):
     description: _objects_pb2.NodeDescription
     def __init__(self, node_id: _Optional[str] = ..., description: _Optional[_Union[_objects_pb2.NodeDescription, _Mapping]] = ...) -> None: ...
 
+class NetworkEndpoint(_message.Message):
+    __slots__ = ("task_id", "service_id", "service_name", "slot", "node_id", "vtep", "addr")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_NAME_FIELD_NUMBER: _ClassVar[int]
+    SLOT_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    VTEP_FIELD_NUMBER: _ClassVar[int]
+    ADDR_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    service_id: str
+    service_name: str
+    slot: int
+    node_id: str
+    vtep: str
+    addr: str
+    def __init__(self, task_id: _Optional[str] = ..., service_id: _Optional[str] = ..., service_name: _Optional[str] = ..., slot: _Optional[int] = ..., node_id: _Optional[str] = ..., vtep: _Optional[str] = ..., addr: _Optional[str] = ...) -> None: ...
+
+class NetworkEndpoints(_message.Message):
+    __slots__ = ("meta", "endpoints")
+    META_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
+    meta: _objects_pb2.Meta
+    endpoints: _containers.RepeatedCompositeFieldContainer[NetworkEndpoint]
+    def __init__(self, meta: _Optional[_Union[_objects_pb2.Meta, _Mapping]] = ..., endpoints: _Optional[_Iterable[_Union[NetworkEndpoint, _Mapping]]] = ...) -> None: ...
+
 class Assignment(_message.Message):
-    __slots__ = ("action", "task", "network", "service")
+    __slots__ = ("action", "task", "network", "service", "endpoints")
     ACTION_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     NETWORK_FIELD_NUMBER: _ClassVar[int]
     SERVICE_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
     action: AssignmentAction
     task: _objects_pb2.Task
     network: _objects_pb2.Network
     service: _objects_pb2.Service
-    def __init__(self, action: _Optional[_Union[AssignmentAction, str]] = ..., task: _Optional[_Union[_objects_pb2.Task, _Mapping]] = ..., network: _Optional[_Union[_objects_pb2.Network, _Mapping]] = ..., service: _Optional[_Union[_objects_pb2.Service, _Mapping]] = ...) -> None: ...
+    endpoints: NetworkEndpoints
+    def __init__(self, action: _Optional[_Union[AssignmentAction, str]] = ..., task: _Optional[_Union[_objects_pb2.Task, _Mapping]] = ..., network: _Optional[_Union[_objects_pb2.Network, _Mapping]] = ..., service: _Optional[_Union[_objects_pb2.Service, _Mapping]] = ..., endpoints: _Optional[_Union[NetworkEndpoints, _Mapping]] = ...) -> None: ...
 
 class AssignmentsMessage(_message.Message):
     __slots__ = ("type", "changes", "applies_to", "results_in")

@@ -1,0 +1,308 @@
+"""The agent's task state machine and desired data plane, as pure functions.
+
+The manager says what should run (a task with a desired state); the host says what is (a
+process, an exit, a sandbox that is built or failed). `decide` turns both into the next
+actions and the states to report, without doing any of it, so every transition is a unit
+test. It follows swarmkit's task model: a task moves only forward, ACCEPTED -> PREPARING
+(sandbox and veths) -> STARTING -> RUNNING -> COMPLETE / FAILED / SHUTDOWN, and a finished task
+is never restarted here: restarting is the orchestrator's job (a new task, after the restart
+policy's delay), so the agent only reports faithfully.
+
+`desired_dataplane` derives the data plane a set of sandboxes needs: the networks they are on,
+their veths and addresses, and the endpoints on other hosts.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+
+from agent.model import (
+    DesiredState,
+    HostConfig,
+    LocalEndpoint,
+    NetworkConfig,
+    RemoteEndpoint,
+    SandboxConfig,
+)
+from proto import dispatcher_pb2 as dpb
+from proto import objects_pb2 as pb
+
+
+class Sandbox(Enum):
+    ABSENT = "absent"
+    READY = "ready"
+    FAILED = "failed"
+
+
+@dataclass
+class Local:
+    """What this host knows of one task, beyond what the manager sent."""
+
+    pid: int = 0  # a running process (0: none)
+    exit_code: int | None = None
+    exited: bool = False
+    exit_error: str = ""
+    start_error: str = ""
+    sandbox: Sandbox = Sandbox.ABSENT
+    sandbox_error: str = ""
+    # Highest state reported to (or known by) the manager, so nothing is said twice.
+    reported: int = pb.TASK_STATE_NEW
+
+
+@dataclass
+class Decision:
+    # Tasks whose process must be started now (their sandbox is ready).
+    start: list[str] = field(default_factory=list)
+    # Tasks whose process must be stopped.
+    stop: list[str] = field(default_factory=list)
+    # Tasks gone from the assignment set whose leftovers (directory, logs) can be removed.
+    forget: list[str] = field(default_factory=list)
+    # Tasks that need a sandbox (being prepared, running, or still stopping).
+    sandboxes: set[str] = field(default_factory=set)
+    # States to send to the manager, at most one per task.
+    reports: dict[str, pb.TaskStatus] = field(default_factory=dict)
+
+
+def is_terminal(state: int) -> bool:
+    return state >= pb.TASK_STATE_COMPLETE
+
+
+def exit_status(local: Local, now_ms: int) -> pb.TaskStatus:
+    """COMPLETE for a clean exit, FAILED with the code and the reason otherwise."""
+    code = local.exit_code
+    if code == 0:
+        return pb.TaskStatus(
+            state=pb.TASK_STATE_COMPLETE, message="finished", timestamp_ms=now_ms, exit_code=0
+        )
+    return pb.TaskStatus(
+        state=pb.TASK_STATE_FAILED,
+        message="task exited with an error",
+        err=local.exit_error or (f"exit status {code}" if code is not None else "exited"),
+        exit_code=code if code is not None else -1,
+        timestamp_ms=now_ms,
+    )
+
+
+def decide(tasks: Mapping[str, pb.Task], local: Mapping[str, Local], now_ms: int) -> Decision:
+    """The next step for every task this host holds or still has leftovers of."""
+    d = Decision()
+
+    def report(task_id: str, status: pb.TaskStatus) -> None:
+        lo = local[task_id]
+        if status.state > lo.reported or (status.state == lo.reported and task_id in d.reports):
+            d.reports[task_id] = status
+
+    for task_id, task in tasks.items():
+        lo = local.get(task_id)
+        if lo is None:
+            continue  # the caller creates a Local for every assigned task first
+        state = max(lo.reported, task.status.state)
+        running = lo.pid != 0
+        wants_run = task.desired_state <= pb.TASK_STATE_RUNNING
+
+        if not wants_run:
+            # Told to stop (SHUTDOWN or REMOVE): stop what runs, then say it is shut down.
+            if running:
+                d.stop.append(task_id)
+                d.sandboxes.add(task_id)
+            elif not is_terminal(state):
+                # Whatever ended the process (our SIGTERM, or its own exit just before), the
+                # manager asked for it to stop, and it has.
+                report(
+                    task_id,
+                    pb.TaskStatus(
+                        state=pb.TASK_STATE_SHUTDOWN,
+                        message="shut down",
+                        timestamp_ms=now_ms,
+                        exit_code=lo.exit_code or 0,
+                    ),
+                )
+            continue
+
+        if is_terminal(state):
+            # Finished here; stays finished (the orchestrator decides about a replacement).
+            if running:
+                d.stop.append(task_id)
+                d.sandboxes.add(task_id)
+            continue
+
+        if lo.exited:
+            report(task_id, exit_status(lo, now_ms))
+            continue
+        if lo.start_error:
+            report(
+                task_id,
+                pb.TaskStatus(
+                    state=pb.TASK_STATE_FAILED,
+                    message="task could not start",
+                    err=lo.start_error,
+                    exit_code=-1,
+                    timestamp_ms=now_ms,
+                ),
+            )
+            continue
+        if running:
+            d.sandboxes.add(task_id)
+            report(
+                task_id,
+                pb.TaskStatus(
+                    state=pb.TASK_STATE_RUNNING, message="started", pid=lo.pid, timestamp_ms=now_ms
+                ),
+            )
+            continue
+        if state >= pb.TASK_STATE_STARTING:
+            # The manager saw it start, but no process is here and no exit was recorded: the
+            # host lost it (state directory gone, or the agent died between spawn and record).
+            report(
+                task_id,
+                pb.TaskStatus(
+                    state=pb.TASK_STATE_FAILED,
+                    message="task process lost",
+                    err="the task's process is gone and its exit status is unknown",
+                    exit_code=-1,
+                    timestamp_ms=now_ms,
+                ),
+            )
+            continue
+        if task.not_before_ms and now_ms < task.not_before_ms:
+            report(
+                task_id,
+                pb.TaskStatus(
+                    state=pb.TASK_STATE_ACCEPTED,
+                    message="waiting for restart delay",
+                    timestamp_ms=now_ms,
+                ),
+            )
+            continue
+        d.sandboxes.add(task_id)
+        if lo.sandbox is Sandbox.FAILED:
+            report(
+                task_id,
+                pb.TaskStatus(
+                    state=pb.TASK_STATE_FAILED,
+                    message="network setup failed",
+                    err=lo.sandbox_error,
+                    exit_code=-1,
+                    timestamp_ms=now_ms,
+                ),
+            )
+            d.sandboxes.discard(task_id)
+            continue
+        if lo.sandbox is Sandbox.READY:
+            d.start.append(task_id)
+            report(
+                task_id,
+                pb.TaskStatus(
+                    state=pb.TASK_STATE_STARTING, message="starting", timestamp_ms=now_ms
+                ),
+            )
+        else:
+            report(
+                task_id,
+                pb.TaskStatus(
+                    state=pb.TASK_STATE_PREPARING,
+                    message="preparing network",
+                    timestamp_ms=now_ms,
+                ),
+            )
+
+    for task_id, lo in local.items():
+        if task_id in tasks:
+            continue
+        # No longer assigned (removed by the manager): stop anything left, then forget it.
+        if lo.pid:
+            d.stop.append(task_id)
+            d.sandboxes.add(task_id)
+        else:
+            d.forget.append(task_id)
+    return d
+
+
+def desired_dataplane(
+    host: HostConfig,
+    tasks: Mapping[str, pb.Task],
+    networks: Mapping[str, pb.Network],
+    endpoints: Mapping[str, dpb.NetworkEndpoints],
+    sandboxes: Iterable[str],
+) -> tuple[DesiredState, dict[str, str]]:
+    """The data plane for `sandboxes` (task IDs), and for each task that cannot have one, why.
+
+    Networks are built only when a local sandbox is on them (lazily, as Docker does), and
+    removed when the last one goes: that falls out of deriving everything from the sandboxes.
+    """
+    nets: dict[str, NetworkConfig] = {}
+    boxes: dict[str, SandboxConfig] = {}
+    problems: dict[str, str] = {}
+    for task_id in sorted(sandboxes):
+        task = tasks.get(task_id)
+        if task is None:
+            continue
+        legs: list[LocalEndpoint] = []
+        configs: list[NetworkConfig] = []
+        for index, att in enumerate(task.networks):
+            net = networks.get(att.network_id)
+            if net is None or not att.addresses:
+                problems[task_id] = (
+                    f"network {att.network_id} of task {task_id} was not sent with it"
+                    if net is None
+                    else f"task {task_id} has no address on network {net.spec.name}"
+                )
+                break
+            config = network_config(net)
+            configs.append(config)
+            legs.append(
+                LocalEndpoint(
+                    task_id=task_id,
+                    network_id=net.meta.id,
+                    index=index,
+                    address=ipaddress.IPv4Interface(att.addresses[0]),
+                )
+            )
+        else:
+            for config in configs:
+                nets[config.id] = config
+            boxes[task_id] = SandboxConfig(
+                task_id=task_id,
+                endpoints=tuple(legs),
+                # Internal networks have no way out; one non-internal network gives the
+                # sandbox the gwbridge leg (a task on no network at all gets egress too, as a
+                # container on no network would have its bridge).
+                egress=not configs or any(not c.internal for c in configs),
+                hostname=task_hostname(task),
+            )
+    remotes: dict[str, frozenset[RemoteEndpoint]] = {}
+    for net_id in nets:
+        found = set()
+        eps = endpoints.get(net_id)
+        for ep in eps.endpoints if eps is not None else ():
+            try:
+                vtep = ipaddress.IPv4Address(ep.vtep)
+                addr = ipaddress.IPv4Interface(ep.addr).ip
+            except ValueError:
+                continue
+            if vtep == host.vtep:
+                continue
+            found.add(RemoteEndpoint(network_id=net_id, address=addr, vtep=vtep))
+        remotes[net_id] = frozenset(found)
+    return DesiredState(networks=nets, sandboxes=boxes, remotes=remotes), problems
+
+
+def network_config(net: pb.Network) -> NetworkConfig:
+    return NetworkConfig(
+        id=net.meta.id,
+        name=net.spec.name,
+        vni=net.vni,
+        subnet=ipaddress.IPv4Network(net.subnet),
+        gateway=ipaddress.IPv4Address(net.gateway),
+        internal=net.spec.internal,
+        encrypted=net.spec.encrypted,
+        ingress=net.spec.ingress,
+    )
+
+
+def task_hostname(task: pb.Task) -> str:
+    """The task's name as Swarm forms it: SERVICE.SLOT.ID (SERVICE.NODE.ID for global tasks)."""
+    return f"{task.service_name}.{task.slot or task.node_id}.{task.meta.id}"

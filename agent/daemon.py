@@ -1,0 +1,244 @@
+"""The agent's I/O loop: assignments in, processes and kernel state out, task states back.
+
+Every pass is the same: fold what the host knows into `controller.decide`, derive the data
+plane the surviving sandboxes need, reconcile the kernel to it, start and stop processes, and
+report. Passes run when something changes (new assignments, a process exiting) and also on a
+timer, which is what repairs drift (a veth or FDB entry deleted by hand) and retries anything
+that failed: nothing depends on having seen an event.
+
+The first pass waits for the first complete assignment set: an agent restarted while its
+managers are away must not tear down the sandboxes of tasks that are still running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from pathlib import Path
+
+import grpc
+
+from agent.controller import Local, Sandbox, decide, desired_dataplane
+from agent.dataplane.kernel import ApplyResult, DataPlane
+from agent.executor import ExitInfo, LogTailer, Runner, StartError
+from agent.model import DesiredState, HostConfig
+from agent.session import AgentSession
+from proto import dispatcher_pb2 as dpb
+from proto import objects_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def failed_sandboxes(result: ApplyResult, desired: DesiredState) -> dict[str, str]:
+    """Which sandboxes a reconcile's failures leave unusable, and why: a failed op of a task
+    hits that task, one of a network hits every sandbox on it, one of the host (gwbridge,
+    nftables) hits every sandbox that needs egress."""
+    out: dict[str, str] = {}
+    for f in result.failures:
+        op = f.op
+        for task_id, box in desired.sandboxes.items():
+            if op.task_id:
+                hit = op.task_id == task_id
+            elif op.network_id:
+                hit = any(e.network_id == op.network_id for e in box.endpoints)
+            else:
+                hit = box.egress
+            if hit and task_id not in out:
+                out[task_id] = f"{op.describe()} failed: {f.error}"
+    return out
+
+
+class AgentDaemon:
+    def __init__(
+        self,
+        host: HostConfig,
+        session: AgentSession,
+        state_dir: Path,
+        *,
+        reconcile_interval: float = 5.0,
+        stop_timeout: float = 10.0,
+        log_interval: float = 0.5,
+    ) -> None:
+        self.host = host
+        self.session = session
+        self.reconcile_interval = reconcile_interval
+        self.stop_timeout = stop_timeout
+        self.log_interval = log_interval
+        self.dataplane = DataPlane(host)
+        self.runner = Runner(state_dir, self._on_exit)
+        self.logs = LogTailer(state_dir)
+        self.local: dict[str, Local] = {}
+        self._wake = asyncio.Event()
+        self._stopping: dict[str, asyncio.Task[None]] = {}
+        self._assigned = asyncio.Event()
+        self.passes = 0
+        session.on_assignments = self._on_assignments
+
+    # ------------------------------------------------------------------ events
+
+    async def _on_assignments(self, _: object) -> None:
+        self._assigned.set()
+        self._wake.set()
+
+    def _on_exit(self, task_id: str, info: ExitInfo) -> None:
+        self._record_exit(task_id, info)
+        log.info("task %s exited: %s", task_id, info.error or f"exit status {info.exit_code}")
+        self._wake.set()
+
+    def _record_exit(self, task_id: str, info: ExitInfo) -> None:
+        lo = self.local.setdefault(task_id, Local())
+        lo.pid = 0
+        if info.start_failed:
+            # The command never ran (ip netns exec could not exec it): a start failure.
+            lo.start_error = info.error
+            return
+        lo.exited = True
+        lo.exit_code = info.exit_code
+        lo.exit_error = info.error
+
+    # ------------------------------------------------------------------ the loop
+
+    async def run(self) -> None:
+        for task_id, proc in self.runner.adopt().items():
+            lo = self.local.setdefault(task_id, Local())
+            if proc.running and proc.pid:
+                lo.pid = proc.pid
+                log.info("adopted running task %s (pid %d)", task_id, proc.pid)
+            elif proc.exit is not None:
+                self._record_exit(task_id, proc.exit)
+                log.info("task %s ended while the agent was down: %s", task_id, proc.exit.error)
+        logs = asyncio.create_task(self._publish_logs())
+        try:
+            await self._assigned.wait()
+            while True:
+                self._wake.clear()
+                try:
+                    await self.step()
+                except Exception:
+                    log.exception("agent pass failed (retrying)")
+                    await asyncio.sleep(0.5)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.reconcile_interval)
+        finally:
+            logs.cancel()
+            for t in self._stopping.values():
+                t.cancel()
+            self.runner.close()
+            await self.dataplane.close()
+
+    async def step(self) -> None:
+        self.passes += 1
+        a = self.session.assignments
+        tasks = dict(a.tasks)
+        for task_id, task in tasks.items():
+            lo = self.local.setdefault(task_id, Local())
+            lo.reported = max(lo.reported, task.status.state)
+
+        # Two rounds: the first says which sandboxes are wanted; once the kernel has them,
+        # the second starts what can start in this same pass.
+        for _ in range(2):
+            d = decide(tasks, self.local, now_ms())
+            desired, problems = desired_dataplane(
+                self.host, tasks, a.networks, a.endpoints, d.sandboxes
+            )
+            result = await self.dataplane.reconcile(desired)
+            failed = failed_sandboxes(result, desired)
+            for f in result.failures:
+                log.warning("data plane: %s", f)
+            changed = False
+            for task_id in d.sandboxes:
+                lo = self.local[task_id]
+                why = problems.get(task_id) or failed.get(task_id)
+                new = Sandbox.FAILED if why else Sandbox.READY
+                if new is Sandbox.READY and task_id not in desired.sandboxes:
+                    new = Sandbox.ABSENT
+                if new is not lo.sandbox:
+                    lo.sandbox, lo.sandbox_error, changed = new, why or "", True
+            for task_id, lo in self.local.items():
+                if task_id not in d.sandboxes and lo.sandbox is not Sandbox.ABSENT:
+                    lo.sandbox = Sandbox.ABSENT
+            if not changed:
+                break
+
+        for task_id in d.start:
+            await self._start(tasks[task_id])
+        for task_id in d.stop:
+            if task_id not in self._stopping:
+                self._stopping[task_id] = asyncio.create_task(self._stop(task_id))
+        for task_id in d.forget:
+            self.runner.remove(task_id)
+            self.local.pop(task_id, None)
+        if d.start:
+            # Report RUNNING (with the pid) in this pass rather than the next one.
+            d = decide(tasks, self.local, now_ms())
+        await self._report(d.reports)
+
+    async def _start(self, task: pb.Task) -> None:
+        lo = self.local[task.meta.id]
+        try:
+            lo.pid = await self.runner.start(
+                task.meta.id,
+                list(task.spec.command),
+                list(task.spec.env),
+                task.spec.workdir or "/",
+                self.host.names.sandbox_ns(task.meta.id),
+            )
+            log.info("started task %s (pid %d)", task.meta.id, lo.pid)
+        except StartError as e:
+            lo.start_error = str(e)
+            log.warning("task %s could not start: %s", task.meta.id, e)
+
+    async def _stop(self, task_id: str) -> None:
+        try:
+            await self.runner.stop(task_id, self.stop_timeout)
+        except Exception:
+            log.exception("stopping task %s failed", task_id)
+        finally:
+            self._stopping.pop(task_id, None)
+            self._wake.set()
+
+    async def _report(self, reports: dict[str, pb.TaskStatus]) -> None:
+        if not reports:
+            return
+        try:
+            await self.session.report(
+                [dpb.TaskStatusUpdate(task_id=k, status=v) for k, v in reports.items()]
+            )
+        except (grpc.aio.AioRpcError, ConnectionError) as e:
+            log.info("task states not sent (will resend): %s", e)
+            return
+        for task_id, status in reports.items():
+            lo = self.local.get(task_id)
+            if lo is not None:
+                lo.reported = max(lo.reported, status.state)
+
+    async def _publish_logs(self) -> None:
+        """Send new log lines of every task to the manager; a line is marked sent only once the
+        manager took it, so lines written while it was unreachable are sent later."""
+        while True:
+            await asyncio.sleep(self.log_interval)
+            for task_id in self.runner.task_ids():
+                chunks = self.logs.read_new(task_id)
+                if not chunks:
+                    continue
+                try:
+                    await self.session.publish_logs(
+                        [
+                            dpb.PublishLogsMessage(
+                                task_id=c.task_id,
+                                stream=c.stream,
+                                timestamp_ms=c.timestamp_ms,
+                                data=c.data,
+                            )
+                            for c in chunks
+                        ]
+                    )
+                except (grpc.aio.AioRpcError, ConnectionError):
+                    break
+                self.logs.commit(task_id)

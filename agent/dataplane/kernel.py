@@ -1,0 +1,595 @@
+"""The data plane's I/O edge: observe the kernel, apply planned ops, reconcile.
+
+`DataPlane` keeps two rtnetlink sockets per namespace it manages (made in the namespace by a
+short-lived thread, so no helper process is forked): a raw one for dumps and bulk FDB /
+neighbour programming (nl.py) and one driven by pyroute2's AsyncIPRoute for link, address and
+route changes. Handles of deleted namespaces are closed at once: an open socket would keep a
+deleted namespace, and everything in it, alive.
+
+The host namespace is the one the agent runs in; tests (and the dev cluster, if it wishes) can
+point the DataPlane at a named netns instead (`host_netns`), in which case host-side sockets,
+sysctls and `nft` are entered there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from ipaddress import IPv4Interface
+from pathlib import Path
+
+from pyroute2 import AsyncIPRoute
+
+from agent.dataplane import nl
+from agent.dataplane.plan import (
+    AddFdb,
+    AddNeigh,
+    CreateBridge,
+    CreateNetns,
+    CreateVeth,
+    CreateVxlan,
+    DeleteLink,
+    DeleteNetns,
+    DeleteNft,
+    DelFdb,
+    DelNeigh,
+    EnsureNft,
+    Link,
+    NetworkNs,
+    Observed,
+    Op,
+    RemoveSandboxFiles,
+    SandboxNs,
+    SetAddresses,
+    SetDefaultRoute,
+    SetIpForward,
+    SetLink,
+    SetLoUp,
+    VxlanParams,
+    WriteSandboxFiles,
+    is_sandbox_if,
+    plan,
+    problems,
+)
+from agent.model import DesiredState, HostConfig
+
+log = logging.getLogger(__name__)
+
+IP_FORWARD = "/proc/sys/net/ipv4/ip_forward"
+_GW_VETH = re.compile(r"^ovg[0-9a-z]{10}$")
+_STAGING = re.compile(r"^ovx\d+$")
+ENODEV, ENOENT, ESRCH, EEXIST = 19, 2, 3, 17
+# Re-check the nftables table (a process start) at most this often on a no-op reconcile.
+NFT_RECHECK_S = 30.0
+BULK_IN_THREAD = 256
+
+
+@dataclass(frozen=True)
+class Failure:
+    """An op that failed, in words, with whom it affects."""
+
+    op: Op
+    error: str
+
+    @property
+    def owner(self) -> str:
+        return self.op.owner
+
+    def __str__(self) -> str:
+        return f"{self.owner}: {self.op.describe()} failed: {self.error}"
+
+
+@dataclass
+class ApplyResult:
+    """What a reconcile (or apply) did: ops applied, failures, planner input problems."""
+
+    applied: int = 0
+    failures: list[Failure] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    ops: int = 0
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures and not self.problems
+
+
+class _Ns:
+    """Sockets into one namespace: a raw one (sync, nl.py) and a pyroute2 handle (async)."""
+
+    def __init__(self, sockets: list) -> None:  # type: ignore[type-arg]
+        self.raw = nl.RawNetlink(sockets[0])
+        self._spare = sockets[1]
+        self._ipr: AsyncIPRoute | None = None
+
+    def ipr(self) -> AsyncIPRoute:
+        if self._ipr is None:
+            self._ipr = AsyncIPRoute(use_socket=self._spare)
+        return self._ipr
+
+    def close(self) -> None:
+        if self._ipr is not None:
+            with contextlib.suppress(Exception):
+                self._ipr.close()
+        with contextlib.suppress(Exception):
+            self._spare.close()
+        self.raw.close()
+
+
+class DataPlane:
+    """Builds and repairs the kernel objects of one host's overlay networks."""
+
+    def __init__(self, host: HostConfig, host_netns: str | None = None) -> None:
+        self.host = host
+        self.names = host.names
+        self.host_netns = host_netns
+        self._ns: dict[str | None, _Ns] = {}
+        self._lock = asyncio.Lock()
+        self._nft_seen: bool | None = None
+        self._nft_checked = 0.0
+
+    # ---------------------------------------------------------------- handles
+
+    def sandbox_path(self, task_id: str) -> str:
+        return nl.netns_path(self.names.sandbox_ns(task_id))
+
+    def _handle(self, ns: str | None) -> _Ns:
+        h = self._ns.get(ns)
+        if h is None:
+            h = _Ns(nl.open_sockets(ns if ns is not None else self.host_netns))
+            self._ns[ns] = h
+        return h
+
+    def _drop(self, ns: str) -> None:
+        h = self._ns.pop(ns, None)
+        if h is not None:
+            h.close()
+
+    async def close(self) -> None:
+        for h in self._ns.values():
+            h.close()
+        self._ns.clear()
+
+    def _ours(self, ns: str) -> bool:
+        return self.names.is_network_ns(ns) or self.names.is_sandbox_ns(ns)
+
+    # ---------------------------------------------------------------- observe
+
+    async def observe(self) -> Observed:
+        """A snapshot of everything with the agent's prefix (dumps run in a worker thread)."""
+        obs = await asyncio.to_thread(self._observe_sync)
+        now = time.monotonic()
+        if self._nft_seen is None or now - self._nft_checked > NFT_RECHECK_S:
+            self._nft_seen = await self._nft_present()
+            self._nft_checked = now
+        return Observed(
+            networks=obs.networks,
+            sandboxes=obs.sandboxes,
+            host_links=obs.host_links,
+            nft=self._nft_seen,
+            ip_forward=obs.ip_forward,
+            files=obs.files,
+        )
+
+    def _observe_sync(self) -> Observed:
+        present = [n for n in nl.list_netns() if self._ours(n)]
+        for stale in [n for n in self._ns if n is not None and n not in present]:
+            self._drop(stale)
+        networks: dict[str, NetworkNs] = {}
+        sandboxes: dict[str, SandboxNs] = {}
+        for ns in present:
+            try:
+                h = self._handle(ns)
+                if self.names.is_network_ns(ns):
+                    networks[ns] = self._observe_network(h.raw)
+                else:
+                    sandboxes[ns] = self._observe_sandbox(h.raw)
+            except OSError as e:  # deleted meanwhile, or not a netns mount
+                log.warning("cannot observe netns %s: %s", ns, e)
+        host = self._handle(None).raw
+        host_links = {
+            name: link
+            for name, link in self._links(host).items()
+            if name == self.names.gwbridge
+            or (_GW_VETH.match(name) and link.kind == "veth")
+            or (_STAGING.match(name) and link.kind == "vxlan")
+        }
+        fwd = nl.read_sysctl(self.host_netns, IP_FORWARD) == "1"
+        return Observed(
+            networks=networks,
+            sandboxes=sandboxes,
+            host_links=host_links,
+            ip_forward=fwd,
+            files=self._observe_files(),
+        )
+
+    @staticmethod
+    def _links(raw: nl.RawNetlink, keep=None) -> dict[str, Link]:  # type: ignore[no-untyped-def]
+        links = raw.links()
+        addrs = raw.addresses()
+        by_index = {lk.index: lk.name for lk in links}
+        out: dict[str, Link] = {}
+        for lk in links:
+            if lk.name == "lo" or (keep is not None and not keep(lk.name)):
+                continue
+            vx = VxlanParams(*lk.vxlan) if lk.vxlan else None
+            out[lk.name] = Link(
+                kind=lk.kind,
+                mtu=lk.mtu,
+                up=lk.up,
+                master=by_index.get(lk.master) if lk.master else None,
+                addresses=frozenset(addrs.get(lk.index, ())),
+                mac=lk.mac,
+                vxlan=vx,
+            )
+        return out
+
+    def _observe_network(self, raw: nl.RawNetlink) -> NetworkNs:
+        links = raw.links()
+        vx = next((lk for lk in links if lk.name == self.names.vxlan), None)
+        fdb: set[tuple[str, str]] = set()
+        neigh: set[tuple[str, str]] = set()
+        if vx is not None:
+            fdb, neigh = raw.entries(vx.index)
+        return NetworkNs(links=self._links(raw), fdb=frozenset(fdb), neigh=frozenset(neigh))
+
+    def _observe_sandbox(self, raw: nl.RawNetlink) -> SandboxNs:
+        lo_up = any(lk.name == "lo" and lk.up for lk in raw.links())
+        links = self._links(raw, keep=lambda n: is_sandbox_if(n, self.names.sandbox_gw_if))
+        return SandboxNs(links=links, lo_up=lo_up, default_gateway=raw.default_gateway())
+
+    def _observe_files(self) -> dict[str, tuple[str, str]]:
+        out: dict[str, tuple[str, str]] = {}
+        try:
+            entries = os.listdir(self.host.etc_netns)
+        except FileNotFoundError:
+            return out
+        for name in entries:
+            if not self.names.is_sandbox_ns(name):
+                continue
+            d = self.host.etc_netns / name
+            out[name] = (_read(d / "resolv.conf"), _read(d / "hosts"))
+        return out
+
+    async def _nft_present(self) -> bool:
+        rc, _ = await self._nft(["list", "table", "ip", self.names.nft_table])
+        return rc == 0
+
+    async def _nft(self, args: list[str], stdin: str | None = None) -> tuple[int, str]:
+        argv = ["nft", *args]
+        if self.host_netns is not None:
+            argv = ["nsenter", f"--net={nl.netns_path(self.host_netns)}", *argv]
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        _, err = await proc.communicate(stdin.encode() if stdin is not None else None)
+        return proc.returncode or 0, err.decode().strip()
+
+    # ---------------------------------------------------------------- apply
+
+    async def apply(self, ops: Sequence[Op]) -> ApplyResult:
+        """Apply ops in order; a failure is recorded and the ops that depend on a namespace
+        that could not be made are skipped, the rest go on. Runs of FDB/neighbour ops on one
+        network are sent in bulk."""
+        t0 = time.perf_counter()
+        result = ApplyResult(ops=len(ops))
+        broken: set[str] = set()
+        i = 0
+        while i < len(ops):
+            op = ops[i]
+            if isinstance(op, AddFdb | DelFdb | AddNeigh | DelNeigh):
+                j = i
+                while (
+                    j < len(ops)
+                    and isinstance(ops[j], AddFdb | DelFdb | AddNeigh | DelNeigh)
+                    and ops[j].ns == op.ns  # type: ignore[attr-defined]
+                ):
+                    j += 1
+                batch = ops[i:j]
+                if op.ns in broken:  # type: ignore[attr-defined]
+                    result.failures.append(
+                        Failure(op, f"skipped {len(batch)} entries: netns broken")
+                    )
+                else:
+                    failed = await self._entries(op.ns, batch)  # type: ignore[attr-defined]
+                    result.failures.extend(failed)
+                    result.applied += len(batch) - len(failed)
+                i = j
+                continue
+            i += 1
+            deps = {
+                n for n in (getattr(op, "ns", None), getattr(op, "peer_ns", None)) if n is not None
+            }
+            if deps & broken and not isinstance(op, DeleteNetns):
+                msg = f"skipped: netns {', '.join(sorted(deps & broken))} could not be made"
+                result.failures.append(Failure(op, msg))
+                continue
+            try:
+                await self._apply_one(op)
+                result.applied += 1
+            except Exception as e:
+                msg = _error_text(e)
+                log.warning("%s: %s failed: %s", op.owner, op.describe(), msg)
+                result.failures.append(Failure(op, msg))
+                if isinstance(op, CreateNetns):
+                    broken.add(op.ns)
+        result.seconds = time.perf_counter() - t0
+        return result
+
+    async def reconcile(self, desired: DesiredState) -> ApplyResult:
+        """observe + plan + apply, one at a time."""
+        async with self._lock:
+            t0 = time.perf_counter()
+            observed = await self.observe()
+            ops = plan(self.host, desired, observed)
+            result = await self.apply(ops) if ops else ApplyResult()
+            result.problems = problems(desired)
+            result.seconds = time.perf_counter() - t0
+            return result
+
+    async def remove_all(self) -> None:
+        """Delete everything carrying the prefix (tests, `ovnet-agent --cleanup`)."""
+        async with self._lock:
+            self._nft_seen = None
+            observed = await self.observe()
+            await self.apply(plan(self.host, DesiredState(), observed))
+            # Whatever is left (e.g. a netns that could not be read) goes too.
+            for ns in nl.list_netns():
+                if self._ours(ns):
+                    self._drop(ns)
+                    nl.delete_netns(ns)
+            if await self._nft_present():
+                await self._nft(["delete", "table", "ip", self.names.nft_table])
+            self._nft_seen = False
+
+    async def _apply_one(self, op: Op) -> None:
+        match op:
+            case CreateNetns(ns=ns):
+                socks = await asyncio.to_thread(nl.create_netns, ns, self.host_netns)
+                self._ns[ns] = _Ns(socks)
+            case DeleteNetns(ns=ns):
+                if self.names.is_network_ns(ns) and ns in self._ns:
+                    # The kernel tears a netns down asynchronously; its VXLAN device would hold
+                    # the VNI (the UDP socket is in the host ns) for a while after, so that a
+                    # network re-created at once could not get it. Delete the device now.
+                    with contextlib.suppress(Exception):
+                        await self._ns[ns].ipr().link("del", ifname=self.names.vxlan)
+                self._drop(ns)
+                await asyncio.to_thread(nl.delete_netns, ns)
+            case DeleteLink(ns=ns, name=name):
+                ipr = self._handle(ns).ipr()
+                try:
+                    await ipr.link("del", ifname=name)
+                except Exception as e:
+                    if _errno(e) not in (ENODEV,):
+                        raise
+            case CreateBridge(ns=ns, name=name, mtu=mtu, address=addr):
+                ipr = self._handle(ns).ipr()
+                await ipr.link("add", ifname=name, kind="bridge", mtu=mtu)
+                idx = await self._index(ipr, name)
+                await ipr.addr(
+                    "add", index=idx, address=str(addr.ip), prefixlen=addr.network.prefixlen
+                )
+                await ipr.link("set", index=idx, state="up")
+            case CreateVxlan():
+                await self._create_vxlan(op)
+            case CreateVeth():
+                await self._create_veth(op)
+            case SetLink(ns=ns, name=name, mtu=mtu, master=master, mac=mac):
+                ipr = self._handle(ns).ipr()
+                idx = await self._index(ipr, name)
+                kw: dict[str, object] = {"mtu": mtu}
+                if master is not None:
+                    kw["master"] = await self._index(ipr, master)
+                if mac is not None:
+                    kw["address"] = mac
+                await ipr.link("set", index=idx, **kw)
+                await ipr.link("set", index=idx, state="up")
+            case SetAddresses(ns=ns, name=name, addresses=addrs):
+                await self._set_addresses(ns, name, addrs)
+            case SetDefaultRoute(ns=ns, gateway=gw):
+                ipr = self._handle(ns).ipr()
+                if gw is None:
+                    try:
+                        await ipr.route("del", dst="0.0.0.0/0")
+                    except Exception as e:
+                        if _errno(e) not in (ESRCH, ENOENT):
+                            raise
+                else:
+                    await ipr.route("replace", dst="0.0.0.0/0", gateway=str(gw))
+            case SetLoUp(ns=ns):
+                await self._handle(ns).ipr().link("set", index=1, state="up")
+            case WriteSandboxFiles(ns=ns, resolv=resolv, hosts=hosts):
+                d = self.host.etc_netns / ns
+                d.mkdir(parents=True, exist_ok=True)
+                _write_atomic(d / "resolv.conf", resolv)
+                _write_atomic(d / "hosts", hosts)
+            case RemoveSandboxFiles(ns=ns):
+                shutil.rmtree(self.host.etc_netns / ns, ignore_errors=True)
+            case EnsureNft():
+                rc, err = await self._nft(["-f", "-"], stdin=nft_ruleset(op))
+                if rc != 0:
+                    raise RuntimeError(f"nft -f: {err}")
+                self._nft_seen = True
+            case DeleteNft(table=table):
+                rc, err = await self._nft(["delete", "table", "ip", table])
+                self._nft_seen = False
+                if rc != 0 and "No such file" not in err:
+                    raise RuntimeError(f"nft delete table: {err}")
+            case SetIpForward():
+                await asyncio.to_thread(nl.write_sysctl, self.host_netns, IP_FORWARD, "1")
+            case _:
+                raise TypeError(f"cannot apply {op!r}")
+
+    @staticmethod
+    async def _index(ipr: AsyncIPRoute, name: str) -> int:
+        (msg,) = await ipr.link("get", ifname=name)
+        return int(msg["index"])
+
+    async def _create_vxlan(self, op: CreateVxlan) -> None:
+        host = self._handle(None).ipr()
+        with contextlib.suppress(Exception):  # a staging device left by a crash
+            await host.link("del", ifname=op.staging)
+        p = op.params
+        for attempt in range(20):
+            try:
+                await host.link(
+                    "add",
+                    ifname=op.staging,
+                    kind="vxlan",
+                    vxlan_id=p.vni,
+                    vxlan_local=str(p.local) if p.local else None,
+                    vxlan_port=p.port,
+                    vxlan_learning=int(p.learning),
+                    vxlan_proxy=int(p.proxy),
+                    mtu=op.mtu,
+                )
+                break
+            except Exception as e:
+                # EEXIST: the VNI is still held by a device in a namespace being torn down.
+                if _errno(e) != EEXIST or attempt == 19:
+                    raise
+                await asyncio.sleep(0.05)
+        idx = await self._index(host, op.staging)
+        fd = os.open(nl.netns_path(op.ns), os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            await host.link("set", index=idx, net_ns_fd=fd)
+        except Exception:
+            with contextlib.suppress(Exception):
+                await host.link("del", index=idx)
+            raise
+        finally:
+            os.close(fd)
+        ipr = self._handle(op.ns).ipr()
+        idx = await self._index(ipr, op.staging)
+        master = await self._index(ipr, op.master)
+        await ipr.link("set", index=idx, ifname=op.name)
+        await ipr.link("set", index=idx, master=master, state="up")
+
+    async def _create_veth(self, op: CreateVeth) -> None:
+        ipr = self._handle(op.ns).ipr()
+        peer: dict[str, object] = {"ifname": op.peer_name, "mtu": op.mtu}
+        if op.peer_mac:
+            peer["address"] = op.peer_mac
+        fd = os.open(nl.netns_path(op.peer_ns), os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            peer["net_ns_fd"] = fd
+            await ipr.link("add", ifname=op.name, kind="veth", mtu=op.mtu, peer=peer)
+        finally:
+            os.close(fd)
+        idx = await self._index(ipr, op.name)
+        master = await self._index(ipr, op.master)
+        await ipr.link("set", index=idx, master=master, state="up")
+        if op.isolated:
+            raw = self._handle(op.ns).raw
+            raw.request(lambda seq: nl.brport_isolated_msg(idx, seq))
+        inner = self._handle(op.peer_ns).ipr()
+        await inner.link("set", index=await self._index(inner, op.peer_name), state="up")
+
+    async def _set_addresses(
+        self, ns: str | None, name: str, want: frozenset[IPv4Interface]
+    ) -> None:
+        ipr = self._handle(ns).ipr()
+        idx = await self._index(ipr, name)
+        have = self._handle(ns).raw.addresses().get(idx, set())
+        for a in sorted(have - want):
+            await ipr.addr("del", index=idx, address=str(a.ip), prefixlen=a.network.prefixlen)
+        for a in sorted(want - have):
+            await ipr.addr("add", index=idx, address=str(a.ip), prefixlen=a.network.prefixlen)
+
+    async def _entries(self, ns: str, batch: Sequence[Op]) -> list[Failure]:
+        """FDB/neighbour ops on one network's VXLAN device, sent in bulk on the raw socket."""
+        try:
+            h = self._handle(ns)
+            idx = await self._index(h.ipr(), self.names.vxlan)
+        except Exception as e:
+            return [Failure(batch[0], f"{len(batch)} entries not programmed: {_error_text(e)}")]
+        rf = nl.NLM_F_REQUEST
+        msgs = []
+        for op in batch:
+            match op:
+                case AddFdb(mac=mac, dst=dst):
+                    flags = (
+                        rf
+                        | nl.NLM_F_CREATE
+                        | (nl.NLM_F_APPEND if mac == "00:00:00:00:00:00" else nl.NLM_F_REPLACE)
+                    )
+                    msgs.append(_msg(nl.RTM_NEWNEIGH, flags, nl.AF_BRIDGE, idx, mac, dst))
+                case DelFdb(mac=mac, dst=dst):
+                    msgs.append(_msg(nl.RTM_DELNEIGH, rf, nl.AF_BRIDGE, idx, mac, dst))
+                case AddNeigh(ip=ip, mac=mac):
+                    flags = rf | nl.NLM_F_CREATE | nl.NLM_F_REPLACE
+                    msgs.append(_msg(nl.RTM_NEWNEIGH, flags, nl.AF_INET, idx, mac, ip))
+                case DelNeigh(ip=ip, mac=mac):
+                    msgs.append(_msg(nl.RTM_DELNEIGH, rf, nl.AF_INET, idx, mac, ip))
+        if len(msgs) > BULK_IN_THREAD:
+            errs = await asyncio.to_thread(h.raw.bulk, msgs)
+        else:
+            errs = h.raw.bulk(msgs)
+        failures = []
+        for i, err in errs:
+            op = batch[i]
+            if isinstance(op, DelFdb | DelNeigh) and err in (ENOENT, ENODEV):
+                continue
+            failures.append(Failure(op, nl.errno_name(err)))
+        return failures
+
+
+def _msg(cmd: int, flags: int, family: int, idx: int, mac: str, dst: str):  # type: ignore[no-untyped-def]
+    return lambda seq: nl.neigh_msg(cmd, flags, family, idx, mac, dst, seq)
+
+
+def nft_ruleset(op: EnsureNft) -> str:
+    """The whole table, replaced in one transaction (create-if-missing, delete, add)."""
+    t, br = op.table, op.gwbridge
+    return (
+        f"table ip {t} {{}}\n"
+        f"delete table ip {t}\n"
+        f"table ip {t} {{\n"
+        "  chain postrouting {\n"
+        "    type nat hook postrouting priority srcnat; policy accept;\n"
+        f'    ip saddr {op.subnet} oifname != "{br}" masquerade\n'
+        "  }\n"
+        "  chain forward {\n"
+        "    type filter hook forward priority filter; policy accept;\n"
+        f'    iifname "{br}" oifname "{br}" drop\n'
+        "  }\n"
+        "}\n"
+    )
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return ""
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _errno(e: BaseException) -> int | None:
+    code = getattr(e, "code", None)
+    if isinstance(code, int):
+        return code
+    return getattr(e, "errno", None)
+
+
+def _error_text(e: BaseException) -> str:
+    code = _errno(e)
+    if isinstance(code, int) and code > 0:
+        return nl.errno_name(code) + (f" ({e})" if str(e) else "")
+    return f"{type(e).__name__}: {e}"

@@ -1,0 +1,178 @@
+"""What the agent wants the host to look like, in plain values shared by its control loops.
+
+The session hands the agent protobuf objects; the data plane and the executor work on these
+frozen dataclasses instead, so that their planners are pure functions over hashable values and
+can be tested without a manager. `Names` is the single place that says what the agent calls the
+kernel objects it makes: everything carries the agent's prefix, which is how a restarted agent
+finds (and may remove) what it made, and how it leaves alone what it did not.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from pathlib import Path
+
+# Headers VXLAN adds on the underlay: outer IPv4 (20) + UDP (8) + VXLAN (8) + inner Ethernet (14).
+VXLAN_OVERHEAD = 50
+DEFAULT_VXLAN_PORT = 4789
+# The host-local bridge that gives sandboxes a way out (Docker's docker_gwbridge). Its subnet
+# only ever exists in the host's namespace; each host may use the same one.
+DEFAULT_GWBRIDGE_SUBNET = IPv4Network("172.18.0.0/16")
+
+
+def endpoint_mac(address: IPv4Address | IPv4Interface | str) -> str:
+    """The MAC of the interface holding an overlay address: 02:42 followed by the address.
+
+    Deriving it (as Docker does) means every host can program a remote endpoint's FDB and
+    neighbour entries from its IP alone, and a task that moves keeps a consistent mapping.
+    """
+    ip = (
+        ipaddress.ip_interface(str(address)).ip if not isinstance(address, IPv4Address) else address
+    )
+    return "02:42:" + ":".join(f"{b:02x}" for b in ip.packed)
+
+
+def short_id(object_id: str, length: int = 10) -> str:
+    """A stable short form of an object ID for names with a length limit (15 for interfaces)."""
+    if len(object_id) >= length and object_id.isalnum():
+        return object_id[:length].lower()
+    return hashlib.sha1(object_id.encode()).hexdigest()[:length]
+
+
+@dataclass(frozen=True)
+class Names:
+    """Names of every kernel object and file the agent makes, derived from one prefix.
+
+    `prefix` namespaces the named network namespaces (which are global to the machine under
+    /run/netns): the dev cluster gives each host's agent its own (e.g. ``ovd-h1-``), a real host
+    uses the default. Interface names inside the agent's own namespaces need no prefix, but the
+    ones in the host's namespace get ``ov`` so that they are recognisable there.
+    """
+
+    prefix: str = "ovnet-"
+
+    def network_ns(self, network_id: str) -> str:
+        return f"{self.prefix}n-{short_id(network_id, 12)}"
+
+    def sandbox_ns(self, task_id: str) -> str:
+        return f"{self.prefix}t-{short_id(task_id, 12)}"
+
+    def is_network_ns(self, name: str) -> bool:
+        return name.startswith(f"{self.prefix}n-")
+
+    def is_sandbox_ns(self, name: str) -> bool:
+        return name.startswith(f"{self.prefix}t-")
+
+    # Inside a network namespace.
+    bridge: str = "ovbr0"
+    vxlan: str = "ovvx0"
+
+    def veth_outer(self, task_id: str, index: int) -> str:
+        """The bridge-side end of a task's veth, in the network's namespace."""
+        return f"ovv{short_id(task_id, 9)}{index:x}"[:15]
+
+    # Inside a sandbox: eth<index> per network attachment, in attachment order, and the
+    # gwbridge leg.
+    @staticmethod
+    def sandbox_if(index: int) -> str:
+        return f"eth{index}"
+
+    sandbox_gw_if: str = "gw0"
+
+    # In the host's namespace.
+    gwbridge: str = "ovgw0"
+    nft_table: str = "ovnet"
+
+    def vxlan_staging(self, vni: int) -> str:
+        """Name of a VXLAN device while it is made in the host namespace (its UDP socket must
+        live there, next to the underlay) before it moves into the network's namespace."""
+        return f"ovx{vni}"[:15]
+
+    def gw_veth_outer(self, task_id: str) -> str:
+        """The gwbridge-side end of a sandbox's egress veth, in the host namespace."""
+        return f"ovg{short_id(task_id, 10)}"[:15]
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """One overlay network as this host must build it (only networks with a local task)."""
+
+    id: str
+    name: str
+    vni: int
+    subnet: IPv4Network
+    gateway: IPv4Address
+    internal: bool = False
+    encrypted: bool = False
+    ingress: bool = False
+
+
+@dataclass(frozen=True)
+class LocalEndpoint:
+    """A local task's attachment to one network: a veth from the sandbox into the bridge."""
+
+    task_id: str
+    network_id: str
+    index: int  # eth<index> in the sandbox
+    address: IPv4Interface  # with the network's prefix length
+
+    @property
+    def mac(self) -> str:
+        return endpoint_mac(self.address)
+
+
+@dataclass(frozen=True)
+class RemoteEndpoint:
+    """An endpoint on another host: what the static FDB and neighbour entries point at."""
+
+    network_id: str
+    address: IPv4Address
+    vtep: IPv4Address
+
+    @property
+    def mac(self) -> str:
+        return endpoint_mac(self.address)
+
+
+@dataclass(frozen=True)
+class SandboxConfig:
+    """A task's network namespace: its overlay legs and, unless every network it is on is
+    internal, a leg on the gwbridge with the default route (egress, masqueraded by the host)."""
+
+    task_id: str
+    endpoints: tuple[LocalEndpoint, ...]
+    egress: bool
+    # Written to the sandbox's own /etc/hosts next to its addresses.
+    hostname: str = ""
+
+
+@dataclass(frozen=True)
+class HostConfig:
+    """Facts about this host that the data plane needs and no manager decides."""
+
+    vtep: IPv4Address
+    underlay_mtu: int = 1500
+    vxlan_port: int = DEFAULT_VXLAN_PORT
+    gwbridge_subnet: IPv4Network = DEFAULT_GWBRIDGE_SUBNET
+    names: Names = field(default_factory=Names)
+    # Per-sandbox resolv.conf and hosts live in <etc_netns>/<sandbox netns name>/, where
+    # `ip netns exec` bind-mounts them over /etc for the task (iproute2's convention).
+    etc_netns: Path = Path("/etc/netns")
+
+    @property
+    def overlay_mtu(self) -> int:
+        return self.underlay_mtu - VXLAN_OVERHEAD
+
+
+@dataclass(frozen=True)
+class DesiredState:
+    """Everything the data plane must hold on this host; anything else carrying the agent's
+    prefix is to be removed."""
+
+    networks: dict[str, NetworkConfig] = field(default_factory=dict)
+    sandboxes: dict[str, SandboxConfig] = field(default_factory=dict)
+    # Per network ID: endpoints on other hosts (never this host's own).
+    remotes: dict[str, frozenset[RemoteEndpoint]] = field(default_factory=dict)

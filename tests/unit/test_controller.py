@@ -1,0 +1,206 @@
+"""The agent's task state machine and desired data plane, and the manager's endpoint index."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from agent.controller import Local, Sandbox, decide, desired_dataplane
+from agent.model import HostConfig, RemoteEndpoint
+from manager.dispatcher import _endpoints_for, endpoint_index
+from manager.state import ClusterState
+from manager.store import Batch
+from proto import dispatcher_pb2 as dpb
+from proto import objects_pb2 as pb
+
+RUN = pb.TASK_STATE_RUNNING
+
+
+def task(
+    tid: str = "t1",
+    state: int = pb.TASK_STATE_ASSIGNED,
+    desired: int = RUN,
+    nets: tuple[tuple[str, str], ...] = (("n1", "10.0.1.5/24"),),
+    node: str = "node1",
+    not_before: int = 0,
+) -> pb.Task:
+    return pb.Task(
+        meta=pb.Meta(id=tid),
+        service_id="s1",
+        service_name="web",
+        slot=1,
+        node_id=node,
+        desired_state=desired,  # type: ignore[arg-type]
+        status=pb.TaskStatus(state=state),  # type: ignore[arg-type]
+        networks=[pb.NetworkAttachment(network_id=n, addresses=[a]) for n, a in nets],
+        not_before_ms=not_before,
+    )
+
+
+def net(nid: str = "n1", subnet: str = "10.0.1.0/24", internal: bool = False) -> pb.Network:
+    gw = str(next(ipaddress.IPv4Network(subnet).hosts()))
+    return pb.Network(
+        meta=pb.Meta(id=nid),
+        spec=pb.NetworkSpec(name=nid, internal=internal),
+        subnet=subnet,
+        gateway=gw,
+        vni=4096,
+    )
+
+
+def test_new_task_walks_preparing_starting_running() -> None:
+    t = task()
+    lo = Local(reported=t.status.state)
+    d = decide({"t1": t}, {"t1": lo}, 1000)
+    assert d.reports["t1"].state == pb.TASK_STATE_PREPARING
+    assert d.sandboxes == {"t1"} and d.start == []
+    lo.reported = pb.TASK_STATE_PREPARING
+    lo.sandbox = Sandbox.READY
+    d = decide({"t1": t}, {"t1": lo}, 1000)
+    assert d.start == ["t1"] and d.reports["t1"].state == pb.TASK_STATE_STARTING
+    lo.reported, lo.pid = pb.TASK_STATE_STARTING, 4242
+    d = decide({"t1": t}, {"t1": lo}, 1000)
+    assert d.start == [] and d.reports["t1"].state == RUN and d.reports["t1"].pid == 4242
+    lo.reported = RUN
+    d = decide({"t1": t}, {"t1": lo}, 1000)
+    assert d.reports == {} and d.sandboxes == {"t1"}
+
+
+def test_exit_codes_give_complete_or_failed_and_the_sandbox_goes() -> None:
+    t = task(state=RUN)
+    clean = Local(reported=RUN, exited=True, exit_code=0)
+    d = decide({"t1": t}, {"t1": clean}, 5)
+    assert d.reports["t1"].state == pb.TASK_STATE_COMPLETE and d.sandboxes == set()
+    bad = Local(reported=RUN, exited=True, exit_code=3, exit_error="exit status 3")
+    d = decide({"t1": t}, {"t1": bad}, 5)
+    st = d.reports["t1"]
+    assert (st.state, st.exit_code, st.err) == (pb.TASK_STATE_FAILED, 3, "exit status 3")
+    # Once reported, a finished task stays finished: no restart here, nothing more to say.
+    bad.reported = pb.TASK_STATE_FAILED
+    d = decide({"t1": t}, {"t1": bad}, 6)
+    assert d.reports == {} and d.start == [] and d.sandboxes == set()
+
+
+def test_shutdown_stops_the_process_then_reports_shutdown() -> None:
+    t = task(state=RUN, desired=pb.TASK_STATE_SHUTDOWN)
+    lo = Local(reported=RUN, pid=99)
+    d = decide({"t1": t}, {"t1": lo}, 1)
+    assert d.stop == ["t1"] and d.sandboxes == {"t1"} and d.reports == {}
+    lo.pid, lo.exited, lo.exit_code = 0, True, 143
+    d = decide({"t1": t}, {"t1": lo}, 2)
+    assert d.stop == [] and d.sandboxes == set()
+    assert d.reports["t1"].state == pb.TASK_STATE_SHUTDOWN
+
+
+def test_start_and_network_failures_are_reported_with_their_reason() -> None:
+    t = task()
+    d = decide({"t1": t}, {"t1": Local(start_error="exec: 'nope': not found")}, 1)
+    assert d.reports["t1"].state == pb.TASK_STATE_FAILED
+    assert "nope" in d.reports["t1"].err
+    d = decide(
+        {"t1": t}, {"t1": Local(sandbox=Sandbox.FAILED, sandbox_error="veth: File exists")}, 1
+    )
+    assert d.reports["t1"].err == "veth: File exists" and d.sandboxes == set()
+
+
+def test_restart_delay_holds_the_start() -> None:
+    t = task(not_before=2000)
+    d = decide({"t1": t}, {"t1": Local(sandbox=Sandbox.READY)}, 1000)
+    assert d.start == [] and d.sandboxes == set()
+    assert d.reports["t1"].state == pb.TASK_STATE_ACCEPTED
+    d = decide({"t1": t}, {"t1": Local(sandbox=Sandbox.READY)}, 2000)
+    assert d.start == ["t1"]
+
+
+def test_a_running_task_whose_process_is_lost_fails() -> None:
+    t = task(state=RUN)
+    d = decide({"t1": t}, {"t1": Local(reported=RUN)}, 1)
+    assert d.reports["t1"].state == pb.TASK_STATE_FAILED and "gone" in d.reports["t1"].err
+
+
+def test_unassigned_leftovers_are_stopped_then_forgotten() -> None:
+    d = decide({}, {"old": Local(pid=7)}, 1)
+    assert d.stop == ["old"] and d.forget == []
+    d = decide({}, {"old": Local()}, 1)
+    assert d.forget == ["old"] and d.stop == []
+
+
+def test_desired_dataplane_builds_networks_only_for_local_sandboxes() -> None:
+    host = HostConfig(vtep=ipaddress.IPv4Address("198.51.100.11"))
+    tasks = {
+        "t1": task("t1", nets=(("n1", "10.0.1.5/24"), ("n2", "10.0.2.5/24"))),
+        "t2": task("t2", nets=(("n2", "10.0.2.6/24"),)),
+        "t3": task("t3", nets=(("n9", "10.0.9.5/24"),)),
+    }
+    networks = {"n1": net("n1"), "n2": net("n2", "10.0.2.0/24", internal=True)}
+    eps = {
+        "n2": dpb.NetworkEndpoints(
+            meta=pb.Meta(id="n2"),
+            endpoints=[
+                dpb.NetworkEndpoint(task_id="r1", vtep="198.51.100.12", addr="10.0.2.9/24"),
+                # Our own VTEP (a stale view): never a remote entry.
+                dpb.NetworkEndpoint(task_id="r2", vtep="198.51.100.11", addr="10.0.2.10/24"),
+            ],
+        )
+    }
+    desired, problems = desired_dataplane(host, tasks, networks, eps, {"t2", "t3"})
+    assert set(desired.networks) == {"n2"}  # n1 has no sandbox here: not built
+    assert set(desired.sandboxes) == {"t2"}
+    assert "n9" in problems["t3"]
+    box = desired.sandboxes["t2"]
+    assert box.egress is False  # its only network is internal
+    assert str(box.endpoints[0].address) == "10.0.2.6/24" and box.endpoints[0].index == 0
+    assert desired.remotes["n2"] == frozenset(
+        {
+            RemoteEndpoint(
+                "n2",
+                ipaddress.IPv4Address("10.0.2.9"),
+                ipaddress.IPv4Address("198.51.100.12"),
+            )
+        }
+    )
+    desired, _ = desired_dataplane(host, tasks, networks, eps, {"t1"})
+    assert set(desired.networks) == {"n1", "n2"} and desired.sandboxes["t1"].egress is True
+    assert [e.index for e in desired.sandboxes["t1"].endpoints] == [0, 1]
+
+
+def test_endpoint_index_skips_down_nodes_finished_tasks_and_the_receiver() -> None:
+    state = ClusterState()
+    b = Batch()
+    for nid, addr, st in (
+        ("node1", "198.51.100.11", pb.NODE_STATE_READY),
+        ("node2", "198.51.100.12", pb.NODE_STATE_READY),
+        ("node3", "198.51.100.13", pb.NODE_STATE_DOWN),
+    ):
+        b.create(
+            "nodes",
+            pb.Node(
+                meta=pb.Meta(id=nid),
+                description=pb.NodeDescription(hostname=nid, addr=addr),
+                status=pb.NodeStatus(state=st),  # type: ignore[arg-type]
+            ),
+        )
+    b.create("tasks", task("a", state=RUN, node="node1", nets=(("n1", "10.0.1.2/24"),)))
+    b.create("tasks", task("b", state=RUN, node="node2", nets=(("n1", "10.0.1.3/24"),)))
+    b.create("tasks", task("c", state=RUN, node="node3", nets=(("n1", "10.0.1.4/24"),)))
+    b.create(
+        "tasks",
+        task("d", state=pb.TASK_STATE_FAILED, node="node2", nets=(("n1", "10.0.1.5/24"),)),
+    )
+    b.create(
+        "tasks",
+        task(
+            "e",
+            state=RUN,
+            desired=pb.TASK_STATE_SHUTDOWN,
+            node="node2",
+            nets=(("n1", "10.0.1.6/24"),),
+        ),
+    )
+    state.apply(b, 1)
+    index = endpoint_index(state)
+    assert [e.task_id for e in index["n1"]] == ["a", "b"]
+    for_node1 = _endpoints_for("n1", "node1", index)
+    assert [(e.task_id, e.vtep) for e in for_node1.endpoints] == [("b", "198.51.100.12")]
+    # The version is a digest of the content: same content, same version; else different.
+    assert _endpoints_for("n1", "node1", index).meta.version == for_node1.meta.version
+    assert _endpoints_for("n1", "node2", index).meta.version != for_node1.meta.version
