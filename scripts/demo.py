@@ -15,6 +15,7 @@ allocated and shown here but not yet served.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shlex
@@ -111,7 +112,7 @@ def main() -> int:
         )
         host_ns = f"/run/netns/{PREFIX}h1"
         cap = subprocess.Popen(
-            ["nsenter", f"--net={host_ns}", "tcpdump", "-nn", "-l", "-c", "2", "-i", "eth0",
+            ["nsenter", f"--net={host_ns}", "tcpdump", "-nn", "-l", "-c", "40", "-i", "eth0",
              "udp", "port", "4789"],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
         )  # fmt: skip
@@ -123,13 +124,19 @@ def main() -> int:
                 "print(r.status, r.reason, r.headers['Server'])"
             )
             sh(["ip", "netns", "exec", sandbox, "python3", "-c", code])
-            out, _ = cap.communicate(timeout=10)
+            time.sleep(0.5)
         finally:
-            if cap.poll() is None:
-                cap.kill()
-                cap.wait()
-        print("\nThe same request on h1's underlay (tcpdump on eth0): VXLAN, the network's VNI")
-        sys.stdout.write(out)
+            cap.terminate()
+            out, _ = cap.communicate(timeout=10)
+        # tcpdump prints each VXLAN packet as the outer line followed by the inner one.
+        lines = out.splitlines()
+        pairs = [
+            f"{outer}\n    {inner}"
+            for outer, inner in itertools.pairwise(lines)
+            if "vni" in outer and ".8080" in inner
+        ]
+        print("\nThe same request on h1's underlay (tcpdump on eth0): TCP inside VXLAN")
+        print("\n".join(pairs[:4]) or "(no packet captured)")
         ovctl("service", "scale", "web=6")
         running("web", 6)
         ovctl("service", "ps", "web")
