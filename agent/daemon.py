@@ -77,6 +77,7 @@ class AgentDaemon:
         self._wake = asyncio.Event()
         self._stopping: dict[str, asyncio.Task[None]] = {}
         self._assigned = asyncio.Event()
+        self._log_lock = asyncio.Lock()
         self.passes = 0
         session.on_assignments = self._on_assignments
 
@@ -172,8 +173,11 @@ class AgentDaemon:
             if task_id not in self._stopping:
                 self._stopping[task_id] = asyncio.create_task(self._stop(task_id))
         for task_id in d.forget:
-            self.runner.remove(task_id)
-            self.local.pop(task_id, None)
+            # Its last lines go to the manager before its directory (and logs) goes; if no
+            # manager takes them now, the next pass tries again.
+            if await self._send_logs(task_id):
+                self.runner.remove(task_id)
+                self.local.pop(task_id, None)
         if d.start:
             # Report RUNNING (with the pid) in this pass rather than the next one.
             d = decide(tasks, self.local, now_ms())
@@ -224,21 +228,30 @@ class AgentDaemon:
         while True:
             await asyncio.sleep(self.log_interval)
             for task_id in self.runner.task_ids():
-                chunks = self.logs.read_new(task_id)
-                if not chunks:
-                    continue
-                try:
-                    await self.session.publish_logs(
-                        [
-                            dpb.PublishLogsMessage(
-                                task_id=c.task_id,
-                                stream=c.stream,
-                                timestamp_ms=c.timestamp_ms,
-                                data=c.data,
-                            )
-                            for c in chunks
-                        ]
-                    )
-                except (grpc.aio.AioRpcError, ConnectionError):
+                if not await self._send_logs(task_id):
                     break
-                self.logs.commit(task_id)
+
+    async def _send_logs(self, task_id: str) -> bool:
+        """Send what the task wrote since the last accepted batch; False if no manager took it.
+        One sender at a time, or the timer and a task's removal would send the same lines."""
+        async with self._log_lock:
+            return await self._send_logs_locked(task_id)
+
+    async def _send_logs_locked(self, task_id: str) -> bool:
+        while chunks := self.logs.read_new(task_id):
+            try:
+                await self.session.publish_logs(
+                    [
+                        dpb.PublishLogsMessage(
+                            task_id=c.task_id,
+                            stream=c.stream,
+                            timestamp_ms=c.timestamp_ms,
+                            data=c.data,
+                        )
+                        for c in chunks
+                    ]
+                )
+            except (grpc.aio.AioRpcError, ConnectionError):
+                return False
+            self.logs.commit(task_id)
+        return True

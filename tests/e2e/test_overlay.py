@@ -273,3 +273,42 @@ def test_a_stopped_host_is_marked_down_and_its_tasks_rescheduled(ov: Overlay) ->
     wait_for("h3 cleaned its leftovers", lambda: not any(
         ov.names("h3").is_sandbox_ns(n) or ov.names("h3").is_network_ns(n) for n in ov.netns_list()
     ))  # fmt: skip
+
+
+def test_exit_codes_restart_policy_and_logs_reach_the_user(ov: Overlay) -> None:
+    # A task that prints and fails: its output reaches `service logs`, its exit code the task
+    # status, and the restart policy bounds how often the orchestrator replaces it.
+    ov.ovctl(
+        "service", "create", "--name", "flaky", "--replicas", "1",
+        "--restart-condition", "on-failure", "--restart-delay", "200ms",
+        "--restart-max-attempts", "2", "--",
+        "sh", "-c", "echo hello from $(hostname -I | cut -d' ' -f1); exit 3",
+    )  # fmt: skip
+
+    def three_failed() -> list[TaskView] | None:
+        tasks = ov.tasks("flaky")
+        failed = [t for t in tasks if t.state == "TASK_STATE_FAILED"]
+        return failed if len(tasks) == 3 and len(failed) == 3 else None
+
+    failed = wait_for("the first run and its 2 restarts, all failed", three_failed, timeout=40)
+    time.sleep(1.0)  # no fourth attempt
+    assert len(ov.tasks("flaky")) == 3
+    for t in ov.json("service", "ps", "flaky"):
+        assert t["status"]["exit_code"] == 3 and t["status"]["err"] == "exit status 3"
+    logs = wait_for(
+        "log lines",
+        lambda: (
+            (out := ov.ovctl("service", "logs", "flaky").stdout).count("hello from") >= 3 and out
+        ),
+    )
+    assert all(f"flaky.{t.slot}.{t.id}" in logs for t in failed), logs
+    # A command that does not exist fails the task with a reason a person can act on.
+    ov.ovctl("service", "create", "--name", "typo", "--restart-condition", "none", "--",
+             "no-such-command-xyz")  # fmt: skip
+    task = wait_for(
+        "typo failed",
+        lambda: [t for t in ov.json("service", "ps", "typo") if t["status"]["err"]],
+    )[0]
+    assert task["status"]["state"] == "TASK_STATE_FAILED"
+    assert "no-such-command-xyz" in task["status"]["err"], task["status"]
+    ov.ovctl("service", "rm", "flaky", "typo")
