@@ -66,6 +66,20 @@ class Decision:
     reports: dict[str, pb.TaskStatus] = field(default_factory=dict)
 
 
+def status(state: int, message: str, now_ms: int, **fields: object) -> pb.TaskStatus:
+    return pb.TaskStatus(
+        state=state,  # type: ignore[arg-type]
+        message=message,
+        timestamp_ms=now_ms,
+        **fields,  # type: ignore[arg-type]
+    )
+
+
+def failed(message: str, err: str, now_ms: int) -> pb.TaskStatus:
+    """FAILED for a task that never ran a process (exit code -1, as Docker reports)."""
+    return status(pb.TASK_STATE_FAILED, message, now_ms, err=err, exit_code=-1)
+
+
 def is_terminal(state: int) -> bool:
     return state >= pb.TASK_STATE_COMPLETE
 
@@ -74,15 +88,13 @@ def exit_status(local: Local, now_ms: int) -> pb.TaskStatus:
     """COMPLETE for a clean exit, FAILED with the code and the reason otherwise."""
     code = local.exit_code
     if code == 0:
-        return pb.TaskStatus(
-            state=pb.TASK_STATE_COMPLETE, message="finished", timestamp_ms=now_ms, exit_code=0
-        )
-    return pb.TaskStatus(
-        state=pb.TASK_STATE_FAILED,
-        message="task exited with an error",
+        return status(pb.TASK_STATE_COMPLETE, "finished", now_ms, exit_code=0)
+    return status(
+        pb.TASK_STATE_FAILED,
+        "task exited with an error",
+        now_ms,
         err=local.exit_error or (f"exit status {code}" if code is not None else "exited"),
         exit_code=code if code is not None else -1,
-        timestamp_ms=now_ms,
     )
 
 
@@ -113,11 +125,8 @@ def decide(tasks: Mapping[str, pb.Task], local: Mapping[str, Local], now_ms: int
                 # manager asked for it to stop, and it has.
                 report(
                     task_id,
-                    pb.TaskStatus(
-                        state=pb.TASK_STATE_SHUTDOWN,
-                        message="shut down",
-                        timestamp_ms=now_ms,
-                        exit_code=lo.exit_code or 0,
+                    status(
+                        pb.TASK_STATE_SHUTDOWN, "shut down", now_ms, exit_code=lo.exit_code or 0
                     ),
                 )
             continue
@@ -133,81 +142,37 @@ def decide(tasks: Mapping[str, pb.Task], local: Mapping[str, Local], now_ms: int
             report(task_id, exit_status(lo, now_ms))
             continue
         if lo.start_error:
-            report(
-                task_id,
-                pb.TaskStatus(
-                    state=pb.TASK_STATE_FAILED,
-                    message="task could not start",
-                    err=lo.start_error,
-                    exit_code=-1,
-                    timestamp_ms=now_ms,
-                ),
-            )
+            report(task_id, failed("task could not start", lo.start_error, now_ms))
             continue
         if running:
             d.sandboxes.add(task_id)
-            report(
-                task_id,
-                pb.TaskStatus(
-                    state=pb.TASK_STATE_RUNNING, message="started", pid=lo.pid, timestamp_ms=now_ms
-                ),
-            )
+            report(task_id, status(pb.TASK_STATE_RUNNING, "started", now_ms, pid=lo.pid))
             continue
         if state >= pb.TASK_STATE_STARTING:
             # The manager saw it start, but no process is here and no exit was recorded: the
             # host lost it (state directory gone, or the agent died between spawn and record).
             report(
                 task_id,
-                pb.TaskStatus(
-                    state=pb.TASK_STATE_FAILED,
-                    message="task process lost",
-                    err="the task's process is gone and its exit status is unknown",
-                    exit_code=-1,
-                    timestamp_ms=now_ms,
+                failed(
+                    "task process lost",
+                    "the task's process is gone and its exit status is unknown",
+                    now_ms,
                 ),
             )
             continue
         if task.not_before_ms and now_ms < task.not_before_ms:
-            report(
-                task_id,
-                pb.TaskStatus(
-                    state=pb.TASK_STATE_ACCEPTED,
-                    message="waiting for restart delay",
-                    timestamp_ms=now_ms,
-                ),
-            )
+            report(task_id, status(pb.TASK_STATE_ACCEPTED, "waiting for restart delay", now_ms))
             continue
         d.sandboxes.add(task_id)
         if lo.sandbox is Sandbox.FAILED:
-            report(
-                task_id,
-                pb.TaskStatus(
-                    state=pb.TASK_STATE_FAILED,
-                    message="network setup failed",
-                    err=lo.sandbox_error,
-                    exit_code=-1,
-                    timestamp_ms=now_ms,
-                ),
-            )
+            report(task_id, failed("network setup failed", lo.sandbox_error, now_ms))
             d.sandboxes.discard(task_id)
             continue
         if lo.sandbox is Sandbox.READY:
             d.start.append(task_id)
-            report(
-                task_id,
-                pb.TaskStatus(
-                    state=pb.TASK_STATE_STARTING, message="starting", timestamp_ms=now_ms
-                ),
-            )
+            report(task_id, status(pb.TASK_STATE_STARTING, "starting", now_ms))
         else:
-            report(
-                task_id,
-                pb.TaskStatus(
-                    state=pb.TASK_STATE_PREPARING,
-                    message="preparing network",
-                    timestamp_ms=now_ms,
-                ),
-            )
+            report(task_id, status(pb.TASK_STATE_PREPARING, "preparing network", now_ms))
 
     for task_id, lo in local.items():
         if task_id in tasks:

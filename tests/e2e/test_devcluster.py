@@ -25,6 +25,7 @@ from ovctl.devcluster.cluster import (
     pids_in_netns,
 )
 from ovctl.devcluster.procs import pid_alive
+from tests.e2e import overlay
 
 pytestmark = [
     pytest.mark.slow,
@@ -63,14 +64,7 @@ def probe(cluster: DevCluster, src: str, dst: str, port: int = 9, timeout: float
 
 
 def wait_for(what: str, check: Callable[[], Any], timeout: float = 15.0) -> Any:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
+    return overlay.wait_for(what, check, timeout, every=0.05)
 
 
 def leftovers(prefix: str, paths: list[Path], pids: list[int]) -> list[str]:
