@@ -50,6 +50,8 @@ class Local:
     sandbox_error: str = ""
     # Highest state reported to (or known by) the manager, so nothing is said twice.
     reported: int = pb.TASK_STATE_NEW
+    # The task as last assigned (kept after the manager drops it, until its process is gone).
+    task: pb.Task | None = None
 
 
 @dataclass
@@ -104,7 +106,7 @@ def decide(tasks: Mapping[str, pb.Task], local: Mapping[str, Local], now_ms: int
 
     def report(task_id: str, status: pb.TaskStatus) -> None:
         lo = local[task_id]
-        if status.state > lo.reported or (status.state == lo.reported and task_id in d.reports):
+        if status.state > lo.reported:
             d.reports[task_id] = status
 
     for task_id, task in tasks.items():

@@ -78,7 +78,8 @@ class AgentDaemon:
         self._stopping: dict[str, asyncio.Task[None]] = {}
         self._assigned = asyncio.Event()
         self._log_lock = asyncio.Lock()
-        self.passes = 0
+        # Networks of the tasks this host still holds, as last assigned.
+        self._networks: dict[str, pb.Network] = {}
         session.on_assignments = self._on_assignments
 
     # ------------------------------------------------------------------ events
@@ -134,36 +135,48 @@ class AgentDaemon:
             await self.dataplane.close()
 
     async def step(self) -> None:
-        self.passes += 1
         a = self.session.assignments
         tasks = dict(a.tasks)
         for task_id, task in tasks.items():
             lo = self.local.setdefault(task_id, Local())
             lo.reported = max(lo.reported, task.status.state)
+            lo.task = task
+        # A task the manager dropped while its process still runs keeps its network until the
+        # process is gone: its last known spec says what that network is.
+        known = {tid: lo.task for tid, lo in self.local.items() if lo.task is not None}
+        known.update(tasks)
+        used = {att.network_id for t in known.values() for att in t.networks}
+        self._networks = {k: v for k, v in {**self._networks, **a.networks}.items() if k in used}
 
         # Two rounds: the first says which sandboxes are wanted; once the kernel has them,
         # the second starts what can start in this same pass.
+        built: set[str] | None = None
         for _ in range(2):
             d = decide(tasks, self.local, now_ms())
+            if d.sandboxes == built:
+                break  # the kernel already holds exactly these
             desired, problems = desired_dataplane(
-                self.host, tasks, a.networks, a.endpoints, d.sandboxes
+                self.host, known, self._networks, a.endpoints, d.sandboxes
             )
             result = await self.dataplane.reconcile(desired)
+            built = d.sandboxes
             failed = failed_sandboxes(result, desired)
             for f in result.failures:
                 log.warning("data plane: %s", f)
+            for text in result.problems:
+                log.warning("data plane input: %s", text)
             changed = False
-            for task_id in d.sandboxes:
-                lo = self.local[task_id]
-                why = problems.get(task_id) or failed.get(task_id)
-                new = Sandbox.FAILED if why else Sandbox.READY
-                if new is Sandbox.READY and task_id not in desired.sandboxes:
-                    new = Sandbox.ABSENT
-                if new is not lo.sandbox:
-                    lo.sandbox, lo.sandbox_error, changed = new, why or "", True
             for task_id, lo in self.local.items():
-                if task_id not in d.sandboxes and lo.sandbox is not Sandbox.ABSENT:
-                    lo.sandbox = Sandbox.ABSENT
+                why = problems.get(task_id) or failed.get(task_id, "")
+                if task_id not in d.sandboxes:
+                    new = Sandbox.ABSENT
+                elif why:
+                    new = Sandbox.FAILED
+                else:
+                    new = Sandbox.READY if task_id in desired.sandboxes else Sandbox.ABSENT
+                if new is not lo.sandbox:
+                    changed = changed or task_id in d.sandboxes
+                    lo.sandbox, lo.sandbox_error = new, why
             if not changed:
                 break
 
@@ -176,7 +189,12 @@ class AgentDaemon:
             # Its last lines go to the manager before its directory (and logs) goes; if no
             # manager takes them now, the next pass tries again.
             if await self._send_logs(task_id):
-                self.runner.remove(task_id)
+                try:
+                    self.runner.remove(task_id)
+                except (OSError, RuntimeError) as e:
+                    log.warning("cannot remove task %s's directory yet: %s", task_id, e)
+                    continue
+                self.logs.forget(task_id)
                 self.local.pop(task_id, None)
         if d.start:
             # Report RUNNING (with the pid) in this pass rather than the next one.
@@ -197,6 +215,9 @@ class AgentDaemon:
         except StartError as e:
             lo.start_error = str(e)
             log.warning("task %s could not start: %s", task.meta.id, e)
+        except Exception as e:  # a host problem (disk, fds): the task fails, the agent goes on
+            lo.start_error = f"the agent could not start the task: {e}"
+            log.exception("task %s could not start", task.meta.id)
 
     async def _stop(self, task_id: str) -> None:
         try:
@@ -227,9 +248,12 @@ class AgentDaemon:
         manager took it, so lines written while it was unreachable are sent later."""
         while True:
             await asyncio.sleep(self.log_interval)
-            for task_id in self.runner.task_ids():
-                if not await self._send_logs(task_id):
-                    break
+            try:
+                for task_id in self.runner.task_ids():
+                    if not await self._send_logs(task_id):
+                        break
+            except OSError:
+                log.exception("reading task logs failed (retrying)")
 
     async def _send_logs(self, task_id: str) -> bool:
         """Send what the task wrote since the last accepted batch; False if no manager took it.

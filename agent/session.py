@@ -39,7 +39,7 @@ class Assignments:
     tasks: dict[str, pb.Task] = field(default_factory=dict)
     networks: dict[str, pb.Network] = field(default_factory=dict)
     services: dict[str, pb.Service] = field(default_factory=dict)
-    # Per network ID: its endpoints on other hosts (the manager's view, until gossip).
+    # Per network ID: its endpoints, this host's included (the manager's view, until gossip).
     endpoints: dict[str, dpb.NetworkEndpoints] = field(default_factory=dict)
     seq: int = 0
 

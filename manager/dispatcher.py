@@ -55,18 +55,19 @@ _ITEM_FIELD = {
 # Kinds whose commits may change some session's set (endpoints follow nodes' state and address).
 _WATCHED = {"tasks", "networks", "services", "nodes"}
 
-EndpointIndex = dict[str, list[dpb.NetworkEndpoint]]
+EndpointIndex = dict[str, dpb.NetworkEndpoints]
 
 
 def endpoint_index(state: Any) -> EndpointIndex:
-    """Per network ID, every task address that other hosts should be able to reach.
+    """Per network ID, every task address that hosts on the network should be able to reach.
 
     A task counts from the moment it is assigned (its address is allocated and its host will
     build it shortly: programming the others early avoids a window where it is unreachable)
     until it finishes or is told to stop; tasks on nodes that are down or have no underlay
-    address are left out, so traffic is not sent into a dead host.
+    address are left out, so traffic is not sent into a dead host. Every session gets the same
+    message for a network (built once per round); each agent skips its own VTEP.
     """
-    index: EndpointIndex = {}
+    lists: dict[str, list[dpb.NetworkEndpoint]] = {}
     for task in state.tasks.values():
         if not pb.TASK_STATE_ASSIGNED <= task.status.state <= pb.TASK_STATE_RUNNING:
             continue
@@ -77,7 +78,7 @@ def endpoint_index(state: Any) -> EndpointIndex:
             continue
         for att in task.networks:
             for addr in att.addresses:
-                index.setdefault(att.network_id, []).append(
+                lists.setdefault(att.network_id, []).append(
                     dpb.NetworkEndpoint(
                         task_id=task.meta.id,
                         service_id=task.service_id,
@@ -88,16 +89,19 @@ def endpoint_index(state: Any) -> EndpointIndex:
                         addr=addr,
                     )
                 )
-    for eps in index.values():
+    index: EndpointIndex = {}
+    for net_id, eps in lists.items():
         eps.sort(key=lambda e: (e.addr, e.task_id))
+        index[net_id] = network_endpoints(net_id, eps)
     return index
 
 
-def _endpoints_for(network_id: str, node_id: str, index: EndpointIndex) -> dpb.NetworkEndpoints:
-    msg = dpb.NetworkEndpoints(
-        meta=pb.Meta(id=network_id),
-        endpoints=[e for e in index.get(network_id, ()) if e.node_id != node_id],
-    )
+def network_endpoints(
+    network_id: str, endpoints: list[dpb.NetworkEndpoint]
+) -> dpb.NetworkEndpoints:
+    """The message for one network, versioned by a digest of its content (the session diff
+    compares versions, and this item has no etcd revision)."""
+    msg = dpb.NetworkEndpoints(meta=pb.Meta(id=network_id), endpoints=endpoints)
     digest = hashlib.blake2b(msg.SerializeToString(deterministic=True), digest_size=8).digest()
     msg.meta.version = int.from_bytes(digest, "big") >> 1
     return msg
@@ -136,7 +140,7 @@ class Dispatcher:
         self, node_id: str, endpoints: EndpointIndex | None = None
     ) -> dict[Key, Message]:
         """Tasks on the node, the services and networks they use, and for each of those
-        networks the endpoints on other hosts."""
+        networks its endpoints."""
         if endpoints is None:
             endpoints = endpoint_index(self.state)
         items: dict[Key, Message] = {}
@@ -154,10 +158,8 @@ class Dispatcher:
                 net = self.state.networks.get(att.network_id)
                 if net is not None:
                     items[("networks", net.meta.id)] = net
-                    if ("endpoints", net.meta.id) not in items:
-                        items[("endpoints", net.meta.id)] = _endpoints_for(
-                            net.meta.id, node_id, endpoints
-                        )
+                    eps = endpoints.get(net.meta.id) or network_endpoints(net.meta.id, [])
+                    items[("endpoints", net.meta.id)] = eps
         return items
 
     def _diff(

@@ -164,6 +164,12 @@ class DataPlane:
 
     async def observe(self) -> Observed:
         """A snapshot of everything with the agent's prefix (dumps run in a worker thread)."""
+        # Handles of namespaces that vanished are closed here, on the loop's thread: pyroute2
+        # keeps its transport per thread, so closing them in the worker would leak it.
+        for stale in [
+            n for n in self._ns if n is not None and not os.path.exists(nl.netns_path(n))
+        ]:
+            self._drop(stale)
         obs = await asyncio.to_thread(self._observe_sync)
         now = time.monotonic()
         if self._nft_seen is None or now - self._nft_checked > NFT_RECHECK_S:
@@ -180,8 +186,6 @@ class DataPlane:
 
     def _observe_sync(self) -> Observed:
         present = [n for n in nl.list_netns() if self._ours(n)]
-        for stale in [n for n in self._ns if n is not None and n not in present]:
-            self._drop(stale)
         networks: dict[str, NetworkNs] = {}
         sandboxes: dict[str, SandboxNs] = {}
         for ns in present:
@@ -211,8 +215,9 @@ class DataPlane:
         )
 
     @staticmethod
-    def _links(raw: nl.RawNetlink, keep=None) -> dict[str, Link]:  # type: ignore[no-untyped-def]
-        links = raw.links()
+    def _links(raw: nl.RawNetlink, keep=None, links=None) -> dict[str, Link]:  # type: ignore[no-untyped-def]
+        if links is None:
+            links = raw.links()
         addrs = raw.addresses()
         by_index = {lk.index: lk.name for lk in links}
         out: dict[str, Link] = {}
@@ -238,11 +243,15 @@ class DataPlane:
         neigh: set[tuple[str, str]] = set()
         if vx is not None:
             fdb, neigh = raw.entries(vx.index)
-        return NetworkNs(links=self._links(raw), fdb=frozenset(fdb), neigh=frozenset(neigh))
+        return NetworkNs(
+            links=self._links(raw, links=links), fdb=frozenset(fdb), neigh=frozenset(neigh)
+        )
 
     def _observe_sandbox(self, raw: nl.RawNetlink) -> SandboxNs:
-        lo_up = any(lk.name == "lo" and lk.up for lk in raw.links())
-        links = self._links(raw, keep=lambda n: is_sandbox_if(n, self.names.sandbox_gw_if))
+        dump = raw.links()
+        lo_up = any(lk.name == "lo" and lk.up for lk in dump)
+        keep = lambda n: is_sandbox_if(n, self.names.sandbox_gw_if)  # noqa: E731
+        links = self._links(raw, keep=keep, links=dump)
         return SandboxNs(links=links, lo_up=lo_up, default_gateway=raw.default_gateway())
 
     def _observe_files(self) -> dict[str, tuple[str, str]]:

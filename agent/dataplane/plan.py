@@ -284,9 +284,6 @@ class SetIpForward(Op):
     pass
 
 
-ENTRY_OPS = (AddFdb, DelFdb, AddNeigh, DelNeigh)
-
-
 # --------------------------------------------------------------------------------------------
 # Desired form
 
@@ -297,25 +294,27 @@ def problems(desired: DesiredState) -> list[str]:
 
 
 def _endpoint_errors(desired: DesiredState) -> list[tuple[LocalEndpoint, str]]:
+    return [e for sb in desired.sandboxes.values() for e in _sandbox_errors(desired, sb)]
+
+
+def _sandbox_errors(desired: DesiredState, sb: SandboxConfig) -> list[tuple[LocalEndpoint, str]]:
     out: list[tuple[LocalEndpoint, str]] = []
-    for sb in desired.sandboxes.values():
-        seen: set[int] = set()
-        for ep in sb.endpoints:
-            net = desired.networks.get(ep.network_id)
-            if net is None:
-                out.append((ep, f"task {sb.task_id}: network {ep.network_id} is not desired"))
-            elif ep.index in seen:
-                out.append((ep, f"task {sb.task_id}: eth{ep.index} attached twice"))
-            elif ep.address.ip not in net.subnet:
-                out.append(
-                    (ep, f"task {sb.task_id}: {ep.address} is outside {net.subnet} ({net.id})")
-                )
-            seen.add(ep.index)
+    seen: set[int] = set()
+    for ep in sb.endpoints:
+        net = desired.networks.get(ep.network_id)
+        if net is None:
+            out.append((ep, f"task {sb.task_id}: network {ep.network_id} is not desired"))
+        elif ep.index in seen:
+            out.append((ep, f"task {sb.task_id}: eth{ep.index} attached twice"))
+        elif ep.address.ip not in net.subnet:
+            out.append((ep, f"task {sb.task_id}: {ep.address} is outside {net.subnet} ({net.id})"))
+        seen.add(ep.index)
     return out
 
 
 def valid_endpoints(desired: DesiredState, sb: SandboxConfig) -> list[LocalEndpoint]:
-    bad = {id(ep) for ep, _ in _endpoint_errors(desired)}
+    """The sandbox's endpoints that can be built (the others are reported by `problems`)."""
+    bad = {id(ep) for ep, _ in _sandbox_errors(desired, sb)}
     return [ep for ep in sb.endpoints if id(ep) not in bad]
 
 

@@ -22,7 +22,6 @@ The naming and addressing are a pure `Plan`; the rest of the module is the I/O a
 from __future__ import annotations
 
 import contextlib
-import functools
 import itertools
 import json
 import os
@@ -33,7 +32,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from ipaddress import IPv4Interface, IPv4Network
 from pathlib import Path
@@ -274,13 +272,11 @@ def agent_argv(
     host: HostPlan,
     manager_addr: str,
     state_dir: Path,
-    agent_flags: Iterable[str],
     extra: Sequence[str] = (),
 ) -> list[str]:
     """One host's agent, entered into the host's namespace with nsenter (not `ip netns exec`,
-    which remounts /sys). ``agent_flags`` are the options this agent accepts (see
-    `agent_options`): each host's agent gets its own netns prefix so that the agents' network
-    and sandbox namespaces, which are global to the machine, do not collide."""
+    which remounts /sys). Each host's agent gets its own netns prefix so that the agents'
+    network and sandbox namespaces, which are global to the machine, do not collide."""
     argv = [
         "nsenter",
         f"--net={NETNS_DIR / host.netns}",
@@ -296,9 +292,9 @@ def agent_argv(
         host.ip,
         "--state-dir",
         str(state_dir / host.name),
+        "--netns-prefix",
+        f"{host.netns}-",
     ]
-    if "--netns-prefix" in agent_flags:
-        argv += ["--netns-prefix", f"{host.netns}-"]
     return [*argv, *extra]
 
 
@@ -476,24 +472,6 @@ def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
-
-
-@functools.lru_cache(maxsize=8)
-def agent_options(python: str) -> frozenset[str]:
-    """The long options the installed agent accepts (from its --help).
-
-    The agent's flags grow with its features (--netns-prefix came with the data plane);
-    asking it keeps the dev cluster working with the agent it is given.
-    """
-    res = subprocess.run(
-        [python, "-m", "agent.main", "--help"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, **_daemon_env()},
-        check=False,
-    )
-    return frozenset(re.findall(r"(--[a-z][a-z0-9-]*)", res.stdout))
 
 
 def _code_root() -> str:
@@ -785,21 +763,17 @@ class DevCluster:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self._state["phase"] = "building"
         self._save()
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            # Asking the agent for its flags takes a Python start-up; do it meanwhile.
-            flags: Future[frozenset[str]] = pool.submit(agent_options, self.python)
-            ip_batch(
-                [
-                    f"link add {plan.bridge} type bridge",
-                    f"addr add {plan.gateway} dev {plan.bridge}",
-                    f"link set {plan.bridge} up",
-                ]
-            )
-            for host in plan.hosts:
-                self._make_ns(host.netns, host.veth, host.addr)
-            self._start_etcd()
-            self._start_manager()
-            self._state["agent_flags"] = sorted(flags.result())
+        ip_batch(
+            [
+                f"link add {plan.bridge} type bridge",
+                f"addr add {plan.gateway} dev {plan.bridge}",
+                f"link set {plan.bridge} up",
+            ]
+        )
+        for host in plan.hosts:
+            self._make_ns(host.netns, host.veth, host.addr)
+        self._start_etcd()
+        self._start_manager()
         for host in plan.hosts:
             self._start_agent(host.name)
         self.wait_ready(timeout=self.ready_timeout)
@@ -862,14 +836,8 @@ class DevCluster:
         rec = self._state["procs"].get(f"agent-{host}")
         if rec:
             return list(rec["argv"])
-        flags = self._state.get("agent_flags")
         return agent_argv(
-            self.python,
-            self.plan.host(host),
-            self.manager_addr,
-            self.state_dir,
-            flags if flags is not None else agent_options(self.python),
-            self.agent_args,
+            self.python, self.plan.host(host), self.manager_addr, self.state_dir, self.agent_args
         )
 
     def _start_agent(self, host: str) -> None:

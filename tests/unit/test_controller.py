@@ -6,7 +6,7 @@ import ipaddress
 
 from agent.controller import Local, Sandbox, decide, desired_dataplane
 from agent.model import HostConfig, RemoteEndpoint
-from manager.dispatcher import _endpoints_for, endpoint_index
+from manager.dispatcher import endpoint_index, network_endpoints
 from manager.state import ClusterState
 from manager.store import Batch
 from proto import dispatcher_pb2 as dpb
@@ -163,7 +163,7 @@ def test_desired_dataplane_builds_networks_only_for_local_sandboxes() -> None:
     assert [e.index for e in desired.sandboxes["t1"].endpoints] == [0, 1]
 
 
-def test_endpoint_index_skips_down_nodes_finished_tasks_and_the_receiver() -> None:
+def test_endpoint_index_skips_down_nodes_and_finished_or_stopping_tasks() -> None:
     state = ClusterState()
     b = Batch()
     for nid, addr, st in (
@@ -198,9 +198,11 @@ def test_endpoint_index_skips_down_nodes_finished_tasks_and_the_receiver() -> No
     )
     state.apply(b, 1)
     index = endpoint_index(state)
-    assert [e.task_id for e in index["n1"]] == ["a", "b"]
-    for_node1 = _endpoints_for("n1", "node1", index)
-    assert [(e.task_id, e.vtep) for e in for_node1.endpoints] == [("b", "198.51.100.12")]
+    assert [(e.task_id, e.vtep) for e in index["n1"].endpoints] == [
+        ("a", "198.51.100.11"),
+        ("b", "198.51.100.12"),
+    ]
     # The version is a digest of the content: same content, same version; else different.
-    assert _endpoints_for("n1", "node1", index).meta.version == for_node1.meta.version
-    assert _endpoints_for("n1", "node2", index).meta.version != for_node1.meta.version
+    same = network_endpoints("n1", list(index["n1"].endpoints))
+    assert same.meta.version == index["n1"].meta.version
+    assert network_endpoints("n1", []).meta.version != index["n1"].meta.version
