@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import re
@@ -175,14 +176,7 @@ class DataPlane:
         if self._nft_seen is None or now - self._nft_checked > NFT_RECHECK_S:
             self._nft_seen = await self._nft_present()
             self._nft_checked = now
-        return Observed(
-            networks=obs.networks,
-            sandboxes=obs.sandboxes,
-            host_links=obs.host_links,
-            nft=self._nft_seen,
-            ip_forward=obs.ip_forward,
-            files=obs.files,
-        )
+        return dataclasses.replace(obs, nft=self._nft_seen)
 
     def _observe_sync(self) -> Observed:
         present = [n for n in nl.list_netns() if self._ours(n)]
