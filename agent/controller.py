@@ -5,8 +5,9 @@ process, an exit, a sandbox that is built or failed). `decide` turns both into t
 actions and the states to report, without doing any of it, so every transition is a unit
 test. It follows swarmkit's task model: a task moves only forward, ACCEPTED -> PREPARING
 (sandbox and veths) -> STARTING -> RUNNING -> COMPLETE / FAILED / SHUTDOWN, and a finished task
-is never restarted here: restarting is the orchestrator's job (a new task, after the restart
-policy's delay), so the agent only reports faithfully.
+is not restarted here while a manager is reachable: restarting is the orchestrator's job (a new
+task, after the restart policy's delay), so the agent only reports faithfully. With every
+manager away the agent restarts it in place instead (see `decide`).
 
 `desired_dataplane` derives the data plane a set of sandboxes needs: the networks they are on,
 their veths and addresses, and the endpoints on other hosts.
@@ -27,7 +28,6 @@ from agent.model import (
     RemoteEndpoint,
     SandboxConfig,
 )
-from proto import dispatcher_pb2 as dpb
 from proto import objects_pb2 as pb
 
 
@@ -45,6 +45,9 @@ class Local:
     exit_code: int | None = None
     exited: bool = False
     exit_error: str = ""
+    exited_ms: int = 0  # when the exit was recorded (the restart delay counts from it)
+    # Restarts done here while no manager was reachable (see `decide`).
+    local_restarts: int = 0
     start_error: str = ""
     sandbox: Sandbox = Sandbox.ABSENT
     sandbox_error: str = ""
@@ -58,6 +61,9 @@ class Local:
 class Decision:
     # Tasks whose process must be started now (their sandbox is ready).
     start: list[str] = field(default_factory=list)
+    # Exited tasks to start again in place (same sandbox and address), by the restart policy,
+    # while no manager is reachable.
+    restart: list[str] = field(default_factory=list)
     # Tasks whose process must be stopped.
     stop: list[str] = field(default_factory=list)
     # Tasks gone from the assignment set whose leftovers (directory, logs) can be removed.
@@ -100,8 +106,32 @@ def exit_status(local: Local, now_ms: int) -> pb.TaskStatus:
     )
 
 
-def decide(tasks: Mapping[str, pb.Task], local: Mapping[str, Local], now_ms: int) -> Decision:
-    """The next step for every task this host holds or still has leftovers of."""
+def restart_in_place(policy: pb.RestartPolicy | None, lo: Local) -> bool:
+    """Whether an exited task may start again here, by its service's restart policy (the
+    window is not applied: local restarts count over the agent's life)."""
+    if policy is None or policy.condition == pb.RESTART_CONDITION_NONE:
+        return False
+    if policy.condition == pb.RESTART_CONDITION_ON_FAILURE and lo.exit_code == 0:
+        return False
+    return not policy.max_attempts or lo.local_restarts < policy.max_attempts
+
+
+def decide(
+    tasks: Mapping[str, pb.Task],
+    local: Mapping[str, Local],
+    now_ms: int,
+    *,
+    autonomous: bool = False,
+    policies: Mapping[str, pb.RestartPolicy] | None = None,
+) -> Decision:
+    """The next step for every task this host holds or still has leftovers of.
+
+    `autonomous` says no manager is reachable. Restarting is then the agent's job, as
+    swarmkit's orchestrator cannot do it: an exited task whose restart policy (`policies`, by
+    service ID) allows it starts again in its own sandbox after the policy's delay, keeping its
+    address, and is never reported as ended. With a manager, exits are reported and the
+    orchestrator replaces the task.
+    """
     d = Decision()
 
     def report(task_id: str, status: pb.TaskStatus) -> None:
@@ -140,6 +170,16 @@ def decide(tasks: Mapping[str, pb.Task], local: Mapping[str, Local], now_ms: int
                 d.sandboxes.add(task_id)
             continue
 
+        ended = lo.exited or (
+            not running and not lo.start_error and state >= pb.TASK_STATE_STARTING
+        )
+        policy = (policies or {}).get(task.service_id)
+        if ended and autonomous and policy is not None and restart_in_place(policy, lo):
+            # Exited, or lost with the host (a process gone without an exit record).
+            d.sandboxes.add(task_id)
+            if lo.sandbox is Sandbox.READY and now_ms >= lo.exited_ms + policy.delay_ms:
+                d.restart.append(task_id)
+            continue
         if lo.exited:
             report(task_id, exit_status(lo, now_ms))
             continue
@@ -192,10 +232,11 @@ def desired_dataplane(
     host: HostConfig,
     tasks: Mapping[str, pb.Task],
     networks: Mapping[str, pb.Network],
-    endpoints: Mapping[str, dpb.NetworkEndpoints],
+    endpoints: Mapping[str, Iterable[RemoteEndpoint]],
     sandboxes: Iterable[str],
 ) -> tuple[DesiredState, dict[str, str]]:
     """The data plane for `sandboxes` (task IDs), and for each task that cannot have one, why.
+    `endpoints` holds, per network, the endpoints other hosts announced (through gossip).
 
     Networks are built only when a local sandbox is on them (lazily, as Docker does), and
     removed when the last one goes: that falls out of deriving everything from the sandboxes.
@@ -240,20 +281,17 @@ def desired_dataplane(
                 egress=not configs or any(not c.internal for c in configs),
                 hostname=task_hostname(task),
             )
-    remotes: dict[str, frozenset[RemoteEndpoint]] = {}
-    for net_id in nets:
-        found = set()
-        eps = endpoints.get(net_id)
-        for ep in eps.endpoints if eps is not None else ():
-            try:
-                vtep = ipaddress.IPv4Address(ep.vtep)
-                addr = ipaddress.IPv4Interface(ep.addr).ip
-            except ValueError:
-                continue
-            if vtep == host.vtep:
-                continue
-            found.add(RemoteEndpoint(network_id=net_id, address=addr, vtep=vtep))
-        remotes[net_id] = frozenset(found)
+    # An address a local task holds is never sent away, even if a stale record elsewhere
+    # (a dead host's, until it is reaped) still claims it.
+    local_addrs = {(e.network_id, e.address.ip) for b in boxes.values() for e in b.endpoints}
+    remotes = {
+        net_id: frozenset(
+            r
+            for r in endpoints.get(net_id, ())
+            if r.vtep != host.vtep and (net_id, r.address) not in local_addrs
+        )
+        for net_id in nets
+    }
     return DesiredState(networks=nets, sandboxes=boxes, remotes=remotes), problems
 
 

@@ -7,7 +7,10 @@ timer, which is what repairs drift (a veth or FDB entry deleted by hand) and ret
 that failed: nothing depends on having seen an event.
 
 The first pass waits for the first complete assignment set: an agent restarted while its
-managers are away must not tear down the sandboxes of tasks that are still running.
+managers are away must not tear down the sandboxes of tasks that are still running. Every set
+is also kept on disk, so such an agent starts from the last one it had and goes on without
+managers: endpoints of other hosts come from gossip (`Discovery`), and tasks that exit are
+restarted in place by their restart policy.
 """
 
 from __future__ import annotations
@@ -22,13 +25,18 @@ import grpc
 
 from agent.controller import Local, Sandbox, decide, desired_dataplane
 from agent.dataplane.kernel import ApplyResult, DataPlane
+from agent.discovery import DEFAULT_GOSSIP_PORT, Discovery, write_private
+from agent.endpoints import local_records
 from agent.executor import ExitInfo, LogTailer, Runner, StartError
+from agent.gossip import GossipConfig
 from agent.model import DesiredState, HostConfig
 from agent.session import AgentSession
 from proto import dispatcher_pb2 as dpb
 from proto import objects_pb2 as pb
 
 log = logging.getLogger(__name__)
+
+ASSIGNMENTS_FILE = "assignments.pb"
 
 
 def now_ms() -> int:
@@ -64,6 +72,8 @@ class AgentDaemon:
         reconcile_interval: float = 5.0,
         stop_timeout: float = 10.0,
         log_interval: float = 0.5,
+        gossip_port: int = DEFAULT_GOSSIP_PORT,
+        gossip_config: GossipConfig | None = None,
     ) -> None:
         self.host = host
         self.session = session
@@ -73,8 +83,13 @@ class AgentDaemon:
         self.dataplane = DataPlane(host)
         self.runner = Runner(state_dir, self._on_exit)
         self.logs = LogTailer(state_dir)
+        self.state_dir = state_dir
         self.local: dict[str, Local] = {}
         self._wake = asyncio.Event()
+        self.discovery = Discovery(
+            str(host.vtep), gossip_port, state_dir, gossip_config, on_change=self._wake.set
+        )
+        session.gossip_status = self.discovery.status
         self._stopping: dict[str, asyncio.Task[None]] = {}
         self._assigned = asyncio.Event()
         self._log_lock = asyncio.Lock()
@@ -85,8 +100,38 @@ class AgentDaemon:
     # ------------------------------------------------------------------ events
 
     async def _on_assignments(self, _: object) -> None:
+        try:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            write_private(
+                self.state_dir / ASSIGNMENTS_FILE,
+                self.session.assignments.snapshot().SerializeToString(),
+            )
+        except OSError as e:
+            log.warning("cannot keep the assignment set on disk: %s", e)
         self._assigned.set()
         self._wake.set()
+
+    def _load_assignments(self) -> None:
+        """Start from the set kept on disk (see the module's docstring)."""
+        path = self.state_dir / ASSIGNMENTS_FILE
+        try:
+            data = path.read_bytes()
+            msg = dpb.AssignmentsMessage.FromString(data)
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as e:  # protobuf's DecodeError is a ValueError
+            log.warning("ignoring the kept assignment set %s: %s", path, e)
+            return
+        if not data:
+            # Nothing was kept (or a torn write): an empty set would stop every adopted task.
+            return
+        if not self._assigned.is_set():
+            self.session.assignments.apply(msg)
+            self._assigned.set()
+            log.info(
+                "resuming from the kept assignment set (%d tasks)",
+                len(self.session.assignments.tasks),
+            )
 
     def _on_exit(self, task_id: str, info: ExitInfo) -> None:
         self._record_exit(task_id, info)
@@ -103,6 +148,7 @@ class AgentDaemon:
         lo.exited = True
         lo.exit_code = info.exit_code
         lo.exit_error = info.error
+        lo.exited_ms = now_ms()
 
     # ------------------------------------------------------------------ the loop
 
@@ -115,7 +161,9 @@ class AgentDaemon:
             elif proc.exit is not None:
                 self._record_exit(task_id, proc.exit)
                 log.info("task %s ended while the agent was down: %s", task_id, proc.exit.error)
+        self._load_assignments()
         logs = asyncio.create_task(self._publish_logs())
+        keeper = asyncio.create_task(self._keep_gossip_state())
         try:
             await self._assigned.wait()
             while True:
@@ -129,13 +177,25 @@ class AgentDaemon:
                     await asyncio.wait_for(self._wake.wait(), self.reconcile_interval)
         finally:
             logs.cancel()
+            keeper.cancel()
             for t in self._stopping.values():
                 t.cancel()
+            # A host with running tasks does not leave: its tasks keep serving while the agent
+            # restarts (live restore), so the others must keep its endpoints.
+            await self.discovery.close(leave=not any(lo.pid for lo in self.local.values()))
             self.runner.close()
             await self.dataplane.close()
 
+    async def _keep_gossip_state(self) -> None:
+        while True:
+            await asyncio.sleep(2.0)
+            self.discovery.save()
+
     async def step(self) -> None:
         a = self.session.assignments
+        await self.discovery.configure(self.session.node_id, a.gossip.get("gossip"))
+        autonomous = self.session.unreachable
+        policies = {sid: svc.spec.restart_policy for sid, svc in a.services.items()}
         tasks = dict(a.tasks)
         for task_id, task in tasks.items():
             lo = self.local.setdefault(task_id, Local())
@@ -151,12 +211,14 @@ class AgentDaemon:
         # Two rounds: the first says which sandboxes are wanted; once the kernel has them,
         # the second starts what can start in this same pass.
         built: set[str] | None = None
+        remotes = self.discovery.remotes(self._networks)
+        desired = DesiredState()
         for _ in range(2):
-            d = decide(tasks, self.local, now_ms())
+            d = decide(tasks, self.local, now_ms(), autonomous=autonomous, policies=policies)
             if d.sandboxes == built:
                 break  # the kernel already holds exactly these
             desired, problems = desired_dataplane(
-                self.host, known, self._networks, a.endpoints, d.sandboxes
+                self.host, known, self._networks, remotes, d.sandboxes
             )
             result = await self.dataplane.reconcile(desired)
             built = d.sandboxes
@@ -180,6 +242,12 @@ class AgentDaemon:
             if not changed:
                 break
 
+        for task_id in d.restart:
+            lo = self.local[task_id]
+            lo.exited, lo.exit_code, lo.exit_error = False, None, ""
+            lo.local_restarts += 1
+            log.info("restarting task %s in place (no manager reachable)", task_id)
+            await self._start(tasks[task_id])
         for task_id in d.start:
             await self._start(tasks[task_id])
         for task_id in d.stop:
@@ -196,10 +264,35 @@ class AgentDaemon:
                     continue
                 self.logs.forget(task_id)
                 self.local.pop(task_id, None)
-        if d.start:
+        if d.start or d.restart:
             # Report RUNNING (with the pid) in this pass rather than the next one.
-            d = decide(tasks, self.local, now_ms())
+            d = decide(tasks, self.local, now_ms(), autonomous=autonomous, policies=policies)
+        self._announce(tasks, desired, d.stop)
         await self._report(d.reports)
+
+    def _announce(
+        self, tasks: dict[str, pb.Task], desired: DesiredState, stopping: list[str]
+    ) -> None:
+        """Tell the other hosts about the endpoints of tasks whose process runs here; a task
+        being stopped is withdrawn first, so nobody sends it new traffic."""
+        running = [
+            tasks[tid]
+            for tid, lo in self.local.items()
+            if lo.pid
+            and tid in tasks
+            and tid in desired.sandboxes
+            and tid not in stopping
+            and tid not in self._stopping
+        ]
+        self.discovery.sync(
+            desired.networks,
+            local_records(
+                running,
+                self.session.assignments.services,
+                self.session.node_id,
+                str(self.host.vtep),
+            ),
+        )
 
     async def _start(self, task: pb.Task) -> None:
         lo = self.local[task.meta.id]

@@ -76,6 +76,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="seconds between SIGTERM and SIGKILL when stopping a task (default %(default)s)",
     )
     p.add_argument(
+        "--gossip-port",
+        type=int,
+        default=7946,
+        help="UDP and TCP port of gossip with the other agents, on --addr (default %(default)s)",
+    )
+    p.add_argument(
+        "--gossip-opt",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a gossip timing or limit, e.g. probe_interval=1.0, gossip_interval=0.2, "
+        "gossip_nodes=3, suspicion_mult=4, push_pull_interval=30 (see agent/gossip/config.py)",
+    )
+    p.add_argument(
+        "--gossip-status",
+        action="store_true",
+        help="print this host's gossip view as last saved by its agent (works while every "
+        "manager is down), then exit",
+    )
+    p.add_argument(
         "--cleanup",
         action="store_true",
         help="stop this agent's tasks and remove every kernel object it made, then exit",
@@ -119,7 +139,8 @@ async def run(args: argparse.Namespace) -> None:
         hostname=args.hostname,
         addr=vtep,
         platform=f"{platform.system()}/{platform.machine()}",
-        agent_version="0.2.0",
+        agent_version="0.3.0",
+        gossip_port=args.gossip_port,
     )
     host = HostConfig(
         vtep=ipaddress.IPv4Address(vtep),
@@ -137,6 +158,8 @@ async def run(args: argparse.Namespace) -> None:
         state_dir,
         reconcile_interval=args.reconcile_interval,
         stop_timeout=args.stop_timeout,
+        gossip_port=args.gossip_port,
+        gossip_config=args.gossip_config,
     )
     log.info(
         "agent %s: vtep %s, underlay MTU %d, netns prefix %r",
@@ -192,6 +215,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.cleanup:
         asyncio.run(cleanup(args))
         return 0
+    if args.gossip_status:
+        from agent.discovery import STATUS_FILE
+
+        try:
+            print((Path(args.state_dir) / STATUS_FILE).read_text())
+        except OSError as e:
+            print(f"ovnet-agent: no gossip status saved in {args.state_dir}: {e}", file=sys.stderr)
+            return 1
+        return 0
+    from agent.discovery import gossip_config
+
+    try:
+        args.gossip_config = gossip_config(dict(o.partition("=")[::2] for o in args.gossip_opt))
+    except ValueError as e:
+        print(f"ovnet-agent: error: {e}", file=sys.stderr)
+        return 2
     if not args.manager:
         print("ovnet-agent: error: --manager is required", file=sys.stderr)
         return 2

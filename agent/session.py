@@ -28,6 +28,7 @@ from proto import objects_pb2 as pb
 log = logging.getLogger(__name__)
 
 _LEADER_HINT = re.compile(r"the leader is at (\S+)")
+_NO_ANSWER = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
 class SequenceGap(Exception):
@@ -39,16 +40,33 @@ class Assignments:
     tasks: dict[str, pb.Task] = field(default_factory=dict)
     networks: dict[str, pb.Network] = field(default_factory=dict)
     services: dict[str, pb.Service] = field(default_factory=dict)
-    # Per network ID: its endpoints, this host's included (the manager's view, until gossip).
-    endpoints: dict[str, dpb.NetworkEndpoints] = field(default_factory=dict)
+    # One item, ID "gossip": the gossip keyring and seed peers.
+    gossip: dict[str, dpb.GossipConfig] = field(default_factory=dict)
     seq: int = 0
 
+    def snapshot(self) -> dpb.AssignmentsMessage:
+        """The whole set as one COMPLETE message: what the agent keeps on disk so that, restarted
+        while no manager answers, it still knows what it runs (as swarmkit's worker keeps its
+        task database)."""
+        msg = dpb.AssignmentsMessage(type=dpb.ASSIGNMENTS_TYPE_COMPLETE, results_in=self.seq)
+        for kind, table in self._tables().items():
+            for obj in table.values():
+                msg.changes.add(**{kind: obj})
+        return msg
+
+    def _tables(self) -> dict[str, dict[str, Any]]:
+        return {
+            "task": self.tasks,
+            "network": self.networks,
+            "service": self.services,
+            "gossip": self.gossip,
+        }
+
     def apply(self, msg: dpb.AssignmentsMessage) -> None:
+        tables = self._tables()
         if msg.type == dpb.ASSIGNMENTS_TYPE_COMPLETE:
-            self.tasks.clear()
-            self.networks.clear()
-            self.services.clear()
-            self.endpoints.clear()
+            for t in tables.values():
+                t.clear()
         elif msg.applies_to != self.seq:
             raise SequenceGap(f"got changes for sequence {msg.applies_to}, have {self.seq}")
         for change in msg.changes:
@@ -56,12 +74,7 @@ class Assignments:
             if kind is None:
                 continue
             obj = getattr(change, kind)
-            table: dict[str, Any] = {
-                "task": self.tasks,
-                "network": self.networks,
-                "service": self.services,
-                "endpoints": self.endpoints,
-            }[kind]  # type: ignore[assignment]
+            table = tables[kind]
             if change.action == dpb.ASSIGNMENT_ACTION_REMOVE:
                 table.pop(obj.meta.id, None)
             else:
@@ -93,6 +106,10 @@ class AgentSession:
         self.session_id = ""
         self.assignments = Assignments()
         self.connected = asyncio.Event()
+        # Session attempts in a row that no manager answered at all.
+        self.failed_attempts = 0
+        # What the heartbeat carries about this host's gossip view (for `ovctl node inspect`).
+        self.gossip_status: Callable[[], pb.GossipStatus | None] | None = None
         self._channel: grpc.aio.Channel | None = None
         self._stub: dispatcher_pb2_grpc.DispatcherStub | None = None
 
@@ -127,6 +144,10 @@ class AgentSession:
                     delay = 0.05
                 else:
                     i += 1
+                if not hint and e.code() in _NO_ANSWER:
+                    self.failed_attempts += 1
+                else:
+                    self.failed_attempts = 0  # a manager answered (even a refusal)
                 if e.code() == grpc.StatusCode.NOT_FOUND and "not registered" in (
                     e.details() or ""
                 ):
@@ -139,6 +160,13 @@ class AgentSession:
                 await self._close()
             await asyncio.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, self.backoff_max)
+
+    @property
+    def unreachable(self) -> bool:
+        """No session, and every known manager was tried without an answer: nobody but this
+        agent can act for its tasks now (a manager that answers, even to refuse or to name
+        the leader, is not unreachable)."""
+        return not self.connected.is_set() and self.failed_attempts >= len(self.managers)
 
     async def _close(self) -> None:
         if self._channel is not None:
@@ -168,6 +196,7 @@ class AgentSession:
                     heartbeat = asyncio.create_task(self._heartbeat(msg.heartbeat_period_ms))
                 self.assignments.apply(msg.assignments)
                 self.connected.set()
+                self.failed_attempts = 0
                 if self.on_assignments is not None:
                     await self.on_assignments(self.assignments)
         finally:
@@ -184,10 +213,11 @@ class AgentSession:
             if stub is None:
                 return
             try:
-                resp = await stub.Heartbeat(
-                    dpb.HeartbeatRequest(node_id=self.node_id, session_id=self.session_id),
-                    timeout=period_ms / 1000,
-                )
+                req = dpb.HeartbeatRequest(node_id=self.node_id, session_id=self.session_id)
+                gossip = self.gossip_status() if self.gossip_status is not None else None
+                if gossip is not None:
+                    req.gossip.CopyFrom(gossip)
+                resp = await stub.Heartbeat(req, timeout=period_ms / 1000)
                 period_ms = resp.period_ms or period_ms
             except grpc.aio.AioRpcError as e:
                 log.warning("heartbeat failed: %s %s", e.code().name, e.details())

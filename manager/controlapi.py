@@ -54,11 +54,20 @@ def task_spec_of(spec: pb.ServiceSpec) -> tuple[Any, ...]:
 class ControlAPI:
     """RPC bodies over a leading Cluster; the gRPC edge (server.py) maps errors to statuses."""
 
-    def __init__(self, cluster: Cluster, logs: LogBroker, kick: Any) -> None:
+    def __init__(
+        self,
+        cluster: Cluster,
+        logs: LogBroker,
+        kick: Any,
+        gossip_status: Callable[[str], pb.GossipStatus | None] | None = None,
+    ) -> None:
+        """`gossip_status(node_id)`: the latest gossip report of a node's agent (the
+        dispatcher keeps them in memory)."""
         self.cluster = cluster
         self.state = cluster.state
         self.logs = logs
         self._kick = kick
+        self._gossip_status = gossip_status or (lambda _node_id: None)
 
     # ------------------------------------------------------------------ networks
 
@@ -286,7 +295,8 @@ class ControlAPI:
     # ------------------------------------------------------------------ nodes
 
     async def get_node(self, req: cpb.GetNodeRequest) -> cpb.GetNodeResponse:
-        return cpb.GetNodeResponse(node=self.state.resolve("nodes", req.node_ref))
+        node: pb.Node = self.state.resolve("nodes", req.node_ref)
+        return cpb.GetNodeResponse(node=node, gossip=self._gossip_status(node.meta.id))
 
     async def list_nodes(self, req: cpb.ListNodesRequest) -> cpb.ListNodesResponse:
         nodes = _filtered(self.state.nodes.values(), lambda n: n.description.hostname, req)

@@ -1,7 +1,9 @@
 """Agent sessions: registration, assignments, task status, heartbeats, node liveness.
 
 An agent's session stream first carries its complete assignment set (tasks placed on the node
-and not finished, plus the networks and services they need), then only differences. The
+and not finished, the networks and services they need, and one GossipConfig: the gossip keyring
+and a few seed peers), then only differences. Where endpoints live is not the manager's to say:
+agents learn that from each other by gossip, which keeps working while every manager is down. The
 dispatcher does not track events to build those differences: after any commit it recomputes each
 session's set and diffs it against what that session was last sent (by object version), which
 is cheap at this scale and cannot drift.
@@ -9,15 +11,19 @@ is cheap at this scale and cannot drift.
 Heartbeats are kept in memory only (writing each one to etcd would cost a write per node per
 period); a node's state is written when it changes: READY when a session opens, DOWN when
 heartbeats stop for `heartbeat_grace` periods.
+Heartbeats may carry the agent's gossip status; the latest one per node is kept in memory too,
+for `ovctl node inspect`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
+import functools
 import hashlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +31,7 @@ from google.protobuf.message import Message
 
 from manager.cluster import Cluster, new_id, now_ms
 from manager.errors import InvalidArgument, NotFound
+from manager.keymanager import GOSSIP, KeyManager
 from manager.logbroker import LogBroker
 from manager.store import Batch, Store
 from proto import control_pb2 as cpb
@@ -50,58 +57,77 @@ _ITEM_FIELD = {
     "tasks": "task",
     "networks": "network",
     "services": "service",
-    "endpoints": "endpoints",
+    "gossip": "gossip",
 }
-# Kinds whose commits may change some session's set (endpoints follow nodes' state and address).
+# Kinds whose commits may change some session's set (gossip seeds follow nodes' state and
+# addresses).
 _WATCHED = {"tasks", "networks", "services", "nodes"}
 
-EndpointIndex = dict[str, dpb.NetworkEndpoints]
+GOSSIP_KEY: Key = ("gossip", "gossip")
+# Seeds per node: enough that a join survives a few dead seeds, few enough that the
+# GossipConfig stays small and each node is a seed of only ~this many others.
+SEED_COUNT = 5
 
 
-def endpoint_index(state: Any) -> EndpointIndex:
-    """Per network ID, every task address that hosts on the network should be able to reach.
+def gossip_addr(node: pb.Node) -> str:
+    """The node's gossip endpoint as "ip:port" ("[ip]:port" for IPv6)."""
+    host = node.description.addr
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{host}:{node.description.gossip_port}"
 
-    A task counts from the moment it is assigned (its address is allocated and its host will
-    build it shortly: programming the others early avoids a window where it is unreachable)
-    until it finishes or is told to stop; tasks on nodes that are down or have no underlay
-    address are left out, so traffic is not sent into a dead host. Every session gets the same
-    message for a network (built once per round); each agent skips its own VTEP.
+
+@functools.lru_cache(maxsize=65536)
+def ring_position(node_id: str) -> int:
+    return int.from_bytes(hashlib.blake2b(node_id.encode(), digest_size=8).digest(), "big")
+
+
+@dataclass(frozen=True)
+class SeedRing:
+    """Every node that can serve as a gossip seed, placed on a hash ring by node ID.
+
+    A node's seeds are the next SEED_COUNT nodes after its own position on the ring. That is
+    deterministic (the same cluster state gives the same seeds, so they do not churn from one
+    round to the next), spreads the join load (each node is a seed of about SEED_COUNT others,
+    where "the first five by ID" would make five nodes everybody's seeds), changes little when
+    a node comes or goes (only the few nodes just before it on the ring see a new seed), and
+    keeps the seed graph connected: following "next on the ring" visits every node.
     """
-    lists: dict[str, list[dpb.NetworkEndpoint]] = {}
-    for task in state.tasks.values():
-        if not pb.TASK_STATE_ASSIGNED <= task.status.state <= pb.TASK_STATE_RUNNING:
-            continue
-        if task.desired_state > pb.TASK_STATE_RUNNING or not task.networks:
-            continue
-        node = state.nodes.get(task.node_id)
-        if node is None or node.status.state == pb.NODE_STATE_DOWN or not node.description.addr:
-            continue
-        for att in task.networks:
-            for addr in att.addresses:
-                lists.setdefault(att.network_id, []).append(
-                    dpb.NetworkEndpoint(
-                        task_id=task.meta.id,
-                        service_id=task.service_id,
-                        service_name=task.service_name,
-                        slot=task.slot,
-                        node_id=task.node_id,
-                        vtep=node.description.addr,
-                        addr=addr,
-                    )
-                )
-    index: EndpointIndex = {}
-    for net_id, eps in lists.items():
-        eps.sort(key=lambda e: (e.addr, e.task_id))
-        index[net_id] = network_endpoints(net_id, eps)
-    return index
+
+    positions: tuple[int, ...] = ()
+    peers: tuple[tuple[str, str], ...] = ()  # (node ID, "ip:port"), in ring order
+
+    @classmethod
+    def build(cls, nodes: Iterable[pb.Node]) -> SeedRing:
+        """Nodes that are not down and have announced an address and a gossip port."""
+        placed = sorted(
+            (ring_position(n.meta.id), n.meta.id, gossip_addr(n))
+            for n in nodes
+            if n.status.state != pb.NODE_STATE_DOWN
+            and n.description.addr
+            and n.description.gossip_port
+        )
+        return cls(tuple(p for p, _, _ in placed), tuple((i, a) for _, i, a in placed))
+
+    def seeds(self, node_id: str, count: int = SEED_COUNT) -> list[dpb.GossipPeer]:
+        """Up to `count` seeds for `node_id`, never itself."""
+        n = len(self.peers)
+        start = bisect.bisect_right(self.positions, ring_position(node_id))
+        out: list[dpb.GossipPeer] = []
+        for i in range(n):
+            peer_id, addr = self.peers[(start + i) % n]
+            if peer_id == node_id:
+                continue
+            out.append(dpb.GossipPeer(node_id=peer_id, addr=addr))
+            if len(out) == count:
+                break
+        return out
 
 
-def network_endpoints(
-    network_id: str, endpoints: list[dpb.NetworkEndpoint]
-) -> dpb.NetworkEndpoints:
-    """The message for one network, versioned by a digest of its content (the session diff
-    compares versions, and this item has no etcd revision)."""
-    msg = dpb.NetworkEndpoints(meta=pb.Meta(id=network_id), endpoints=endpoints)
+def gossip_config(keys: Sequence[bytes], seeds: Sequence[dpb.GossipPeer]) -> dpb.GossipConfig:
+    """A session's gossip item, versioned by a digest of its content (the session diff compares
+    versions, and this item has no etcd revision): it is sent again only when it changes."""
+    msg = dpb.GossipConfig(meta=pb.Meta(id=GOSSIP_KEY[1]), keys=keys, seeds=seeds)
     digest = hashlib.blake2b(msg.SerializeToString(deterministic=True), digest_size=8).digest()
     msg.meta.version = int.from_bytes(digest, "big") >> 1
     return msg
@@ -114,36 +140,45 @@ class Dispatcher:
         logs: LogBroker,
         kick: Callable[[str | None], None],
         managers: Callable[[], list[str]],
+        keys: KeyManager,
     ) -> None:
         self.cluster = cluster
         self.state = cluster.state
         self.logs = logs
         self._kick = kick
         self._managers = managers
+        self.keys = keys
         self.period_ms = cluster.config.heartbeat_period_ms
         self.sessions: dict[str, _Session] = {}
         # A new leader gives every node a full grace period before judging it.
         start = time.monotonic()
         self.last_seen: dict[str, float] = {n: start for n in self.state.nodes}
+        # Each node's latest gossip report: observation, kept in memory only (a write per
+        # heartbeat would be the cost of storing it); a new leader starts without any.
+        self.gossip: dict[str, pb.GossipStatus] = {}
         self._dirty = asyncio.Event()
         cluster.subscribe(self._on_commit)
+        keys.subscribe(self._dirty.set)
 
     # ------------------------------------------------------------------ assignment sets
 
     def _on_commit(self, batch: Batch) -> None:
+        for kind, obj_id in batch.deletes:
+            if kind == "nodes":
+                self.gossip.pop(obj_id, None)
         if any(k in _WATCHED for k, _ in batch.puts) or any(
             k in _WATCHED for k, _ in batch.deletes
         ):
             self._dirty.set()
 
-    def assignment_set(
-        self, node_id: str, endpoints: EndpointIndex | None = None
-    ) -> dict[Key, Message]:
-        """Tasks on the node, the services and networks they use, and for each of those
-        networks its endpoints."""
-        if endpoints is None:
-            endpoints = endpoint_index(self.state)
-        items: dict[Key, Message] = {}
+    def assignment_set(self, node_id: str, ring: SeedRing | None = None) -> dict[Key, Message]:
+        """Tasks on the node, the services and networks they use, and the gossip keys and
+        seeds (`ring`: built once per round for every session)."""
+        if ring is None:
+            ring = SeedRing.build(self.state.nodes.values())
+        items: dict[Key, Message] = {
+            GOSSIP_KEY: gossip_config(self.keys.keys(GOSSIP), ring.seeds(node_id))
+        }
         for task in self.state.node_tasks(node_id):
             if task.status.state < pb.TASK_STATE_ASSIGNED:
                 continue
@@ -158,14 +193,12 @@ class Dispatcher:
                 net = self.state.networks.get(att.network_id)
                 if net is not None:
                     items[("networks", net.meta.id)] = net
-                    eps = endpoints.get(net.meta.id) or network_endpoints(net.meta.id, [])
-                    items[("endpoints", net.meta.id)] = eps
         return items
 
     def _diff(
-        self, sess: _Session, complete: bool, endpoints: EndpointIndex | None = None
+        self, sess: _Session, complete: bool, ring: SeedRing | None = None
     ) -> dpb.SessionMessage | None:
-        current = self.assignment_set(sess.node_id, endpoints)
+        current = self.assignment_set(sess.node_id, ring)
         changes = []
         for key, obj in current.items():
             version = obj.meta.version  # type: ignore[attr-defined]
@@ -204,9 +237,9 @@ class Dispatcher:
                 await self._dirty.wait()
                 await asyncio.sleep(0.02)
                 self._dirty.clear()
-                index = endpoint_index(self.state)
+                ring = SeedRing.build(self.state.nodes.values())
                 for sess in list(self.sessions.values()):
-                    msg = self._diff(sess, complete=False, endpoints=index)
+                    msg = self._diff(sess, complete=False, ring=ring)
                     if msg is not None:
                         sess.queue.put_nowait(msg)
         finally:
@@ -315,7 +348,13 @@ class Dispatcher:
     async def heartbeat(self, req: dpb.HeartbeatRequest) -> dpb.HeartbeatResponse:
         self._check_session(req.node_id, req.session_id)
         self.last_seen[req.node_id] = time.monotonic()
+        if req.HasField("gossip"):
+            self.gossip[req.node_id] = req.gossip
         return dpb.HeartbeatResponse(period_ms=self.period_ms)
+
+    def gossip_status(self, node_id: str) -> pb.GossipStatus | None:
+        """The node's latest gossip report to this leader, if any."""
+        return self.gossip.get(node_id)
 
     async def update_task_status(
         self, req: dpb.UpdateTaskStatusRequest
@@ -383,7 +422,7 @@ def _stub(key: Key) -> Message:
         "tasks": pb.Task,
         "networks": pb.Network,
         "services": pb.Service,
-        "endpoints": dpb.NetworkEndpoints,
+        "gossip": dpb.GossipConfig,
     }[kind]()
     obj.meta.id = obj_id  # type: ignore[attr-defined]
     return obj

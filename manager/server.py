@@ -27,6 +27,7 @@ from manager.controlapi import ControlAPI
 from manager.dispatcher import Dispatcher
 from manager.election import Election
 from manager.errors import OvnetError, Unavailable
+from manager.keymanager import KeyManager
 from manager.logbroker import LogBroker
 from manager.reconciler import Reconciler
 from manager.store import EtcdClient, Store
@@ -53,12 +54,17 @@ class ServerOptions:
 class Leadership:
     """What exists only while this manager leads."""
 
-    def __init__(self, cluster: Cluster, managers: Callable[[], list[str]]) -> None:
+    def __init__(
+        self, cluster: Cluster, keys: KeyManager, managers: Callable[[], list[str]]
+    ) -> None:
         self.cluster = cluster
+        self.keys = keys
         self.logs = LogBroker()
         self.reconciler = Reconciler(cluster, self.logs)
-        self.control = ControlAPI(cluster, self.logs, self.reconciler.kick)
-        self.dispatcher = Dispatcher(cluster, self.logs, self.reconciler.kick, managers)
+        self.dispatcher = Dispatcher(cluster, self.logs, self.reconciler.kick, managers, keys)
+        self.control = ControlAPI(
+            cluster, self.logs, self.reconciler.kick, gossip_status=self.dispatcher.gossip_status
+        )
         self.tasks = [
             asyncio.create_task(self.reconciler.run(), name="reconciler"),
             asyncio.create_task(self.dispatcher.run(), name="dispatcher"),
@@ -123,7 +129,9 @@ class Manager:
     async def _on_elected(self, fence_revision: int) -> None:
         self.store.set_fence(self.election.leader_key, fence_revision)
         cluster = await Cluster.load(self.store, self.config)
-        self.leading = Leadership(cluster, self.manager_list)
+        keys = KeyManager(self.store)
+        await keys.load()
+        self.leading = Leadership(cluster, keys, self.manager_list)
 
     async def _on_deposed(self) -> None:
         self.store.set_fence(self.election.leader_key, -1)  # nothing can match: no writes

@@ -6,6 +6,7 @@ Everything the cluster wants lives under one key prefix:
     {prefix}/names/{kind}/{name}    the ID owning a name (uniqueness is a compare on this key)
     {prefix}/leader                 the leading manager's ID, attached to its lease
     {prefix}/managers/{id}          a manager's advertised address, attached to its lease
+    {prefix}/keys/{subsystem}       a Keyring (gossip now), created once by a leader (keymanager)
 
 The etcd gRPC stubs come from aetcd (`aetcd.rpc`), but the channel is ours: aetcd's Client only
 makes insecure channels, and its watch turns compaction into an exception that ends the stream,

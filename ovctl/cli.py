@@ -28,7 +28,8 @@ ovctl service update [--replicas N] [--env-add K=V] [--env-rm K] [--publish-add 
                      [--command] SERVICE [-- CMD ARG...]
 ovctl service logs [--tail N|all] SERVICE
 
-ovctl node ls [-q] [--filter name=X] [--format table|json]    ovctl node inspect NODE...
+ovctl node ls [-q] [--filter name=X] [--format table|json]
+ovctl node inspect [--pretty] NODE...
 ovctl node update [--availability active|pause|drain] [--role worker|manager]
                   [--label-add k=v] [--label-rm k] NODE
 ovctl node rm [--force] NODE...
@@ -37,7 +38,7 @@ ovctl cluster info [--format table|json]
 ovctl dev up [--hosts N] [--prefix P] [--subnet CIDR] [--heartbeat-period SECONDS]
 ovctl dev down [--prefix P]          ovctl dev status [--prefix P] [--format table|json]
 ovctl dev exec [--prefix P] HOST -- CMD [ARG...]
-ovctl dev stop [--prefix P] HOST     ovctl dev start [--prefix P] HOST
+ovctl dev stop [--prefix P] HOST|manager     ovctl dev start [--prefix P] HOST|manager
 ```
 
 Objects are named by full ID, exact name, or a unique ID prefix. Durations take a unit:
@@ -57,6 +58,10 @@ of the messages in proto/objects.proto and proto/control.proto: snake_case field
 .proto files, enum values by name (`"TASK_STATE_RUNNING"`), every field present even at its
 default, and 64-bit integers as strings (the proto3 JSON rule; 32-bit ones such as `vni` stay
 numbers). Field names change only when the .proto files do, so scripts can rely on them.
+`node inspect` adds one key to each Node: `gossip`, the GossipStatus its agent last reported
+to the leading manager (members with state and incarnation, entries and peers per network,
+last sync, drop counters, traffic; `updated_ms` "0" when there is none). `node inspect
+--pretty` prints the same in human form, as `docker node inspect --pretty` does.
 
 **Names that start with a dash** go after `--`: `ovctl network create -- -odd-name`. For
 `service create` and `service update --command`, the words after `--` are the task's command.
@@ -72,11 +77,13 @@ write: then it prints the `export OVCTL_HOST=...` line to use instead). State an
 in `/run/ovnet-dev/<prefix>` (`cluster.json`, `manager.log`, `agent-h1.log`, ...).
 `dev exec HOST -- CMD` runs a command in a host's namespace; `dev stop HOST` kills everything
 on a host and takes its link down (the manager marks the node Down), `dev start HOST` brings
-it back; `dev status` lists hosts, addresses, node states and daemon PIDs. `dev down` kills
-every process in the cluster's namespaces and the daemons, and removes the namespaces, links,
-`/etc/netns` entries, state and the context file it wrote; it also cleans up a half-built
-cluster, or one whose state file is gone. `--prefix` (default `ovd-`, or `$OVCTL_DEV_PREFIX`)
-lets several clusters coexist, on distinct subnets.
+it back; `dev stop manager` stops the manager (SIGTERM, then SIGKILL; etcd and the agents
+keep running: every manager is down) and `dev start manager` starts it again with the same
+arguments and state; `dev status` lists hosts, addresses, node states and daemon PIDs.
+`dev down` kills every process in the cluster's namespaces and the daemons, and removes the
+namespaces, links, `/etc/netns` entries, state and the context file it wrote; it also cleans
+up a half-built cluster, or one whose state file is gone. `--prefix` (default `ovd-`, or
+`$OVCTL_DEV_PREFIX`) lets several clusters coexist, on distinct subnets.
 
 **Exit codes.** 0 on success; 1 when the manager refuses (the message is printed as
 `Error: ...`; codes that are not the user's doing are named, e.g.
@@ -322,8 +329,11 @@ def _node_verbs(group: argparse.ArgumentParser, verb: _Verb) -> None:
     sub = group.add_subparsers(dest="verb", required=True, metavar="VERB")
     p = verb(sub, "ls", commands.node_ls, "list nodes", "list")
     _listing_options(p, "name=PREFIX or label=K[=V], repeatable")
-    p = verb(sub, "inspect", commands.node_inspect, "show nodes as JSON")
+    p = verb(sub, "inspect", commands.node_inspect, "show nodes and their gossip view")
     _inspect_options(p)
+    p.add_argument(
+        "--pretty", action="store_true", help="human-readable, with the node's gossip view"
+    )
     p.add_argument("refs", nargs="+", metavar="NODE")
     p = verb(sub, "update", commands.node_update, "change a node's availability, role, labels")
     p.add_argument("--availability", choices=tuple(specs.NODE_AVAILABILITIES))

@@ -9,6 +9,7 @@ refuses, report it, and exit 1 at the end, as docker does.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -316,7 +317,23 @@ def node_ls(stub: Stub, args: argparse.Namespace) -> int:
 
 
 def node_inspect(stub: Stub, args: argparse.Namespace) -> int:
-    return _inspect(args.refs, lambda ref: stub.GetNode(cpb.GetNodeRequest(node_ref=ref)).node)
+    """JSON (each Node plus its agent's gossip report under "gossip"), or with --pretty the
+    human form, which names nodes and networks the gossip report gives only by ID."""
+    found: list[cpb.GetNodeResponse] = []
+    code = _each(
+        args.refs, lambda ref: found.append(stub.GetNode(cpb.GetNodeRequest(node_ref=ref)))
+    )
+    if not args.pretty:
+        print(json.dumps([render.node_inspect_dict(r) for r in found], indent=4))
+        return code
+    if found:
+        hostnames = _hostnames(stub)
+        nets = stub.ListNetworks(cpb.ListNetworksRequest()).networks
+        networks = {n.meta.id: n.spec.name for n in nets}
+        now = int(time.time() * 1000)
+        texts = [render.node_pretty(r.node, r.gossip, now, hostnames, networks) for r in found]
+        print("\n\n".join(texts))
+    return code
 
 
 def node_update(stub: Stub, args: argparse.Namespace) -> int:

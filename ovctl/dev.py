@@ -95,10 +95,20 @@ def add_verbs(group: argparse.ArgumentParser, parser_class: type[argparse.Argume
     p.set_defaults(takes_command=True)
     p.add_argument("host", metavar="HOST")
     p.add_argument("command", nargs="*", metavar="CMD", help="the command; put it after --")
-    p = verb("stop", stop, "a host dies: its processes are killed and its link goes down")
-    p.add_argument("host", metavar="HOST")
-    p = verb("start", start, "a stopped host comes back: link up, agent started")
-    p.add_argument("host", metavar="HOST")
+    p = verb(
+        "stop",
+        stop,
+        "a host dies: its processes are killed and its link goes down "
+        "(`stop manager`: the manager stops, etcd and the agents keep running)",
+    )
+    p.add_argument("host", metavar="HOST|manager")
+    p = verb(
+        "start",
+        start,
+        "a stopped host comes back: link up, agent started (`start manager`: the manager "
+        "starts again)",
+    )
+    p.add_argument("host", metavar="HOST|manager")
 
 
 def _run(action: Any) -> int:
@@ -227,9 +237,18 @@ def exec_(args: argparse.Namespace) -> int:
         return 130
 
 
+# Not a host name: hosts are h1..hN.
+MANAGER = "manager"
+
+
 def stop(args: argparse.Namespace) -> int:
     def action() -> int:
-        DevCluster.load(args.prefix).stop_host(args.host)
+        cluster = DevCluster.load(args.prefix)
+        if args.host == MANAGER:
+            cluster.stop_manager()
+            print("manager stopped (etcd and the agents keep running)")
+            return 0
+        cluster.stop_host(args.host)
         print(f"{args.host} stopped (processes killed, link down)")
         return 0
 
@@ -238,7 +257,12 @@ def stop(args: argparse.Namespace) -> int:
 
 def start(args: argparse.Namespace) -> int:
     def action() -> int:
-        DevCluster.load(args.prefix).start_host(args.host)
+        cluster = DevCluster.load(args.prefix)
+        if args.host == MANAGER:
+            cluster.start_manager()
+            print(f"manager started ({cluster.manager_addr}, answering)")
+            return 0
+        cluster.start_host(args.host)
         print(f"{args.host} started (link up, agent Ready)")
         return 0
 

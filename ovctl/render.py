@@ -272,3 +272,109 @@ def log_lines(line: control_pb2.LogLine, hostnames: Mapping[str, str]) -> list[s
     prefix = f"{line.task_name}@{hostnames.get(line.node_id, line.node_id)} | "
     text = line.data.decode("utf-8", errors="replace")
     return [prefix + part for part in text.removesuffix("\n").split("\n")]
+
+
+# ---------------------------------------------------------------- node inspect --pretty
+
+GOSSIP_MEMBER_HEADERS = ("NODE", "ADDRESS", "STATE", "INCARNATION")
+GOSSIP_NETWORK_HEADERS = ("NETWORK", "ENTRIES", "PEERS")
+
+
+def human_bytes(n: int) -> str:
+    """1536 → "1.5 KiB" (binary units, as `ip -s -h link` prints them)."""
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{n} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def ago(then_ms: int, now_ms: int) -> str:
+    """How long ago, as docker words it ("5 seconds ago"); "never" for 0 (unset in the proto)."""
+    if not then_ms:
+        return "never"
+    return f"{human_duration(max(0, now_ms - then_ms) / 1000)} ago"
+
+
+def _named(node_id: str, hostnames: Mapping[str, str]) -> str:
+    """A node's hostname with its short ID, or the bare ID of a node the manager does not know
+    (gossip may still hear of a node that has been removed)."""
+    name = hostnames.get(node_id)
+    return f"{name} ({short_id(node_id)})" if name else node_id
+
+
+def gossip_text(
+    status: pb.GossipStatus,
+    now_ms: int,
+    hostnames: Mapping[str, str],
+    networks: Mapping[str, str],
+) -> str:
+    """A node's gossip view: who it sees in which state, what it holds per network, how fresh
+    its last full sync is, what it dropped and how much it sent and received."""
+    if not status.updated_ms:
+        return "Gossip:\n  (no report from this node's agent to the current leader yet)"
+    dropped = ", ".join(f"{reason}={n}" for reason, n in sorted(status.dropped.items()) if n)
+    lines = [
+        f"Gossip (reported {ago(status.updated_ms, now_ms)}):",
+        f"  Last sync:  {ago(status.last_sync_ms, now_ms)}",
+        f"  Received:   {status.packets_in} packets, {human_bytes(status.bytes_in)}",
+        f"  Sent:       {status.packets_out} packets, {human_bytes(status.bytes_out)}",
+        f"  Dropped:    {dropped or 'none'}",
+        f"  Members ({len(status.members)}):",
+    ]
+    members = sorted(status.members, key=lambda m: (hostnames.get(m.node_id, "~"), m.node_id))
+    rows = ([_named(m.node_id, hostnames), m.addr, m.state, str(m.incarnation)] for m in members)
+    lines += ["    " + line for line in table(GOSSIP_MEMBER_HEADERS, rows).splitlines()]
+    lines.append(f"  Networks ({len(status.networks)}):")
+    if status.networks:
+        views = sorted(
+            status.networks, key=lambda v: (networks.get(v.network_id, "~"), v.network_id)
+        )
+        net_rows = (
+            [
+                networks.get(v.network_id, v.network_id),
+                str(v.entries),
+                ", ".join(sorted(_named(p, hostnames) for p in v.peers)) or "-",
+            ]
+            for v in views
+        )
+        lines += ["    " + ln for ln in table(GOSSIP_NETWORK_HEADERS, net_rows).splitlines()]
+    return "\n".join(lines)
+
+
+def node_pretty(
+    node: pb.Node,
+    gossip: pb.GossipStatus,
+    now_ms: int,
+    hostnames: Mapping[str, str],
+    networks: Mapping[str, str],
+) -> str:
+    """`node inspect --pretty`: the node as docker prints it, then its gossip view."""
+    d = node.description
+    labels = ", ".join(f"{k}={v}" for k, v in sorted(node.spec.labels.items()))
+    status = enum_label(pb.NodeState, node.status.state)
+    if node.status.message:
+        status += f" ({node.status.message})"
+    lines = [
+        f"ID:               {node.meta.id}",
+        f"Hostname:         {d.hostname}",
+        f"Joined:           {ago(node.meta.created_at_ms, now_ms)}",
+        f"Status:           {status}",
+        f"Last heartbeat:   {ago(node.status.last_heartbeat_ms, now_ms)}",
+        f"Availability:     {enum_label(pb.NodeAvailability, node.spec.availability)}",
+        f"Role:             {enum_word(pb.NodeRole, node.spec.role)}",
+        f"Address:          {d.addr}",
+        f"Gossip port:      {d.gossip_port or '-'}",
+        f"Platform:         {d.platform or '-'}",
+        f"Agent version:    {d.agent_version or '-'}",
+        f"Labels:           {labels or '-'}",
+        "",
+        gossip_text(gossip, now_ms, hostnames, networks),
+    ]
+    return "\n".join(lines)
+
+
+def node_inspect_dict(resp: control_pb2.GetNodeResponse) -> dict[str, Any]:
+    """`node inspect` JSON: the Node object, plus its agent's gossip report under "gossip"."""
+    return {**to_dict(resp.node), "gossip": to_dict(resp.gossip)}

@@ -196,10 +196,12 @@ class GetNodeRequest(_message.Message):
     def __init__(self, node_ref: _Optional[str] = ...) -> None: ...
 
 class GetNodeResponse(_message.Message):
-    __slots__ = ("node",)
+    __slots__ = ("node", "gossip")
     NODE_FIELD_NUMBER: _ClassVar[int]
+    GOSSIP_FIELD_NUMBER: _ClassVar[int]
     node: _objects_pb2.Node
-    def __init__(self, node: _Optional[_Union[_objects_pb2.Node, _Mapping]] = ...) -> None: ...
+    gossip: _objects_pb2.GossipStatus
+    def __init__(self, node: _Optional[_Union[_objects_pb2.Node, _Mapping]] = ..., gossip: _Optional[_Union[_objects_pb2.GossipStatus, _Mapping]] = ...) -> None: ...
 
 class ListNodesRequest(_message.Message):
     __slots__ = ("name_prefixes", "labels")

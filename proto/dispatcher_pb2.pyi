@@ -48,45 +48,37 @@ class SessionRequest(_message.Message):
     description: _objects_pb2.NodeDescription
     def __init__(self, node_id: _Optional[str] = ..., description: _Optional[_Union[_objects_pb2.NodeDescription, _Mapping]] = ...) -> None: ...
 
-class NetworkEndpoint(_message.Message):
-    __slots__ = ("task_id", "service_id", "service_name", "slot", "node_id", "vtep", "addr")
-    TASK_ID_FIELD_NUMBER: _ClassVar[int]
-    SERVICE_ID_FIELD_NUMBER: _ClassVar[int]
-    SERVICE_NAME_FIELD_NUMBER: _ClassVar[int]
-    SLOT_FIELD_NUMBER: _ClassVar[int]
+class GossipPeer(_message.Message):
+    __slots__ = ("node_id", "addr")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
-    VTEP_FIELD_NUMBER: _ClassVar[int]
     ADDR_FIELD_NUMBER: _ClassVar[int]
-    task_id: str
-    service_id: str
-    service_name: str
-    slot: int
     node_id: str
-    vtep: str
     addr: str
-    def __init__(self, task_id: _Optional[str] = ..., service_id: _Optional[str] = ..., service_name: _Optional[str] = ..., slot: _Optional[int] = ..., node_id: _Optional[str] = ..., vtep: _Optional[str] = ..., addr: _Optional[str] = ...) -> None: ...
+    def __init__(self, node_id: _Optional[str] = ..., addr: _Optional[str] = ...) -> None: ...
 
-class NetworkEndpoints(_message.Message):
-    __slots__ = ("meta", "endpoints")
+class GossipConfig(_message.Message):
+    __slots__ = ("meta", "keys", "seeds")
     META_FIELD_NUMBER: _ClassVar[int]
-    ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    SEEDS_FIELD_NUMBER: _ClassVar[int]
     meta: _objects_pb2.Meta
-    endpoints: _containers.RepeatedCompositeFieldContainer[NetworkEndpoint]
-    def __init__(self, meta: _Optional[_Union[_objects_pb2.Meta, _Mapping]] = ..., endpoints: _Optional[_Iterable[_Union[NetworkEndpoint, _Mapping]]] = ...) -> None: ...
+    keys: _containers.RepeatedScalarFieldContainer[bytes]
+    seeds: _containers.RepeatedCompositeFieldContainer[GossipPeer]
+    def __init__(self, meta: _Optional[_Union[_objects_pb2.Meta, _Mapping]] = ..., keys: _Optional[_Iterable[bytes]] = ..., seeds: _Optional[_Iterable[_Union[GossipPeer, _Mapping]]] = ...) -> None: ...
 
 class Assignment(_message.Message):
-    __slots__ = ("action", "task", "network", "service", "endpoints")
+    __slots__ = ("action", "task", "network", "service", "gossip")
     ACTION_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     NETWORK_FIELD_NUMBER: _ClassVar[int]
     SERVICE_FIELD_NUMBER: _ClassVar[int]
-    ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
+    GOSSIP_FIELD_NUMBER: _ClassVar[int]
     action: AssignmentAction
     task: _objects_pb2.Task
     network: _objects_pb2.Network
     service: _objects_pb2.Service
-    endpoints: NetworkEndpoints
-    def __init__(self, action: _Optional[_Union[AssignmentAction, str]] = ..., task: _Optional[_Union[_objects_pb2.Task, _Mapping]] = ..., network: _Optional[_Union[_objects_pb2.Network, _Mapping]] = ..., service: _Optional[_Union[_objects_pb2.Service, _Mapping]] = ..., endpoints: _Optional[_Union[NetworkEndpoints, _Mapping]] = ...) -> None: ...
+    gossip: GossipConfig
+    def __init__(self, action: _Optional[_Union[AssignmentAction, str]] = ..., task: _Optional[_Union[_objects_pb2.Task, _Mapping]] = ..., network: _Optional[_Union[_objects_pb2.Network, _Mapping]] = ..., service: _Optional[_Union[_objects_pb2.Service, _Mapping]] = ..., gossip: _Optional[_Union[GossipConfig, _Mapping]] = ...) -> None: ...
 
 class AssignmentsMessage(_message.Message):
     __slots__ = ("type", "changes", "applies_to", "results_in")
@@ -115,12 +107,14 @@ class SessionMessage(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., node_id: _Optional[str] = ..., heartbeat_period_ms: _Optional[int] = ..., managers: _Optional[_Iterable[str]] = ..., assignments: _Optional[_Union[AssignmentsMessage, _Mapping]] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
-    __slots__ = ("node_id", "session_id")
+    __slots__ = ("node_id", "session_id", "gossip")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    GOSSIP_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     session_id: str
-    def __init__(self, node_id: _Optional[str] = ..., session_id: _Optional[str] = ...) -> None: ...
+    gossip: _objects_pb2.GossipStatus
+    def __init__(self, node_id: _Optional[str] = ..., session_id: _Optional[str] = ..., gossip: _Optional[_Union[_objects_pb2.GossipStatus, _Mapping]] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
     __slots__ = ("period_ms",)

@@ -371,16 +371,18 @@ class NodeSpec(_message.Message):
     def __init__(self, labels: _Optional[_Mapping[str, str]] = ..., role: _Optional[_Union[NodeRole, str]] = ..., availability: _Optional[_Union[NodeAvailability, str]] = ...) -> None: ...
 
 class NodeDescription(_message.Message):
-    __slots__ = ("hostname", "addr", "platform", "agent_version")
+    __slots__ = ("hostname", "addr", "platform", "agent_version", "gossip_port")
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
     ADDR_FIELD_NUMBER: _ClassVar[int]
     PLATFORM_FIELD_NUMBER: _ClassVar[int]
     AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    GOSSIP_PORT_FIELD_NUMBER: _ClassVar[int]
     hostname: str
     addr: str
     platform: str
     agent_version: str
-    def __init__(self, hostname: _Optional[str] = ..., addr: _Optional[str] = ..., platform: _Optional[str] = ..., agent_version: _Optional[str] = ...) -> None: ...
+    gossip_port: int
+    def __init__(self, hostname: _Optional[str] = ..., addr: _Optional[str] = ..., platform: _Optional[str] = ..., agent_version: _Optional[str] = ..., gossip_port: _Optional[int] = ...) -> None: ...
 
 class NodeStatus(_message.Message):
     __slots__ = ("state", "message", "last_heartbeat_ms")
@@ -403,3 +405,70 @@ class Node(_message.Message):
     description: NodeDescription
     status: NodeStatus
     def __init__(self, meta: _Optional[_Union[Meta, _Mapping]] = ..., spec: _Optional[_Union[NodeSpec, _Mapping]] = ..., description: _Optional[_Union[NodeDescription, _Mapping]] = ..., status: _Optional[_Union[NodeStatus, _Mapping]] = ...) -> None: ...
+
+class GossipMember(_message.Message):
+    __slots__ = ("node_id", "addr", "state", "incarnation")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    ADDR_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    addr: str
+    state: str
+    incarnation: int
+    def __init__(self, node_id: _Optional[str] = ..., addr: _Optional[str] = ..., state: _Optional[str] = ..., incarnation: _Optional[int] = ...) -> None: ...
+
+class GossipNetworkView(_message.Message):
+    __slots__ = ("network_id", "entries", "peers")
+    NETWORK_ID_FIELD_NUMBER: _ClassVar[int]
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    PEERS_FIELD_NUMBER: _ClassVar[int]
+    network_id: str
+    entries: int
+    peers: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, network_id: _Optional[str] = ..., entries: _Optional[int] = ..., peers: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class GossipStatus(_message.Message):
+    __slots__ = ("updated_ms", "members", "networks", "last_sync_ms", "dropped", "packets_in", "packets_out", "bytes_in", "bytes_out")
+    class DroppedEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    UPDATED_MS_FIELD_NUMBER: _ClassVar[int]
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    NETWORKS_FIELD_NUMBER: _ClassVar[int]
+    LAST_SYNC_MS_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
+    PACKETS_IN_FIELD_NUMBER: _ClassVar[int]
+    PACKETS_OUT_FIELD_NUMBER: _ClassVar[int]
+    BYTES_IN_FIELD_NUMBER: _ClassVar[int]
+    BYTES_OUT_FIELD_NUMBER: _ClassVar[int]
+    updated_ms: int
+    members: _containers.RepeatedCompositeFieldContainer[GossipMember]
+    networks: _containers.RepeatedCompositeFieldContainer[GossipNetworkView]
+    last_sync_ms: int
+    dropped: _containers.ScalarMap[str, int]
+    packets_in: int
+    packets_out: int
+    bytes_in: int
+    bytes_out: int
+    def __init__(self, updated_ms: _Optional[int] = ..., members: _Optional[_Iterable[_Union[GossipMember, _Mapping]]] = ..., networks: _Optional[_Iterable[_Union[GossipNetworkView, _Mapping]]] = ..., last_sync_ms: _Optional[int] = ..., dropped: _Optional[_Mapping[str, int]] = ..., packets_in: _Optional[int] = ..., packets_out: _Optional[int] = ..., bytes_in: _Optional[int] = ..., bytes_out: _Optional[int] = ...) -> None: ...
+
+class EncryptionKey(_message.Message):
+    __slots__ = ("key", "lamport_time", "created_at_ms")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    LAMPORT_TIME_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    key: bytes
+    lamport_time: int
+    created_at_ms: int
+    def __init__(self, key: _Optional[bytes] = ..., lamport_time: _Optional[int] = ..., created_at_ms: _Optional[int] = ...) -> None: ...
+
+class Keyring(_message.Message):
+    __slots__ = ("keys",)
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    keys: _containers.RepeatedCompositeFieldContainer[EncryptionKey]
+    def __init__(self, keys: _Optional[_Iterable[_Union[EncryptionKey, _Mapping]]] = ...) -> None: ...

@@ -820,6 +820,10 @@ class DevCluster:
             f"{self.prefix}manager",
             self.manager_args,
         )
+        self._state["manager_addr"] = addr
+        self._spawn_manager(argv)
+
+    def _spawn_manager(self, argv: Sequence[str]) -> None:
         proc = ManagedProcess(
             argv,
             self.log_path("manager"),
@@ -828,9 +832,9 @@ class DevCluster:
             die_with_parent=self.die_with_parent,
         )
         proc.start()
-        self._state["manager_addr"] = addr
         self._record("manager", proc)
-        proc.wait_port(host, port, timeout=30)
+        host, _, port = self.manager_addr.rpartition(":")
+        proc.wait_port(host, int(port), timeout=30)
 
     def _agent_argv(self, host: str) -> list[str]:
         rec = self._state["procs"].get(f"agent-{host}")
@@ -963,6 +967,53 @@ class DevCluster:
             self._start_agent(host)
         if wait:
             self.wait_ready([host], timeout=self.ready_timeout)
+
+    # -- manager controls --
+
+    def stop_manager(self, grace: float = 5.0) -> None:
+        """Stop the manager (SIGTERM, then SIGKILL after ``grace`` seconds); etcd and the
+        agents keep running, as when every manager of a cluster is down."""
+        terminate_pids(self._recorded_pids(["manager"]), grace=grace)
+        self._reap_children()
+
+    def start_manager(self, wait: bool = True, timeout: float = 30.0) -> None:
+        """Start the manager again with the arguments it was first started with (same address,
+        same etcd and key prefix, so the same state); with ``wait``, return once it leads and
+        answers (ListNodes), not merely once its port is open."""
+        if self._proc_alive("manager"):
+            raise DevClusterError(
+                f"the manager already runs (PID {self._state['procs']['manager']['pid']})"
+            )
+        rec = self._state["procs"].get("manager")
+        if not rec:
+            raise DevClusterError(f"dev cluster {self.prefix} never started a manager (not up)")
+        try:
+            self._spawn_manager(rec["argv"])
+        except ProcessError as e:
+            raise DevClusterError(str(e)) from None
+        if wait:
+            self.wait_manager(timeout)
+
+    def wait_manager(self, timeout: float = 30.0) -> None:
+        """Wait until the manager serves Control calls (it has been elected and has loaded the
+        cluster state)."""
+        deadline = time.monotonic() + timeout
+        last_error = ""
+        with connect([self.manager_addr], 2.0) as stub:
+            while True:
+                try:
+                    stub.ListNodes(cpb.ListNodesRequest())
+                    return
+                except (grpc.RpcError, ManagerUnreachable) as e:
+                    last_error = str(e) if isinstance(e, ManagerUnreachable) else e.details()
+                self._check_daemons([])
+                if time.monotonic() >= deadline:
+                    break
+                time.sleep(0.05)
+        raise DevClusterError(
+            f"the manager did not answer within {timeout:.0f}s ({last_error}); log tail "
+            f"({self.log_path('manager')}):\n{tail(self.log_path('manager'), 25)}"
+        )
 
     # -- commands in namespaces --
 

@@ -1,4 +1,4 @@
-"""The agent's task state machine and desired data plane, and the manager's endpoint index."""
+"""The agent's task state machine and desired data plane."""
 
 from __future__ import annotations
 
@@ -6,10 +6,6 @@ import ipaddress
 
 from agent.controller import Local, Sandbox, decide, desired_dataplane
 from agent.model import HostConfig, RemoteEndpoint
-from manager.dispatcher import endpoint_index, network_endpoints
-from manager.state import ClusterState
-from manager.store import Batch
-from proto import dispatcher_pb2 as dpb
 from proto import objects_pb2 as pb
 
 RUN = pb.TASK_STATE_RUNNING
@@ -132,15 +128,15 @@ def test_desired_dataplane_builds_networks_only_for_local_sandboxes() -> None:
         "t3": task("t3", nets=(("n9", "10.0.9.5/24"),)),
     }
     networks = {"n1": net("n1"), "n2": net("n2", "10.0.2.0/24", internal=True)}
+    ip = ipaddress.IPv4Address
     eps = {
-        "n2": dpb.NetworkEndpoints(
-            meta=pb.Meta(id="n2"),
-            endpoints=[
-                dpb.NetworkEndpoint(task_id="r1", vtep="198.51.100.12", addr="10.0.2.9/24"),
-                # Our own VTEP (a stale view): never a remote entry.
-                dpb.NetworkEndpoint(task_id="r2", vtep="198.51.100.11", addr="10.0.2.10/24"),
-            ],
-        )
+        "n2": [
+            RemoteEndpoint("n2", ip("10.0.2.9"), ip("198.51.100.12")),
+            # Our own VTEP (a stale view): never a remote entry.
+            RemoteEndpoint("n2", ip("10.0.2.10"), ip("198.51.100.11")),
+            # An address a local task holds (a dead host's stale record): never sent away.
+            RemoteEndpoint("n2", ip("10.0.2.6"), ip("198.51.100.13")),
+        ]
     }
     desired, problems = desired_dataplane(host, tasks, networks, eps, {"t2", "t3"})
     assert set(desired.networks) == {"n2"}  # n1 has no sandbox here: not built
@@ -161,48 +157,3 @@ def test_desired_dataplane_builds_networks_only_for_local_sandboxes() -> None:
     desired, _ = desired_dataplane(host, tasks, networks, eps, {"t1"})
     assert set(desired.networks) == {"n1", "n2"} and desired.sandboxes["t1"].egress is True
     assert [e.index for e in desired.sandboxes["t1"].endpoints] == [0, 1]
-
-
-def test_endpoint_index_skips_down_nodes_and_finished_or_stopping_tasks() -> None:
-    state = ClusterState()
-    b = Batch()
-    for nid, addr, st in (
-        ("node1", "198.51.100.11", pb.NODE_STATE_READY),
-        ("node2", "198.51.100.12", pb.NODE_STATE_READY),
-        ("node3", "198.51.100.13", pb.NODE_STATE_DOWN),
-    ):
-        b.create(
-            "nodes",
-            pb.Node(
-                meta=pb.Meta(id=nid),
-                description=pb.NodeDescription(hostname=nid, addr=addr),
-                status=pb.NodeStatus(state=st),  # type: ignore[arg-type]
-            ),
-        )
-    b.create("tasks", task("a", state=RUN, node="node1", nets=(("n1", "10.0.1.2/24"),)))
-    b.create("tasks", task("b", state=RUN, node="node2", nets=(("n1", "10.0.1.3/24"),)))
-    b.create("tasks", task("c", state=RUN, node="node3", nets=(("n1", "10.0.1.4/24"),)))
-    b.create(
-        "tasks",
-        task("d", state=pb.TASK_STATE_FAILED, node="node2", nets=(("n1", "10.0.1.5/24"),)),
-    )
-    b.create(
-        "tasks",
-        task(
-            "e",
-            state=RUN,
-            desired=pb.TASK_STATE_SHUTDOWN,
-            node="node2",
-            nets=(("n1", "10.0.1.6/24"),),
-        ),
-    )
-    state.apply(b, 1)
-    index = endpoint_index(state)
-    assert [(e.task_id, e.vtep) for e in index["n1"].endpoints] == [
-        ("a", "198.51.100.11"),
-        ("b", "198.51.100.12"),
-    ]
-    # The version is a digest of the content: same content, same version; else different.
-    same = network_endpoints("n1", list(index["n1"].endpoints))
-    assert same.meta.version == index["n1"].meta.version
-    assert network_endpoints("n1", []).meta.version != index["n1"].meta.version

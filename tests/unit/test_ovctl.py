@@ -844,6 +844,84 @@ def test_inspect_prints_found_objects_as_a_list(
     assert "Error: no node ghost" in captured.err
 
 
+def _gossip_report() -> pb.GossipStatus:
+    return pb.GossipStatus(
+        updated_ms=100_000,
+        last_sync_ms=95_000,
+        members=[
+            pb.GossipMember(
+                node_id="n2" * 10, addr="198.51.100.12:7946", state="suspect", incarnation=3
+            ),
+            pb.GossipMember(
+                node_id="n1" * 10, addr="198.51.100.11:7946", state="alive", incarnation=1
+            ),
+            pb.GossipMember(node_id="gone", addr="198.51.100.19:7946", state="dead", incarnation=9),
+        ],
+        networks=[pb.GossipNetworkView(network_id="net1", entries=4, peers=["n2" * 10])],
+        dropped={"auth": 2, "replay": 0, "malformed": 1},
+        packets_in=10,
+        packets_out=12,
+        bytes_in=1536,
+        bytes_out=900,
+    )
+
+
+def test_gossip_text_names_members_and_networks() -> None:
+    hostnames = {"n1" * 10: "h1", "n2" * 10: "h2"}
+    text = render.gossip_text(_gossip_report(), 102_000, hostnames, {"net1": "front"})
+    lines = text.splitlines()
+    assert lines[0] == "Gossip (reported 2 seconds ago):"
+    assert "  Last sync:  7 seconds ago" in lines
+    assert "  Received:   10 packets, 1.5 KiB" in lines
+    assert "  Sent:       12 packets, 900 B" in lines
+    assert "  Dropped:    auth=2, malformed=1" in lines
+    members = lines[lines.index("  Members (3):") + 1 : lines.index("  Networks (1):")]
+    assert [m.split()[:2] for m in members] == [
+        ["NODE", "ADDRESS"],
+        ["h1", "(n1n1n1n1n1n1)"],
+        ["h2", "(n2n2n2n2n2n2)"],
+        ["gone", "198.51.100.19:7946"],
+    ]
+    assert members[2].split()[-2:] == ["suspect", "3"]
+    net = lines[-1].split(maxsplit=2)
+    assert net == ["front", "4", "h2 (n2n2n2n2n2n2)"]
+    never = render.gossip_text(pb.GossipStatus(), 1, {}, {})
+    assert "no report" in never
+    fresh = render.gossip_text(pb.GossipStatus(updated_ms=1), 1, {}, {})
+    assert "  Last sync:  never" in fresh.splitlines() and "  Dropped:    none" in fresh
+
+
+def test_node_inspect_json_carries_the_gossip_report_and_pretty_names_things(
+    fake: tuple[FakeControl, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    servicer, addr = fake
+    n1 = pb.Node(
+        meta=pb.Meta(id="n1" * 10),
+        description=pb.NodeDescription(hostname="h1", addr="198.51.100.11", gossip_port=7946),
+        status=pb.NodeStatus(state=pb.NODE_STATE_READY),
+    )
+    n2 = pb.Node(meta=pb.Meta(id="n2" * 10), description=pb.NodeDescription(hostname="h2"))
+    servicer.answers["GetNode"] = cpb.GetNodeResponse(node=n1, gossip=_gossip_report())
+    servicer.answers["ListNodes"] = cpb.ListNodesResponse(nodes=[n1, n2])
+    servicer.answers["ListNetworks"] = cpb.ListNetworksResponse(
+        networks=[pb.Network(meta=pb.Meta(id="net1"), spec=pb.NetworkSpec(name="front"))]
+    )
+    assert run(addr, "node", "inspect", "h1") == 0
+    (doc,) = json.loads(capsys.readouterr().out)
+    assert doc["description"]["gossip_port"] == 7946
+    assert doc["gossip"]["members"][0]["state"] == "suspect"
+    assert doc["gossip"]["dropped"] == {"auth": "2", "replay": "0", "malformed": "1"}
+    assert run(addr, "node", "inspect", "--pretty", "h1") == 0
+    out = capsys.readouterr().out
+    assert "Hostname:         h1" in out and "Gossip port:      7946" in out
+    assert "Members (3):" in out and "front" in out and "h2 (n2n2n2n2n2n2)" in out
+    # No report yet: the JSON still has the key, with its defaults.
+    servicer.answers["GetNode"] = cpb.GetNodeResponse(node=n2)
+    assert run(addr, "node", "inspect", "h2") == 0
+    (doc,) = json.loads(capsys.readouterr().out)
+    assert doc["gossip"]["updated_ms"] == "0" and doc["gossip"]["members"] == []
+
+
 def test_scale_updates_with_the_version_read(
     fake: tuple[FakeControl, str], capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -1,0 +1,285 @@
+"""The agent's use of gossip: tell the other hosts about local endpoints, learn theirs.
+
+`Discovery` owns this host's `GossipNode` and its transport. The daemon hands it, on every
+pass, the networks this host has sandboxes on and the endpoint records of its running tasks;
+it answers with the endpoints of other hosts. It writes only differences into the gossip
+tables, so a pass that changes nothing sends nothing.
+
+The keyring and seed peers come from the manager (a `GossipConfig` assignment item). The
+members this host has seen are kept on disk so that an agent restarted while every manager is
+down can find its peers again by itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import random
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from agent.endpoints import BadRecord, EndpointRecord, remotes
+from agent.gossip import GossipConfig, GossipNode, Keyring
+from agent.gossip.transport import GossipTransport
+from agent.model import RemoteEndpoint
+from proto import dispatcher_pb2 as dpb
+from proto import objects_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+DEFAULT_GOSSIP_PORT = 7946
+PEERS_FILE = "gossip-peers.json"
+STATUS_FILE = "gossip-status.json"
+
+
+def parse_addr(text: str) -> tuple[str, int] | None:
+    host, _, port = text.rpartition(":")
+    try:
+        return (host.strip("[]"), int(port)) if host else None
+    except ValueError:
+        return None
+
+
+def parse_bool(text: str) -> bool:
+    value = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}.get(
+        text.strip().lower()
+    )
+    if value is None:
+        raise ValueError(f"{text!r} is not a boolean (true/false)")
+    return value
+
+
+def gossip_config(options: Mapping[str, str]) -> GossipConfig:
+    """A GossipConfig from NAME=VALUE options (`--gossip-opt probe_interval=0.5`)."""
+    known = {f.name: f for f in fields(GossipConfig)}
+    values: dict[str, Any] = {}
+    for name, text in options.items():
+        f = known.get(name)
+        if f is None:
+            raise ValueError(f"unknown gossip option {name!r}; known: {', '.join(sorted(known))}")
+        kind = type(getattr(GossipConfig(), name))
+        try:
+            values[name] = parse_bool(text) if kind is bool else kind(text)
+        except ValueError as e:
+            raise ValueError(f"gossip option {name}: {e}") from e
+    return GossipConfig(**values)
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Atomically, readable by root only (the kept assignment set holds the gossip keys)."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
+    dfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+class Discovery:
+    def __init__(
+        self,
+        vtep: str,
+        port: int,
+        state_dir: Path,
+        config: GossipConfig | None = None,
+        on_change: Callable[[], None] | None = None,
+    ) -> None:
+        self.vtep = vtep
+        self.port = port
+        self.state_dir = state_dir
+        self.config = config or GossipConfig()
+        self.on_change = on_change
+        self.node: GossipNode | None = None
+        self.transport: GossipTransport | None = None
+        self._keys: tuple[bytes, ...] = ()
+        self._seeds: tuple[tuple[str, int], ...] = ()
+        # What this host has written to the tables: (network, task ID) -> encoded record.
+        self._announced: dict[tuple[str, str], bytes] = {}
+        self.bad_records = 0
+
+    @property
+    def running(self) -> bool:
+        return self.node is not None
+
+    async def configure(self, node_id: str, cfg: dpb.GossipConfig | None) -> None:
+        """Start gossip once the node has an ID and a keyring; follow key and seed changes."""
+        if cfg is None or not cfg.keys or not node_id:
+            return
+        keys = tuple(cfg.keys)
+        if self.node is not None and self.node.name != node_id:
+            # The node was removed and registered again under a new ID: a new member.
+            await self.close()
+        try:
+            keyring = Keyring(list(keys))
+        except ValueError as e:
+            log.error("gossip keyring from the manager refused: %s", e)
+            return
+        seeds = tuple(a for a in (parse_addr(p.addr) for p in cfg.seeds) if a is not None)
+        if self.node is None:
+            node = GossipNode(
+                node_id, (self.vtep, self.port), keyring, self.config, random.Random(),
+                time.monotonic(),
+            )  # fmt: skip
+            transport = GossipTransport(node, (self.vtep, self.port), on_events=self._on_events)
+            try:
+                await transport.start()
+            except OSError as e:  # the address is not up yet, or the port is taken: next pass
+                await transport.close()
+                log.warning("gossip cannot listen on %s:%d yet: %s", self.vtep, self.port, e)
+                return
+            self.node, self.transport = node, transport
+            self._keys, self._seeds = keys, ()
+            log.info("gossip started on %s:%d as %s", self.vtep, self.port, node_id)
+            known = self._load_peers()
+            if known:
+                self._join(known)
+        elif keys != self._keys:
+            self.node.set_keyring(keyring)
+            self._keys = keys
+            log.info("gossip keyring updated (%d keys)", len(keys))
+        if seeds != self._seeds:
+            self._seeds = seeds
+            self._join(seeds)
+
+    def _join(self, seeds: Iterable[tuple[str, int]]) -> None:
+        own = (self.vtep, self.port)
+        peers = [s for s in seeds if s != own]
+        if peers and self.node is not None and self.transport is not None:
+            node = self.node
+            self.transport.feed(lambda now: node.join(now, peers))
+
+    def _on_events(self, events: list[object]) -> None:
+        if events and self.on_change is not None:
+            self.on_change()
+
+    # ------------------------------------------------------------------ tables
+
+    def sync(
+        self, networks: Iterable[str], records: Mapping[tuple[str, str], EndpointRecord]
+    ) -> None:
+        """Take part in exactly `networks` and announce exactly `records` (keyed by
+        (network ID, task ID)); only the differences go into the tables."""
+        node, transport = self.node, self.transport
+        if node is None or transport is None:
+            return
+        wanted = set(networks) | {net for net, _ in records}
+        encoded = {k: r.encode() for k, r in records.items()}
+
+        def step(now: float) -> None:
+            have = node.networks()
+            for net in sorted(wanted - have):
+                node.join_network(now, net)
+            for key, value in encoded.items():
+                if self._announced.get(key) != value:
+                    try:
+                        node.put(now, key[0], key[1], value)
+                    except (ValueError, KeyError) as e:  # e.g. a record over max_value
+                        log.warning("endpoint %s/%s not announced: %s", key[0], key[1], e)
+                        continue
+                    self._announced[key] = value
+            for key in [k for k in self._announced if k not in encoded]:
+                if key[0] in node.networks():
+                    node.delete(now, key[0], key[1])
+                del self._announced[key]
+            for net in sorted(have - wanted):
+                node.leave_network(now, net)
+
+        transport.feed(step)
+
+    def records(self, networks: Iterable[str]) -> list[EndpointRecord]:
+        """Every visible record on `networks` (this host's own included)."""
+        if self.node is None:
+            return []
+        out = []
+        for net in networks:
+            for entry in self.node.entries(net).values():
+                try:
+                    out.append(EndpointRecord.decode(entry.value))
+                except BadRecord as e:
+                    self.bad_records += 1
+                    log.debug(
+                        "gossip entry %s/%s from %s ignored: %s", net, entry.key, entry.owner, e
+                    )
+        return out
+
+    def remotes(self, networks: Iterable[str]) -> dict[str, frozenset[RemoteEndpoint]]:
+        nets = list(networks)
+        return remotes(self.records(nets), nets, self.vtep)
+
+    # ------------------------------------------------------------------ observability
+
+    def status(self) -> pb.GossipStatus | None:
+        if self.node is None:
+            return None
+        node = self.node
+        st = pb.GossipStatus(updated_ms=int(time.time() * 1000))
+        for m in sorted(node.members(), key=lambda m: m.name):
+            st.members.add(
+                node_id=m.name,
+                addr=f"{m.addr[0]}:{m.addr[1]}",
+                state=m.state,
+                incarnation=m.incarnation,
+            )
+        for net, view in sorted(node.status(time.monotonic())["networks"].items()):
+            st.networks.add(network_id=net, entries=view["entries"], peers=view["peers"])
+        stats = node.stats
+        if stats.last_sync is not None:
+            st.last_sync_ms = int((time.time() - (time.monotonic() - stats.last_sync)) * 1000)
+        for reason, count in stats.dropped.items():
+            st.dropped[reason] = count
+        st.packets_in, st.packets_out = stats.packets_in, stats.packets_out
+        st.bytes_in, st.bytes_out = stats.bytes_in, stats.bytes_out
+        return st
+
+    def save(self) -> None:
+        """Keep the members seen alive (for a restart without managers) and a readable status
+        (for `ovnet-agent --gossip-status` while no manager can show it)."""
+        if self.node is None:
+            return
+        peers = sorted(
+            f"{m.addr[0]}:{m.addr[1]}"
+            for m in self.node.members()
+            if m.state in ("alive", "suspect") and m.name != self.node.name
+        )
+        with contextlib.suppress(OSError):
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            if peers:
+                write_private(self.state_dir / PEERS_FILE, json.dumps(peers).encode())
+            st = self.status()
+            if st is not None:
+                from google.protobuf import json_format
+
+                write_private(
+                    self.state_dir / STATUS_FILE,
+                    json_format.MessageToJson(st, preserving_proto_field_name=True).encode(),
+                )
+
+    def _load_peers(self) -> list[tuple[str, int]]:
+        try:
+            items = json.loads((self.state_dir / PEERS_FILE).read_text())
+        except (OSError, ValueError):
+            return []
+        return [a for a in (parse_addr(str(x)) for x in items) if a is not None]
+
+    async def close(self, leave: bool = False) -> None:
+        """Stop gossiping. `leave` announces a graceful leave first: only when this host
+        keeps no running task, since the others would hide its endpoints at once."""
+        if self.node is not None and self.transport is not None:
+            self.save()
+            if leave:
+                node = self.node
+                self.transport.feed(node.leave)
+            await self.transport.close()
+        self.node = self.transport = None
+        self._announced.clear()

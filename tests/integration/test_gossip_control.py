@@ -1,0 +1,281 @@
+"""The manager's side of gossip, with real managers on a real etcd.
+
+Agents here are bare Dispatcher clients (no agent code): they register with a gossip port,
+hold a session, and heartbeat with a gossip report, which is all the manager sees of an agent.
+
+- Every session carries one GossipConfig: a 32-byte key (the one stored in etcd) and the other
+  gossiping nodes as seeds; a node that joins later shows up in the others' seeds.
+- The key survives a manager restart and a change of leader.
+- The heartbeat's gossip report is served by GetNode and shown by `ovctl node inspect`.
+- The dev cluster can stop and start its manager (etcd and the agents keep running).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from ovctl.devcluster.cluster import DevCluster, DevClusterError, manager_argv
+from proto import control_pb2 as cpb
+from proto import control_pb2_grpc, dispatcher_pb2_grpc
+from proto import dispatcher_pb2 as dpb
+from proto import objects_pb2 as pb
+from tests.etcd import EtcdHandle
+from tests.integration.agents import wait_for
+from tests.integration.conftest import ManagerCluster
+from tests.procs import free_port
+
+pytestmark = pytest.mark.integration
+
+GOSSIP_PORT = 7946
+
+
+class BareAgent:
+    """Register, keep a session open (moving to whichever manager serves it), heartbeat every
+    `period` seconds with `report`, and remember the latest GossipConfig received."""
+
+    def __init__(self, managers: list[str], hostname: str, ip: str, period: float = 0.15) -> None:
+        self.managers = managers
+        self.ip = ip
+        self.period = period
+        self.report: pb.GossipStatus | None = None
+        self.gossip: dpb.GossipConfig | None = None
+        self.configs_received = 0
+        self.session_id = ""
+        self._stop = threading.Event()
+        self._call: Any = None
+        desc = pb.NodeDescription(hostname=hostname, addr=ip, gossip_port=GOSSIP_PORT)
+        self.node_id = self._rpc(
+            lambda stub: stub.Register(dpb.RegisterRequest(description=desc), timeout=5)
+        ).node_id
+        self._threads = [
+            threading.Thread(target=self._session_loop, daemon=True),
+            threading.Thread(target=self._heartbeat_loop, daemon=True),
+        ]
+        for t in self._threads:
+            t.start()
+
+    @property
+    def addr(self) -> str:
+        return f"{self.ip}:{GOSSIP_PORT}"
+
+    def _rpc(self, call: Callable[[dispatcher_pb2_grpc.DispatcherStub], Any]) -> Any:
+        """One unary call, to the first manager that serves it."""
+        deadline = time.monotonic() + 15
+        while True:
+            for m in self.managers:
+                with grpc.insecure_channel(m) as ch:
+                    try:
+                        return call(dispatcher_pb2_grpc.DispatcherStub(ch))
+                    except grpc.RpcError:
+                        pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no manager of {self.managers} served the call")
+            time.sleep(0.1)
+
+    def _session_loop(self) -> None:
+        while not self._stop.is_set():
+            for m in self.managers:
+                if self._stop.is_set():
+                    return
+                with grpc.insecure_channel(m) as ch, contextlib.suppress(grpc.RpcError):
+                    stub = dispatcher_pb2_grpc.DispatcherStub(ch)
+                    self._call = stub.Session(dpb.SessionRequest(node_id=self.node_id))
+                    for msg in self._call:
+                        self.session_id = msg.session_id
+                        for change in msg.assignments.changes:
+                            if change.WhichOneof("item") == "gossip":
+                                self.gossip = change.gossip
+                                self.configs_received += 1
+                time.sleep(0.05)
+
+    def _heartbeat_loop(self) -> None:
+        while not self._stop.wait(self.period):
+            if not self.session_id:
+                continue
+            req = dpb.HeartbeatRequest(node_id=self.node_id, session_id=self.session_id)
+            if self.report is not None:
+                req.gossip.CopyFrom(self.report)
+            for m in self.managers:
+                with grpc.insecure_channel(m) as ch, contextlib.suppress(grpc.RpcError):
+                    dispatcher_pb2_grpc.DispatcherStub(ch).Heartbeat(req, timeout=2)
+                    break
+
+    def seeds(self) -> set[tuple[str, str]]:
+        g = self.gossip
+        return {(p.node_id, p.addr) for p in g.seeds} if g is not None else set()
+
+    def key(self) -> bytes:
+        assert self.gossip is not None and self.gossip.keys
+        return bytes(self.gossip.keys[0])
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._call is not None:
+            self._call.cancel()
+        for t in self._threads:
+            t.join(5)
+
+
+@pytest.fixture
+def bare_agents() -> Iterator[list[BareAgent]]:
+    agents: list[BareAgent] = []
+    try:
+        yield agents
+    finally:
+        for a in agents:
+            a.close()
+
+
+def stored_key(m: ManagerCluster) -> bytes:
+    ring = pb.Keyring()
+    ring.ParseFromString(m.dump()[m.etcd.key("keys/gossip")][1])
+    assert len(ring.keys) == 1
+    return bytes(ring.keys[0].key)
+
+
+def seeded(agents: list[BareAgent], me: BareAgent) -> Callable[[], bool]:
+    """Whether `me` has every other agent, and only those, as its seeds."""
+    return lambda: me.seeds() == {(a.node_id, a.addr) for a in agents if a is not me}
+
+
+def test_sessions_carry_the_stored_key_and_the_other_nodes_as_seeds(
+    managers: ManagerCluster, bare_agents: list[BareAgent]
+) -> None:
+    for i in (1, 2, 3):
+        bare_agents.append(BareAgent(managers.addrs, f"g{i}", f"198.51.100.{10 + i}"))
+    for a in bare_agents:
+        wait_for(seeded(bare_agents, a), what=f"{a.ip}'s seeds")
+    key = stored_key(managers)
+    assert len(key) == 32
+    assert {a.key() for a in bare_agents} == {key}
+    assert all(list(a.gossip.keys) == [key] for a in bare_agents if a.gossip)
+    # A latecomer: everyone's seeds grow by it, and it gets the others.
+    bare_agents.append(BareAgent(managers.addrs, "g4", "198.51.100.14"))
+    for a in bare_agents:
+        wait_for(seeded(bare_agents, a), what=f"{a.ip}'s seeds")
+    # Once settled, heartbeats and unrelated commits resend nothing.
+    received = [a.configs_received for a in bare_agents]
+    managers.ovctl("network", "create", "idle")
+    time.sleep(1.0)
+    assert [a.configs_received for a in bare_agents] == received
+
+
+def test_the_key_survives_restarts_and_leader_changes(
+    managers: ManagerCluster, bare_agents: list[BareAgent]
+) -> None:
+    bare_agents.append(BareAgent(managers.addrs, "g1", "198.51.100.21"))
+    wait_for(lambda: bare_agents[0].gossip is not None, what="a gossip config")
+    key = bare_agents[0].key()
+    assert stored_key(managers) == key
+    # SIGKILL and restart: the new leader reads the same key.
+    m0 = managers.procs[0]
+    m0.kill()
+    bare_agents[0].gossip = None
+    m0.start()
+    wait_for(lambda: bare_agents[0].gossip is not None, what="a gossip config after restart")
+    assert bare_agents[0].key() == key
+    # A second manager takes over from the first: still the same key.
+    managers.add()
+    managers.wait_leader(addr=managers.addrs[1])
+    bare_agents[0].gossip = None
+    m0.stop()
+    wait_for(
+        lambda: managers.wait_leader(addr=managers.addrs[1]) == "m1",
+        what="m1 leading",
+    )
+    wait_for(lambda: bare_agents[0].gossip is not None, what="a gossip config from m1")
+    assert bare_agents[0].key() == key and stored_key(managers) == key
+
+
+def test_get_node_and_node_inspect_show_the_gossip_report(
+    managers: ManagerCluster, bare_agents: list[BareAgent]
+) -> None:
+    g1 = BareAgent(managers.addrs, "g1", "198.51.100.31")
+    g2 = BareAgent(managers.addrs, "g2", "198.51.100.32")
+    bare_agents += [g1, g2]
+    net_id = managers.ovctl("network", "create", "front").stdout.strip()
+    now = int(time.time() * 1000)
+    g1.report = pb.GossipStatus(
+        updated_ms=now,
+        last_sync_ms=now - 120_000,  # "2 minutes ago" however slow the machine
+        members=[
+            pb.GossipMember(node_id=g1.node_id, addr=g1.addr, state="alive", incarnation=1),
+            pb.GossipMember(node_id=g2.node_id, addr=g2.addr, state="suspect", incarnation=4),
+        ],
+        networks=[pb.GossipNetworkView(network_id=net_id, entries=7, peers=[g2.node_id])],
+        dropped={"auth": 5},
+        packets_in=40,
+        packets_out=41,
+        bytes_in=4096,
+        bytes_out=5000,
+    )
+    stub = managers.stub()
+    resp = wait_for(
+        lambda: (r := stub.GetNode(cpb.GetNodeRequest(node_ref="g1"))).gossip.updated_ms and r,
+        what="g1's gossip report at the manager",
+    )
+    assert resp.gossip == g1.report
+    assert not stub.GetNode(cpb.GetNodeRequest(node_ref="g2")).HasField("gossip")
+    (doc,) = managers.ovctl_json("node", "inspect", "g1")
+    assert doc["description"]["gossip_port"] == GOSSIP_PORT
+    assert [m["state"] for m in doc["gossip"]["members"]] == ["alive", "suspect"]
+    assert doc["gossip"]["networks"][0] == {
+        "network_id": net_id,
+        "entries": 7,
+        "peers": [g2.node_id],
+    }
+    text = managers.ovctl("node", "inspect", "--pretty", "g1").stdout
+    assert "Hostname:         g1" in text
+    assert "Last sync:  2 minutes ago" in text
+    assert "Dropped:    auth=5" in text and "4.0 KiB" in text
+    member = next(line.split() for line in text.splitlines() if g2.addr in line)
+    assert member == ["g2", f"({g2.node_id[:12]})", g2.addr, "suspect", "4"]
+    network = next(line.split(maxsplit=2) for line in text.splitlines() if "front" in line)
+    assert network == ["front", "7", f"g2 ({g2.node_id[:12]})"]
+
+
+def test_dev_cluster_stops_and_starts_its_manager(etcd: EtcdHandle, tmp_path: Path) -> None:
+    """Only the manager part of a dev cluster (no namespaces): its manager is started on
+    loopback under this test's etcd prefix and recorded as `up` would record it."""
+    state_dir = tmp_path / "dev"
+    cluster = DevCluster(name_prefix="ovgc-", hosts=1, state_dir=state_dir, die_with_parent=True)
+    addr = f"127.0.0.1:{free_port()}"
+    argv = manager_argv(
+        sys.executable,
+        addr,
+        etcd.endpoint,
+        500,
+        "ovgc-manager",
+        ["--prefix", etcd.prefix.rstrip("/")],
+    )
+    cluster._state["manager_addr"] = addr
+    cluster._spawn_manager(argv)
+    try:
+        cluster.wait_manager()
+        first_pid = cluster.pid("manager")
+        # As `ovctl dev stop manager` / `start manager` do it: from the state file.
+        other = DevCluster.load(state_dir, die_with_parent=True)
+        other.stop_manager()
+        assert cluster.pid("manager") is None and other.pid("manager") is None
+        with grpc.insecure_channel(addr) as ch, pytest.raises(grpc.RpcError):
+            dispatcher_pb2_grpc.DispatcherStub(ch).Register(dpb.RegisterRequest(), timeout=1)
+        other.start_manager()
+        assert other.pid("manager") not in (None, first_pid)
+        with grpc.insecure_channel(addr) as ch:
+            info = control_pb2_grpc.ControlStub(ch).GetClusterInfo(
+                cpb.GetClusterInfoRequest(), timeout=5
+            )
+        assert info.leader_id == "ovgc-manager"
+        with pytest.raises(DevClusterError, match="already runs"):
+            other.start_manager()
+    finally:
+        DevCluster.load(state_dir).stop_manager()

@@ -1,0 +1,275 @@
+"""The dispatcher's gossip item: seed choice, the digest that versions it, incremental resends,
+and the gossip reports heartbeats carry (kept in the leader's memory, served by GetNode)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from manager.cluster import ManagerConfig
+from manager.controlapi import ControlAPI
+from manager.dispatcher import (
+    GOSSIP_KEY,
+    SEED_COUNT,
+    Dispatcher,
+    SeedRing,
+    _Session,
+    gossip_addr,
+    gossip_config,
+)
+from manager.keymanager import KEY_BYTES, keyring_problem, new_keyring, parse_keyring
+from manager.logbroker import LogBroker
+from manager.state import ClusterState
+from manager.store import Batch
+from proto import control_pb2 as cpb
+from proto import dispatcher_pb2 as dpb
+from proto import objects_pb2 as pb
+
+KEY1 = bytes(range(32))
+KEY2 = bytes(range(1, 33))
+
+
+def node(
+    nid: str,
+    i: int = 1,
+    state: int = pb.NODE_STATE_READY,
+    port: int = 7946,
+    addr: str | None = None,
+) -> pb.Node:
+    return pb.Node(
+        meta=pb.Meta(id=nid),
+        description=pb.NodeDescription(
+            hostname=nid, addr=f"198.51.100.{i}" if addr is None else addr, gossip_port=port
+        ),
+        status=pb.NodeStatus(state=state),  # type: ignore[arg-type]
+    )
+
+
+def seed_ids(ring: SeedRing, nid: str) -> list[str]:
+    return [p.node_id for p in ring.seeds(nid)]
+
+
+# ---------------------------------------------------------------- seed choice
+
+
+def test_seeds_leave_out_self_down_nodes_and_nodes_that_do_not_gossip() -> None:
+    nodes = [
+        node("me", 1),
+        node("a", 2),
+        node("b", 3, state=pb.NODE_STATE_UNKNOWN),
+        node("down", 4, state=pb.NODE_STATE_DOWN),
+        node("noport", 5, port=0),
+        node("noaddr", 6, addr=""),
+    ]
+    ring = SeedRing.build(nodes)
+    seeds = ring.seeds("me")
+    assert sorted(p.node_id for p in seeds) == ["a", "b"]
+    assert {p.node_id: p.addr for p in seeds} == {
+        "a": "198.51.100.2:7946",
+        "b": "198.51.100.3:7946",
+    }
+    # A node that is not in the ring (not gossiping yet) still gets seeds.
+    assert sorted(seed_ids(ring, "noport")) == ["a", "b", "me"]
+    assert SeedRing.build([node("me")]).seeds("me") == []
+    assert SeedRing.build([]).seeds("me") == []
+
+
+def test_seeds_are_deterministic_bounded_and_spread() -> None:
+    nodes = [node(f"n{i:02d}", i) for i in range(1, 41)]
+    ring = SeedRing.build(nodes)
+    # Input order does not matter: the same cluster state gives the same seeds.
+    assert SeedRing.build(reversed(nodes)) == ring
+    counts: dict[str, int] = {n.meta.id: 0 for n in nodes}
+    for n in nodes:
+        seeds = seed_ids(ring, n.meta.id)
+        assert len(seeds) == SEED_COUNT == len(set(seeds))
+        assert n.meta.id not in seeds
+        for s in seeds:
+            counts[s] += 1
+    # Ring successors: every node is a seed of exactly SEED_COUNT others, nobody is a hot spot.
+    assert set(counts.values()) == {SEED_COUNT}
+
+
+def test_seed_graph_is_connected() -> None:
+    nodes = [node(f"x{i}", i) for i in range(1, 31)]
+    ring = SeedRing.build(nodes)
+    start = nodes[0].meta.id
+    seen, todo = {start}, [start]
+    while todo:
+        for s in seed_ids(ring, todo.pop()):
+            if s not in seen:
+                seen.add(s)
+                todo.append(s)
+    assert seen == {n.meta.id for n in nodes}
+
+
+def test_seeds_barely_change_when_a_node_comes_or_goes() -> None:
+    nodes = [node(f"s{i}", i) for i in range(1, 31)]
+    before = SeedRing.build(nodes)
+    after_join = SeedRing.build([*nodes, node("newcomer", 40)])
+    changed = [
+        n.meta.id for n in nodes if seed_ids(before, n.meta.id) != seed_ids(after_join, n.meta.id)
+    ]
+    # Only the SEED_COUNT nodes just before the newcomer on the ring see it, one seed each.
+    assert len(changed) == SEED_COUNT
+    for nid in changed:
+        assert len(set(seed_ids(before, nid)) - set(seed_ids(after_join, nid))) == 1
+    down = [
+        node(n.meta.id, i, state=pb.NODE_STATE_DOWN) if i == 7 else n
+        for i, n in enumerate(nodes, 1)
+    ]
+    after_down = SeedRing.build(down)
+    changed = [
+        n.meta.id for n in nodes if seed_ids(before, n.meta.id) != seed_ids(after_down, n.meta.id)
+    ]
+    assert "s7" not in {s for n in nodes for s in seed_ids(after_down, n.meta.id)}
+    assert len(changed) == SEED_COUNT
+
+
+def test_gossip_addr_brackets_ipv6() -> None:
+    assert gossip_addr(node("a", addr="198.51.100.9", port=1)) == "198.51.100.9:1"
+    assert gossip_addr(node("a", addr="2001:db8::1", port=7946)) == "[2001:db8::1]:7946"
+
+
+def test_gossip_config_version_is_a_digest_of_its_content() -> None:
+    seeds = [dpb.GossipPeer(node_id="a", addr="198.51.100.2:7946")]
+    cfg = gossip_config([KEY1], seeds)
+    assert cfg.meta.id == "gossip" and list(cfg.keys) == [KEY1] and cfg.meta.version > 0
+    assert gossip_config([KEY1], list(seeds)).meta.version == cfg.meta.version
+    assert gossip_config([KEY2], seeds).meta.version != cfg.meta.version
+    assert gossip_config([KEY1, KEY2], seeds).meta.version != cfg.meta.version
+    assert gossip_config([KEY1], []).meta.version != cfg.meta.version
+
+
+# ---------------------------------------------------------------- sessions
+
+
+class FakeKeys:
+    """The KeyManager's interface to the dispatcher, without etcd."""
+
+    def __init__(self, keys: list[bytes]) -> None:
+        self.ring = keys
+        self.listeners: list[Callable[[], None]] = []
+
+    def keys(self, subsystem: str = "gossip") -> list[bytes]:
+        assert subsystem == "gossip"
+        return list(self.ring)
+
+    def subscribe(self, listener: Callable[[], None]) -> None:
+        self.listeners.append(listener)
+
+    def rotate(self, keys: list[bytes]) -> None:
+        self.ring = keys
+        for listener in self.listeners:
+            listener()
+
+
+def make_dispatcher(*nodes: pb.Node) -> tuple[Dispatcher, ClusterState, FakeKeys]:
+    state = ClusterState()
+    b = Batch()
+    for n in nodes:
+        b.create("nodes", n)
+    state.apply(b, 1)
+    listeners: list[Any] = []
+    cluster: Any = SimpleNamespace(state=state, config=ManagerConfig(), subscribe=listeners.append)
+    keys = FakeKeys([KEY1])
+    d = Dispatcher(cluster, LogBroker(), lambda _s: None, lambda: ["m:1"], keys)  # type: ignore[arg-type]
+    return d, state, keys
+
+
+def gossip_changes(msg: dpb.SessionMessage | None) -> list[dpb.Assignment]:
+    assert msg is not None
+    return [c for c in msg.assignments.changes if c.WhichOneof("item") == "gossip"]
+
+
+def test_session_gets_one_gossip_item_then_only_changes() -> None:
+    d, state, _ = make_dispatcher(node("me", 1), node("a", 2), node("b", 3))
+    sess = _Session(session_id="s", node_id="me")
+    first = d._diff(sess, complete=True)
+    (item,) = gossip_changes(first)
+    assert item.action == dpb.ASSIGNMENT_ACTION_UPDATE
+    assert list(item.gossip.keys) == [KEY1]
+    assert sorted(p.node_id for p in item.gossip.seeds) == ["a", "b"]
+    assert GOSSIP_KEY in sess.sent
+    # Nothing changed: nothing is sent.
+    assert d._diff(sess, complete=False) is None
+    # Another node changes in a way seeds do not depend on: nothing is resent.
+    busy = pb.Node()
+    busy.CopyFrom(state.nodes["a"])
+    busy.status.last_heartbeat_ms = 12345
+    state.apply(Batch().update("nodes", busy), 2)
+    assert d._diff(sess, complete=False) is None
+    # A new gossiping node: only the gossip item, with the new seed.
+    state.apply(Batch().create("nodes", node("c", 4)), 3)
+    msg = d._diff(sess, complete=False)
+    (item,) = gossip_changes(msg)
+    assert msg is not None and len(msg.assignments.changes) == 1
+    assert msg.assignments.type == dpb.ASSIGNMENTS_TYPE_INCREMENTAL
+    assert sorted(p.node_id for p in item.gossip.seeds) == ["a", "b", "c"]
+    # A seed goes down: it is dropped.
+    gone = node("b", 3, state=pb.NODE_STATE_DOWN)
+    gone.meta.version = 3
+    state.apply(Batch().update("nodes", gone), 4)
+    (item,) = gossip_changes(d._diff(sess, complete=False))
+    assert sorted(p.node_id for p in item.gossip.seeds) == ["a", "c"]
+
+
+def test_a_new_keyring_is_pushed_to_every_session() -> None:
+    d, _, keys = make_dispatcher(node("me", 1), node("a", 2))
+    sessions = [_Session(session_id="s1", node_id="me"), _Session(session_id="s2", node_id="a")]
+    for s in sessions:
+        d._diff(s, complete=True)
+    d._dirty.clear()
+    keys.rotate([KEY2, KEY1])
+    assert d._dirty.is_set()  # the dispatcher's loop wakes up for it
+    for s in sessions:
+        (item,) = gossip_changes(d._diff(s, complete=False))
+        assert list(item.gossip.keys) == [KEY2, KEY1]
+
+
+def test_heartbeat_gossip_report_is_kept_and_served_by_get_node() -> None:
+    d, state, _ = make_dispatcher(node("me", 1), node("a", 2))
+    d.sessions["me"] = _Session(session_id="s", node_id="me")
+    report = pb.GossipStatus(
+        updated_ms=1000,
+        members=[pb.GossipMember(node_id="a", addr="198.51.100.2:7946", state="alive")],
+        dropped={"auth": 2},
+    )
+    asyncio.run(d.heartbeat(dpb.HeartbeatRequest(node_id="me", session_id="s", gossip=report)))
+    # A heartbeat without a report is no news: the last report stays.
+    asyncio.run(d.heartbeat(dpb.HeartbeatRequest(node_id="me", session_id="s")))
+    assert d.gossip_status("me") == report
+    api = ControlAPI(d.cluster, d.logs, lambda _s: None, gossip_status=d.gossip_status)
+    resp = asyncio.run(api.get_node(cpb.GetNodeRequest(node_ref="me")))
+    assert resp.node.meta.id == "me" and resp.gossip == report
+    resp = asyncio.run(api.get_node(cpb.GetNodeRequest(node_ref="a")))
+    assert not resp.HasField("gossip")
+    # A removed node's report goes with it.
+    batch = Batch().delete("nodes", "me")
+    state.apply(batch, 5)
+    d._on_commit(batch)
+    assert d.gossip_status("me") is None
+
+
+# ---------------------------------------------------------------- keyrings
+
+
+def test_new_keyring_holds_one_key_from_the_entropy_source() -> None:
+    ring = new_keyring(lambda n: b"\x07" * n, created_at_ms=5)
+    assert [k.key for k in ring.keys] == [b"\x07" * KEY_BYTES]
+    assert ring.keys[0].lamport_time == 1 and ring.keys[0].created_at_ms == 5
+    with pytest.raises(ValueError, match="entropy"):
+        new_keyring(lambda n: b"short")
+
+
+def test_stored_keyring_problems_are_named() -> None:
+    good = new_keyring()
+    assert parse_keyring(good.SerializeToString()) == (good, "")
+    assert "does not parse" in parse_keyring(b"\xff\xff\xff")[1]
+    assert keyring_problem(pb.Keyring()) == "it holds no key"
+    bad = pb.Keyring(keys=[pb.EncryptionKey(key=b"x" * 32), pb.EncryptionKey(key=b"x" * 7)])
+    assert keyring_problem(bad) == "key 1 is 7 bytes (AES needs 16, 24 or 32)"
