@@ -106,6 +106,7 @@ class Discovery:
         self._seeds: tuple[tuple[str, int], ...] = ()
         # What this host has written to the tables: (network, task ID) -> encoded record.
         self._announced: dict[tuple[str, str], bytes] = {}
+        self._decoded: dict[bytes, EndpointRecord] = {}
         self.bad_records = 0
 
     @property
@@ -202,15 +203,22 @@ class Discovery:
         if self.node is None:
             return []
         out = []
+        # Every pass reads every record: decode each value once (the previous pass's
+        # decodings are kept for values still present, the rest dropped).
+        cache, self._decoded = self._decoded, {}
         for net in networks:
             for entry in self.node.entries(net).values():
+                rec = cache.get(entry.value)
                 try:
-                    out.append(EndpointRecord.decode(entry.value))
+                    rec = rec or EndpointRecord.decode(entry.value)
                 except BadRecord as e:
                     self.bad_records += 1
                     log.debug(
                         "gossip entry %s/%s from %s ignored: %s", net, entry.key, entry.owner, e
                     )
+                    continue
+                self._decoded[entry.value] = rec
+                out.append(rec)
         return out
 
     def remotes(self, networks: Iterable[str]) -> dict[str, frozenset[RemoteEndpoint]]:
