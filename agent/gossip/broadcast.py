@@ -15,12 +15,13 @@ from typing import Any
 
 
 class _Item:
-    __slots__ = ("data", "group", "key", "transmits")
+    __slots__ = ("data", "group", "key", "mult", "transmits")
 
-    def __init__(self, key: Hashable, group: Hashable | None, data: bytes) -> None:
+    def __init__(self, key: Hashable, group: Hashable | None, data: bytes, mult: int) -> None:
         self.key = key
         self.group = group
         self.data = data
+        self.mult = mult
         self.transmits = 0
 
 
@@ -39,15 +40,22 @@ class TransmitQueue:
         return len(self._items)
 
     def put(
-        self, key: Hashable, data: bytes, group: Hashable | None = None, clear_group: bool = False
+        self,
+        key: Hashable,
+        data: bytes,
+        group: Hashable | None = None,
+        clear_group: bool = False,
+        mult: int = 1,
     ) -> None:
         """Queue ``data`` (unsent) under ``key``, replacing what the key held; with
-        ``clear_group`` first drop every item of ``group``."""
+        ``clear_group`` first drop every item of ``group``. ``mult`` multiplies the item's
+        transmit limit (a node's own news: it is the root of the epidemic, and if all of its
+        few first transmissions are lost the news goes nowhere)."""
         if clear_group and group is not None:
             for k in list(self._groups.get(group, ())):
                 self._remove(k)
         self._remove(key)
-        item = _Item(key, group, data)
+        item = _Item(key, group, data, mult)
         self._items[key] = item
         self._buckets[0][key] = item
         if group is not None:
@@ -97,7 +105,7 @@ class TransmitQueue:
             t = item.transmits
             del buckets[t][item.key]
             t += 1
-            if t >= limit:
+            if t >= limit * item.mult:
                 del self._items[item.key]
                 if item.group is not None:
                     g = self._groups.get(item.group)

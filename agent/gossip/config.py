@@ -65,8 +65,16 @@ class GossipConfig:
     and shares packets. A lone broadcast is pushed at once (so its spread is unchanged);
     a burst (a join storm, a restart re-announcing many entries) costs far fewer packets."""
     retransmit_mult: int = 4
-    """Each broadcast is sent at most retransmit_mult * ceil(log10(N + 1)) times by each node
-    (N: members, or participants of the entry's network)."""
+    """Each broadcast is sent at most retransmit_mult * max(retransmit_min_scale,
+    ceil(log10(N + 1))) times by each node (N: members, or participants of the entry's
+    network); twice that by the node the news is about (its own alive, participation and
+    entries), since a broadcast whose first few transmissions are all lost goes nowhere."""
+    retransmit_min_scale: int = 3
+    """Floor of the log10 factor above: memberlist's formula gives 4 transmissions at 5
+    nodes and 8 at 16, and each receiver then hears a broadcast only ~that many times, so
+    one in e^8 (and, while a partition wastes half of them, one in e^4) misses it. At 12
+    the miss rate is ~e^-12; the cost is nothing at that size. From 1,000 nodes on the
+    formula's own factor (4) applies."""
     gossip_to_dead: float = 30.0
     """Dead members stay gossip targets this long, so that a wrongly declared node learns of
     it and refutes."""
@@ -81,6 +89,12 @@ class GossipConfig:
     """Serf's reconnect: with probability dead/(alive + dead) push-pull with a random dead (not
     left) member. Without it two sides of a healed partition that declared each other dead
     would never talk again (neither gossips nor push-pulls to the dead)."""
+    digest_settle: float = 2.0
+    """Pings carry a digest of the sender's member list. A node whose digest has differed
+    from its probers' for this long (a member an epidemic missed; joins in flight settle in
+    a fraction of a second) push-pulls with the next prober whose digest differs."""
+    digest_sync_interval: float = 10.0
+    """At most one such digest-triggered push-pull per node per this interval."""
     join_retry: float = 1.0
     """While no peer is known, push-pull with the seeds again after this long."""
     join_stagger: float = 0.1
@@ -102,7 +116,11 @@ class GossipConfig:
     max_packet: int = 1400
     """Largest sealed datagram sent (fits an Ethernet MTU with IP/UDP headers)."""
     max_stream: int = 64 * 1024 * 1024
-    """Largest stream frame accepted or sent (a full push-pull)."""
+    """Largest stream frame accepted or sent (a full push-pull), and the most a compressed
+    one may inflate to."""
+    compress_streams: bool = True
+    """zlib-compress push-pull frames (~5x smaller at 1,000 members, ~0.3 ms to compress):
+    a full sync is the largest thing a node sends, and the one burst in its traffic."""
     max_value: int = 1024
     """Largest entry value: an entry must fit into one datagram to be gossiped (`put` also
     checks the whole encoded entry against the packet size, since names count too)."""
@@ -124,6 +142,8 @@ class GossipConfig:
             "push_pull_interval": self.push_pull_interval,
             "reconnect_interval": self.reconnect_interval,
             "join_retry": self.join_retry,
+            "digest_settle": self.digest_settle,
+            "digest_sync_interval": self.digest_sync_interval,
             "join_resync": self.join_resync,
             "join_stagger": self.join_stagger,
             "suspicion_mult": self.suspicion_mult,
@@ -138,7 +158,7 @@ class GossipConfig:
         for name in ("indirect_checks", "confirm_probers", "retransmit_mult"):
             if getattr(self, name) < 0:
                 raise ValueError(f"GossipConfig.{name} must be >= 0")
-        if self.gossip_nodes < 1 or self.retransmit_mult < 1:
+        if self.gossip_nodes < 1 or self.retransmit_mult < 1 or self.retransmit_min_scale < 1:
             raise ValueError("GossipConfig.gossip_nodes and retransmit_mult must be >= 1")
         if self.max_packet < 512:
             raise ValueError("GossipConfig.max_packet must be at least 512 bytes")

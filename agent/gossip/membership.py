@@ -22,6 +22,7 @@ shuffled round-robin probe order, and a hash ring for successor probing.
 from __future__ import annotations
 
 import bisect
+import hashlib
 import math
 import random
 import zlib
@@ -106,6 +107,10 @@ class Member:
 ChangeHook = Callable[[Member, str | None, Addr, float], None]
 
 
+def _name_hash(name: str) -> int:
+    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big")
+
+
 def _ring_key(name: str) -> tuple[int, str]:
     # crc32 is stable across processes (str.__hash__ is salted per process).
     return (zlib.crc32(name.encode()), name)
@@ -135,6 +140,12 @@ class Membership:
         self._self_key = _ring_key(name)
         self._ring: list[tuple[int, str]] = [self._self_key]
         self.version = 0  # bumped on every change of any member (cache key for views)
+        # XOR of a 64-bit hash of every active member's name, this node included. Two nodes
+        # that agree on who is in the cluster have the same digest whatever the order they
+        # learned it in; pings carry it, so a pair that an epidemic missed (it happens, in
+        # join storms: each broadcast's transmissions are spent within ~100 ms) is noticed
+        # and repaired by a push-pull instead of waiting minutes for the periodic one.
+        self.digest = _name_hash(name)
 
     # ----------------------------------------------------------------- queries
 
@@ -232,6 +243,8 @@ class Membership:
         return CHANGED
 
     def leave(self, now: float) -> None:
+        if self.local.state != LEFT:
+            self.digest ^= _name_hash(self.name)
         self.local.state = LEFT
         self.local.since = now
         self._ring_remove(self.name)
@@ -242,7 +255,8 @@ class Membership:
         m = self.members.pop(name, None)
         if m is None:
             return
-        self.active.discard(name)
+        if self.active.discard(name):
+            self.digest ^= _name_hash(name)
         self.recent_dead.discard(name)
         self.failed.discard(name)
         self._ring_remove(name)
@@ -265,7 +279,8 @@ class Membership:
     # ----------------------------------------------------------------- pools
 
     def _activate(self, name: str) -> None:
-        self.active.add(name)
+        if self.active.add(name):
+            self.digest ^= _name_hash(name)
         self.recent_dead.discard(name)
         self.failed.discard(name)
         # A newcomer goes to a random place among the members not yet probed this round
@@ -276,7 +291,8 @@ class Membership:
 
     def _deactivate(self, name: str, gone: str, old_state: str) -> None:
         if old_state in ACTIVE_STATES:
-            self.active.discard(name)
+            if self.active.discard(name):
+                self.digest ^= _name_hash(name)
             self._ring_remove(name)
             self.recent_dead.add(name)
         if gone == DEAD:

@@ -138,6 +138,8 @@ class GossipNode:
         self._eager_at = now
         self._eager_timer = False
         self._alive_cache: tuple[int, bytes] | None = None
+        self._mismatch_since: float | None = None
+        self._digest_sync_at = now
 
         self._prefix_dgram = wire.header_prefix(wire.KIND_DATAGRAM, name, self.epoch)
         self._dest_cache: dict[Addr, bytes] = {}
@@ -447,7 +449,7 @@ class GossipNode:
             return
         header, plain, pos = opened
         try:
-            pp = wire.decode_push_pull(plain, pos)
+            pp = wire.decode_push_pull(plain, pos, self.config.max_stream)
         except DecodeError:
             self._drop("malformed")
             return
@@ -603,7 +605,9 @@ class GossipNode:
         local = self._members.local
         if local.state == LEFT:
             return
-        self._mq.put(("m", self.name), self._self_alive(), group=self.name, clear_group=True)
+        self._mq.put(
+            ("m", self.name), self._self_alive(), group=self.name, clear_group=True, mult=2
+        )
         self._fresh_members = True
 
     def _broadcast_member(self, name: str) -> None:
@@ -620,14 +624,14 @@ class GossipNode:
         self._fresh_members = True
 
     def _broadcast_net(self, n: wire.NetMsg) -> None:
-        self._mq.put(
-            ("n", n.node, n.network), wire.encode_net(n.node, n.network, n.ltime, n.joined)
-        )
+        data = wire.encode_net(n.node, n.network, n.ltime, n.joined)
+        self._mq.put(("n", n.node, n.network), data, mult=2 if n.node == self.name else 1)
         self._fresh_members = True
 
     def _broadcast_entry(self, e: Entry) -> None:
         data = wire.encode_entry(e.network, e.key, e.owner, e.ltime, e.deleted, e.value)
-        self._queue_for(e.network).put((e.key, e.owner), data)
+        mult = 2 if e.owner == self.name else 1
+        self._queue_for(e.network).put((e.key, e.owner), data, mult=mult)
         self._fresh_nets[e.network] = None
 
     def _queue_for(self, network: str) -> TransmitQueue:
@@ -637,7 +641,8 @@ class GossipNode:
         return q
 
     def _limit(self, n: int) -> int:
-        return self.config.retransmit_mult * max(1, math.ceil(math.log10(n + 1)))
+        scale = max(self.config.retransmit_min_scale, math.ceil(math.log10(n + 1)))
+        return self.config.retransmit_mult * scale
 
     def _net_size(self, network: str) -> int:
         ps = self._tables.participants(network)
@@ -695,7 +700,10 @@ class GossipNode:
         ps = self._tables.participants(network)
         if ps is None:
             return
-        targets = ps.sample(self._rng, self.config.gossip_nodes, exclude, self._members.is_active)
+        # Entries go to participants believed alive: a suspect one is likely unreachable (a
+        # partition, a crash), and every transmission spent on it is one the reachable
+        # participants do not get. (Member news does go to suspects: they must refute.)
+        targets = ps.sample(self._rng, self.config.gossip_nodes, exclude, self._is_alive)
         limit = self._limit(len(ps) + 1)
         for name in targets:
             m = self._members.get(name)
@@ -705,6 +713,10 @@ class GossipNode:
             if not msgs:
                 break
             self._send(m.addr, msgs)
+
+    def _is_alive(self, name: str) -> bool:
+        m = self._members.get(name)
+        return m is not None and m.state == ALIVE
 
     def _pending(self) -> bool:
         return bool(len(self._mq)) or any(len(q) for q in self._nq.values())
@@ -784,9 +796,9 @@ class GossipNode:
         nets = [n for n in self._tables.networks() if their_networks and n in their_networks]
         recs = self._tables.entry_records(nets)
         entries = (len(recs), b"".join([wire.encode_entry_record(e) for e in recs]))
-        body = wire.push_pull_body(
-            join, response, members, self._tables.net_records_wire(), entries
-        )
+        nets_wire = self._tables.net_records_wire()
+        compress = self.config.compress_streams
+        body = wire.push_pull_body(join, response, members, nets_wire, entries, compress)
         self._seq += 1
         plain = wire.stream_frame(self.name, self.epoch, self._seq, dest, body)
         data = crypto.seal(self._keyring, plain)
@@ -830,7 +842,7 @@ class GossipNode:
         self._probing[name] = seq
         # The ping introduces us: a member that missed our announcement (it joined through
         # another seed at the same time) learns of us from the first ping it gets.
-        msgs = [wire.encode_ping(seq, name), self._self_alive()]
+        msgs = [wire.encode_ping(seq, name, self._members.digest), self._self_alive()]
         if m.state == SUSPECT:
             # Lifeguard's buddy system: make sure the suspect hears of it to refute.
             msgs.append(wire.encode_suspect(name, m.incarnation, self.name))
@@ -848,7 +860,7 @@ class GossipNode:
             self._probe_failed(now, seq)
             return
         # Second chance: ping again directly, and ask others to try.
-        self._send(p.addr, [wire.encode_ping(seq, p.target)])
+        self._send(p.addr, [wire.encode_ping(seq, p.target, self._members.digest)])
         helpers = self._members.active.sample(
             self._rng,
             self.config.indirect_checks,
@@ -897,18 +909,36 @@ class GossipNode:
     def _on_ping(self, now: float, sender: str, src: Addr, msg: wire.Ping) -> None:
         if msg.target != self.name or self._members.left:
             return  # meant for whoever lived at this address before us
+        self._compare_digest(now, sender, src, msg.digest)
         ack = [wire.encode_ack(msg.seq)]
         if self.config.ring_probe and sender == self._members.ring_predecessor():
             self._send(src, ack)
         else:
             self._send_piggyback(src, ack)
 
+    def _compare_digest(self, now: float, sender: str, src: Addr, digest: int) -> None:
+        """A prober's membership digest differs from ours: one of us misses a member. If
+        that lasts digest_settle (news in flight settles faster), push-pull with it; at most
+        once per digest_sync_interval."""
+        if digest == self._members.digest:
+            self._mismatch_since = None
+            return
+        if self._mismatch_since is None:
+            self._mismatch_since = now
+            return
+        if now - self._mismatch_since < self.config.digest_settle or now < self._digest_sync_at:
+            return
+        self._mismatch_since = None
+        self._digest_sync_at = now + self.config.digest_sync_interval
+        theirs = set(self._tables.common_networks(sender))
+        self._send_push_pull(src, join=False, response=False, their_networks=theirs)
+
     def _on_ping_req(self, now: float, src: Addr, msg: wire.PingReq) -> None:
         if self._members.left:
             return
         seq = self._next_probe_seq()
         self._relays[seq] = (src, msg.seq)
-        self._send(msg.addr, [wire.encode_ping(seq, msg.target)])
+        self._send(msg.addr, [wire.encode_ping(seq, msg.target, self._members.digest)])
         self._timers.add(now + self.config.probe_interval, self._relay_expired, seq)
 
     def _relay_expired(self, now: float, seq: Any) -> None:

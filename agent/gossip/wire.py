@@ -23,6 +23,7 @@ anything is allocated.
 from __future__ import annotations
 
 import struct
+import zlib
 from typing import NamedTuple
 
 from agent.gossip.common import Addr, DecodeError
@@ -54,7 +55,7 @@ _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
 _U64U64 = struct.Struct(">QQ")
 _HEAD = struct.Struct(">BB")
-_FLAGS_COUNTS = struct.Struct(">BIII")
+_COUNTS = struct.Struct(">III")
 
 MAX_U32 = 0xFFFFFFFF
 MAX_U64 = 0xFFFFFFFFFFFFFFFF
@@ -72,6 +73,7 @@ class Header(NamedTuple):
 class Ping(NamedTuple):
     seq: int
     target: str  # the name the prober believes lives at this address
+    digest: int = 0  # the prober's membership digest (see Membership.digest)
 
 
 class PingReq(NamedTuple):
@@ -157,8 +159,8 @@ def _addr(addr: Addr) -> bytes:
     return str8(addr[0]) + _U16.pack(addr[1])
 
 
-def encode_ping(seq: int, target: str) -> bytes:
-    return _frame(T_PING, _U32.pack(seq) + str8(target))
+def encode_ping(seq: int, target: str, digest: int = 0) -> bytes:
+    return _frame(T_PING, _U32.pack(seq) + str8(target) + _U64.pack(digest))
 
 
 def encode_ping_req(seq: int, target: str, addr: Addr) -> bytes:
@@ -229,7 +231,7 @@ def encode_entry(
 def encode_message(msg: Message) -> bytes:
     """Any message as its framed bytes (the node calls the specific encoders directly)."""
     if isinstance(msg, Ping):
-        return encode_ping(msg.seq, msg.target)
+        return encode_ping(msg.seq, msg.target, msg.digest)
     if isinstance(msg, PingReq):
         return encode_ping_req(msg.seq, msg.target, msg.addr)
     if isinstance(msg, Ack):
@@ -264,7 +266,7 @@ def encode_datagram(sender: str, epoch: int, seq: int, dest: Addr, messages: lis
     )
 
 
-def encode_push_pull(pp: PushPull) -> bytes:
+def encode_push_pull(pp: PushPull, compress: bool = False) -> bytes:
     """A push-pull body (without the header)."""
     return push_pull_body(
         pp.join,
@@ -272,7 +274,13 @@ def encode_push_pull(pp: PushPull) -> bytes:
         (len(pp.members), b"".join(member_record(*m) for m in pp.members)),
         (len(pp.networks), b"".join(net_record(*n) for n in pp.networks)),
         (len(pp.entries), b"".join(_entry_body(*e) for e in pp.entries)),
+        compress,
     )
+
+
+F_JOIN = 1
+F_RESPONSE = 2
+F_ZLIB = 4  # everything after the flags byte is zlib-compressed
 
 
 def push_pull_body(
@@ -281,18 +289,18 @@ def push_pull_body(
     members: tuple[int, bytes],
     networks: tuple[int, bytes],
     entries: tuple[int, bytes],
+    compress: bool = False,
 ) -> bytes:
     """A push-pull body from already encoded sections, each (count, concatenated records):
-    the node keeps member and participation records encoded between syncs."""
-    flags = (1 if join else 0) | (2 if response else 0)
-    return b"".join(
-        [
-            _FLAGS_COUNTS.pack(flags, members[0], networks[0], entries[0]),
-            members[1],
-            networks[1],
-            entries[1],
-        ]
+    the node keeps member and participation records encoded between syncs. Compressed, a
+    1,000-member frame shrinks ~5x (names and addresses repeat) for ~0.3 ms of CPU."""
+    flags = (F_JOIN if join else 0) | (F_RESPONSE if response else 0)
+    rest = b"".join(
+        [_COUNTS.pack(members[0], networks[0], entries[0]), members[1], networks[1], entries[1]]
     )
+    if compress:
+        return bytes((flags | F_ZLIB,)) + zlib.compress(rest, 1)
+    return bytes((flags,)) + rest
 
 
 def encode_stream(sender: str, epoch: int, seq: int, dest: Addr, pp: PushPull) -> bytes:
@@ -415,7 +423,10 @@ def decode_message(raw: bytes) -> Message:
             addr, p = _addr_at(raw, p, end)
             msg = Alive(name, addr, n32)
         elif t == T_PING:
-            msg = Ping(n32, name)
+            if p + 8 > end:
+                raise DecodeError("truncated")
+            msg = Ping(n32, name, _U64_AT(raw, p)[0])
+            p += 8
         elif t == T_PING_REQ:
             addr, p = _addr_at(raw, p, end)
             msg = PingReq(n32, name, addr)
@@ -446,14 +457,28 @@ _B_U32 = struct.Struct(">BI")
 _B_U32_AT = _B_U32.unpack_from
 
 
-def decode_push_pull(buf: bytes, pos: int = 0) -> PushPull:
+def decode_push_pull(buf: bytes, pos: int = 0, max_size: int = 64 << 20) -> PushPull:
+    """A push-pull body; a compressed one may inflate to at most ``max_size`` bytes."""
     end = len(buf)
-    if pos + 13 > end:
+    if pos >= end:
         raise DecodeError("truncated push-pull")
-    flags, n_members, n_nets, n_entries = _FLAGS_COUNTS.unpack_from(buf, pos)
-    if flags & ~3:
+    flags = buf[pos]
+    if flags & ~(F_JOIN | F_RESPONSE | F_ZLIB):
         raise DecodeError("unknown push-pull flags")
-    p = pos + 13
+    pos += 1
+    if flags & F_ZLIB:
+        z = zlib.decompressobj()
+        try:
+            buf = z.decompress(buf[pos:], max_size)
+        except zlib.error as err:
+            raise DecodeError("bad compressed push-pull") from err
+        if z.unconsumed_tail or not z.eof or z.unused_data:
+            raise DecodeError("compressed push-pull too large, truncated or padded")
+        pos, end = 0, len(buf)
+    if pos + 12 > end:
+        raise DecodeError("truncated push-pull")
+    n_members, n_nets, n_entries = _COUNTS.unpack_from(buf, pos)
+    p = pos + 12
     if n_members * _MIN_MEMBER + n_nets * _MIN_NET + n_entries * _MIN_ENTRY > end - p:
         raise DecodeError("push-pull counts exceed the frame")
     members = []
@@ -475,11 +500,11 @@ def decode_push_pull(buf: bytes, pos: int = 0) -> PushPull:
         nets.append(n)
     entries = []
     for _ in range(n_entries):
-        e, p = _entry_at(buf, p, end)
-        entries.append(e)
+        em, p = _entry_at(buf, p, end)
+        entries.append(em)
     if p != end:
         raise DecodeError("trailing bytes")
-    return PushPull(bool(flags & 1), bool(flags & 2), members, nets, entries)
+    return PushPull(bool(flags & F_JOIN), bool(flags & F_RESPONSE), members, nets, entries)
 
 
 def decode_datagram(buf: bytes) -> tuple[Header, list[Message]]:

@@ -16,7 +16,7 @@ u32 = st.integers(0, wire.MAX_U32)
 u64 = st.integers(0, wire.MAX_U64)
 
 messages = st.one_of(
-    st.builds(wire.Ping, u32, names),
+    st.builds(wire.Ping, u32, names, u64),
     st.builds(wire.PingReq, u32, names, addrs),
     st.builds(wire.Ack, u32),
     st.builds(wire.Alive, names, addrs, u32),
@@ -138,7 +138,26 @@ def test_counts_are_bounded_before_allocating() -> None:
     with pytest.raises(DecodeError, match="counts exceed"):
         wire.decode_stream(huge)
     with pytest.raises(DecodeError):
-        wire.decode_stream(header + bytes([4]) + bytes(12))  # unknown flag bit
+        wire.decode_stream(header + bytes([8]) + bytes(12))  # unknown flag bit
+
+
+def test_compressed_push_pull() -> None:
+    pp = wire.PushPull(
+        False,
+        True,
+        [wire.MemberRecord(f"node-{i}", ("10.0.0.1", 7946), "alive", i) for i in range(200)],
+        [wire.NetMsg(f"node-{i}", "net", i, True) for i in range(200)],
+        [wire.EntryMsg("net", "k", "node-1", 3, False, b"v" * 100)],
+    )
+    plain, packed = wire.encode_push_pull(pp), wire.encode_push_pull(pp, compress=True)
+    assert len(packed) * 3 < len(plain) and packed[0] & wire.F_ZLIB
+    assert wire.decode_push_pull(packed) == wire.decode_push_pull(plain) == pp
+    # A decompression bomb is refused before it inflates past the limit.
+    with pytest.raises(DecodeError, match="too large"):
+        wire.decode_push_pull(packed, max_size=1000)
+    for bad in (packed[:-1], packed + b"x", packed[:1] + b"not zlib at all"):
+        with pytest.raises(DecodeError):
+            wire.decode_push_pull(bad)
 
 
 def test_split_messages_checks_framing() -> None:
