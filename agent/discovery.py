@@ -70,15 +70,19 @@ def gossip_config(options: Mapping[str, str]) -> GossipConfig:
     return GossipConfig(**values)
 
 
-def write_private(path: Path, data: bytes) -> None:
-    """Atomically, readable by root only (the kept assignment set holds the gossip keys)."""
+def write_private(path: Path, data: bytes, durable: bool = True) -> None:
+    """Atomically, readable by root only (the kept assignment set holds the gossip keys);
+    `durable` also survives a power loss (fsync), which only what a restart relies on needs."""
     tmp = path.with_suffix(path.suffix + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+        if durable:
+            f.flush()
+            os.fsync(f.fileno())
     tmp.replace(path)
+    if not durable:
+        return
     dfd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dfd)
@@ -107,6 +111,7 @@ class Discovery:
         # What this host has written to the tables: (network, task ID) -> encoded record.
         self._announced: dict[tuple[str, str], bytes] = {}
         self._decoded: dict[bytes, EndpointRecord] = {}
+        self._saved_peers = b""
         self.bad_records = 0
 
     @property
@@ -231,15 +236,13 @@ class Discovery:
         if self.node is None:
             return None
         node = self.node
+        summary = node.status(time.monotonic())
         st = pb.GossipStatus(updated_ms=int(time.time() * 1000))
-        for m in sorted(node.members(), key=lambda m: m.name):
+        for m in summary["members"]:
             st.members.add(
-                node_id=m.name,
-                addr=f"{m.addr[0]}:{m.addr[1]}",
-                state=m.state,
-                incarnation=m.incarnation,
+                node_id=m["name"], addr=m["addr"], state=m["state"], incarnation=m["incarnation"]
             )
-        for net, view in sorted(node.status(time.monotonic())["networks"].items()):
+        for net, view in sorted(summary["networks"].items()):
             st.networks.add(network_id=net, entries=view["entries"], peers=view["peers"])
         stats = node.stats
         if stats.last_sync is not None:
@@ -262,8 +265,10 @@ class Discovery:
         )
         with contextlib.suppress(OSError):
             self.state_dir.mkdir(parents=True, exist_ok=True)
-            if peers:
-                write_private(self.state_dir / PEERS_FILE, json.dumps(peers).encode())
+            data = json.dumps(peers).encode()
+            if peers and data != self._saved_peers:
+                write_private(self.state_dir / PEERS_FILE, data)
+                self._saved_peers = data
             st = self.status()
             if st is not None:
                 from google.protobuf import json_format
@@ -271,6 +276,7 @@ class Discovery:
                 write_private(
                     self.state_dir / STATUS_FILE,
                     json_format.MessageToJson(st, preserving_proto_field_name=True).encode(),
+                    durable=False,  # a view for people, rewritten every few seconds
                 )
 
     def _load_peers(self) -> list[tuple[str, int]]:
