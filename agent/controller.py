@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from agent.model import (
+    INGRESS_SANDBOX,
     DesiredState,
     HostConfig,
     LocalEndpoint,
@@ -51,8 +52,16 @@ class Local:
     start_error: str = ""
     sandbox: Sandbox = Sandbox.ABSENT
     sandbox_error: str = ""
-    # Highest state reported to (or known by) the manager, so nothing is said twice.
+    # The health check's verdict (TASK_HEALTH_NONE: no check) and since when (wall ms) the
+    # task can take traffic: running, and healthy if checked (0: it cannot).
+    health: int = pb.TASK_HEALTH_NONE
+    ready_ms: int = 0
+    # Why the agent is stopping a task that turned unhealthy ("" while it is not).
+    unhealthy: str = ""
+    # Highest state reported to (or known by) the manager, so nothing is said twice; for a
+    # RUNNING task also the (health, ready_ms) last reported, so a change is said once.
     reported: int = pb.TASK_STATE_NEW
+    reported_health: tuple[int, int] = (pb.TASK_HEALTH_NONE, 0)
     # The task as last assigned (kept after the manager drops it, until its process is gone).
     task: pb.Task | None = None
 
@@ -95,6 +104,15 @@ def is_terminal(state: int) -> bool:
 def exit_status(local: Local, now_ms: int) -> pb.TaskStatus:
     """COMPLETE for a clean exit, FAILED with the code and the reason otherwise."""
     code = local.exit_code
+    if local.unhealthy:
+        # Stopped by the agent for failing its health check: whatever the exit code, it failed.
+        return status(
+            pb.TASK_STATE_FAILED,
+            "task was unhealthy",
+            now_ms,
+            err=f"unhealthy: {local.unhealthy}",
+            exit_code=code if code is not None else -1,
+        )
     if code == 0:
         return status(pb.TASK_STATE_COMPLETE, "finished", now_ms, exit_code=0)
     return status(
@@ -136,7 +154,10 @@ def decide(
 
     def report(task_id: str, status: pb.TaskStatus) -> None:
         lo = local[task_id]
-        if status.state > lo.reported:
+        if status.state > lo.reported or (
+            status.state == lo.reported == pb.TASK_STATE_RUNNING
+            and (status.health, status.ready_ms) != lo.reported_health
+        ):
             d.reports[task_id] = status
 
     for task_id, task in tasks.items():
@@ -188,7 +209,20 @@ def decide(
             continue
         if running:
             d.sandboxes.add(task_id)
-            report(task_id, status(pb.TASK_STATE_RUNNING, "started", now_ms, pid=lo.pid))
+            if lo.unhealthy:
+                # Withdrawn from the balancers already (its record says disabled); now it goes.
+                d.stop.append(task_id)
+            report(
+                task_id,
+                status(
+                    pb.TASK_STATE_RUNNING,
+                    "started",
+                    now_ms,
+                    pid=lo.pid,
+                    health=lo.health,
+                    ready_ms=lo.ready_ms,
+                ),
+            )
             continue
         if state >= pb.TASK_STATE_STARTING:
             # The manager saw it start, but no process is here and no exit was recorded: the
@@ -234,9 +268,12 @@ def desired_dataplane(
     networks: Mapping[str, pb.Network],
     endpoints: Mapping[str, Iterable[RemoteEndpoint]],
     sandboxes: Iterable[str],
+    ingress: tuple[pb.Network, str] | None = None,
 ) -> tuple[DesiredState, dict[str, str]]:
     """The data plane for `sandboxes` (task IDs), and for each task that cannot have one, why.
     `endpoints` holds, per network, the endpoints other hosts announced (through gossip).
+    `ingress` (the ingress network and this node's address on it) adds the host's ingress
+    sandbox, the routing mesh's end here, built whether or not a local task publishes.
 
     Networks are built only when a local sandbox is on them (lazily, as Docker does), and
     removed when the last one goes: that falls out of deriving everything from the sandboxes.
@@ -281,6 +318,22 @@ def desired_dataplane(
                 egress=not configs or any(not c.internal for c in configs),
                 hostname=task_hostname(task),
             )
+    if ingress is not None:
+        net, addr = ingress
+        config = network_config(net)
+        nets[config.id] = config
+        boxes[INGRESS_SANDBOX] = SandboxConfig(
+            task_id=INGRESS_SANDBOX,
+            endpoints=(
+                LocalEndpoint(
+                    task_id=INGRESS_SANDBOX,
+                    network_id=config.id,
+                    index=0,
+                    address=ipaddress.IPv4Interface(addr),
+                ),
+            ),
+            egress=True,
+        )
     # An address a local task holds is never sent away, even if a stale record elsewhere
     # (a dead host's, until it is reaped) still claims it.
     local_addrs = {(e.network_id, e.address.ip) for b in boxes.values() for e in b.endpoints}

@@ -23,13 +23,20 @@ from pathlib import Path
 
 import grpc
 
+from agent import services
 from agent.controller import Local, Sandbox, decide, desired_dataplane
 from agent.dataplane.kernel import ApplyResult, DataPlane
+from agent.dataplane.plan import ingress_gw_address
 from agent.discovery import DEFAULT_GOSSIP_PORT, Discovery, write_private
-from agent.endpoints import local_records
+from agent.dns.server import DnsServer
+from agent.endpoints import EndpointRecord, local_records, node_record, remotes
 from agent.executor import ExitInfo, LogTailer, Runner, StartError
 from agent.gossip import GossipConfig
-from agent.model import DesiredState, HostConfig
+from agent.health import CheckConfig, HealthMonitor
+from agent.lb.balancer import LoadBalancer
+from agent.lb.plan import LbSpec
+from agent.model import INGRESS_SANDBOX, DesiredState, HostConfig
+from agent.netns import run_in_netns
 from agent.session import AgentSession
 from proto import dispatcher_pb2 as dpb
 from proto import objects_pb2 as pb
@@ -74,6 +81,9 @@ class AgentDaemon:
         log_interval: float = 0.5,
         gossip_port: int = DEFAULT_GOSSIP_PORT,
         gossip_config: GossipConfig | None = None,
+        drain_delay: float = 2.0,
+        dns_upstreams: list[tuple[str, int]] | None = None,
+        dns_ttl: int = 2,
     ) -> None:
         self.host = host
         self.session = session
@@ -96,6 +106,17 @@ class AgentDaemon:
         # Networks of the tasks this host still holds, as last assigned.
         self._networks: dict[str, pb.Network] = {}
         session.on_assignments = self._on_assignments
+        # A task being stopped keeps its address but takes no new connection for this long
+        # first, so that every host's balancers and resolvers have dropped it (gossip needs a
+        # fraction of a second) before its process goes.
+        self.drain_delay = drain_delay
+        self.dns = DnsServer(
+            DnsServer.host_upstreams() if dns_upstreams is None else dns_upstreams, ttl=dns_ttl
+        )
+        self.lb = LoadBalancer(host.names.lb_table)
+        self.health = HealthMonitor(lambda _: self._wake.set())
+        # Tasks announced as taking traffic in the last pass (a stop drains only those).
+        self._serving: set[str] = set()
 
     # ------------------------------------------------------------------ events
 
@@ -180,6 +201,9 @@ class AgentDaemon:
             keeper.cancel()
             for t in self._stopping.values():
                 t.cancel()
+            await self.health.close()
+            await self.dns.close()
+            await self.lb.close()
             # A host with running tasks does not leave: its tasks keep serving while the agent
             # restarts (live restore), so the others must keep its endpoints.
             await self.discovery.close(leave=not any(lo.pid for lo in self.local.values()))
@@ -206,19 +230,25 @@ class AgentDaemon:
         known = {tid: lo.task for tid, lo in self.local.items() if lo.task is not None}
         known.update(tasks)
         used = {att.network_id for t in known.values() for att in t.networks}
+        ingress = self._ingress(a.networks)
+        if ingress is not None:
+            used.add(ingress[0].meta.id)
         self._networks = {k: v for k, v in {**self._networks, **a.networks}.items() if k in used}
 
         # Two rounds: the first says which sandboxes are wanted; once the kernel has them,
         # the second starts what can start in this same pass.
         built: set[str] | None = None
-        remotes = self.discovery.remotes(self._networks)
+        # Every visible record of the networks this host is on, read once per pass: the FDB,
+        # resolvers and balancers are all derived from it.
+        records = self.discovery.records(self._networks)
+        remote_eps = remotes(records, self._networks, str(self.host.vtep))
         desired = DesiredState()
         for _ in range(2):
             d = decide(tasks, self.local, now_ms(), autonomous=autonomous, policies=policies)
             if d.sandboxes == built:
                 break  # the kernel already holds exactly these
             desired, problems = desired_dataplane(
-                self.host, known, self._networks, remotes, d.sandboxes
+                self.host, known, self._networks, remote_eps, d.sandboxes, ingress
             )
             result = await self.dataplane.reconcile(desired)
             built = d.sandboxes
@@ -242,9 +272,13 @@ class AgentDaemon:
             if not changed:
                 break
 
+        # Resolvers and balancers first: a task about to start finds its names resolving.
+        await self._serve(records, desired, known)
+
         for task_id in d.restart:
             lo = self.local[task_id]
             lo.exited, lo.exit_code, lo.exit_error = False, None, ""
+            lo.unhealthy = ""
             lo.local_restarts += 1
             log.info("restarting task %s in place (no manager reachable)", task_id)
             await self._start(tasks[task_id])
@@ -252,7 +286,10 @@ class AgentDaemon:
             await self._start(tasks[task_id])
         for task_id in d.stop:
             if task_id not in self._stopping:
-                self._stopping[task_id] = asyncio.create_task(self._stop(task_id))
+                # Only a task that was taking traffic needs to drain (decided now: this pass's
+                # announcement below takes it out of `_serving`).
+                drain = task_id in self._serving
+                self._stopping[task_id] = asyncio.create_task(self._stop(task_id, drain))
         for task_id in d.forget:
             # Its last lines go to the manager before its directory (and logs) goes; if no
             # manager takes them now, the next pass tries again.
@@ -264,35 +301,152 @@ class AgentDaemon:
                     continue
                 self.logs.forget(task_id)
                 self.local.pop(task_id, None)
+        self._check_health(known, desired)
         if d.start or d.restart:
             # Report RUNNING (with the pid) in this pass rather than the next one.
             d = decide(tasks, self.local, now_ms(), autonomous=autonomous, policies=policies)
-        self._announce(tasks, desired, d.stop)
+        self._announce(known, desired, d.stop, ingress)
         await self._report(d.reports)
 
+    def _ingress(self, networks: dict[str, pb.Network]) -> tuple[pb.Network, str] | None:
+        """The ingress network and this node's address on it, if the manager gave it one."""
+        node = self.session.assignments.node.get(self.session.node_id)
+        if node is None:
+            return None
+        for att in node.attachments:
+            net = networks.get(att.network_id) or self._networks.get(att.network_id)
+            if net is not None and net.spec.ingress and att.addresses:
+                return net, att.addresses[0]
+        return None
+
     def _announce(
-        self, tasks: dict[str, pb.Task], desired: DesiredState, stopping: list[str]
+        self,
+        tasks: dict[str, pb.Task],
+        desired: DesiredState,
+        stopping: list[str],
+        ingress: tuple[pb.Network, str] | None,
     ) -> None:
-        """Tell the other hosts about the endpoints of tasks whose process runs here; a task
-        being stopped is withdrawn first, so nobody sends it new traffic."""
+        """Tell the other hosts about the endpoints of tasks whose process runs here. A task
+        being stopped, or not healthy, stays announced but disabled: nobody sends it a new
+        connection, the ones it has go on (its address stays reachable) until it is gone."""
         running = [
             tasks[tid]
             for tid, lo in self.local.items()
-            if lo.pid
-            and tid in tasks
-            and tid in desired.sandboxes
-            and tid not in stopping
-            and tid not in self._stopping
+            if lo.pid and tid in tasks and tid in desired.sandboxes
         ]
-        self.discovery.sync(
-            desired.networks,
-            local_records(
-                running,
-                self.session.assignments.services,
-                self.session.node_id,
-                str(self.host.vtep),
-            ),
+        disabled = {
+            t.meta.id
+            for t in running
+            if t.meta.id in stopping
+            or t.meta.id in self._stopping
+            or self.local[t.meta.id].health not in (pb.TASK_HEALTH_NONE, pb.TASK_HEALTH_HEALTHY)
+        }
+        records = local_records(
+            running,
+            self.session.assignments.services,
+            self.session.node_id,
+            str(self.host.vtep),
+            disabled,
         )
+        if ingress is not None and INGRESS_SANDBOX in desired.sandboxes:
+            rec = node_record(
+                ingress[0].meta.id, ingress[1], self.session.node_id, str(self.host.vtep)
+            )
+            records[(rec.network_id, rec.task_id)] = rec
+        serving = {t.meta.id for t in running} - disabled
+        if serving != self._serving:
+            # Our own records feed this host's balancers too: another pass applies them.
+            self._wake.set()
+        self._serving = serving
+        self.discovery.sync(desired.networks, records)
+
+    # ------------------------------------------------------------------ DNS, LB, health
+
+    async def _serve(
+        self, records: list[EndpointRecord], desired: DesiredState, tasks: dict[str, pb.Task]
+    ) -> None:
+        """Point every sandbox's resolver and balancer, the ingress sandbox's and the host's
+        balancers at the records of this pass; only what changed reaches the kernel."""
+        ingress_id = next((n for n, c in desired.networks.items() if c.ingress), "")
+        names = {nid: net.spec.name for nid, net in self._networks.items()}
+        self.dns.update(records, names)
+        ready = {
+            tid
+            for tid in desired.sandboxes
+            if tid != INGRESS_SANDBOX
+            and tid in tasks
+            and self.local.get(tid, Local()).sandbox is Sandbox.READY
+        }
+        specs: dict[str, tuple[str | None, LbSpec]] = {}
+        for tid in sorted(ready):
+            view = frozenset(a.network_id for a in tasks[tid].networks) - {ingress_id}
+            path = self.dataplane.sandbox_path(tid)
+            try:
+                await self.dns.attach(tid, path, view)
+            except OSError as e:
+                log.warning("task %s: cannot serve DNS in its sandbox: %s", tid, e)
+            specs[tid] = (path, services.vip_spec(records, view))
+        for key in self.dns.attached() - ready:
+            await self.dns.detach(key)
+
+        ports = services.published_ports(
+            records, self.session.assignments.services.values(), ingress_id
+        )
+        ingress_gw: str | None = None
+        if INGRESS_SANDBOX in desired.sandboxes and ingress_id:
+            path = self.dataplane.sandbox_path(INGRESS_SANDBOX)
+            try:
+                # Checked on every pass: a sandbox made again (after drift) starts with it off.
+                if run_in_netns(path, _enable_forwarding):
+                    log.info("ingress sandbox: IP forwarding switched on")
+                specs[INGRESS_SANDBOX] = (path, services.ingress_spec(ports))
+                ingress_gw = str(ingress_gw_address(self.host).ip)
+            except OSError as e:
+                log.warning("ingress sandbox: cannot enable forwarding: %s", e)
+        host_ports = services.host_mode_ports(
+            records, self.session.node_id, self.dataplane.gw_addresses
+        )
+        specs["host"] = (None, services.host_spec(ports, ingress_gw, host_ports))
+
+        for key in self.lb.keys() - specs.keys():
+            # A sandbox's table goes with its namespace (which may be gone already).
+            await self.lb.remove(key, self.dataplane.sandbox_path(key), delete_table=False)
+        for key, (netns, spec) in specs.items():
+            try:
+                await self.lb.apply(key, netns, spec)
+            except Exception as e:
+                log.warning("load balancing in %s: %s", key, e)
+
+    def _check_health(self, tasks: dict[str, pb.Task], desired: DesiredState) -> None:
+        """Watch the running tasks that have a check; fold the verdicts into `Local`."""
+        now_wall, now_mono = now_ms(), time.monotonic()
+        watched = set()
+        for tid, lo in self.local.items():
+            task = tasks.get(tid)
+            if not lo.pid or task is None or tid not in desired.sandboxes:
+                lo.health, lo.ready_ms = pb.TASK_HEALTH_NONE, 0
+                continue
+            config = CheckConfig.from_proto(task.spec.health_check)
+            if config is None:
+                lo.health = pb.TASK_HEALTH_NONE
+                lo.ready_ms = lo.ready_ms or now_wall
+                continue
+            addr = task.networks[0].addresses[0].split("/")[0] if task.networks else "127.0.0.1"
+            self.health.watch(tid, config, self.dataplane.sandbox_path(tid), addr)
+            watched.add(tid)
+            st = self.health.state(tid)
+            if st is None:
+                continue
+            lo.health = st.health
+            lo.ready_ms = (
+                now_wall - int((now_mono - st.healthy_since) * 1000) if st.healthy_since else 0
+            )
+            if st.health == pb.TASK_HEALTH_UNHEALTHY and not lo.unhealthy:
+                lo.unhealthy = st.last_error or "the health check failed"
+                log.warning("task %s is unhealthy (%s): stopping it", tid, lo.unhealthy)
+                self._wake.set()
+        for tid in self.health.watched() - watched:
+            self.health.unwatch(tid)
 
     async def _start(self, task: pb.Task) -> None:
         lo = self.local[task.meta.id]
@@ -312,8 +466,13 @@ class AgentDaemon:
             lo.start_error = f"the agent could not start the task: {e}"
             log.exception("task %s could not start", task.meta.id)
 
-    async def _stop(self, task_id: str) -> None:
+    async def _stop(self, task_id: str, drain: bool = False) -> None:
         try:
+            if drain and self.drain_delay > 0:
+                # The pass that made this stop announces the task disabled; wait until every
+                # host has dropped it from its balancers and resolvers before it goes.
+                self._wake.set()
+                await asyncio.sleep(self.drain_delay)
             await self.runner.stop(task_id, self.stop_timeout)
         except Exception:
             log.exception("stopping task %s failed", task_id)
@@ -335,6 +494,8 @@ class AgentDaemon:
             lo = self.local.get(task_id)
             if lo is not None:
                 lo.reported = max(lo.reported, status.state)
+                if status.state == pb.TASK_STATE_RUNNING:
+                    lo.reported_health = (status.health, status.ready_ms)
 
     async def _publish_logs(self) -> None:
         """Send new log lines of every task to the manager; a line is marked sent only once the
@@ -372,3 +533,15 @@ class AgentDaemon:
                 return False
             self.logs.commit(task_id)
         return True
+
+
+def _enable_forwarding() -> bool:
+    """Run inside the ingress sandbox, which routes between the gwbridge and the ingress
+    network; True if forwarding was off."""
+    path = "/proc/sys/net/ipv4/ip_forward"
+    with open(path) as f:
+        if f.read().strip() == "1":
+            return False
+    with open(path, "w") as f:
+        f.write("1")
+    return True

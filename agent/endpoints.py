@@ -28,6 +28,17 @@ class BadRecord(ValueError):
 
 
 @dataclass(frozen=True)
+class PortRecord:
+    """One port of the record's service, as the service's endpoint has it."""
+
+    name: str  # "" when unnamed (only named ports get SRV records)
+    protocol: str  # "tcp" | "udp"
+    target: int
+    published: int = 0  # 0: not published
+    mode: str = "ingress"  # "ingress" (routing mesh) | "host" (only where a task runs)
+
+
+@dataclass(frozen=True)
 class EndpointRecord:
     network_id: str
     # CIDR notation, with the network's prefix length: 10.0.0.5/24
@@ -47,10 +58,23 @@ class EndpointRecord:
     aliases: tuple[str, ...] = field(default_factory=tuple)
     # False while the task is not to receive traffic (unhealthy or draining before a stop).
     enabled: bool = True
+    ports: tuple[PortRecord, ...] = field(default_factory=tuple)
+
+    @property
+    def ip(self) -> str:
+        return self.addr.split("/", 1)[0]
+
+    @property
+    def is_task(self) -> bool:
+        """False for a node's own endpoint (its ingress address): FDB only, no name, no LB."""
+        return bool(self.service_id)
 
     def encode(self) -> bytes:
         d = asdict(self)
         d["aliases"] = list(self.aliases)
+        d["ports"] = [[p.name, p.protocol, p.target, p.published, p.mode] for p in self.ports]
+        if not self.ports:
+            del d["ports"]
         return json.dumps(d, separators=(",", ":"), sort_keys=True).encode()
 
     @classmethod
@@ -71,6 +95,10 @@ class EndpointRecord:
                 vip=str(d.get("vip", "")),
                 aliases=tuple(str(a) for a in d.get("aliases", ())),
                 enabled=bool(d.get("enabled", True)),
+                ports=tuple(
+                    PortRecord(str(n), str(pr), int(t), int(pub), str(m))
+                    for n, pr, t, pub, m in d.get("ports", ())
+                ),
             )
             ipaddress.IPv4Interface(rec.addr)
             ipaddress.IPv4Address(rec.vtep)
@@ -86,17 +114,56 @@ class EndpointRecord:
         )
 
 
+def service_ports(svc: pb.Service | None) -> tuple[PortRecord, ...]:
+    """The service's ports (as allocated, published ports filled in) as records carry them."""
+    if svc is None:
+        return ()
+    return tuple(
+        PortRecord(
+            name=p.name,
+            protocol="udp" if p.protocol == pb.PROTOCOL_UDP else "tcp",
+            target=p.target_port,
+            published=p.published_port,
+            mode="host" if p.publish_mode == pb.PUBLISH_MODE_HOST else "ingress",
+        )
+        for p in svc.endpoint.ports
+    )
+
+
+def node_record(network_id: str, addr: str, node_id: str, vtep: str) -> EndpointRecord:
+    """A host's own endpoint on a network (its ingress sandbox's address): other hosts need its
+    FDB and neighbour entries to send replies back through it; DNS and LB ignore it."""
+    return EndpointRecord(
+        network_id=network_id,
+        addr=addr,
+        mac=endpoint_mac(addr),
+        vtep=vtep,
+        node_id=node_id,
+        task_id=f"node-{node_id}",
+        task_name="",
+        service_id="",
+        service_name="",
+        slot=0,
+    )
+
+
 def local_records(
     tasks: Iterable[pb.Task],
     services: Mapping[str, pb.Service],
     node_id: str,
     vtep: str,
+    disabled: Iterable[str] = (),
 ) -> dict[tuple[str, str], EndpointRecord]:
     """The records this host announces: one per network of each task given (the caller passes
-    the tasks whose process runs), keyed by (network ID, task ID)."""
+    the tasks whose process runs), keyed by (network ID, task ID). Tasks in `disabled`
+    (unhealthy, not yet healthy, or draining before a stop) are announced with enabled=False:
+    still reachable at their address, so connections they already have go on, but given no new
+    ones."""
+    off = set(disabled)
     out: dict[tuple[str, str], EndpointRecord] = {}
     for task in tasks:
         svc = services.get(task.service_id)
+        ports = service_ports(svc)
         vips = (
             {
                 v.network_id: str(ipaddress.IPv4Interface(v.addr).ip)
@@ -122,6 +189,8 @@ def local_records(
                 slot=task.slot,
                 vip=vips.get(att.network_id, ""),
                 aliases=tuple(att.aliases),
+                enabled=task.meta.id not in off,
+                ports=ports,
             )
     return out
 

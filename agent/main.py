@@ -96,12 +96,52 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "manager is down), then exit",
     )
     p.add_argument(
+        "--drain-delay",
+        type=float,
+        default=2.0,
+        help="seconds a task stays reachable but takes no new connections before it is "
+        "stopped, so that every host drops it first (default %(default)s)",
+    )
+    p.add_argument(
+        "--dns-upstream",
+        action="append",
+        default=[],
+        metavar="IP[:PORT]",
+        help="resolver for names that are not the cluster's (repeatable; default: the "
+        "nameservers of /etc/resolv.conf; 'none': answer NXDOMAIN instead)",
+    )
+    p.add_argument(
+        "--dns-ttl",
+        type=int,
+        default=2,
+        help="TTL of the embedded resolver's answers, short so that clients never keep a "
+        "removed task for long (default %(default)s)",
+    )
+    p.add_argument(
         "--cleanup",
         action="store_true",
         help="stop this agent's tasks and remove every kernel object it made, then exit",
     )
     p.add_argument("--log-level", default="info")
     return p.parse_args(argv)
+
+
+def parse_upstreams(values: list[str]) -> list[tuple[str, int]] | None:
+    """None: take the host's resolvers; [] ('none'): no forwarding at all."""
+    if not values:
+        return None
+    if values == ["none"]:
+        return []
+    out = []
+    for v in values:
+        host, sep, port = v.rpartition(":")
+        if not sep:
+            host, port = v, "53"
+        try:
+            out.append((str(ipaddress.IPv4Address(host)), int(port)))
+        except ValueError:
+            raise ValueError(f"{v!r} is not IP[:PORT]") from None
+    return out
 
 
 def detect_vtep(managers: list[str]) -> str:
@@ -160,6 +200,9 @@ async def run(args: argparse.Namespace) -> None:
         stop_timeout=args.stop_timeout,
         gossip_port=args.gossip_port,
         gossip_config=args.gossip_config,
+        drain_delay=args.drain_delay,
+        dns_upstreams=args.dns_upstreams,
+        dns_ttl=args.dns_ttl,
     )
     log.info(
         "agent %s: vtep %s, underlay MTU %d, netns prefix %r",
@@ -205,6 +248,13 @@ async def cleanup(args: argparse.Namespace) -> None:
         await dp.remove_all()
     finally:
         await dp.close()
+    from agent.lb.balancer import LoadBalancer
+
+    lb = LoadBalancer(host.names.lb_table)
+    try:
+        await lb.remove("host", None)
+    finally:
+        await lb.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -225,6 +275,12 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         return 0
     from agent.discovery import gossip_config
+
+    try:
+        args.dns_upstreams = parse_upstreams(args.dns_upstream)
+    except ValueError as e:
+        print(f"ovnet-agent: error: --dns-upstream: {e}", file=sys.stderr)
+        return 2
 
     try:
         args.gossip_config = gossip_config(dict(o.partition("=")[::2] for o in args.gossip_opt))

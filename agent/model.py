@@ -23,6 +23,13 @@ DEFAULT_VXLAN_PORT = 4789
 DEFAULT_GWBRIDGE_SUBNET = IPv4Network("172.18.0.0/16")
 
 
+# The pseudo task ID of a host's ingress sandbox: the routing mesh's end on this host, with a leg
+# on the ingress network (the node's own ingress address) and one on the gwbridge, where the
+# host's published ports are DNATed to. Alphanumeric and long enough that its netns name reads
+# `<prefix>t-ingresssandb`.
+INGRESS_SANDBOX = "ingresssandbox"
+
+
 def endpoint_mac(address: IPv4Address | IPv4Interface | str) -> str:
     """The MAC of the interface holding an overlay address: 02:42 followed by the address.
 
@@ -85,6 +92,8 @@ class Names:
     # In the host's namespace.
     gwbridge: str = "ovgw0"
     nft_table: str = "ovnet"
+    # The load-balancing table, in the host, the ingress sandbox and every task sandbox.
+    lb_table: str = "ovnet-lb"
 
     def vxlan_staging(self, vni: int) -> str:
         """Name of a VXLAN device while it is made in the host namespace (its UDP socket must

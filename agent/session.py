@@ -42,6 +42,8 @@ class Assignments:
     services: dict[str, pb.Service] = field(default_factory=dict)
     # One item, ID "gossip": the gossip keyring and seed peers.
     gossip: dict[str, dpb.GossipConfig] = field(default_factory=dict)
+    # One item: this node itself (its ingress address is in its attachments).
+    node: dict[str, pb.Node] = field(default_factory=dict)
     seq: int = 0
 
     def snapshot(self) -> dpb.AssignmentsMessage:
@@ -60,6 +62,7 @@ class Assignments:
             "network": self.networks,
             "service": self.services,
             "gossip": self.gossip,
+            "node": self.node,
         }
 
     def apply(self, msg: dpb.AssignmentsMessage) -> None:

@@ -6,7 +6,9 @@ does I/O, so a request is checked against the whole cluster's allocations withou
 
 Every allocating call is all-or-nothing: when it raises, the allocator is exactly as it was, so a
 refused request leaves nothing behind. When the caller's etcd commit fails afterwards, the caller
-hands back what it got (`release_network`, `release_endpoint`, `release_task`).
+hands back what it got (`release_network`, `release_endpoint`, `release_task`,
+`release_attachments`). A node's address on the ingress network comes from `allocate_task` too
+(it is one attachment, like a task's) and is restored from `Node.attachments`.
 """
 
 from __future__ import annotations
@@ -42,6 +44,16 @@ class NetworkAllocation:
     subnet: str  # "10.0.3.0/24"
     gateway: str  # "10.0.3.1" (no prefix length)
     vni: int
+
+    def network(self, net_id: str, spec: pb.NetworkSpec, now_ms: int) -> pb.Network:
+        """The network object to store for `spec` with this allocation."""
+        return pb.Network(
+            meta=pb.Meta(id=net_id, created_at_ms=now_ms, updated_at_ms=now_ms),
+            spec=spec,
+            subnet=self.subnet,
+            gateway=self.gateway,
+            vni=self.vni,
+        )
 
 
 class _IntervalSet:
@@ -266,9 +278,10 @@ class Allocator:
         networks: Iterable[pb.Network],
         services: Iterable[pb.Service],
         tasks: Iterable[pb.Task],
+        nodes: Iterable[pb.Node] = (),
     ) -> None:
         """Mark as used everything stored objects hold: network subnets/gateways/VNIs, service
-        VIPs and published ports, task addresses.
+        VIPs and published ports, task addresses, nodes' own (ingress) addresses.
 
         Additive: it can also put back a stored service's allocations after a released endpoint
         (see `reallocate_service`). Cursors of pools that were empty before the call are moved
@@ -294,6 +307,10 @@ class Allocator:
                 self._mark_address(vip.network_id, vip.addr)
         for task in tasks:
             for att in task.networks:
+                for addr in att.addresses:
+                    self._mark_address(att.network_id, addr)
+        for node in nodes:
+            for att in node.attachments:
                 for addr in att.addresses:
                     self._mark_address(att.network_id, addr)
         for net in restored:
@@ -625,7 +642,11 @@ class Allocator:
             return [self._next_address(net, undo) for net in nets]
 
     def release_task(self, task: pb.Task) -> None:
-        for att in task.networks:
+        self.release_attachments(task.networks)
+
+    def release_attachments(self, attachments: Iterable[pb.NetworkAttachment]) -> None:
+        """Give back the addresses of a task's or a node's network attachments."""
+        for att in attachments:
             for addr in att.addresses:
                 self._release_address(att.network_id, addr)
 

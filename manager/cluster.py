@@ -55,7 +55,10 @@ class Cluster:
             pools=config.default_pools, subnet_size=config.default_subnet_size
         )
         self.allocator.restore(
-            state.networks.values(), state.services.values(), state.tasks.values()
+            state.networks.values(),
+            state.services.values(),
+            state.tasks.values(),
+            state.nodes.values(),
         )
         self._listeners: list[Listener] = []
 

@@ -12,9 +12,16 @@ from typing import Any
 
 from manager.cluster import Cluster, new_id, now_ms
 from manager.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from manager.ingress import (
+    CREATED_KEY,
+    ingress_ports,
+    port_label,
+    publishes_ingress,
+    require_ingress,
+)
 from manager.logbroker import LogBroker
 from manager.scheduler import parse_constraints
-from manager.store import Batch
+from manager.store import Batch, Store
 from manager.validation import check_labels, check_service_spec, normalize_network_spec
 from proto import control_pb2 as cpb
 from proto import objects_pb2 as pb
@@ -41,13 +48,24 @@ def _filtered(objs: Iterable[Any], name_of: Callable[[Any], str], req: Any) -> l
     return sorted((o for o in objs if keep(o)), key=lambda o: (name_of(o), o.meta.id))
 
 
+def _mesh_ports(svc: pb.Service) -> list[pb.PortConfig]:
+    """The service's ingress-mode ports, with their published ports once allocated."""
+    allocated = [p for p in svc.endpoint.ports if p.publish_mode == pb.PUBLISH_MODE_INGRESS]
+    return allocated or ingress_ports(svc.spec)
+
+
 def task_spec_of(spec: pb.ServiceSpec) -> tuple[Any, ...]:
-    """What a running task is made from: a change here means tasks must be replaced."""
+    """What a running task is made from: a change here means tasks must be replaced. That
+    includes its health check (copied into the task) and whether the service publishes through
+    the routing mesh (its tasks then hold an address on the ingress network); which ports it
+    publishes is not, as agents read those from the service."""
     return (
         tuple(spec.command),
         tuple(spec.env),
         spec.workdir,
         tuple((n.target, tuple(n.aliases)) for n in spec.networks),
+        spec.health_check.SerializeToString(deterministic=True),
+        publishes_ingress(spec),
     )
 
 
@@ -88,20 +106,18 @@ class ControlAPI:
                         )
             net_id = new_id()
             alloc = self.cluster.allocator.allocate_network(net_id, spec)
-            now = now_ms()
-            net = pb.Network(
-                meta=pb.Meta(id=net_id, created_at_ms=now, updated_at_ms=now),
-                spec=spec,
-                subnet=alloc.subnet,
-                gateway=alloc.gateway,
-                vni=alloc.vni,
-            )
+            net = alloc.network(net_id, spec, now_ms())
             batch = Batch().create("networks", net).claim_name("networks", spec.name, net_id)
+            if spec.ingress:
+                # The cluster has had an ingress network: leaders stop making the default one.
+                batch.put_key(CREATED_KEY, net_id.encode())
             try:
                 await self.cluster.commit(batch)
             except BaseException:
                 self.cluster.allocator.release_network(net)
                 raise
+        if spec.ingress:
+            self._kick(None)  # every node gets its address on it
         return cpb.CreateNetworkResponse(network=net)
 
     async def get_network(self, req: cpb.GetNetworkRequest) -> cpb.GetNetworkResponse:
@@ -114,6 +130,8 @@ class ControlAPI:
     async def remove_network(self, req: cpb.RemoveNetworkRequest) -> cpb.RemoveNetworkResponse:
         async with self.cluster.lock:
             net: pb.Network = self.state.resolve("networks", req.network_ref)
+            if net.spec.ingress:
+                self._check_ingress_unused(net)
             users = sorted(
                 s.spec.name
                 for s in self.state.services.values()
@@ -124,10 +142,13 @@ class ControlAPI:
                     f"network {net.spec.name!r} is in use by service(s) {', '.join(users)}: "
                     "remove them or detach them from the network first"
                 )
+            # Finished tasks kept as history do not count: their addresses go with the
+            # network (the ingress network outlives the services that stopped publishing).
             attached = [
                 t
                 for t in self.state.tasks.values()
-                if any(a.network_id == net.meta.id for a in t.networks)
+                if t.status.state < pb.TASK_STATE_COMPLETE
+                and any(a.network_id == net.meta.id for a in t.networks)
             ]
             if attached:
                 raise FailedPrecondition(
@@ -135,9 +156,40 @@ class ControlAPI:
                     "that are shutting down; retry in a moment"
                 )
             batch = Batch().delete("networks", net.meta.id).release_name("networks", net.spec.name)
+            # Nodes' addresses on it go in the same transaction, as far as one holds them; the
+            # reconciler drops any left over (attachments to a network that is gone).
+            holders = [
+                n
+                for n in self.state.nodes.values()
+                if any(a.network_id == net.meta.id for a in n.attachments)
+            ]
+            for cur in holders[: Store.MAX_OPS - len(batch)]:
+                node = pb.Node()
+                node.CopyFrom(cur)
+                kept = [a for a in node.attachments if a.network_id != net.meta.id]
+                del node.attachments[:]
+                node.attachments.extend(kept)
+                node.meta.updated_at_ms = now_ms()
+                batch.update("nodes", node)
             await self.cluster.commit(batch)
             self.cluster.allocator.release_network(net)
+        if net.spec.ingress:
+            self._kick(None)
         return cpb.RemoveNetworkResponse()
+
+    def _check_ingress_unused(self, net: pb.Network) -> None:
+        publishing = sorted(
+            (s.spec.name, port_label(_mesh_ports(s)[0]))
+            for s in self.state.services.values()
+            if publishes_ingress(s.spec)
+        )
+        if publishing:
+            names = ", ".join(f"{name} ({port})" for name, port in publishing)
+            raise FailedPrecondition(
+                f"ingress network {net.spec.name!r} is in use: service(s) {names} publish "
+                "ports in ingress mode; remove those services or their published ports "
+                "(or publish them with mode=host) first"
+            )
 
     # ------------------------------------------------------------------ services
 
@@ -164,6 +216,7 @@ class ControlAPI:
             ids.append(net.meta.id)
         if len(set(ids)) != len(ids):
             raise InvalidArgument("the same network is attached more than once")
+        require_ingress(spec, self.state.networks)
         return ids
 
     async def create_service(self, req: cpb.CreateServiceRequest) -> cpb.CreateServiceResponse:
@@ -329,5 +382,6 @@ class ControlAPI:
                     "be removed: stop its agent first, or use --force"
                 )
             await self.cluster.commit(Batch().delete("nodes", node.meta.id))
+            self.cluster.allocator.release_attachments(node.attachments)
         self._kick(None)
         return cpb.RemoveNodeResponse()

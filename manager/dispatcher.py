@@ -1,12 +1,14 @@
 """Agent sessions: registration, assignments, task status, heartbeats, node liveness.
 
 An agent's session stream first carries its complete assignment set (tasks placed on the node
-and not finished, the networks and services they need, and one GossipConfig: the gossip keyring
-and a few seed peers), then only differences. Where endpoints live is not the manager's to say:
-agents learn that from each other by gossip, which keeps working while every manager is down. The
-dispatcher does not track events to build those differences: after any commit it recomputes each
-session's set and diffs it against what that session was last sent (by object version), which
-is cheap at this scale and cannot drift.
+and not finished, the networks and services they need, one GossipConfig: the gossip keyring
+and a few seed peers, and the node itself), then only differences. A node holding an address on
+the ingress network also gets that network and every service publishing a port in ingress mode,
+task or no task: the routing mesh opens each published port on every host. Where endpoints
+live is not the manager's to say: agents learn that from each other by gossip, which keeps
+working while every manager is down. The dispatcher does not track events to build those
+differences: after any commit it recomputes each session's set and diffs it against what that
+session was last sent (by object version), which is cheap at this scale and cannot drift.
 
 Heartbeats are kept in memory only (writing each one to etcd would cost a write per node per
 period); a node's state is written when it changes: READY when a session opens, DOWN when
@@ -31,6 +33,7 @@ from google.protobuf.message import Message
 
 from manager.cluster import Cluster, new_id, now_ms
 from manager.errors import InvalidArgument, NotFound
+from manager.ingress import ingress_network, node_attachment_changes, publishes_ingress
 from manager.keymanager import GOSSIP, KeyManager
 from manager.logbroker import LogBroker
 from manager.store import Batch, Store
@@ -58,6 +61,7 @@ _ITEM_FIELD = {
     "networks": "network",
     "services": "service",
     "gossip": "gossip",
+    "nodes": "node",
 }
 # Kinds whose commits may change some session's set (gossip seeds follow nodes' state and
 # addresses).
@@ -157,6 +161,8 @@ class Dispatcher:
         # heartbeat would be the cost of storing it); a new leader starts without any.
         self.gossip: dict[str, pb.GossipStatus] = {}
         self._dirty = asyncio.Event()
+        # (state revision, IDs of services publishing through the routing mesh)
+        self._mesh_services: tuple[int, list[str]] = (-1, [])
         cluster.subscribe(self._on_commit)
         keys.subscribe(self._dirty.set)
 
@@ -171,14 +177,38 @@ class Dispatcher:
         ):
             self._dirty.set()
 
+    def _publishing_services(self) -> list[str]:
+        """Services publishing in ingress mode, recomputed once per state revision rather than
+        once per session."""
+        rev, ids = self._mesh_services
+        if rev != self.state.revision:
+            ids = sorted(
+                sid for sid, svc in self.state.services.items() if publishes_ingress(svc.spec)
+            )
+            self._mesh_services = (self.state.revision, ids)
+        return ids
+
     def assignment_set(self, node_id: str, ring: SeedRing | None = None) -> dict[Key, Message]:
-        """Tasks on the node, the services and networks they use, and the gossip keys and
-        seeds (`ring`: built once per round for every session)."""
+        """Tasks on the node, the services and networks they use, the gossip keys and
+        seeds (`ring`: built once per round for every session), the node itself, and with an
+        ingress address the ingress network and every service publishing on it."""
         if ring is None:
             ring = SeedRing.build(self.state.nodes.values())
         items: dict[Key, Message] = {
             GOSSIP_KEY: gossip_config(self.keys.keys(GOSSIP), ring.seeds(node_id))
         }
+        me = self.state.nodes.get(node_id)
+        if me is not None:
+            items[("nodes", node_id)] = me
+            mesh = False
+            for att in me.attachments:
+                net = self.state.networks.get(att.network_id)
+                if net is not None:
+                    items[("networks", net.meta.id)] = net
+                    mesh = mesh or net.spec.ingress
+            if mesh:
+                for sid in self._publishing_services():
+                    items[("services", sid)] = self.state.services[sid]
         for task in self.state.node_tasks(node_id):
             if task.status.state < pb.TASK_STATE_ASSIGNED:
                 continue
@@ -298,7 +328,18 @@ class Dispatcher:
                     description=req.description,
                     status=pb.NodeStatus(state=pb.NODE_STATE_UNKNOWN, message="registered"),
                 )
-                await self.cluster.commit(Batch().create("nodes", node))
+                # Its ingress address comes with it (the reconciler retries if none is free).
+                allocator = self.cluster.allocator
+                (attached, _) = node_attachment_changes(
+                    [node], ingress_network(self.state.networks), allocator
+                )
+                if attached:
+                    node = attached[0]
+                try:
+                    await self.cluster.commit(Batch().create("nodes", node))
+                except BaseException:
+                    allocator.release_attachments(node.attachments)
+                    raise
             else:
                 node = pb.Node()
                 node.CopyFrom(cur)
@@ -359,6 +400,11 @@ class Dispatcher:
     async def update_task_status(
         self, req: dpb.UpdateTaskStatusRequest
     ) -> dpb.UpdateTaskStatusResponse:
+        """Store what agents observed. States only move forward, but a report in the same
+        state is news when anything else changed: a running task's health verdict and the
+        time it became ready arrive that way, and rolling updates wait on them. A report
+        without a timestamp that differs from the stored status in nothing else is a repeat
+        (a resend after reconnecting), not a change."""
         self._check_session(req.node_id, req.session_id)
         self.last_seen[req.node_id] = time.monotonic()
         async with self.cluster.lock:
@@ -369,13 +415,17 @@ class Dispatcher:
                     continue  # removed meanwhile, or not this node's: nothing to record
                 if upd.status.state < cur.status.state or upd.status.state < pb.TASK_STATE_ACCEPTED:
                     continue  # states only move forward; agents report from ACCEPTED on
-                if upd.status.state == cur.status.state and upd.status == cur.status:
+                status = pb.TaskStatus()
+                status.CopyFrom(upd.status)
+                if not status.timestamp_ms:
+                    status.timestamp_ms = cur.status.timestamp_ms
+                if status == cur.status:
                     continue
+                if not upd.status.timestamp_ms:
+                    status.timestamp_ms = now_ms()
                 task = pb.Task()
                 task.CopyFrom(cur)
-                task.status.CopyFrom(upd.status)
-                if not task.status.timestamp_ms:
-                    task.status.timestamp_ms = now_ms()
+                task.status.CopyFrom(status)
                 task.meta.updated_at_ms = now_ms()
                 changed.append(task)
             for i in range(0, len(changed), Store.MAX_OPS):
@@ -423,6 +473,7 @@ def _stub(key: Key) -> Message:
         "networks": pb.Network,
         "services": pb.Service,
         "gossip": dpb.GossipConfig,
+        "nodes": pb.Node,
     }[kind]()
     obj.meta.id = obj_id  # type: ignore[attr-defined]
     return obj

@@ -57,10 +57,16 @@ Scaling
 
 Updates
     Tasks with spec_version below the service's are replaced in their slot, at most
-    update_config.parallelism slots at a time (0: all at once). A slot whose current-spec task
-    is not RUNNING yet, or that gets a new task in this plan, counts as in progress, so a batch
-    must be running before the next one starts. update_config.delay_ms and waiting for health
-    are not implemented yet: the next batch starts as soon as the previous one runs.
+    update_config.parallelism slots at a time (0: all at once). A slot counts as in progress
+    while it gets a new task in this plan, while its current-spec task is not *ready* (RUNNING,
+    and HEALTHY if its TaskSpec has a health check: a STARTING or UNHEALTHY task holds the
+    update where it is), and then for update_config.delay_ms after it became ready (counted
+    from status.ready_ms, or from the status timestamp for an agent that does not set it). So
+    a batch must be ready, and have stayed so for the delay, before the next one starts. A
+    task that stays unhealthy is failed by its agent and restarted by the policy above; the
+    update goes on only once a replacement is ready. Time only enters through `now_ms`: when
+    a delay is all that holds an update back, the plan says when it ends (`wake_at_ms`) so
+    that the caller runs a pass then.
 
 History
     Each slot keeps its newest `history_limit` finished tasks (at least 1: the newest tells
@@ -77,6 +83,7 @@ from dataclasses import dataclass, field
 
 from manager.errors import InvalidArgument
 from manager.scheduler import Constraint, node_is_eligible, parse_constraints
+from manager.validation import has_health_check
 from proto import objects_pb2 as pb
 
 RUNNING = pb.TASK_STATE_RUNNING
@@ -98,6 +105,9 @@ class ServicePlan:
     create: list[NewTask] = field(default_factory=list)
     shutdown: list[str] = field(default_factory=list)
     delete: list[str] = field(default_factory=list)
+    # Wall-clock ms at which an update delay ends and a pass can start the next batch
+    # (0: nothing is waiting on time).
+    wake_at_ms: int = 0
 
     def empty(self) -> bool:
         return not (self.create or self.shutdown or self.delete)
@@ -105,6 +115,19 @@ class ServicePlan:
 
 def task_is_live(task: pb.Task) -> bool:
     return task.desired_state <= RUNNING and task.status.state <= RUNNING
+
+
+def task_is_ready(task: pb.Task) -> bool:
+    """Running, and healthy if it is checked: what a rolling update waits for."""
+    if task.status.state != RUNNING:
+        return False
+    if not has_health_check(task.spec.health_check):
+        return True
+    return task.status.health == pb.TASK_HEALTH_HEALTHY
+
+
+def ready_since_ms(task: pb.Task) -> int:
+    return task.status.ready_ms or task.status.timestamp_ms
 
 
 def task_is_terminal(task: pb.Task) -> bool:
@@ -248,15 +271,23 @@ class _Reconciler:
         """Replace outdated tasks of active slots, in the order given, within the parallelism
         budget. Run after all other creations so that they count as in progress."""
         in_progress = len(self.plan.create)
+        delay = self.service.spec.update_config.delay_ms
+        settling: list[int] = []
         candidates = []
         for number, node_id, slot in slots:
             cur = slot.current
             if cur is not None and not self.outdated(cur):
-                in_progress += cur.status.state < RUNNING
+                if not task_is_ready(cur):
+                    in_progress += 1
+                elif delay and self.now < ready_since_ms(cur) + delay:
+                    in_progress += 1
+                    settling.append(ready_since_ms(cur) + delay)
             elif cur is not None or (slot.given_up is not None and self.outdated(slot.given_up)):
                 candidates.append((number, node_id, slot))
         parallelism = self.service.spec.update_config.parallelism
         budget = max(0, parallelism - in_progress) if parallelism else len(candidates)
+        if len(candidates) > budget and settling:
+            self.plan.wake_at_ms = min(settling)
         for number, node_id, slot in candidates[:budget]:
             old = slot.current or slot.given_up
             if slot.current is not None:

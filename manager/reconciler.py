@@ -1,20 +1,24 @@
 """The leader's control loop: services -> tasks (orchestrator) -> addresses (allocator) ->
-nodes (scheduler).
+nodes (scheduler), and every node's own address on the ingress network.
 
 Each pass reads the in-memory state, asks the pure cores what to change, and commits the result
 in etcd transactions of bounded size. Passes run when something is kicked (a service or node
 changed) and periodically in full, so a lost kick or a crash mid-way is repaired by the next pass
 rather than remembered: after a restart the first full pass finishes whatever was half done.
+A rolling update held back only by its delay asks for a pass over its service when the delay
+ends (`wake_at_ms`), so it does not wait for the next periodic pass.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 
 from manager.cluster import Cluster, new_id, now_ms
 from manager.errors import OvnetError, Unavailable
+from manager.ingress import ingress_network, node_attachment_changes, publishes_ingress
 from manager.logbroker import LogBroker
 from manager.orchestrator import NewTask, reconcile_removed_service, reconcile_service
 from manager.scheduler import schedule
@@ -38,6 +42,8 @@ class Reconciler:
         self._dirty: set[str] = set()
         self._full = True
         self._wake = asyncio.Event()
+        # service ID -> wall-clock ms when an update delay of that service ends.
+        self._wakeups: dict[str, int] = {}
 
     def kick(self, service_id: str | None = None) -> None:
         """Ask for a pass over one service, or (None) over everything."""
@@ -47,13 +53,28 @@ class Reconciler:
             self._dirty.add(service_id)
         self._wake.set()
 
+    def _take_due_wakeups(self, now: int) -> None:
+        due = [sid for sid, at in self._wakeups.items() if at <= now]
+        for sid in due:
+            del self._wakeups[sid]
+            self._dirty.add(sid)
+
     async def run(self) -> None:
         interval = self.cluster.config.reconcile_interval
+        last_full = time.monotonic()
         while True:
+            timeout = interval
+            if self._wakeups:
+                soonest = (min(self._wakeups.values()) - now_ms()) / 1000
+                timeout = max(0.0, min(interval, soonest))
             try:
-                await asyncio.wait_for(self._wake.wait(), interval)
+                await asyncio.wait_for(self._wake.wait(), timeout)
             except TimeoutError:
-                self._full = True
+                if time.monotonic() - last_full >= interval:
+                    self._full = True
+            self._take_due_wakeups(now_ms())
+            if self._full:
+                last_full = time.monotonic()
             self._wake.clear()
             try:
                 await self.reconcile()
@@ -71,6 +92,8 @@ class Reconciler:
             await self._orchestrate(full, dirty)
             await self._allocate_new()
             await self._schedule()
+            if full:
+                await self._attach_nodes()
 
     # ------------------------------------------------------------------ phases
 
@@ -85,6 +108,7 @@ class Reconciler:
             svc = state.services.get(sid)
             tasks = state.service_tasks(sid)
             if svc is None:
+                self._wakeups.pop(sid, None)
                 to_remove, deletable = reconcile_removed_service(tasks, state.nodes)
                 deletes += [state.tasks[t] for t in deletable]
                 updates += [
@@ -96,6 +120,10 @@ class Reconciler:
             plan = reconcile_service(
                 svc, tasks, state.nodes, now, history_limit=self.cluster.config.task_history_limit
             )
+            if plan.wake_at_ms:
+                self._wakeups[sid] = plan.wake_at_ms
+            else:
+                self._wakeups.pop(sid, None)
             updates += [
                 _with_desired(state.tasks[t], pb.TASK_STATE_SHUTDOWN) for t in plan.shutdown
             ]
@@ -120,6 +148,30 @@ class Reconciler:
             except BaseException:
                 self.cluster.allocator.release_task(task)
                 raise
+
+    async def _attach_nodes(self) -> None:
+        """Every node holds one address on the ingress network (none when there is none): new
+        nodes, and all nodes once an ingress network appears, get theirs here; attachments to
+        a removed ingress network are dropped."""
+        state = self.state
+        allocator = self.cluster.allocator
+        allocated, cleaned = node_attachment_changes(
+            state.nodes.values(), ingress_network(state.networks), allocator
+        )
+        changed = allocated + cleaned
+        pending = list(allocated)
+        try:
+            for i in range(0, len(changed), Store.MAX_OPS):
+                chunk = changed[i : i + Store.MAX_OPS]
+                batch = Batch()
+                for node in chunk:
+                    batch.update("nodes", node)
+                await self.cluster.commit(batch)
+                done = {n.meta.id for n in chunk}
+                pending = [n for n in pending if n.meta.id not in done]
+        finally:
+            for node in pending:
+                allocator.release_attachments(node.attachments)
 
     async def _schedule(self) -> None:
         state = self.state
@@ -166,7 +218,12 @@ class Reconciler:
             service_name=spec.name,
             slot=nt.slot,
             node_id=nt.node_id,
-            spec=pb.TaskSpec(command=spec.command, env=spec.env, workdir=spec.workdir),
+            spec=pb.TaskSpec(
+                command=spec.command,
+                env=spec.env,
+                workdir=spec.workdir,
+                health_check=spec.health_check if spec.HasField("health_check") else None,
+            ),
             spec_version=svc.spec_version,
             desired_state=pb.TASK_STATE_RUNNING,
             status=pb.TaskStatus(state=pb.TASK_STATE_NEW, timestamp_ms=now, message="created"),
@@ -175,6 +232,11 @@ class Reconciler:
         )
         for att in spec.networks:
             task.networks.append(pb.NetworkAttachment(network_id=att.target, aliases=att.aliases))
+        ingress = ingress_network(self.state.networks)
+        if ingress is not None and publishes_ingress(spec):
+            # The routing mesh reaches the task over the ingress network: one more address,
+            # after the service's own networks, with no aliases (no DNS there).
+            task.networks.append(pb.NetworkAttachment(network_id=ingress.meta.id))
         self._allocate(task)
         return task
 

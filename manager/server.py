@@ -27,6 +27,7 @@ from manager.controlapi import ControlAPI
 from manager.dispatcher import Dispatcher
 from manager.election import Election
 from manager.errors import OvnetError, Unavailable
+from manager.ingress import ensure_default_ingress
 from manager.keymanager import KeyManager
 from manager.logbroker import LogBroker
 from manager.reconciler import Reconciler
@@ -131,6 +132,10 @@ class Manager:
         cluster = await Cluster.load(self.store, self.config)
         keys = KeyManager(self.store)
         await keys.load()
+        # Before serving: a service that publishes a port right after `swarm init`-like
+        # startup finds the routing mesh there.
+        async with cluster.lock:
+            await ensure_default_ingress(cluster)
         self.leading = Leadership(cluster, keys, self.manager_list)
 
     async def _on_deposed(self) -> None:

@@ -7,6 +7,8 @@ Everything the cluster wants lives under one key prefix:
     {prefix}/leader                 the leading manager's ID, attached to its lease
     {prefix}/managers/{id}          a manager's advertised address, attached to its lease
     {prefix}/keys/{subsystem}       a Keyring (gossip now), created once by a leader (keymanager)
+    {prefix}/ingress/created        set with the first ingress network (manager/ingress.py), so a
+                                    leader never recreates one a user removed
 
 The etcd gRPC stubs come from aetcd (`aetcd.rpc`), but the channel is ours: aetcd's Client only
 makes insecure channels, and its watch turns compaction into an exception that ends the stream,
@@ -268,6 +270,9 @@ class Batch:
     name_deletes: list[tuple[str, str]] = field(default_factory=list)
     # (kind, id, expected mod revision; 0 = must not exist)
     expect: list[tuple[str, str, int]] = field(default_factory=list)
+    # Plain keys under the prefix (path parts below it), for markers that are not objects.
+    key_puts: list[tuple[tuple[str, ...], bytes]] = field(default_factory=list)
+    key_absent: list[tuple[str, ...]] = field(default_factory=list)
 
     def create(self, kind: str, obj: Message) -> Batch:
         self.puts.append((kind, obj))
@@ -292,8 +297,21 @@ class Batch:
         self.name_deletes.append((kind, name))
         return self
 
+    def put_key(self, parts: tuple[str, ...], value: bytes, *, must_be_new: bool = False) -> Batch:
+        """Write a plain key; with `must_be_new` the whole batch fails if it exists already."""
+        self.key_puts.append((parts, value))
+        if must_be_new:
+            self.key_absent.append(parts)
+        return self
+
     def __len__(self) -> int:
-        return len(self.puts) + len(self.deletes) + len(self.name_puts) + len(self.name_deletes)
+        return (
+            len(self.puts)
+            + len(self.deletes)
+            + len(self.name_puts)
+            + len(self.name_deletes)
+            + len(self.key_puts)
+        )
 
 
 @dataclass
@@ -367,6 +385,8 @@ class Store:
             )
         for kind, name, _ in batch.name_puts:
             conds.append(compare(self.name_key(kind, name), "version", 0))
+        for parts in batch.key_absent:
+            conds.append(compare(self.key(*parts), "version", 0))
         ops = []
         for kind, obj in batch.puts:
             ops.append(
@@ -395,6 +415,8 @@ class Store:
                     request_delete_range=rpc.DeleteRangeRequest(key=self.name_key(kind, name))
                 )
             )
+        for parts, value in batch.key_puts:
+            ops.append(rpc.RequestOp(request_put=rpc.PutRequest(key=self.key(*parts), value=value)))
         try:
             resp = await self.etcd.txn(conds, ops)
         except grpc.aio.AioRpcError as e:

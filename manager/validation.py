@@ -13,6 +13,7 @@ from proto import objects_pb2 as pb
 
 MAX_NAME = 63
 MAX_REPLICAS = 10_000
+MAX_HEALTH_RETRIES = 100
 # Docker's rule for object names; services additionally become DNS labels, so no dots there.
 _NETWORK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _SERVICE_NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?$")
@@ -107,7 +108,48 @@ def check_service_spec(spec: pb.ServiceSpec) -> None:
                     "port published with ingress mode can't be used with endpoint mode dnsrr: "
                     "use mode=host for the port, or endpoint mode vip"
                 )
+    check_health_check(spec.health_check)
     if spec.placement.max_replicas_per_node > MAX_REPLICAS:
         raise InvalidArgument(
             f"max replicas per node {spec.placement.max_replicas_per_node} is out of range"
         )
+
+
+def check_health_check(hc: pb.HealthCheck) -> None:
+    """A health check is a command or a TCP port, never both.
+
+    Zero durations and retries are stored as given and mean the defaults (interval 1 s,
+    timeout 1 s, 3 retries, no start period): the agent fills them in, so that a later change
+    of the defaults reaches services that never chose a value."""
+    checked = bool(hc.command) or bool(hc.tcp_port)
+    if hc.command and hc.tcp_port:
+        raise InvalidArgument(
+            "a health check is either a command (--health-cmd) or a TCP port (--health-tcp), "
+            "not both: drop one of them"
+        )
+    if hc.command and not hc.command[0]:
+        raise InvalidArgument(
+            "the health check command is empty: give one, e.g. --health-cmd 'curl -f localhost'"
+        )
+    if hc.tcp_port > 65535:
+        raise InvalidArgument(f"health check TCP port {hc.tcp_port} is out of range 1-65535")
+    if not checked and (hc.interval_ms or hc.timeout_ms or hc.retries or hc.start_period_ms):
+        raise InvalidArgument(
+            "health check options need something to check: add --health-cmd CMD or "
+            "--health-tcp PORT"
+        )
+    if hc.interval_ms and hc.timeout_ms and hc.timeout_ms > hc.interval_ms:
+        raise InvalidArgument(
+            f"health check timeout {hc.timeout_ms} ms exceeds its interval {hc.interval_ms} ms: "
+            "a check must finish before the next one starts; lower --health-timeout or raise "
+            "--health-interval"
+        )
+    if hc.retries > MAX_HEALTH_RETRIES:
+        raise InvalidArgument(
+            f"health check retries {hc.retries} is out of range: at most {MAX_HEALTH_RETRIES}"
+        )
+
+
+def has_health_check(hc: pb.HealthCheck) -> bool:
+    """Whether a task with this check must be reported healthy before it takes traffic."""
+    return bool(hc.command) or bool(hc.tcp_port)

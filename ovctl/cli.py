@@ -16,16 +16,21 @@ ovctl service create --name NAME [--network NET[,alias=A]]... [--replicas N | --
                      [--endpoint-mode vip|dnsrr] [--env K=V]... [--workdir DIR] [--label k=v]...
                      [--restart-condition any|on-failure|none] [--restart-delay 5s]
                      [--restart-max-attempts N] [--restart-window 1m]
-                     [--update-parallelism N] [--update-delay 10s] -- CMD [ARG...]
+                     [--update-parallelism N] [--update-delay 10s]
+                     [--health-cmd STRING | --health-tcp PORT] [--health-interval 1s]
+                     [--health-timeout 1s] [--health-retries N] [--health-start-period 0s]
+                     -- CMD [ARG...]
 ovctl service ls [-q] [--filter name=X] [--format table|json]
 ovctl service ps SERVICE... [-q] [--filter desired-state=running] [--filter node=N] [--format ..]
-ovctl service inspect SERVICE...      ovctl service rm SERVICE...
+ovctl service inspect [--pretty] SERVICE...      ovctl service rm SERVICE...
 ovctl service scale SERVICE=N...
 ovctl service update [--replicas N] [--env-add K=V] [--env-rm K] [--publish-add SPEC]
                      [--publish-rm TARGET[/PROTO]] [--constraint-add EXPR] [--constraint-rm EXPR]
                      [--network-add NET] [--network-rm NET] [--label-add k=v] [--label-rm k]
-                     [--update-parallelism N] [--restart-condition C] ...
-                     [--command] SERVICE [-- CMD ARG...]
+                     [--update-parallelism N] [--update-delay D] [--restart-condition C] ...
+                     [--health-cmd STRING | --health-tcp PORT | --no-healthcheck]
+                     [--health-interval D] [--health-timeout D] [--health-retries N]
+                     [--health-start-period D] [--command] SERVICE [-- CMD ARG...]
 ovctl service logs [--tail N|all] SERVICE
 
 ovctl node ls [-q] [--filter name=X] [--format table|json]
@@ -43,6 +48,20 @@ ovctl dev stop [--prefix P] HOST|manager     ovctl dev start [--prefix P] HOST|m
 
 Objects are named by full ID, exact name, or a unique ID prefix. Durations take a unit:
 `500ms`, `5s`, `1m30s`, `2h`. `-q` prints full IDs, one per line.
+
+**Health checks and rolling updates.** `--health-cmd STRING` runs `sh -c STRING` in the task's
+sandbox (exit 0: healthy); `--health-tcp PORT` connects to the port on the task's address
+instead. Interval and timeout default to 1s, retries to 3, the start period to 0 (a value of
+0 keeps the default). A task takes traffic, and counts as ready for a rolling update, once it
+runs and, if checked, is healthy; an update replaces `--update-parallelism` tasks at a time
+and waits `--update-delay` after a batch is ready before the next. `service ps` shows each
+task's health after its state. A changed health check is a new task spec: tasks are replaced.
+
+**Routing mesh.** The first manager makes a network `ingress` (`--ingress`, subnet from the
+pool) unless the cluster has had one. A port published in ingress mode (the default) opens on
+every node; the service's tasks get an address on the ingress network, and so does every node
+(`node inspect` shows it). The ingress network cannot be removed while a service publishes
+in ingress mode; once removed, it is not recreated.
 
 **Which manager.** `--host/-H ADDR[,ADDR...]`, else `$OVCTL_HOST`, else the `managers:` list
 of the context file `~/.config/ovnet/context.yaml` (another path with `$OVCTL_CONFIG`), else
@@ -138,6 +157,7 @@ _duration = _arg(specs.parse_duration, "duration")
 _publish = _arg(specs.parse_publish, "publish")
 _network = _arg(specs.parse_network_attachment, "network")
 _constraint = _arg(specs.parse_constraint, "constraint")
+_health_port = _arg(lambda s: specs.parse_port(s, "health check port"), "port")
 
 
 def _connection_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
@@ -240,13 +260,42 @@ def _network_verbs(group: argparse.ArgumentParser, verb: _Verb) -> None:
     p.add_argument("refs", nargs="+", metavar="NETWORK")
 
 
-def _restart_and_update_options(p: argparse.ArgumentParser) -> None:
+def _restart_and_update_options(p: argparse.ArgumentParser) -> argparse._MutuallyExclusiveGroup:
+    """Options `service create` and `service update` share; returns the group of the
+    exclusive health check kinds (update adds --no-healthcheck to it)."""
     p.add_argument("--restart-condition", choices=tuple(specs.RESTART_CONDITIONS))
     p.add_argument("--restart-delay", type=_duration, metavar="DURATION")
     p.add_argument("--restart-max-attempts", type=_count("restart attempts"), metavar="N")
     p.add_argument("--restart-window", type=_duration, metavar="DURATION")
     p.add_argument("--update-parallelism", type=_count("update parallelism"), metavar="N")
-    p.add_argument("--update-delay", type=_duration, metavar="DURATION")
+    p.add_argument(
+        "--update-delay",
+        type=_duration,
+        metavar="DURATION",
+        help="wait this long after a batch is ready (running, healthy if checked)",
+    )
+    health = p.add_mutually_exclusive_group()
+    health.add_argument(
+        "--health-cmd", metavar="STRING", help="health check command, run with sh -c"
+    )
+    health.add_argument(
+        "--health-tcp", type=_health_port, metavar="PORT", help="health check: TCP connect"
+    )
+    p.add_argument("--health-interval", type=_duration, metavar="DURATION", help="default 1s")
+    p.add_argument("--health-timeout", type=_duration, metavar="DURATION", help="default 1s")
+    p.add_argument(
+        "--health-retries",
+        type=_count("health retries"),
+        metavar="N",
+        help="failures in a row before unhealthy (default 3)",
+    )
+    p.add_argument(
+        "--health-start-period",
+        type=_duration,
+        metavar="DURATION",
+        help="failures this soon after the start do not count (default 0)",
+    )
+    return health
 
 
 def _service_verbs(group: argparse.ArgumentParser, verb: _Verb) -> None:
@@ -282,6 +331,9 @@ def _service_verbs(group: argparse.ArgumentParser, verb: _Verb) -> None:
     p.add_argument("refs", nargs="+", metavar="SERVICE")
     p = verb(sub, "inspect", commands.service_inspect, "show services as JSON")
     _inspect_options(p)
+    p.add_argument(
+        "--pretty", action="store_true", help="human-readable: ports, update, health check"
+    )
     p.add_argument("refs", nargs="+", metavar="SERVICE")
     p = verb(sub, "rm", commands.service_rm, "remove services", "remove")
     p.add_argument("refs", nargs="+", metavar="SERVICE")
@@ -308,7 +360,10 @@ def _service_verbs(group: argparse.ArgumentParser, verb: _Verb) -> None:
     p.add_argument("--network-rm", action="append", metavar="NET")
     p.add_argument("--label-add", action="append", metavar="K[=V]")
     p.add_argument("--label-rm", action="append", metavar="K")
-    _restart_and_update_options(p)
+    health = _restart_and_update_options(p)
+    health.add_argument(
+        "--no-healthcheck", action="store_true", help="remove the service's health check"
+    )
     p.add_argument(
         "--command", action="store_true", help="replace the command with the words after --"
     )

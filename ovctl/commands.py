@@ -176,10 +176,22 @@ def service_create(stub: Stub, args: argparse.Namespace) -> int:
         restart_window_ms=args.restart_window,
         update_parallelism=args.update_parallelism,
         update_delay_ms=args.update_delay,
+        health=_health_options(args),
     )
     resp = stub.CreateService(cpb.CreateServiceRequest(spec=specs.service_spec(options)))
     print(resp.service.meta.id)
     return 0
+
+
+def _health_options(args: argparse.Namespace) -> specs.HealthOptions:
+    return specs.HealthOptions(
+        cmd=args.health_cmd,
+        tcp_port=args.health_tcp,
+        interval_ms=args.health_interval,
+        timeout_ms=args.health_timeout,
+        retries=args.health_retries,
+        start_period_ms=args.health_start_period,
+    )
 
 
 def service_ls(stub: Stub, args: argparse.Namespace) -> int:
@@ -212,9 +224,16 @@ def service_ps(stub: Stub, args: argparse.Namespace) -> int:
 
 
 def service_inspect(stub: Stub, args: argparse.Namespace) -> int:
-    return _inspect(
-        args.refs, lambda ref: stub.GetService(cpb.GetServiceRequest(service_ref=ref)).service
-    )
+    def get(ref: str) -> pb.Service:
+        return stub.GetService(cpb.GetServiceRequest(service_ref=ref)).service
+
+    if not args.pretty:
+        return _inspect(args.refs, get)
+    found: list[pb.Service] = []
+    code = _each(args.refs, lambda ref: found.append(get(ref)))
+    if found:
+        print("\n\n".join(render.service_pretty(s) for s in found))
+    return code
 
 
 def service_rm(stub: Stub, args: argparse.Namespace) -> int:
@@ -272,6 +291,8 @@ def service_update(stub: Stub, args: argparse.Namespace) -> int:
         command=list(args.trailing) if args.command else None,
         label_add=args.label_add or [],
         label_rm=args.label_rm or [],
+        health=_health_options(args),
+        no_healthcheck=args.no_healthcheck,
     )
     if changes == specs.ServiceChanges():
         raise specs.SpecError("nothing to update: give at least one option (see --help)")

@@ -178,6 +178,29 @@ def service_table(resp: control_pb2.ListServicesResponse) -> str:
     return table(SERVICE_HEADERS, rows)
 
 
+def service_pretty(s: pb.Service) -> str:
+    """`service inspect --pretty`: the parts of a service a person checks before an update."""
+    spec = s.spec
+    mode = service_mode(spec)
+    if mode == "replicated":
+        mode += f" ({spec.replicated.replicas} replicas)"
+    ports = ", ".join(port_text(p) for p in service_ports(s))
+    vips = ", ".join(f"{v.addr} ({short_id(v.network_id)})" for v in s.endpoint.virtual_ips)
+    update = spec.update_config
+    lines = [
+        f"ID:               {s.meta.id}",
+        f"Name:             {spec.name}",
+        f"Mode:             {mode}",
+        f"Spec version:     {s.spec_version}",
+        f"Command:          {shlex.join(spec.command)}",
+        f"Ports:            {ports or '-'}",
+        f"Virtual IPs:      {vips or '-'}",
+        f"Update:           parallelism {update.parallelism or 'all'}, delay {update.delay_ms} ms",
+        f"Health check:     {health_check_text(spec.health_check)}",
+    ]
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------- tasks
 
 TASK_HEADERS = ("ID", "NAME", "NODE", "DESIRED STATE", "CURRENT STATE", "ERROR", "ADDRESSES")
@@ -190,11 +213,35 @@ def task_name(t: pb.Task) -> str:
 
 
 def current_state(status: pb.TaskStatus, now_ms: int) -> str:
+    """`Running 5 seconds ago`, with the health verdict of a checked task after it, as
+    `docker ps` prints `Up 5 seconds (healthy)`."""
     label = enum_label(pb.TaskState, status.state)
-    if not status.timestamp_ms:
-        return label
-    ago = max(0, now_ms - status.timestamp_ms) / 1000
-    return f"{label} {human_duration(ago)} ago"
+    if status.timestamp_ms:
+        ago = max(0, now_ms - status.timestamp_ms) / 1000
+        label = f"{label} {human_duration(ago)} ago"
+    if status.health != pb.TASK_HEALTH_NONE:
+        label += f" ({enum_word(pb.TaskHealth, status.health)})"
+    return label
+
+
+def health_check_text(hc: pb.HealthCheck) -> str:
+    """One line for a service's health check: what is checked, then the timing, with the
+    defaults the agent applies to the values left at 0."""
+    if hc.command:
+        words = list(hc.command)
+        what = words[2] if words[:2] == ["sh", "-c"] and len(words) == 3 else shlex.join(words)
+        kind = f"cmd {what!r}"
+    elif hc.tcp_port:
+        kind = f"tcp port {hc.tcp_port}"
+    else:
+        return "none"
+    interval = hc.interval_ms or 1000
+    timeout = hc.timeout_ms or 1000
+    retries = hc.retries or 3
+    return (
+        f"{kind}, every {interval} ms, timeout {timeout} ms, {retries} retries, "
+        f"start period {hc.start_period_ms} ms"
+    )
 
 
 def order_tasks(
@@ -365,6 +412,7 @@ def node_pretty(
         f"Availability:     {enum_label(pb.NodeAvailability, node.spec.availability)}",
         f"Role:             {enum_word(pb.NodeRole, node.spec.role)}",
         f"Address:          {d.addr}",
+        f"Ingress address:  {ingress_address(node) or '-'}",
         f"Gossip port:      {d.gossip_port or '-'}",
         f"Platform:         {d.platform or '-'}",
         f"Agent version:    {d.agent_version or '-'}",
@@ -373,6 +421,11 @@ def node_pretty(
         gossip_text(gossip, now_ms, hostnames, networks),
     ]
     return "\n".join(lines)
+
+
+def ingress_address(node: pb.Node) -> str:
+    """The node's own address on the ingress network (the only kind of node attachment)."""
+    return ", ".join(a for att in node.attachments for a in att.addresses)
 
 
 def node_inspect_dict(resp: control_pb2.GetNodeResponse) -> dict[str, Any]:

@@ -327,6 +327,60 @@ def network_spec(
 
 
 @dataclass
+class HealthOptions:
+    """The `--health-*` flags; None where a flag was not given."""
+
+    cmd: str | None = None
+    tcp_port: int | None = None
+    interval_ms: int | None = None
+    timeout_ms: int | None = None
+    retries: int | None = None
+    start_period_ms: int | None = None
+
+    def given(self) -> bool:
+        return any(v is not None for v in vars(self).values())
+
+
+def apply_health(spec: pb.ServiceSpec, h: HealthOptions | None, *, clear: bool = False) -> None:
+    """Set the health check from the flags, on top of the one `spec` has.
+
+    `--health-cmd STRING` is run by a shell (stored as ["sh", "-c", STRING]), as docker's
+    `--health-cmd` is. Giving a command replaces a TCP check and the other way round, so that
+    `service update --health-tcp 80` switches kinds without a separate removal. `clear`
+    (`--no-healthcheck`) removes the check and admits no other health flag.
+    """
+    given = h is not None and h.given()
+    if clear:
+        if given:
+            raise SpecError("--no-healthcheck cannot be combined with other --health-* options")
+        spec.ClearField("health_check")
+        return
+    if h is None or not given:
+        return
+    if h.cmd is not None and h.tcp_port is not None:
+        raise SpecError("--health-cmd and --health-tcp are exclusive: give one of them")
+    hc = spec.health_check
+    hc.SetInParent()
+    if h.cmd is not None:
+        if not h.cmd.strip():
+            raise SpecError("--health-cmd is empty: give a command, e.g. --health-cmd 'true'")
+        del hc.command[:]
+        hc.command.extend(["sh", "-c", h.cmd])
+        hc.tcp_port = 0
+    if h.tcp_port is not None:
+        del hc.command[:]
+        hc.tcp_port = h.tcp_port
+    if h.interval_ms is not None:
+        hc.interval_ms = h.interval_ms
+    if h.timeout_ms is not None:
+        hc.timeout_ms = h.timeout_ms
+    if h.retries is not None:
+        hc.retries = h.retries
+    if h.start_period_ms is not None:
+        hc.start_period_ms = h.start_period_ms
+
+
+@dataclass
 class ServiceOptions:
     """What `service create` was given, already parsed into API values where that is local."""
 
@@ -348,6 +402,7 @@ class ServiceOptions:
     restart_window_ms: int | None = None
     update_parallelism: int | None = None
     update_delay_ms: int | None = None
+    health: HealthOptions | None = None
 
 
 def service_spec(o: ServiceOptions) -> pb.ServiceSpec:
@@ -380,6 +435,7 @@ def service_spec(o: ServiceOptions) -> pb.ServiceSpec:
         spec, o.restart_condition, o.restart_delay_ms, o.restart_max_attempts, o.restart_window_ms
     )
     _apply_update_config(spec, o.update_parallelism, o.update_delay_ms)
+    apply_health(spec, o.health)
     return spec
 
 
@@ -439,6 +495,8 @@ class ServiceChanges:
     command: list[str] | None = None
     label_add: list[str] = field(default_factory=list)
     label_rm: list[str] = field(default_factory=list)
+    health: HealthOptions = field(default_factory=HealthOptions)
+    no_healthcheck: bool = False
 
 
 def apply_service_changes(current: pb.ServiceSpec, c: ServiceChanges) -> pb.ServiceSpec:
@@ -463,6 +521,7 @@ def apply_service_changes(current: pb.ServiceSpec, c: ServiceChanges) -> pb.Serv
     _apply_restart(
         spec, c.restart_condition, c.restart_delay_ms, c.restart_max_attempts, c.restart_window_ms
     )
+    apply_health(spec, c.health, clear=c.no_healthcheck)
     if c.command is not None:
         if not c.command:
             raise SpecError("--command needs the new command after --")

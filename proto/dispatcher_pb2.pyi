@@ -67,18 +67,20 @@ class GossipConfig(_message.Message):
     def __init__(self, meta: _Optional[_Union[_objects_pb2.Meta, _Mapping]] = ..., keys: _Optional[_Iterable[bytes]] = ..., seeds: _Optional[_Iterable[_Union[GossipPeer, _Mapping]]] = ...) -> None: ...
 
 class Assignment(_message.Message):
-    __slots__ = ("action", "task", "network", "service", "gossip")
+    __slots__ = ("action", "task", "network", "service", "gossip", "node")
     ACTION_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     NETWORK_FIELD_NUMBER: _ClassVar[int]
     SERVICE_FIELD_NUMBER: _ClassVar[int]
     GOSSIP_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
     action: AssignmentAction
     task: _objects_pb2.Task
     network: _objects_pb2.Network
     service: _objects_pb2.Service
     gossip: GossipConfig
-    def __init__(self, action: _Optional[_Union[AssignmentAction, str]] = ..., task: _Optional[_Union[_objects_pb2.Task, _Mapping]] = ..., network: _Optional[_Union[_objects_pb2.Network, _Mapping]] = ..., service: _Optional[_Union[_objects_pb2.Service, _Mapping]] = ..., gossip: _Optional[_Union[GossipConfig, _Mapping]] = ...) -> None: ...
+    node: _objects_pb2.Node
+    def __init__(self, action: _Optional[_Union[AssignmentAction, str]] = ..., task: _Optional[_Union[_objects_pb2.Task, _Mapping]] = ..., network: _Optional[_Union[_objects_pb2.Network, _Mapping]] = ..., service: _Optional[_Union[_objects_pb2.Service, _Mapping]] = ..., gossip: _Optional[_Union[GossipConfig, _Mapping]] = ..., node: _Optional[_Union[_objects_pb2.Node, _Mapping]] = ...) -> None: ...
 
 class AssignmentsMessage(_message.Message):
     __slots__ = ("type", "changes", "applies_to", "results_in")

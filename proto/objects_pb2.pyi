@@ -44,6 +44,13 @@ class TaskState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TASK_STATE_REMOVE: _ClassVar[TaskState]
     TASK_STATE_ORPHANED: _ClassVar[TaskState]
 
+class TaskHealth(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TASK_HEALTH_NONE: _ClassVar[TaskHealth]
+    TASK_HEALTH_STARTING: _ClassVar[TaskHealth]
+    TASK_HEALTH_HEALTHY: _ClassVar[TaskHealth]
+    TASK_HEALTH_UNHEALTHY: _ClassVar[TaskHealth]
+
 class NodeRole(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     NODE_ROLE_WORKER: _ClassVar[NodeRole]
@@ -83,6 +90,10 @@ TASK_STATE_FAILED: TaskState
 TASK_STATE_REJECTED: TaskState
 TASK_STATE_REMOVE: TaskState
 TASK_STATE_ORPHANED: TaskState
+TASK_HEALTH_NONE: TaskHealth
+TASK_HEALTH_STARTING: TaskHealth
+TASK_HEALTH_HEALTHY: TaskHealth
+TASK_HEALTH_UNHEALTHY: TaskHealth
 NODE_ROLE_WORKER: NodeRole
 NODE_ROLE_MANAGER: NodeRole
 NODE_AVAILABILITY_ACTIVE: NodeAvailability
@@ -225,8 +236,24 @@ class UpdateConfig(_message.Message):
     delay_ms: int
     def __init__(self, parallelism: _Optional[int] = ..., delay_ms: _Optional[int] = ...) -> None: ...
 
+class HealthCheck(_message.Message):
+    __slots__ = ("command", "tcp_port", "interval_ms", "timeout_ms", "retries", "start_period_ms")
+    COMMAND_FIELD_NUMBER: _ClassVar[int]
+    TCP_PORT_FIELD_NUMBER: _ClassVar[int]
+    INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    RETRIES_FIELD_NUMBER: _ClassVar[int]
+    START_PERIOD_MS_FIELD_NUMBER: _ClassVar[int]
+    command: _containers.RepeatedScalarFieldContainer[str]
+    tcp_port: int
+    interval_ms: int
+    timeout_ms: int
+    retries: int
+    start_period_ms: int
+    def __init__(self, command: _Optional[_Iterable[str]] = ..., tcp_port: _Optional[int] = ..., interval_ms: _Optional[int] = ..., timeout_ms: _Optional[int] = ..., retries: _Optional[int] = ..., start_period_ms: _Optional[int] = ...) -> None: ...
+
 class ServiceSpec(_message.Message):
-    __slots__ = ("name", "labels", "command", "env", "workdir", "networks", "replicated", "endpoint", "placement", "restart_policy", "update_config")
+    __slots__ = ("name", "labels", "command", "env", "workdir", "networks", "replicated", "endpoint", "placement", "restart_policy", "update_config", "health_check")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -246,6 +273,7 @@ class ServiceSpec(_message.Message):
     PLACEMENT_FIELD_NUMBER: _ClassVar[int]
     RESTART_POLICY_FIELD_NUMBER: _ClassVar[int]
     UPDATE_CONFIG_FIELD_NUMBER: _ClassVar[int]
+    HEALTH_CHECK_FIELD_NUMBER: _ClassVar[int]
     name: str
     labels: _containers.ScalarMap[str, str]
     command: _containers.RepeatedScalarFieldContainer[str]
@@ -257,7 +285,8 @@ class ServiceSpec(_message.Message):
     placement: Placement
     restart_policy: RestartPolicy
     update_config: UpdateConfig
-    def __init__(self, name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., command: _Optional[_Iterable[str]] = ..., env: _Optional[_Iterable[str]] = ..., workdir: _Optional[str] = ..., networks: _Optional[_Iterable[_Union[NetworkAttachmentConfig, _Mapping]]] = ..., replicated: _Optional[_Union[ReplicatedService, _Mapping]] = ..., endpoint: _Optional[_Union[EndpointSpec, _Mapping]] = ..., placement: _Optional[_Union[Placement, _Mapping]] = ..., restart_policy: _Optional[_Union[RestartPolicy, _Mapping]] = ..., update_config: _Optional[_Union[UpdateConfig, _Mapping]] = ..., **kwargs) -> None: ...
+    health_check: HealthCheck
+    def __init__(self, name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., command: _Optional[_Iterable[str]] = ..., env: _Optional[_Iterable[str]] = ..., workdir: _Optional[str] = ..., networks: _Optional[_Iterable[_Union[NetworkAttachmentConfig, _Mapping]]] = ..., replicated: _Optional[_Union[ReplicatedService, _Mapping]] = ..., endpoint: _Optional[_Union[EndpointSpec, _Mapping]] = ..., placement: _Optional[_Union[Placement, _Mapping]] = ..., restart_policy: _Optional[_Union[RestartPolicy, _Mapping]] = ..., update_config: _Optional[_Union[UpdateConfig, _Mapping]] = ..., health_check: _Optional[_Union[HealthCheck, _Mapping]] = ..., **kwargs) -> None: ...
 
 class VirtualIP(_message.Message):
     __slots__ = ("network_id", "addr")
@@ -290,20 +319,24 @@ class Service(_message.Message):
     def __init__(self, meta: _Optional[_Union[Meta, _Mapping]] = ..., spec: _Optional[_Union[ServiceSpec, _Mapping]] = ..., endpoint: _Optional[_Union[Endpoint, _Mapping]] = ..., spec_version: _Optional[int] = ...) -> None: ...
 
 class TaskStatus(_message.Message):
-    __slots__ = ("state", "timestamp_ms", "message", "err", "exit_code", "pid")
+    __slots__ = ("state", "timestamp_ms", "message", "err", "exit_code", "pid", "health", "ready_ms")
     STATE_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMP_MS_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     ERR_FIELD_NUMBER: _ClassVar[int]
     EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
+    HEALTH_FIELD_NUMBER: _ClassVar[int]
+    READY_MS_FIELD_NUMBER: _ClassVar[int]
     state: TaskState
     timestamp_ms: int
     message: str
     err: str
     exit_code: int
     pid: int
-    def __init__(self, state: _Optional[_Union[TaskState, str]] = ..., timestamp_ms: _Optional[int] = ..., message: _Optional[str] = ..., err: _Optional[str] = ..., exit_code: _Optional[int] = ..., pid: _Optional[int] = ...) -> None: ...
+    health: TaskHealth
+    ready_ms: int
+    def __init__(self, state: _Optional[_Union[TaskState, str]] = ..., timestamp_ms: _Optional[int] = ..., message: _Optional[str] = ..., err: _Optional[str] = ..., exit_code: _Optional[int] = ..., pid: _Optional[int] = ..., health: _Optional[_Union[TaskHealth, str]] = ..., ready_ms: _Optional[int] = ...) -> None: ...
 
 class NetworkAttachment(_message.Message):
     __slots__ = ("network_id", "addresses", "aliases")
@@ -316,14 +349,16 @@ class NetworkAttachment(_message.Message):
     def __init__(self, network_id: _Optional[str] = ..., addresses: _Optional[_Iterable[str]] = ..., aliases: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class TaskSpec(_message.Message):
-    __slots__ = ("command", "env", "workdir")
+    __slots__ = ("command", "env", "workdir", "health_check")
     COMMAND_FIELD_NUMBER: _ClassVar[int]
     ENV_FIELD_NUMBER: _ClassVar[int]
     WORKDIR_FIELD_NUMBER: _ClassVar[int]
+    HEALTH_CHECK_FIELD_NUMBER: _ClassVar[int]
     command: _containers.RepeatedScalarFieldContainer[str]
     env: _containers.RepeatedScalarFieldContainer[str]
     workdir: str
-    def __init__(self, command: _Optional[_Iterable[str]] = ..., env: _Optional[_Iterable[str]] = ..., workdir: _Optional[str] = ...) -> None: ...
+    health_check: HealthCheck
+    def __init__(self, command: _Optional[_Iterable[str]] = ..., env: _Optional[_Iterable[str]] = ..., workdir: _Optional[str] = ..., health_check: _Optional[_Union[HealthCheck, _Mapping]] = ...) -> None: ...
 
 class Task(_message.Message):
     __slots__ = ("meta", "service_id", "service_name", "slot", "node_id", "spec", "spec_version", "desired_state", "status", "networks", "endpoint_mode", "not_before_ms")
@@ -395,16 +430,18 @@ class NodeStatus(_message.Message):
     def __init__(self, state: _Optional[_Union[NodeState, str]] = ..., message: _Optional[str] = ..., last_heartbeat_ms: _Optional[int] = ...) -> None: ...
 
 class Node(_message.Message):
-    __slots__ = ("meta", "spec", "description", "status")
+    __slots__ = ("meta", "spec", "description", "status", "attachments")
     META_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
+    ATTACHMENTS_FIELD_NUMBER: _ClassVar[int]
     meta: Meta
     spec: NodeSpec
     description: NodeDescription
     status: NodeStatus
-    def __init__(self, meta: _Optional[_Union[Meta, _Mapping]] = ..., spec: _Optional[_Union[NodeSpec, _Mapping]] = ..., description: _Optional[_Union[NodeDescription, _Mapping]] = ..., status: _Optional[_Union[NodeStatus, _Mapping]] = ...) -> None: ...
+    attachments: _containers.RepeatedCompositeFieldContainer[NetworkAttachment]
+    def __init__(self, meta: _Optional[_Union[Meta, _Mapping]] = ..., spec: _Optional[_Union[NodeSpec, _Mapping]] = ..., description: _Optional[_Union[NodeDescription, _Mapping]] = ..., status: _Optional[_Union[NodeStatus, _Mapping]] = ..., attachments: _Optional[_Iterable[_Union[NetworkAttachment, _Mapping]]] = ...) -> None: ...
 
 class GossipMember(_message.Message):
     __slots__ = ("node_id", "addr", "state", "incarnation")

@@ -9,8 +9,9 @@ one host to the task on another host by overlay IP (and the VXLAN packets on the
 carried it), scaling, draining a host, a refused request, and removal. `ovctl dev down` at the
 end removes everything, even when a step fails.
 
-The routing mesh (a published port answering on every host) is issue F4: `--publish` is
-allocated and shown here but not yet served.
+The service publishes port 8080 through the routing mesh: from a client namespace on the
+underlay, requests to every host's address are answered, spread over the replicas on all three
+hosts; and a task finds the others by name through its embedded resolver (127.0.0.11).
 """
 
 from __future__ import annotations
@@ -86,6 +87,29 @@ def hostnames() -> dict[str, str]:
     return {n["meta"]["id"]: n["description"]["hostname"] for n in nodes}
 
 
+def routing_mesh() -> None:
+    """12 requests to port 8080 of each host's underlay address, from a client namespace on
+    the underlay: which replica answered each."""
+    from ovctl.devcluster.cluster import DevCluster
+
+    dev = DevCluster.load(PREFIX)
+    client = dev.clients.get("demo") or dev.add_client("demo")
+    code = (
+        "import collections,sys,urllib.request\n"
+        "c=collections.Counter()\n"
+        "for _ in range(12):\n"
+        "    c[urllib.request.urlopen(f'http://{sys.argv[1]}:8080/',timeout=5).read().split()[0]"
+        ".decode()]+=1\n"
+        "print(sys.argv[1], '->', dict(c))\n"
+    )
+    print(
+        f"\nThe routing mesh: port 8080 published on every host, asked from {client.netns} "
+        f"({client.addr}) on the underlay; each answer names the replica that served it:"
+    )
+    for host in dev.hosts:
+        sh(["ip", "netns", "exec", client.netns, "python3", "-c", code, dev.host_addr(host)])
+
+
 def main() -> int:
     env_ctx = REPO / ".demo-context.yaml"
     os.environ["OVCTL_CONFIG"] = str(env_ctx)  # point ovctl at the dev cluster, not ~/.config
@@ -94,9 +118,11 @@ def main() -> int:
         sh([str(BIN / "ovctl"), "dev", "status", "--prefix", PREFIX])
         ovctl("node", "ls")
         ovctl("network", "create", "--subnet", "10.10.0.0/24", "front")
+        # scripts/whoami.py: an HTTP server that answers with the replica's own address.
         ovctl(
             "service", "create", "--name", "web", "--network", "front", "--replicas", "3",
-            "--publish", "8080:8080", "--", "python3", "-m", "http.server", "8080",
+            "--publish", "8080:8080", "--health-tcp", "8080", "--",
+            "python3", str(REPO / "scripts/whoami.py"), "8080",
         )  # fmt: skip
         tasks = running("web", 3)
         ovctl("service", "ps", "web")
@@ -121,7 +147,7 @@ def main() -> int:
             code = (
                 "import urllib.request;"
                 f"r=urllib.request.urlopen('http://{dst_ip}:8080/',timeout=5);"
-                "print(r.status, r.reason, r.headers['Server'])"
+                "print(r.status, r.reason, 'from', r.read().decode().split()[0])"
             )
             sh(["ip", "netns", "exec", sandbox, "python3", "-c", code])
             time.sleep(0.5)
@@ -137,6 +163,10 @@ def main() -> int:
         ]
         print("\nThe same request on h1's underlay (tcpdump on eth0): TCP inside VXLAN")
         print("\n".join(pairs[:4]) or "(no packet captured)")
+        print("\nNames, from the same task (its resolv.conf points at 127.0.0.11):")
+        sh(["ip", "netns", "exec", sandbox, "getent", "hosts", "web"])
+        sh(["ip", "netns", "exec", sandbox, "getent", "ahostsv4", "tasks.web"])
+        routing_mesh()
         ovctl("service", "scale", "web=6")
         running("web", 6)
         ovctl("service", "ps", "web")

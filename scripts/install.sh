@@ -4,7 +4,7 @@
 # scripts/test.sh runs this before every test run.
 #
 #   1. Debian packages: etcd (server and client), nftables, iproute2, util-linux (nsenter),
-#      tcpdump and iperf3 (e2e tests and benchmarks), and what a venv with
+#      tcpdump, iperf3, dnsperf and dnsmasq-base (e2e tests and benchmarks), and what a venv with
 #      C extensions needs. Debian's etcd service is stopped and disabled right after we install
 #      it: the tests start their own etcd on free loopback ports, and a system etcd on 2379
 #      would only get in the way.
@@ -21,7 +21,7 @@ venv="$root/.venv"
 stamp="$venv/.ovnet-install-stamp"
 python=${PYTHON:-python3}
 
-packages=(etcd-server etcd-client nftables iproute2 util-linux tcpdump iperf3 python3-venv python3-dev gcc)
+packages=(etcd-server etcd-client nftables iproute2 util-linux tcpdump iperf3 dnsperf dnsmasq-base python3-venv python3-dev gcc)
 
 say() { printf 'install.sh: %s\n' "$*"; }
 die() { printf 'install.sh: error: %s\n' "$*" >&2; exit 1; }

@@ -55,9 +55,11 @@ from agent.dataplane.plan import (
     SetLoUp,
     VxlanParams,
     WriteSandboxFiles,
+    allocate_gw_addresses,
     is_sandbox_if,
     plan,
     problems,
+    wants_egress,
 )
 from agent.model import DesiredState, HostConfig
 
@@ -135,6 +137,8 @@ class DataPlane:
         self._lock = asyncio.Lock()
         self._nft_seen: bool | None = None
         self._nft_checked = 0.0
+        # Each egress sandbox's gwbridge address as of the last reconcile (task ID -> IP).
+        self.gw_addresses: dict[str, str] = {}
 
     # ---------------------------------------------------------------- handles
 
@@ -335,6 +339,11 @@ class DataPlane:
             t0 = time.perf_counter()
             observed = await self.observe()
             ops = plan(self.host, desired, observed)
+            # The same choice plan() made: what load balancing DNATs host-mode ports to.
+            egress = [t for t, sb in desired.sandboxes.items() if wants_egress(desired, sb)]
+            self.gw_addresses = {
+                t: str(a.ip) for t, a in allocate_gw_addresses(self.host, egress, observed).items()
+            }
             result = await self.apply(ops) if ops else ApplyResult()
             result.problems = problems(desired)
             result.seconds = time.perf_counter() - t0

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
 from agent.model import (
+    INGRESS_SANDBOX,
     DesiredState,
     HostConfig,
     LocalEndpoint,
@@ -338,17 +339,29 @@ def gwbridge_address(host: HostConfig) -> IPv4Interface:
     return IPv4Interface(f"{net.network_address + 1}/{net.prefixlen}")
 
 
+def ingress_gw_address(host: HostConfig) -> IPv4Interface:
+    """The ingress sandbox's gwbridge address (the second of the subnet, after the bridge's)."""
+    net = host.gwbridge_subnet
+    return IPv4Interface(f"{net.network_address + 2}/{net.prefixlen}")
+
+
 def allocate_gw_addresses(
     host: HostConfig, egress_tasks: Sequence[str], observed: Observed
 ) -> dict[str, IPv4Interface]:
     """gw0 address per egress task: what the kernel already has (so that a reconcile never
     renumbers a running task), else the lowest free address of the gwbridge subnet."""
     net = host.gwbridge_subnet
-    reserved = {net.network_address, net.broadcast_address, gwbridge_address(host).ip}
+    ingress = ingress_gw_address(host)
+    reserved = {net.network_address, net.broadcast_address, gwbridge_address(host).ip, ingress.ip}
     names = host.names
     out: dict[str, IPv4Interface] = {}
+    if INGRESS_SANDBOX in egress_tasks:
+        # The host's published ports are DNATed to it: a fixed address, known without a lookup.
+        out[INGRESS_SANDBOX] = ingress
     used: set[IPv4Address] = set(reserved)
     for task_id in sorted(egress_tasks):
+        if task_id == INGRESS_SANDBOX:
+            continue
         sb = observed.sandboxes.get(names.sandbox_ns(task_id))
         gw = sb.links.get(names.sandbox_gw_if) if sb else None
         if gw is None:

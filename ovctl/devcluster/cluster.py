@@ -295,6 +295,10 @@ def agent_argv(
         "--netns-prefix",
         f"{host.netns}-",
     ]
+    if not any(a == "--dns-upstream" or a.startswith("--dns-upstream=") for a in extra):
+        # The hosts are namespaces on this machine: the machine's own resolver is not theirs
+        # to use (and not reachable from them). Names outside the cluster get NXDOMAIN.
+        argv += ["--dns-upstream", "none"]
     return [*argv, *extra]
 
 

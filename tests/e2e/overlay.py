@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from agent.model import Names, endpoint_mac
+from agent.model import INGRESS_SANDBOX, Names, endpoint_mac
 from ovctl.devcluster.cluster import DevCluster
 
 
@@ -133,6 +133,17 @@ class Overlay:
         )
         return self.in_sandbox(task, code).returncode == 0
 
+    def task_namespaces(self, host: str) -> set[str]:
+        """The host's sandboxes and network namespaces, but for the ingress sandbox and the
+        ingress network's, which every host keeps (the routing mesh)."""
+        names = self.names(host)
+        keep = {names.sandbox_ns(INGRESS_SANDBOX), names.network_ns(self.network_id("ingress"))}
+        return {
+            n
+            for n in self.netns_list()
+            if (names.is_sandbox_ns(n) or names.is_network_ns(n)) and n not in keep
+        }
+
     def netns_list(self) -> set[str]:
         out = run(["ip", "netns", "list"])
         return {line.split()[0] for line in out.splitlines() if line.strip()}
@@ -144,17 +155,22 @@ class Overlay:
         ns = names.network_ns(network_id)
         present = ns in self.netns_list()
         state: dict[str, Any] = {"present": present, "veths": set(), "fdb": set(), "neigh": set()}
-        sandboxes = {n for n in self.netns_list() if names.is_sandbox_ns(n)}
+        # Task sandboxes only: every host also has its ingress sandbox (the routing mesh's end).
+        ingress = names.sandbox_ns(INGRESS_SANDBOX)
+        sandboxes = {n for n in self.netns_list() if names.is_sandbox_ns(n) and n != ingress}
         state["sandboxes"] = sandboxes
         if not present:
             return state
         try:
             return self._network_state(state, names, ns)
-        except AssertionError:
-            if ns in self.netns_list():
-                raise
-            # Removed between the listing and the dumps (the agent is fast): absent.
-            return {**state, "present": False, "veths": set(), "fdb": set(), "neigh": set()}
+        except AssertionError as e:
+            if ns not in self.netns_list():
+                # Removed between the listing and the dumps (the agent is fast): absent.
+                return {**state, "present": False, "veths": set(), "fdb": set(), "neigh": set()}
+            if "Cannot find device" in str(e):
+                # Being taken apart (devices go before their namespace): still present.
+                return {**state, "veths": set(), "fdb": set(), "neigh": set()}
+            raise
 
     def _network_state(self, state: dict[str, Any], names: Names, ns: str) -> dict[str, Any]:
         links = json.loads(run(["ip", "-n", ns, "-j", "link", "show", "master", names.bridge]))

@@ -109,7 +109,7 @@ def test_tasks_on_three_hosts_reach_each_other_over_vxlan(ov: Overlay) -> None:
     # Capture VXLAN on h1's underlay while the tasks talk.
     cap = subprocess.Popen(
         ["nsenter", f"--net=/run/netns/{ov.dev.host_ns('h1')}", "tcpdump", "-nn", "-l",
-         "-c", "4", "-i", "eth0", "udp", "port", "4789"],
+         "-c", "4", "-i", "eth0", "udp", "port", "4789", "and", f"udp[12:4] >> 8 = {vni}"],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )  # fmt: skip
     try:
@@ -270,9 +270,7 @@ def test_a_stopped_host_is_marked_down_and_its_tasks_rescheduled(ov: Overlay) ->
         ov.dev.start_host("h3")
     wait_for("h3 ready", lambda: ov.nodes()["h3"]["status"]["state"] == "NODE_STATE_READY")
     remove(ov, ["dn"], ["downnet"])
-    wait_for("h3 cleaned its leftovers", lambda: not any(
-        ov.names("h3").is_sandbox_ns(n) or ov.names("h3").is_network_ns(n) for n in ov.netns_list()
-    ))  # fmt: skip
+    wait_for("h3 cleaned its leftovers", lambda: not ov.task_namespaces("h3"))
 
 
 def test_exit_codes_restart_policy_and_logs_reach_the_user(ov: Overlay) -> None:

@@ -24,6 +24,7 @@ from proto import control_pb2 as cpb
 from proto import control_pb2_grpc
 from tests.conftest import ProcessSpawner
 from tests.etcd import EtcdHandle
+from tests.integration.agents import AgentPool
 from tests.procs import ManagedProcess, free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -129,3 +130,13 @@ def managers(etcd: EtcdHandle, spawn_process: ProcessSpawner) -> Iterator[Manage
         yield cluster
     finally:
         cluster.close()
+
+
+@pytest.fixture
+def agents() -> Iterator[AgentPool]:
+    """Scripted agents (real sessions, no sandboxes), closed after the test."""
+    pool = AgentPool()
+    try:
+        yield pool
+    finally:
+        pool.close()

@@ -41,7 +41,10 @@ def test_create_ls_inspect_rm(managers: ManagerCluster) -> None:
     nets = managers.ovctl_json("network", "ls")
     assert isinstance(nets, list)
     by_name = {n["spec"]["name"]: n for n in nets}
-    assert set(by_name) == {"front", "back", "db"}
+    # The leader made the routing mesh's network first, from the start of the pool.
+    assert set(by_name) == {"ingress", "front", "back", "db"}
+    ingress = by_name["ingress"]
+    assert ingress["spec"]["ingress"] is True and ingress["subnet"] == "10.0.0.0/24"
     front = by_name["front"]
     assert front["subnet"] == "10.10.0.0/24" and front["gateway"] == "10.10.0.254"
     assert front["spec"]["encrypted"] is True and front["spec"]["attachable"] is True
@@ -53,7 +56,8 @@ def test_create_ls_inspect_rm(managers: ManagerCluster) -> None:
         for b in subnets[i + 1 :]:
             assert not a.overlaps(b)
     assert all(ipaddress.ip_network(by_name[n]["subnet"]).prefixlen == 24 for n in ("back", "db"))
-    assert sorted(n["vni"] for n in nets) == [4096, 4097, 4098]
+    assert sorted(n["vni"] for n in nets) == [4096, 4097, 4098, 4099]
+    assert ingress["vni"] == 4096
 
     table = managers.ovctl("network", "ls").stdout
     assert "front" in table and "10.10.0.0/24" in table
@@ -66,8 +70,8 @@ def test_create_ls_inspect_rm(managers: ManagerCluster) -> None:
     assert managers.ovctl_json("network", "inspect", net_id[:8])[0]["spec"]["name"] == "front"
 
     managers.ovctl("network", "rm", "front", "back")
-    assert [n["spec"]["name"] for n in managers.ovctl_json("network", "ls")] == ["db"]
-    assert len(managers.object_keys("networks")) == 1
+    assert [n["spec"]["name"] for n in managers.ovctl_json("network", "ls")] == ["db", "ingress"]
+    assert len(managers.object_keys("networks")) == 2
 
 
 def by_name_id(nets: list, net_id: str) -> str:
@@ -145,8 +149,9 @@ def test_pool_exhausted(etcd, spawn_process) -> None:  # type: ignore[no-untyped
     cluster.add()
     cluster.wait_leader()
     try:
+        # The default ingress network holds the first of the pool's two /24s.
+        assert [n["subnet"] for n in cluster.ovctl_json("network", "ls")] == ["10.99.0.0/24"]
         cluster.ovctl("network", "create", "a")
-        cluster.ovctl("network", "create", "b")
         before = cluster.dump()
         res = cluster.ovctl("network", "create", "c", check=False)
         assert res.returncode != 0 and "10.99.0.0/23" in res.stderr

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
 
 import grpc
 import pytest
@@ -16,15 +15,6 @@ from tests.integration.conftest import ManagerCluster
 pytestmark = pytest.mark.integration
 
 RUNNING = pb.TASK_STATE_RUNNING
-
-
-@pytest.fixture
-def agents() -> Iterator[AgentPool]:
-    pool = AgentPool()
-    try:
-        yield pool
-    finally:
-        pool.close()
 
 
 def tasks(m: ManagerCluster, service: str) -> list[pb.Task]:
@@ -86,8 +76,9 @@ def test_service_lifecycle_without_nodes(managers: ManagerCluster) -> None:
 
     managers.ovctl("service", "rm", "web")
     wait_for(lambda: not managers.object_keys("tasks"), what="tasks deleted")
-    # All of the service's addresses are free again: the network can go.
-    managers.ovctl("network", "rm", "app")
+    # All of the service's addresses are free again: the networks can go, the ingress network
+    # too now that nothing publishes through it.
+    managers.ovctl("network", "rm", "app", "ingress")
     assert not managers.object_keys("networks") and not managers.object_keys("services")
 
 

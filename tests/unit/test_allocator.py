@@ -23,6 +23,7 @@ from manager.errors import (
     OvnetError,
     ResourceExhausted,
 )
+from manager.ingress import node_attachment_changes
 from proto import objects_pb2 as pb
 
 TCP, UDP = pb.PROTOCOL_TCP, pb.PROTOCOL_UDP
@@ -523,6 +524,68 @@ def test_restore_cursor_ignores_a_high_gateway_and_skips_unknown_networks() -> N
     fresh = Allocator()
     fresh.restore([net], [], [task(["n", "gone"], ["10.1.0.9/24", "10.2.0.9/24"])])
     assert fresh.allocate_task(["n"]) == ["10.1.0.10/24"]
+
+
+# ---------------------------------------------------------------- ingress: nodes and tasks
+
+
+def ingress_net(alloc: Allocator, net_id: str = "ing", subnet: str = "10.0.0.0/24") -> pb.Network:
+    net = add_network(alloc, net_id, subnet, name="ingress")
+    net.spec.ingress = True
+    return net
+
+
+def bare_node(node_id: str, *attachments: pb.NetworkAttachment) -> pb.Node:
+    return pb.Node(meta=pb.Meta(id=node_id, version=3), attachments=attachments)
+
+
+def test_every_node_gets_one_ingress_address_and_stale_ones_are_dropped() -> None:
+    alloc = Allocator()
+    ing = ingress_net(alloc)
+    keeps = bare_node("keeps", pb.NetworkAttachment(network_id="ing", addresses=["10.0.0.9/24"]))
+    alloc.restore([], [], [], [keeps])
+    stale = bare_node("stale", pb.NetworkAttachment(network_id="old", addresses=["10.9.0.2/24"]))
+    nodes = [bare_node("a"), keeps, stale, bare_node("b")]
+    allocated, cleaned = node_attachment_changes(nodes, ing, alloc)
+    assert cleaned == []
+    got = {n.meta.id: [(a.network_id, list(a.addresses)) for a in n.attachments]
+           for n in allocated}
+    # Fresh cluster cursor: the gateway is .1, so nodes get .2, .3, ... and skip the held .9.
+    assert got == {"a": [("ing", ["10.0.0.2/24"])], "stale": [("ing", ["10.0.0.3/24"])],
+                   "b": [("ing", ["10.0.0.4/24"])]}
+    assert nodes[0].attachments == []  # the stored objects are not touched
+    assert all(n.meta.version == 3 for n in allocated)  # updates quote the version read
+    # Once stored, nothing more to do.
+    assert node_attachment_changes([*allocated, keeps], ing, alloc) == ([], [])
+    # Without an ingress network, every attachment goes and nothing is allocated.
+    before = alloc._snapshot()
+    allocated2, cleaned2 = node_attachment_changes([*allocated, keeps, bare_node("c")], None, alloc)
+    assert allocated2 == [] and [n.meta.id for n in cleaned2] == ["a", "stale", "b", "keeps"]
+    assert all(not n.attachments for n in cleaned2)
+    assert alloc._snapshot() == before
+
+
+def test_node_ingress_addresses_are_released_and_restored() -> None:
+    live = Allocator()
+    ing = ingress_net(live, subnet="10.0.5.0/29")  # 6 usable: gateway + 5
+    nodes, _ = node_attachment_changes([bare_node(f"n{i}") for i in range(4)], ing, live)
+    tasks = [task(["ing"], live.allocate_task(["ing"]))]
+    live.release_attachments(nodes.pop(1).attachments)  # node n1 removed
+    restored = Allocator()
+    restored.restore([ing], [], tasks, nodes)
+    assert restored._in_use() == live._in_use()
+    # x gets n1's old address (the cursor wrapped); then the network is full and y goes
+    # without, for a later pass to retry, rather than failing the whole pass.
+    more, _ = node_attachment_changes([bare_node("x"), bare_node("y")], ing, restored)
+    assert [n.meta.id for n in more] == ["x"]
+    assert list(more[0].attachments[0].addresses) == ["10.0.5.3/29"]
+
+
+def test_default_ingress_network_takes_the_first_pool_subnet() -> None:
+    alloc = Allocator()
+    got = alloc.allocate_network("ing", pb.NetworkSpec(name="ingress", ingress=True))
+    assert got == NetworkAllocation("10.0.0.0/24", "10.0.0.1", 4096)
+    assert add_network(alloc, "user").subnet == "10.0.1.0/24"
 
 
 # ---------------------------------------------------------------- property tests

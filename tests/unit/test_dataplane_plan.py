@@ -30,6 +30,7 @@ from agent.dataplane.plan import (
     simulate,
 )
 from agent.model import (
+    INGRESS_SANDBOX,
     DesiredState,
     HostConfig,
     LocalEndpoint,
@@ -135,8 +136,8 @@ def test_empty_to_full_builds_everything_in_order() -> None:
     sbl = obs.sandboxes[sb].links
     assert sbl["eth1"].addresses == {IPv4Interface("10.2.0.2/24")}
     assert sbl["eth1"].mac == endpoint_mac("10.2.0.2")
-    assert sbl["gw0"].addresses == {IPv4Interface("172.18.0.3/16")}
-    assert obs.sandboxes[sa].links["gw0"].addresses == {IPv4Interface("172.18.0.2/16")}
+    assert sbl["gw0"].addresses == {IPv4Interface("172.18.0.4/16")}
+    assert obs.sandboxes[sa].links["gw0"].addresses == {IPv4Interface("172.18.0.3/16")}
     assert obs.sandboxes[sb].default_gateway == IPv4Address("172.18.0.1")
     assert obs.host_links["ovgw0"].addresses == {IPv4Interface("172.18.0.1/16")}
     assert obs.nft and obs.ip_forward
@@ -293,10 +294,11 @@ def gw_of(obs: Observed, task: str) -> IPv4Interface:
 def test_gw_addresses_are_stable_and_lowest_free() -> None:
     three = desired([sandbox(f"t{i}", [(1, 10 + i)]) for i in range(3)], [net(1)], {})
     _, obs = converge(three)
+    # .1 is the bridge's, .2 is kept for the ingress sandbox.
     assert [str(gw_of(obs, f"t{i}")) for i in range(3)] == [
-        "172.18.0.2/16",
         "172.18.0.3/16",
         "172.18.0.4/16",
+        "172.18.0.5/16",
     ]
     # t0 leaves: the others keep theirs; a newcomer takes the lowest free one (t0's).
     later = desired(
@@ -305,9 +307,16 @@ def test_gw_addresses_are_stable_and_lowest_free() -> None:
         {},
     )
     _, obs2 = converge(later, obs)
-    assert str(gw_of(obs2, "t1")) == "172.18.0.3/16"
-    assert str(gw_of(obs2, "t2")) == "172.18.0.4/16"
-    assert str(gw_of(obs2, "a-new")) == "172.18.0.2/16"
+    assert str(gw_of(obs2, "t1")) == "172.18.0.4/16"
+    assert str(gw_of(obs2, "t2")) == "172.18.0.5/16"
+    assert str(gw_of(obs2, "a-new")) == "172.18.0.3/16"
+
+
+def test_the_ingress_sandbox_always_gets_the_second_gwbridge_address() -> None:
+    boxes = [sandbox("t0", [(1, 10)]), sandbox(INGRESS_SANDBOX, [(1, 11)])]
+    _, obs = converge(desired(boxes, [net(1)], {}))
+    assert str(gw_of(obs, INGRESS_SANDBOX)) == "172.18.0.2/16"
+    assert str(gw_of(obs, "t0")) == "172.18.0.3/16"
 
 
 def test_undesired_network_for_endpoint_is_skipped_and_reported() -> None:

@@ -140,8 +140,12 @@ def test_agent_command_line_enters_the_host_namespace() -> None:
         "--addr": "198.51.100.12",
         "--state-dir": "/st/h2",
         "--netns-prefix": "ovd-h2-",
+        # The hosts never forward names to this machine's own resolver.
+        "--dns-upstream": "none",
     }
     assert argv[-1] == "--v"
+    mine = agent_argv("/py", host, "198.51.100.1:5000", Path("/st"), ["--dns-upstream", "x"])
+    assert mine.count("--dns-upstream") == 1 and mine[-1] == "x"
 
 
 def test_context_file_marker() -> None:

@@ -273,3 +273,158 @@ def test_stored_keyring_problems_are_named() -> None:
     assert keyring_problem(pb.Keyring()) == "it holds no key"
     bad = pb.Keyring(keys=[pb.EncryptionKey(key=b"x" * 32), pb.EncryptionKey(key=b"x" * 7)])
     assert keyring_problem(bad) == "key 1 is 7 bytes (AES needs 16, 24 or 32)"
+
+
+# ---------------------------------------------------------------- routing mesh, node item
+
+
+def ingress(nid: str = "ing") -> pb.Network:
+    return pb.Network(
+        meta=pb.Meta(id=nid),
+        spec=pb.NetworkSpec(name="ingress", ingress=True),
+        subnet="10.0.0.0/24",
+    )
+
+
+def mesh_service(sid: str, mode: int = pb.PUBLISH_MODE_INGRESS) -> pb.Service:
+    port = pb.PortConfig(target_port=80, published_port=8080, publish_mode=mode)  # type: ignore[arg-type]
+    return pb.Service(
+        meta=pb.Meta(id=sid), spec=pb.ServiceSpec(name=sid, endpoint=pb.EndpointSpec(ports=[port]))
+    )
+
+
+def with_ingress_address(n: pb.Node, addr: str, net_id: str = "ing") -> pb.Node:
+    n.attachments.append(pb.NetworkAttachment(network_id=net_id, addresses=[addr]))
+    return n
+
+
+def kinds(msg: dpb.SessionMessage | None) -> dict[tuple[str, int], str]:
+    """(item kind, action) -> object ID of each change."""
+    assert msg is not None
+    out: dict[tuple[str, int], str] = {}
+    for c in msg.assignments.changes:
+        kind = c.WhichOneof("item")
+        assert kind is not None
+        out[(kind, int(c.action))] = getattr(c, kind).meta.id
+    return out
+
+
+def test_assignment_set_has_the_node_the_ingress_network_and_every_publishing_service() -> None:
+    me = with_ingress_address(node("me", 1), "10.0.0.2/24")
+    d, state, _ = make_dispatcher(me, node("bare", 2))
+    b = Batch().create("networks", ingress()).create("services", mesh_service("web"))
+    b.create("services", mesh_service("hostonly", pb.PUBLISH_MODE_HOST))
+    b.create("services", pb.Service(meta=pb.Meta(id="quiet"), spec=pb.ServiceSpec(name="quiet")))
+    state.apply(b, 2)
+    items = d.assignment_set("me")
+    assert set(items) == {GOSSIP_KEY, ("nodes", "me"), ("networks", "ing"), ("services", "web")}
+    assert list(items[("nodes", "me")].attachments[0].addresses) == ["10.0.0.2/24"]  # type: ignore[attr-defined]
+    # A node without an ingress address gets only itself (and gossip): no mesh to build.
+    assert set(d.assignment_set("bare")) == {GOSSIP_KEY, ("nodes", "bare")}
+    # An unknown node (registration racing removal) gets no node item.
+    assert set(d.assignment_set("ghost")) == {GOSSIP_KEY}
+
+
+def test_node_item_is_resent_on_change_and_mesh_items_removed_with_the_address() -> None:
+    me = with_ingress_address(node("me", 1), "10.0.0.2/24")
+    d, state, _ = make_dispatcher(me)
+    state.apply(Batch().create("networks", ingress()).create("services", mesh_service("web")), 2)
+    sess = _Session(session_id="s", node_id="me")
+    first = kinds(d._diff(sess, complete=True))
+    assert first[("node", dpb.ASSIGNMENT_ACTION_UPDATE)] == "me"
+    assert first[("network", dpb.ASSIGNMENT_ACTION_UPDATE)] == "ing"
+    assert first[("service", dpb.ASSIGNMENT_ACTION_UPDATE)] == "web"
+    assert d._diff(sess, complete=False) is None
+    # A second publishing service reaches this node although no task of it runs here.
+    state.apply(Batch().create("services", mesh_service("api")), 3)
+    assert kinds(d._diff(sess, complete=False)) == {
+        ("service", dpb.ASSIGNMENT_ACTION_UPDATE): "api"
+    }
+    # The node loses its ingress address (the network was removed): the node is resent, the
+    # network and the services it only had for the mesh are removed (ID-only stubs).
+    bare = pb.Node()
+    bare.CopyFrom(state.nodes["me"])
+    del bare.attachments[:]
+    bare.meta.version = 4  # as the store stamps it
+    b = Batch().update("nodes", bare).delete("networks", "ing")
+    state.apply(b, 4)
+    msg = d._diff(sess, complete=False)
+    assert msg is not None
+    changes = {(c.WhichOneof("item"), c.action) for c in msg.assignments.changes}
+    assert changes == {
+        ("node", dpb.ASSIGNMENT_ACTION_UPDATE),
+        ("network", dpb.ASSIGNMENT_ACTION_REMOVE),
+        ("service", dpb.ASSIGNMENT_ACTION_REMOVE),
+    }
+    removed = [c.service for c in msg.assignments.changes if c.WhichOneof("item") == "service"]
+    assert sorted(s.meta.id for s in removed) == ["api", "web"]
+    assert all(s.spec.name == "" for s in removed)
+
+
+class FakeCluster:
+    """Commits go straight into the state (the store's role is not under test here)."""
+
+    def __init__(self, state: ClusterState) -> None:
+        self.state = state
+        self.config = ManagerConfig()
+        self.lock = asyncio.Lock()
+        self.listeners: list[Any] = []
+        self.commits: list[Batch] = []
+
+    def subscribe(self, listener: Any) -> None:
+        self.listeners.append(listener)
+
+    async def commit(self, batch: Batch) -> int:
+        rev = self.state.revision + 1
+        for _, obj in batch.puts:
+            obj.meta.version = rev  # type: ignore[attr-defined]
+        self.state.apply(batch, rev)
+        self.commits.append(batch)
+        return rev
+
+
+def test_same_state_reports_carry_health_and_ready_time() -> None:
+    state = ClusterState()
+    t = pb.Task(
+        meta=pb.Meta(id="t1"),
+        service_id="svc",
+        node_id="me",
+        status=pb.TaskStatus(state=pb.TASK_STATE_RUNNING, timestamp_ms=500),
+    )
+    state.apply(Batch().create("nodes", node("me")).create("tasks", t), 1)
+    cluster = FakeCluster(state)
+    kicked: list[str | None] = []
+    d = Dispatcher(cluster, LogBroker(), kicked.append, lambda: [], FakeKeys([KEY1]))  # type: ignore[arg-type]
+    d.sessions["me"] = _Session(session_id="s", node_id="me")
+
+    def report(**status: Any) -> None:
+        upd = dpb.TaskStatusUpdate(task_id="t1", status=pb.TaskStatus(**status))
+        req = dpb.UpdateTaskStatusRequest(node_id="me", session_id="s", updates=[upd])
+        asyncio.run(d.update_task_status(req))
+
+    report(state=pb.TASK_STATE_RUNNING, health=pb.TASK_HEALTH_STARTING, timestamp_ms=600)
+    assert state.tasks["t1"].status.health == pb.TASK_HEALTH_STARTING
+    report(
+        state=pb.TASK_STATE_RUNNING, health=pb.TASK_HEALTH_HEALTHY, ready_ms=700, timestamp_ms=700
+    )
+    stored = state.tasks["t1"].status
+    assert (stored.health, stored.ready_ms, stored.timestamp_ms) == (
+        pb.TASK_HEALTH_HEALTHY,
+        700,
+        700,
+    )
+    assert kicked == ["svc", "svc"]  # each verdict lets the update go on (or holds it)
+    # A resend without a timestamp that says nothing new is not written again.
+    n = len(cluster.commits)
+    report(state=pb.TASK_STATE_RUNNING, health=pb.TASK_HEALTH_HEALTHY, ready_ms=700)
+    assert len(cluster.commits) == n
+    # ... but a new verdict without a timestamp is, stamped by the manager.
+    report(state=pb.TASK_STATE_RUNNING, health=pb.TASK_HEALTH_UNHEALTHY)
+    stored = state.tasks["t1"].status
+    assert stored.health == pb.TASK_HEALTH_UNHEALTHY and stored.timestamp_ms > 700
+    assert stored.ready_ms == 0
+    # States still never move backwards, whatever else the report says.
+    report(state=pb.TASK_STATE_FAILED, err="unhealthy: 3 checks failed", timestamp_ms=900)
+    report(state=pb.TASK_STATE_RUNNING, health=pb.TASK_HEALTH_HEALTHY, timestamp_ms=950)
+    stored = state.tasks["t1"].status
+    assert stored.state == pb.TASK_STATE_FAILED and stored.err.startswith("unhealthy")

@@ -333,6 +333,84 @@ def test_update_refills_a_given_up_slot() -> None:
     assert plan_for(svc, tasks).create == [new(1, replaces="done")]
 
 
+CHECK = pb.HealthCheck(tcp_port=80)
+
+
+def checked(t: pb.Task, health: int, ready_ms: int = 0) -> pb.Task:
+    """`t` with a health check in its spec and the given verdict."""
+    t.spec.health_check.CopyFrom(CHECK)
+    t.status.health = health  # type: ignore[assignment]
+    t.status.ready_ms = ready_ms
+    return t
+
+
+@pytest.mark.parametrize("health", [pb.TASK_HEALTH_NONE, pb.TASK_HEALTH_STARTING,
+                                    pb.TASK_HEALTH_UNHEALTHY])
+def test_update_never_passes_a_batch_whose_new_task_is_not_healthy(health: int) -> None:
+    svc = service(3, version=2, parallelism=1)
+    old = task("t1", 1, desired=SHUTDOWN, state=SHUTDOWN)
+    fresh = checked(task("u1", 1, version=2, state=RUNNING), health)
+    rest = [task("t2", 2), task("t3", 3)]
+    # However often the pass runs and however late it is, the batch holds.
+    for now in (NOW, NOW + 3_600_000):
+        plan = reconcile_service(svc, [old, fresh, *rest], NODES, now)
+        assert plan == ServicePlan(), health
+    fresh.status.health = pb.TASK_HEALTH_HEALTHY
+    fresh.status.ready_ms = NOW - 1
+    assert plan_for(svc, [old, fresh, *rest]) == ServicePlan(
+        create=[new(2, replaces="t2")], shutdown=["t2"])
+
+
+def test_unchecked_tasks_are_ready_once_running_whatever_the_health_field() -> None:
+    svc = service(2, version=2, parallelism=1)
+    fresh = task("u1", 1, version=2, state=RUNNING)
+    fresh.status.health = pb.TASK_HEALTH_UNHEALTHY  # no check in its spec: not looked at
+    plan = plan_for(svc, [fresh, task("t2", 2)])
+    assert plan.create == [new(2, replaces="t2")]
+
+
+def test_update_delay_counts_from_ready_and_asks_for_a_wake_up() -> None:
+    svc = service(3, version=2, parallelism=1)
+    svc.spec.update_config.delay_ms = 10_000
+    fresh = checked(task("u1", 1, version=2, state=RUNNING, ended=NOW - 60_000),
+                    pb.TASK_HEALTH_HEALTHY, ready_ms=NOW - 4_000)
+    rest = [task("t2", 2), task("t3", 3)]
+    plan = plan_for(svc, [fresh, *rest])
+    # Ready 4 s ago, delay 10 s: nothing yet, and a pass is wanted when the 6 s are up.
+    assert plan == ServicePlan(wake_at_ms=NOW + 6_000)
+    plan = reconcile_service(svc, [fresh, *rest], NODES, NOW + 6_000)
+    assert plan == ServicePlan(create=[new(2, not_before=NOW + 6_000, replaces="t2")],
+                               shutdown=["t2"])
+
+
+def test_update_delay_falls_back_to_the_status_time_without_ready_ms() -> None:
+    svc = service(2, version=2, parallelism=1)
+    svc.spec.update_config.delay_ms = 5_000
+    fresh = task("u1", 1, version=2, state=RUNNING, ended=NOW - 1_000)
+    plan = plan_for(svc, [fresh, task("t2", 2)])
+    assert plan == ServicePlan(wake_at_ms=NOW + 4_000)
+
+
+def test_no_wake_up_when_nothing_waits_on_the_delay() -> None:
+    svc = service(2, version=2, parallelism=2)
+    svc.spec.update_config.delay_ms = 5_000
+    fresh = task("u1", 1, version=2, state=RUNNING, ended=NOW - 1_000)
+    # One slot settling, one of budget left for the last outdated task: nothing left waiting.
+    plan = plan_for(svc, [fresh, task("t2", 2)])
+    assert plan.create == [new(2, replaces="t2")] and plan.wake_at_ms == 0
+    # Converged: a settling task alone asks for nothing.
+    assert plan_for(svc, [fresh, task("u2", 2, version=2)]).wake_at_ms == 0
+
+
+def test_global_update_waits_for_health() -> None:
+    svc = service(None, version=2, parallelism=1)
+    fresh = checked(task("u1", 0, "n1", version=2), pb.TASK_HEALTH_STARTING)
+    tasks = [fresh, task("o2", 0, "n2"), task("o3", 0, "n3")]
+    assert plan_for(svc, tasks) == ServicePlan()
+    fresh.status.health = pb.TASK_HEALTH_HEALTHY
+    assert plan_for(svc, tasks).shutdown == ["o2"]
+
+
 # ------------------------------------------------------------------ history
 
 

@@ -1152,3 +1152,175 @@ def test_host_from_environment(
     monkeypatch.setenv("OVCTL_HOST", addr)
     assert cli.main(["service", "ls"]) == 0
     assert capsys.readouterr().out.split() == ["ID", "NAME", "MODE", "REPLICAS", "PORTS", "COMMAND"]
+
+
+# ---------------------------------------------------------------- health checks, ingress
+
+
+def test_health_flags_build_the_check(
+    fake: tuple[FakeControl, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    servicer, addr = fake
+    servicer.answers["CreateService"] = cpb.CreateServiceResponse(
+        service=pb.Service(meta=pb.Meta(id="svc1"))
+    )
+    code = run(
+        addr,
+        "service",
+        "create",
+        "--name",
+        "web",
+        "--health-cmd",
+        "curl -fs localhost:80/ || exit 1",
+        "--health-interval",
+        "2s",
+        "--health-timeout",
+        "500ms",
+        "--health-retries",
+        "5",
+        "--health-start-period",
+        "1m",
+        "--update-parallelism",
+        "2",
+        "--update-delay",
+        "3s",
+        "--",
+        "sleep",
+        "1d",
+    )
+    assert code == 0, capsys.readouterr().err
+    spec = servicer.requests("CreateService")[0].spec
+    assert spec.health_check == pb.HealthCheck(
+        command=["sh", "-c", "curl -fs localhost:80/ || exit 1"],
+        interval_ms=2000,
+        timeout_ms=500,
+        retries=5,
+        start_period_ms=60_000,
+    )
+    assert (spec.update_config.parallelism, spec.update_config.delay_ms) == (2, 3000)
+    # Without a health flag the spec carries no check at all.
+    assert run(addr, "service", "create", "--name", "plain", "--", "true") == 0
+    assert not servicer.requests("CreateService")[1].spec.HasField("health_check")
+
+
+def test_health_flag_usage_errors(
+    fake: tuple[FakeControl, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    servicer, addr = fake
+    base = ("service", "create", "--name", "w")
+    assert run(addr, *base, "--health-cmd", "true", "--health-tcp", "80", "--", "x") == 2
+    assert "not allowed with argument" in capsys.readouterr().err
+    assert run(addr, *base, "--health-tcp", "70000", "--", "x") == 2
+    assert "health check port" in capsys.readouterr().err
+    assert run(addr, *base, "--health-interval", "5", "--", "x") == 2
+    assert "invalid duration '5'" in capsys.readouterr().err
+    assert run(addr, *base, "--health-retries", "-1", "--", "x") == 2
+    assert run(addr, *base, "--health-cmd", " ", "--", "x") == 2
+    assert "--health-cmd is empty" in capsys.readouterr().err
+    assert run(addr, "service", "update", "--no-healthcheck", "--health-cmd", "x", "w") == 2
+    assert "not allowed with argument" in capsys.readouterr().err
+    assert run(addr, "service", "create", "--no-healthcheck", "--name", "w", "--", "x") == 2
+    assert servicer.calls == []
+
+
+def test_apply_health_switches_kind_and_clears() -> None:
+    spec = pb.ServiceSpec(
+        name="web", health_check=pb.HealthCheck(command=["sh", "-c", "true"], retries=4)
+    )
+    specs.apply_health(spec, specs.HealthOptions(tcp_port=8080))
+    # Switching to a TCP check drops the command but keeps the timing already chosen.
+    assert spec.health_check == pb.HealthCheck(tcp_port=8080, retries=4)
+    specs.apply_health(spec, specs.HealthOptions(cmd="pgrep web", interval_ms=3000))
+    assert spec.health_check == pb.HealthCheck(
+        command=["sh", "-c", "pgrep web"], retries=4, interval_ms=3000
+    )
+    specs.apply_health(spec, specs.HealthOptions())  # nothing given: nothing changes
+    assert spec.health_check.interval_ms == 3000
+    specs.apply_health(spec, None, clear=True)
+    assert not spec.HasField("health_check")
+    with pytest.raises(specs.SpecError, match="exclusive"):
+        specs.apply_health(spec, specs.HealthOptions(cmd="x", tcp_port=1))
+    with pytest.raises(specs.SpecError, match="--no-healthcheck cannot be combined"):
+        specs.apply_health(spec, specs.HealthOptions(retries=1), clear=True)
+
+
+def test_service_update_health_and_update_config(
+    fake: tuple[FakeControl, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    servicer, addr = fake
+    stored = _stored_spec()
+    stored.health_check.CopyFrom(pb.HealthCheck(tcp_port=80, timeout_ms=200))
+    svc = pb.Service(meta=pb.Meta(id="idweb", version=3), spec=stored)
+    servicer.answers["GetService"] = cpb.GetServiceResponse(service=svc)
+    servicer.answers["UpdateService"] = cpb.UpdateServiceResponse()
+    code = run(
+        addr,
+        "service",
+        "update",
+        "--health-retries",
+        "7",
+        "--update-parallelism",
+        "1",
+        "--update-delay",
+        "10s",
+        "web",
+    )
+    assert code == 0, capsys.readouterr().err
+    (req,) = servicer.requests("UpdateService")
+    assert req.spec.health_check == pb.HealthCheck(tcp_port=80, timeout_ms=200, retries=7)
+    assert (req.spec.update_config.parallelism, req.spec.update_config.delay_ms) == (1, 10_000)
+    assert run(addr, "service", "update", "--no-healthcheck", "web") == 0
+    assert not servicer.requests("UpdateService")[1].spec.HasField("health_check")
+
+
+def test_task_state_shows_health() -> None:
+    now = 100_000
+    running = pb.TaskStatus(state=pb.TASK_STATE_RUNNING, timestamp_ms=95_000)
+    assert render.current_state(running, now) == "Running 5 seconds ago"
+    running.health = pb.TASK_HEALTH_STARTING
+    assert render.current_state(running, now) == "Running 5 seconds ago (starting)"
+    running.health = pb.TASK_HEALTH_UNHEALTHY
+    assert render.current_state(running, now) == "Running 5 seconds ago (unhealthy)"
+    row = render.task_row(
+        pb.Task(meta=pb.Meta(id="t1"), service_name="web", slot=1, status=running), False, {}, now
+    )
+    assert row[4] == "Running 5 seconds ago (unhealthy)"
+
+
+def test_health_check_text_and_service_pretty(
+    fake: tuple[FakeControl, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert render.health_check_text(pb.HealthCheck()) == "none"
+    assert render.health_check_text(pb.HealthCheck(tcp_port=80, retries=5)) == (
+        "tcp port 80, every 1000 ms, timeout 1000 ms, 5 retries, start period 0 ms"
+    )
+    assert render.health_check_text(
+        pb.HealthCheck(command=["sh", "-c", "curl -f x"], interval_ms=2000, timeout_ms=500)
+    ).startswith("cmd 'curl -f x', every 2000 ms, timeout 500 ms, 3 retries")
+    assert render.health_check_text(pb.HealthCheck(command=["pgrep", "a b"])).startswith(
+        "cmd \"pgrep 'a b'\""
+    )
+    servicer, addr = fake
+    spec = _stored_spec()
+    spec.health_check.CopyFrom(pb.HealthCheck(command=["sh", "-c", "true"]))
+    spec.update_config.CopyFrom(pb.UpdateConfig(parallelism=2, delay_ms=5000))
+    svc = pb.Service(meta=pb.Meta(id="idweb"), spec=spec, spec_version=4)
+    servicer.answers["GetService"] = cpb.GetServiceResponse(service=svc)
+    assert run(addr, "service", "inspect", "--pretty", "web") == 0
+    out = capsys.readouterr().out
+    assert "Health check:     cmd 'true', every 1000 ms" in out
+    assert "Update:           parallelism 2, delay 5000 ms" in out
+    assert "Spec version:     4" in out
+    assert run(addr, "service", "inspect", "web") == 0
+    (doc,) = json.loads(capsys.readouterr().out)
+    assert doc["spec"]["health_check"]["command"] == ["sh", "-c", "true"]
+
+
+def test_node_pretty_shows_the_ingress_address() -> None:
+    node = pb.Node(
+        meta=pb.Meta(id="n1"),
+        attachments=[pb.NetworkAttachment(network_id="ing", addresses=["10.0.0.7/24"])],
+    )
+    text = render.node_pretty(node, pb.GossipStatus(), 0, {}, {})
+    assert "Ingress address:  10.0.0.7/24" in text
+    assert "Ingress address:  -" in render.node_pretty(pb.Node(), pb.GossipStatus(), 0, {}, {})

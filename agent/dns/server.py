@@ -1,0 +1,632 @@
+"""The embedded resolver's I/O edge: 127.0.0.11:53 (UDP and TCP) in every sandbox, served by
+the agent's own event loop.
+
+Each sandbox gets a UDP and a TCP socket created inside its namespace (agent.netns) and bound
+there; the agent serves them all from one loop, so a sandbox costs two file descriptors, not
+a process.
+
+The hot path is UDP. A sandbox's answers depend only on its view (the networks it is attached
+to) and on the query's bytes, and the table changes rarely compared with how often it is
+asked, so answers are cached per view keyed by the query without its 2-byte ID: a hit is a
+dict lookup and one bytes concat (ID + cached tail), with no parsing or encoding. The UDP
+socket is drained with loop.add_reader rather than a DatagramProtocol, so that one wake-up
+serves every queued datagram without a callback and a transport call per packet. Only a
+miss parses (dnslib), resolves (agent.dns.names), encodes and caches. Answers whose order
+must vary (dnsrr, tasks.S) are cached as a small cycle of precomputed shuffles, rotated per
+query. Sandboxes with the same view share one cache; update() with a changed table drops
+every cache at once (single-threaded loop: no query sees half of a change).
+
+Names that are not ours go to the host's upstream resolvers from a socket in the agent's
+namespace (a sandbox usually has no route to them), with fresh IDs, a timeout (SERVFAIL) and
+a bound on outstanding queries (SERVFAIL at once past it); their answers are passed back
+untouched but for the ID. Without upstreams such names get NXDOMAIN.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import itertools
+import logging
+import random
+import socket
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from dnslib import EDNS0, QTYPE, RCODE, DNSHeader, DNSRecord
+
+from agent.dns.names import DEFAULT_TTL, Kind, NameTable, Resolution
+from agent.endpoints import EndpointRecord
+from agent.netns import asocket_in_netns, run_in_netns
+
+log = logging.getLogger(__name__)
+
+LISTEN_ADDR = "127.0.0.11"
+LISTEN_PORT = 53
+# Datagrams handled per wake-up before yielding to the loop (the reader fires again if more
+# are queued), so a flood on one sandbox cannot starve the rest of the agent.
+UDP_BATCH = 256
+CACHE_MAX = 10_000
+# Precomputed orders kept for an answer that is shuffled per query.
+SHUFFLES = 8
+TCP_IDLE = 10.0
+TCP_MAX_CONNS = 32
+EDNS_UDP = 1232  # the payload size we offer and honour at most (DNS flag day 2020)
+PLAIN_UDP = 512
+
+# Cache marker: the name is not ours, forward it (saves the parse on a repeat).
+_FORWARD = object()
+
+_STATS = (
+    "queries",
+    "cache_hits",
+    "answered_local",
+    "forwarded",
+    "nxdomain",
+    "servfail",
+    "malformed",
+    "truncated",
+    "upstream_timeouts",
+    "upstream_errors",
+    "tcp_connections",
+    "tcp_rejected",
+)
+
+
+@dataclass
+class _View:
+    networks: frozenset[str]
+    udp: dict[bytes, Any] = field(default_factory=dict)
+    tcp: dict[bytes, Any] = field(default_factory=dict)
+    users: int = 0
+
+
+@dataclass
+class _Sandbox:
+    key: str
+    netns: str
+    view: _View
+    udp: socket.socket
+    tcp: asyncio.Server | None = None
+    conns: set[asyncio.StreamWriter] = field(default_factory=set)
+
+
+@dataclass
+class _Pending:
+    client_id: bytes
+    query: bytes  # with our ID
+    reply: Callable[[bytes], None]
+    question: bytes
+    tries: int = 0
+    timer: asyncio.TimerHandle | None = None
+
+
+def _question_bytes(msg: bytes) -> bytes:
+    """The raw question section of a one-question message (b"" if it does not parse); used
+    to check that an upstream answer belongs to the query we sent under that ID."""
+    i = 12
+    n = len(msg)
+    while i < n:
+        ln = msg[i]
+        if ln == 0:
+            return msg[12 : i + 5]
+        if ln & 0xC0:
+            return b""
+        i += ln + 1
+    return b""
+
+
+def _rcode_only(query: bytes, rcode: int) -> bytes | None:
+    """A reply to `query` with `rcode` and no records; None if the query does not parse."""
+    try:
+        req = DNSRecord.parse(query)
+    except Exception:
+        return None
+    h = req.header
+    rep = DNSRecord(DNSHeader(id=h.id, qr=1, opcode=h.opcode, rd=h.rd, ra=1, rcode=rcode), q=req.q)
+    rep.questions = req.questions
+    return bytes(rep.pack())
+
+
+class DnsServer:
+    def __init__(
+        self,
+        upstreams: Sequence[tuple[str, int]] = (),
+        *,
+        ttl: int = DEFAULT_TTL,
+        forward_timeout: float = 2.0,
+        max_inflight: int = 256,
+        upstream_netns: str | None = None,
+    ) -> None:
+        self.upstreams = [(str(ipaddress.ip_address(h)), int(p)) for h, p in upstreams]
+        self.ttl = ttl
+        self.forward_timeout = forward_timeout
+        self.max_inflight = max_inflight
+        self.upstream_netns = upstream_netns
+        # queries and cache_hits count every query; answered_local, nxdomain and truncated
+        # count answers computed (cache misses), so that the hot path pays for two counters
+        # only; forwarded and servfail count every query they concern.
+        self.stats: dict[str, int] = dict.fromkeys(_STATS, 0)
+        self._table = NameTable(ttl=ttl)
+        self._fingerprint: object = None
+        self._views: dict[frozenset[str], _View] = {}
+        self._sandboxes: dict[str, _Sandbox] = {}
+        # attach/detach cross an await (the thread hop); one lock keeps two passes from
+        # interleaving on a sandbox (a per-key lock would need its own lifetime rules).
+        self._lock = asyncio.Lock()
+        # Forwarding state: one UDP socket per address family in use, outstanding queries
+        # by our ID, TCP forwards in flight (they count against max_inflight too).
+        self._up_socks: dict[int, socket.socket] = {}
+        self._up_addrs = {(h, p) for h, p in self.upstreams}
+        self._pending: dict[int, _Pending] = {}
+        self._tcp_forwards = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ids = random.SystemRandom()
+
+    # ------------------------------------------------------------------ table
+
+    @staticmethod
+    def host_upstreams(resolv_conf: str = "/etc/resolv.conf") -> list[tuple[str, int]]:
+        """The host's nameservers, less loopback ones: a sandbox's own loopback is not the
+        host's, and forwarding to ourselves would loop."""
+        out: list[tuple[str, int]] = []
+        try:
+            with open(resolv_conf) as f:
+                lines = f.read().splitlines()
+        except OSError:
+            return out
+        for line in lines:
+            parts = line.split()
+            if len(parts) < 2 or parts[0] != "nameserver":
+                continue
+            try:
+                addr = ipaddress.ip_address(parts[1].split("%", 1)[0])
+            except ValueError:
+                continue
+            if addr.is_loopback:
+                continue
+            if (str(addr), 53) not in out:
+                out.append((str(addr), 53))
+        return out
+
+    def update(self, records: Iterable[EndpointRecord], network_names: Mapping[str, str]) -> bool:
+        """Take a new set of records; cheap (one frozenset compare) when nothing changed,
+        which is what most agent passes bring."""
+        recs = frozenset(r for r in records if r.is_task)
+        fingerprint = (recs, frozenset(network_names.items()))
+        if fingerprint == self._fingerprint:
+            return False
+        self._fingerprint = fingerprint
+        self._table = NameTable.build(recs, network_names, ttl=self.ttl)
+        for view in self._views.values():
+            view.udp = {}
+            view.tcp = {}
+        return True
+
+    @property
+    def table(self) -> NameTable:
+        return self._table
+
+    # ------------------------------------------------------------------ sandboxes
+
+    def attached(self) -> set[str]:
+        return set(self._sandboxes)
+
+    def _view(self, networks: frozenset[str]) -> _View:
+        view = self._views.get(networks)
+        if view is None:
+            view = self._views[networks] = _View(networks)
+        view.users += 1
+        return view
+
+    def _release(self, view: _View) -> None:
+        view.users -= 1
+        if view.users <= 0 and self._views.get(view.networks) is view:
+            del self._views[view.networks]
+
+    async def attach(self, key: str, netns: str, networks: frozenset[str]) -> None:
+        """Serve 127.0.0.11:53 in `netns` for the sandbox `key`; idempotent, and a known key
+        with other networks only changes its view."""
+        async with self._lock:
+            loop = asyncio.get_running_loop()
+            self._loop = loop
+            sb = self._sandboxes.get(key)
+            if sb is not None and sb.netns != netns:
+                await self._detach(sb)
+                sb = None
+            if sb is not None:
+                if sb.view.networks != networks:
+                    old = sb.view
+                    sb.view = self._view(frozenset(networks))
+                    self._release(old)
+                return
+            if self.upstreams:
+                await self._ensure_upstream_sockets(loop)
+            udp, tcp = await asyncio.to_thread(run_in_netns, netns, _listen_sockets)
+            view = self._view(frozenset(networks))
+            sb = _Sandbox(key, netns, view, udp)
+            self._sandboxes[key] = sb
+            try:
+                loop.add_reader(udp.fileno(), self._udp_readable, sb)
+                sb.tcp = await asyncio.start_server(
+                    lambda r, w: self._tcp_client(sb, r, w), sock=tcp
+                )
+            except BaseException:
+                tcp.close()
+                await self._detach(sb)
+                raise
+
+    async def detach(self, key: str) -> None:
+        async with self._lock:
+            sb = self._sandboxes.get(key)
+            if sb is not None:
+                await self._detach(sb)
+
+    async def _detach(self, sb: _Sandbox) -> None:
+        if self._sandboxes.get(sb.key) is sb:
+            del self._sandboxes[sb.key]
+        if self._loop is not None:
+            with contextlib.suppress(Exception):
+                self._loop.remove_reader(sb.udp.fileno())
+        sb.udp.close()
+        if sb.tcp is not None:
+            sb.tcp.close()
+        for w in list(sb.conns):
+            w.close()
+        sb.conns.clear()
+        self._release(sb.view)
+
+    async def close(self) -> None:
+        for key in list(self._sandboxes):
+            await self.detach(key)
+        for p in self._pending.values():
+            if p.timer is not None:
+                p.timer.cancel()
+        self._pending.clear()
+        for s in self._up_socks.values():
+            if self._loop is not None:
+                with contextlib.suppress(Exception):
+                    self._loop.remove_reader(s.fileno())
+            s.close()
+        self._up_socks.clear()
+
+    # ------------------------------------------------------------------ answers
+
+    def _compute(self, view: _View, data: bytes, tcp: bool) -> Any:
+        """Answer a query the cache did not hold: bytes (a reply tail after the ID), an
+        itertools.cycle of tails, _FORWARD, or None to drop a malformed packet."""
+        try:
+            req = DNSRecord.parse(data)
+        except Exception:
+            return None
+        h = req.header
+        if h.qr:
+            return None  # a response sent to us: never answer those (reflection loops)
+        if h.opcode != 0:
+            return self._encode(req, RCODE.NOTIMP, None, tcp)[2:]
+        if len(req.questions) != 1:
+            return self._encode(req, RCODE.FORMERR, None, tcp)[2:]
+        q = req.questions[0]
+        res = self._table.resolve(view.networks, str(q.qname), q.qtype)
+        if res.kind is Kind.FORWARD:
+            if self.upstreams:
+                return _FORWARD
+            return self._account(self._encode(req, RCODE.NXDOMAIN, None, tcp)[2:])
+        tail = self._account(self._encode(req, RCODE.NOERROR, res, tcp)[2:])
+        if not res.varies:
+            return tail
+        tails = [tail]
+        for _ in range(SHUFFLES - 1):
+            again = self._table.resolve(view.networks, str(q.qname), q.qtype)
+            tails.append(self._encode(req, RCODE.NOERROR, again, tcp)[2:])
+        return itertools.cycle(tails)
+
+    def _encode(self, req: DNSRecord, rcode: int, res: Resolution | None, tcp: bool) -> bytes:
+        h = req.header
+        local = res is not None
+        edns = next((rr for rr in req.ar if rr.rtype == QTYPE.OPT), None)
+        rep = DNSRecord(
+            DNSHeader(id=h.id, qr=1, aa=int(local), opcode=h.opcode, rd=h.rd, ra=1, rcode=rcode),
+            q=req.q,
+        )
+        rep.questions = req.questions
+        if res is not None:
+            rep.rr = list(res.answer)
+            rep.ar = list(res.additional)
+        if edns is not None:
+            rep.add_ar(EDNS0(udp_len=EDNS_UDP))
+        out = bytes(rep.pack())
+        limit = max(PLAIN_UDP, min(int(edns.rclass), EDNS_UDP)) if edns is not None else PLAIN_UDP
+        if not tcp and len(out) > limit:
+            # Too big for this client over UDP: TC=1 and no records, so it retries on TCP.
+            rep.rr, rep.ar, rep.auth = [], [], []
+            rep.header.tc = 1
+            if edns is not None:
+                rep.add_ar(EDNS0(udp_len=EDNS_UDP))
+            out = bytes(rep.pack())
+        return out
+
+    def _account(self, tail: bytes) -> bytes:
+        """Count a freshly computed local answer by the rcode and TC bit in its tail."""
+        rcode = tail[1] & 0x0F
+        if rcode == RCODE.NXDOMAIN:
+            self.stats["nxdomain"] += 1
+        elif rcode == RCODE.NOERROR:
+            self.stats["answered_local"] += 1
+        if tail[0] & 0x02:
+            self.stats["truncated"] += 1
+        return tail
+
+    # ------------------------------------------------------------------ UDP hot path
+
+    def _udp_readable(self, sb: _Sandbox) -> None:
+        sock = sb.udp
+        view = sb.view
+        cache = view.udp
+        recv = sock.recvfrom
+        send = sock.sendto
+        n = hits = 0
+        try:
+            for _ in range(UDP_BATCH):
+                try:
+                    data, addr = recv(4096)
+                except (BlockingIOError, InterruptedError):
+                    break
+                n += 1
+                entry = cache.get(data[2:])
+                if entry is None:
+                    entry = self._compute(view, data, False)
+                    if entry is None:
+                        self.stats["malformed"] += 1
+                        continue
+                    if len(cache) >= CACHE_MAX:
+                        cache.clear()
+                    cache[data[2:]] = entry
+                else:
+                    hits += 1
+                if entry.__class__ is bytes:
+                    out = data[:2] + entry
+                elif entry is _FORWARD:
+                    self._forward_udp(sock, data, addr)
+                    continue
+                else:
+                    out = data[:2] + next(entry)
+                # A bare try is cheaper than contextlib.suppress on this path.
+                try:  # noqa: SIM105
+                    send(out, addr)
+                except OSError:
+                    pass  # client gone or buffer full: as good as a lost datagram
+        except OSError as e:
+            log.debug("dns %s: udp read: %s", sb.key, e)
+        finally:
+            self.stats["queries"] += n
+            self.stats["cache_hits"] += hits
+
+    def _forward_udp(self, sock: socket.socket, data: bytes, addr: Any) -> None:
+        def reply(resp: bytes) -> None:
+            with contextlib.suppress(OSError):
+                sock.sendto(resp, addr)
+
+        self._forward(data, reply)
+
+    # ------------------------------------------------------------------ TCP
+
+    async def _tcp_client(
+        self, sb: _Sandbox, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        if len(sb.conns) >= TCP_MAX_CONNS or self._sandboxes.get(sb.key) is not sb:
+            self.stats["tcp_rejected"] += 1
+            writer.close()
+            return
+        self.stats["tcp_connections"] += 1
+        sb.conns.add(writer)
+        try:
+            while True:
+                hdr = await asyncio.wait_for(reader.readexactly(2), TCP_IDLE)
+                data = await asyncio.wait_for(
+                    reader.readexactly(int.from_bytes(hdr, "big")), TCP_IDLE
+                )
+                self.stats["queries"] += 1
+                resp = await self._answer_tcp(sb.view, data)
+                if resp is None:
+                    break  # malformed: a stream we cannot trust the framing of any more
+                writer.write(len(resp).to_bytes(2, "big") + resp)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, TimeoutError, ConnectionError, OSError):
+            pass
+        finally:
+            sb.conns.discard(writer)
+            writer.close()
+
+    def _entry(self, view: _View, data: bytes, tcp: bool) -> Any:
+        """The cache path outside the UDP reader (which inlines it): the entry for `data`,
+        computed and cached on a miss; None for a packet to drop."""
+        cache = view.tcp if tcp else view.udp
+        entry = cache.get(data[2:])
+        if entry is None:
+            entry = self._compute(view, data, tcp)
+            if entry is None:
+                self.stats["malformed"] += 1
+                return None
+            if len(cache) >= CACHE_MAX:
+                cache.clear()
+            cache[data[2:]] = entry
+        else:
+            self.stats["cache_hits"] += 1
+        return entry
+
+    def answer(self, networks: frozenset[str], data: bytes, tcp: bool = False) -> bytes | None:
+        """The reply a sandbox whose view is `networks` gets for the query `data` when it is
+        answered here, through the same caches as the sockets; None when the packet is
+        dropped or would go upstream. For tests and diagnostics: no socket involved."""
+        data = bytes(data)  # a cache key must be hashable (dnslib packs bytearrays)
+        view = self._views.get(networks)
+        if view is None:  # kept (no user) until a sandbox with this view comes and goes
+            view = self._views[networks] = _View(networks)
+        entry = self._entry(view, data, tcp)
+        if entry is None or entry is _FORWARD:
+            return None
+        return data[:2] + (entry if entry.__class__ is bytes else next(entry))
+
+    async def _answer_tcp(self, view: _View, data: bytes) -> bytes | None:
+        entry = self._entry(view, data, True)
+        if entry is None:
+            return None
+        if entry.__class__ is bytes:
+            return data[:2] + entry
+        if entry is _FORWARD:
+            return await self._forward_tcp(data)
+        return data[:2] + next(entry)
+
+    # ------------------------------------------------------------------ upstream
+
+    async def _ensure_upstream_sockets(self, loop: asyncio.AbstractEventLoop) -> None:
+        for fam in {_family(h) for h, _ in self.upstreams}:
+            if fam in self._up_socks:
+                continue
+            s = await asocket_in_netns(self.upstream_netns, fam, socket.SOCK_DGRAM)
+            s.setblocking(False)
+            self._up_socks[fam] = s
+            loop.add_reader(s.fileno(), self._upstream_readable, s)
+
+    def _new_id(self) -> int | None:
+        for _ in range(16):
+            qid = self._ids.randrange(0x10000)
+            if qid not in self._pending:
+                return qid
+        return None
+
+    def _servfail(self, data: bytes) -> bytes | None:
+        self.stats["servfail"] += 1
+        return _rcode_only(data, RCODE.SERVFAIL)
+
+    def _forward(self, data: bytes, reply: Callable[[bytes], None]) -> None:
+        self.stats["forwarded"] += 1
+        qid = None
+        if len(self._pending) + self._tcp_forwards < self.max_inflight:
+            qid = self._new_id()
+        if qid is None or self._loop is None:
+            resp = self._servfail(data)
+            if resp is not None:
+                reply(resp)
+            return
+        p = _Pending(
+            client_id=data[:2],
+            query=qid.to_bytes(2, "big") + data[2:],
+            reply=reply,
+            question=_question_bytes(data),
+        )
+        self._pending[qid] = p
+        self._send_upstream(qid, p)
+
+    def _send_upstream(self, qid: int, p: _Pending) -> None:
+        """Send to the next upstream; each gets an equal share of the timeout, so a dead
+        first resolver costs a fraction of it, not all."""
+        assert self._loop is not None
+        host, port = self.upstreams[p.tries % len(self.upstreams)]
+        p.tries += 1
+        with contextlib.suppress(OSError):
+            self._up_socks[_family(host)].sendto(p.query, (host, port))
+        share = self.forward_timeout / len(self.upstreams)
+        p.timer = self._loop.call_later(share, self._upstream_timeout, qid, p)
+
+    def _upstream_timeout(self, qid: int, p: _Pending) -> None:
+        if self._pending.get(qid) is not p:
+            return
+        if p.tries < len(self.upstreams):
+            self._send_upstream(qid, p)
+            return
+        del self._pending[qid]
+        self.stats["upstream_timeouts"] += 1
+        resp = self._servfail(p.client_id + p.query[2:])
+        if resp is not None:
+            p.reply(resp)
+
+    def _upstream_readable(self, sock: socket.socket) -> None:
+        for _ in range(UDP_BATCH):
+            try:
+                data, addr = sock.recvfrom(65535)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                log.debug("dns upstream read: %s", e)
+                return
+            if len(data) < 12 or (str(addr[0]), addr[1]) not in self._up_addrs:
+                continue
+            qid = int.from_bytes(data[:2], "big")
+            p = self._pending.get(qid)
+            if p is None or _question_bytes(data) != p.question:
+                continue  # late, or not the answer to what we asked under that ID
+            del self._pending[qid]
+            if p.timer is not None:
+                p.timer.cancel()
+            p.reply(p.client_id + data[2:])
+
+    async def _forward_tcp(self, data: bytes) -> bytes | None:
+        """A TCP client's query goes upstream over TCP: its answer may be too big for UDP."""
+        self.stats["forwarded"] += 1
+        if len(self._pending) + self._tcp_forwards >= self.max_inflight:
+            return self._servfail(data)
+        self._tcp_forwards += 1
+        try:
+            return await asyncio.wait_for(self._tcp_upstreams(data), self.forward_timeout)
+        except (TimeoutError, OSError, asyncio.IncompleteReadError):
+            self.stats["upstream_timeouts"] += 1
+            return self._servfail(data)
+        finally:
+            self._tcp_forwards -= 1
+
+    async def _tcp_upstreams(self, data: bytes) -> bytes:
+        loop = asyncio.get_running_loop()
+        last: Exception = OSError("no upstream")
+        for host, port in self.upstreams:
+            s = await asocket_in_netns(self.upstream_netns, _family(host), socket.SOCK_STREAM)
+            try:
+                s.setblocking(False)
+                await loop.sock_connect(s, (host, port))
+                await loop.sock_sendall(s, len(data).to_bytes(2, "big") + data)
+                n = int.from_bytes(await _recv_exactly(loop, s, 2), "big")
+                resp = await _recv_exactly(loop, s, n)
+                return data[:2] + resp[2:]
+            except (OSError, asyncio.IncompleteReadError) as e:
+                self.stats["upstream_errors"] += 1
+                last = e
+            finally:
+                s.close()
+        raise last
+
+
+def _family(host: str) -> int:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+async def _recv_exactly(loop: asyncio.AbstractEventLoop, s: socket.socket, n: int) -> bytes:
+    buf = b""
+    while len(buf) < n:
+        chunk = await loop.sock_recv(s, n - len(buf))
+        if not chunk:
+            raise asyncio.IncompleteReadError(buf, n)
+        buf += chunk
+    return buf
+
+
+def _listen_sockets() -> tuple[socket.socket, socket.socket]:
+    """Runs inside the sandbox's namespace: bind 127.0.0.11:53 for UDP and TCP."""
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        for s in (udp, tcp):
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind((LISTEN_ADDR, LISTEN_PORT))
+            s.setblocking(False)
+        # Room for a burst while the loop is busy elsewhere.
+        with contextlib.suppress(OSError):
+            udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        tcp.listen(64)
+    except BaseException:
+        udp.close()
+        tcp.close()
+        raise
+    return udp, tcp
