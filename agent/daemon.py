@@ -378,6 +378,8 @@ class AgentDaemon:
             and self.local.get(tid, Local()).sandbox is Sandbox.READY
         }
         specs: dict[str, tuple[str | None, LbSpec]] = {}
+        # Tasks of one service share their networks: one table per view, not per sandbox.
+        by_view: dict[frozenset[str], LbSpec] = {}
         for tid in sorted(ready):
             view = frozenset(a.network_id for a in tasks[tid].networks) - {ingress_id}
             path = self.dataplane.sandbox_path(tid)
@@ -385,7 +387,9 @@ class AgentDaemon:
                 await self.dns.attach(tid, path, view)
             except OSError as e:
                 log.warning("task %s: cannot serve DNS in its sandbox: %s", tid, e)
-            specs[tid] = (path, services.vip_spec(records, view))
+            if view not in by_view:
+                by_view[view] = services.vip_spec(records, view)
+            specs[tid] = (path, by_view[view])
         for key in self.dns.attached() - ready:
             await self.dns.detach(key)
 

@@ -128,17 +128,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def parse_upstreams(values: list[str]) -> list[tuple[str, int]] | None:
     """None: take the host's resolvers; [] ('none'): no forwarding at all."""
+    from agent.discovery import parse_addr
+
     if not values:
         return None
     if values == ["none"]:
         return []
     out = []
     for v in values:
-        host, sep, port = v.rpartition(":")
-        if not sep:
-            host, port = v, "53"
+        host, port = parse_addr(v) or (v, 53)
         try:
-            out.append((str(ipaddress.IPv4Address(host)), int(port)))
+            out.append((str(ipaddress.IPv4Address(host)), port))
         except ValueError:
             raise ValueError(f"{v!r} is not IP[:PORT]") from None
     return out
