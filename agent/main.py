@@ -1,6 +1,8 @@
 """`ovnet-agent`: the per-host daemon.
 
-It registers the host with a manager and holds a session (failing over between managers),
+It joins the cluster with a join token the first time (getting a certificate whose CN is its
+node ID, kept in <state-dir>/tls), registers the host with a manager and holds a mutual-TLS
+session (failing over between managers),
 runs the tasks assigned to the host as processes in their own network namespaces, builds the
 overlay data plane for them (a bridge and a VXLAN device per network, veths, static FDB and
 neighbour entries for the endpoints on other hosts, egress through the host), and reports
@@ -13,14 +15,18 @@ import argparse
 import asyncio
 import ipaddress
 import logging
+import os
 import platform
+import random
 import signal
 import socket
 import sys
 from pathlib import Path
 
+from agent import tls
 from agent.model import DEFAULT_GWBRIDGE_SUBNET, DEFAULT_VXLAN_PORT, HostConfig, Names
 from agent.session import AgentSession
+from manager.ca import pki
 from proto import objects_pb2 as pb
 
 log = logging.getLogger("ovnet-agent")
@@ -33,6 +39,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--manager", default="", help="manager addresses host:port, comma separated")
+    p.add_argument(
+        "--join-token",
+        default=os.environ.get("OVNET_JOIN_TOKEN", ""),
+        help="join token (OVNTKN-1-...; env OVNET_JOIN_TOKEN), needed only until this node has "
+        "a certificate in <state-dir>/tls (print one with `ovctl cluster join-token worker`)",
+    )
+    p.add_argument(
+        "--join-addr",
+        default="",
+        help="managers' join listeners host:port, comma separated (default: each --manager "
+        "address with the next port)",
+    )
     p.add_argument("--hostname", default=socket.gethostname())
     p.add_argument(
         "--addr",
@@ -51,7 +69,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--state-dir",
         default="/var/lib/ovnet-agent",
-        help="where the node ID is kept across restarts (default %(default)s)",
+        help="where the node ID, certificate (tls/) and tasks are kept across restarts "
+        "(default %(default)s)",
     )
     p.add_argument(
         "--netns-prefix",
@@ -166,10 +185,70 @@ def underlay_mtu(vtep: str) -> int:
     return 1500
 
 
-async def run(args: argparse.Namespace) -> None:
+class CredentialsError(Exception):
+    """This node has no usable certificate and cannot get one without the operator."""
+
+
+async def credentials(
+    creds_dir: Path, token: str, join_addrs: list[str], retry_max: float = 5.0
+) -> tls.NodeCredentials:
+    """The node's saved credentials, or new ones from joining with `token` (trying each join
+    address in turn, as long as none answers). Raises CredentialsError when only the operator
+    can help: no token, a wrong or rotated token, another cluster's CA, unusable saved files."""
+    try:
+        creds = tls.NodeCredentials.load(creds_dir)
+    except pki.CertError as e:
+        raise CredentialsError(
+            f"the credentials in {creds_dir} are unusable: {e}; remove {creds_dir} and start "
+            "again with --join-token"
+        ) from None
+    now = pki.utcnow()
+    if creds is not None and creds.not_after <= now and token:
+        log.warning(
+            "the certificate of node %s expired at %s: joining again with the token (as a new "
+            "node)",
+            creds.node_id,
+            creds.not_after.isoformat(),
+        )
+        creds = None
+    if creds is not None:
+        return creds
+    if not token:
+        raise CredentialsError(
+            f"this node has no certificate in {creds_dir}: start it once with --join-token "
+            "(or OVNET_JOIN_TOKEN; print one with `ovctl cluster join-token worker`)"
+        )
+    delay = 0.2
+    i = 0
+    while True:
+        addr = join_addrs[i % len(join_addrs)]
+        try:
+            creds = await tls.join(addr, token)
+            break
+        except tls.JoinError as e:
+            raise CredentialsError(str(e)) from None
+        except tls.ManagerUnreachable as e:
+            log.info("cannot join yet: %s", e)
+        i += 1
+        if i % len(join_addrs) == 0:
+            await asyncio.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, retry_max)
+    creds.save(creds_dir)
+    log.info("joined the cluster as %s %s through %s", creds.role, creds.node_id, addr)
+    return creds
+
+
+async def run(args: argparse.Namespace) -> int:
     from agent.daemon import AgentDaemon  # imported here so that --help stays light
 
     managers = [m.strip() for m in args.manager.split(",") if m.strip()]
+    state_dir = Path(args.state_dir)
+    creds_dir = state_dir / tls.CREDS_DIRNAME
+    try:
+        creds = await credentials(creds_dir, args.join_token, args.join_addrs)
+    except CredentialsError as e:
+        print(f"ovnet-agent: error: {e}", file=sys.stderr)
+        return 2
     vtep = args.addr
     labels = dict(item.partition("=")[::2] for item in args.label)
     spec = pb.NodeSpec(
@@ -190,8 +269,9 @@ async def run(args: argparse.Namespace) -> None:
         names=Names(args.netns_prefix),
         etc_netns=Path(args.etc_netns),
     )
-    state_dir = Path(args.state_dir)
-    session = AgentSession(managers, desc, spec, state_dir=state_dir)
+    session = AgentSession(
+        managers, desc, spec, credentials=creds, creds_dir=creds_dir, state_dir=state_dir
+    )
     daemon = AgentDaemon(
         host,
         session,
@@ -223,6 +303,7 @@ async def run(args: argparse.Namespace) -> None:
     for r in runners:
         if r in done and not r.cancelled() and (exc := r.exception()) is not None:
             raise exc
+    return 0
     # Tasks keep running when the agent stops (as with Docker's live restore): a restarted
     # agent adopts them. `--cleanup` is the way to remove everything.
 
@@ -293,10 +374,16 @@ def main(argv: list[str] | None = None) -> int:
     # Facts about the host, found before the event loop starts (pyroute2's sync API runs its
     # own loop).
     managers = [m.strip() for m in args.manager.split(",") if m.strip()]
+    try:
+        args.join_addrs = [a.strip() for a in args.join_addr.split(",") if a.strip()] or [
+            tls.join_addr(m) for m in managers
+        ]
+    except ValueError as e:
+        print(f"ovnet-agent: error: --manager: {e}", file=sys.stderr)
+        return 2
     args.addr = args.addr or detect_vtep(managers)
     args.underlay_mtu = args.underlay_mtu or underlay_mtu(args.addr)
-    asyncio.run(run(args))
-    return 0
+    return asyncio.run(run(args))
 
 
 if __name__ == "__main__":

@@ -3,8 +3,13 @@
 `Assignments` is the pure part: it folds the session's COMPLETE and INCREMENTAL messages into
 the set of tasks, networks and services this node must run, detecting sequence gaps. The
 `AgentSession` is the I/O around it: it keeps trying the managers it knows (moving to the leader
-a follower names, with backoff), persists the node ID it was given, and hands every new
+a follower names, with backoff) over mutual TLS with the node's certificate, and hands every new
 assignment set to a callback.
+
+The node ID is the certificate's CN (given when the node joined). The session renews the
+certificate at a random 50-80 % of its life over its own channel, saves the new one and
+reconnects with it. Managers refuse a bad certificate in the TLS handshake, which the client
+sees only as UNAVAILABLE; the session then says what is wrong locally (`agent.tls.diagnose`).
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ from typing import Any
 
 import grpc
 
+from agent import tls
+from manager.ca import pki
 from proto import dispatcher_pb2 as dpb
 from proto import dispatcher_pb2_grpc
 from proto import objects_pb2 as pb
@@ -29,6 +36,7 @@ log = logging.getLogger(__name__)
 
 _LEADER_HINT = re.compile(r"the leader is at (\S+)")
 _NO_ANSWER = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+_REMOVED = re.compile(r"\bremoved\b")
 
 
 class SequenceGap(Exception):
@@ -95,42 +103,65 @@ class AgentSession:
         description: pb.NodeDescription,
         spec: pb.NodeSpec | None = None,
         *,
+        credentials: tls.NodeCredentials,
+        creds_dir: Path | None = None,
         state_dir: Path | None = None,
         on_assignments: OnAssignments | None = None,
         backoff_max: float = 5.0,
+        renew_rng: random.Random | None = None,
     ) -> None:
+        """`creds_dir`: where renewed credentials are saved (None: kept in memory only).
+        `state_dir`: where the node ID is written for the rest of the agent and operators."""
         self.managers = list(managers)
         self.description = description
         self.spec = spec or pb.NodeSpec()
+        self.credentials = credentials
+        self.creds_dir = creds_dir
         self.state_dir = state_dir
         self.on_assignments = on_assignments
         self.backoff_max = backoff_max
-        self.node_id = self._load_node_id()
+        self.renew_rng = renew_rng
+        self.node_id = credentials.node_id
+        self._save_node_id()
         self.session_id = ""
         self.assignments = Assignments()
         self.connected = asyncio.Event()
         # Session attempts in a row that no manager answered at all.
         self.failed_attempts = 0
+        # Certificates renewed since start (for tests and logs).
+        self.renewals = 0
         # What the heartbeat carries about this host's gossip view (for `ovctl node inspect`).
         self.gossip_status: Callable[[], pb.GossipStatus | None] | None = None
         self._channel: grpc.aio.Channel | None = None
         self._stub: dispatcher_pb2_grpc.DispatcherStub | None = None
-
-    def _load_node_id(self) -> str:
-        if self.state_dir is None:
-            return ""
-        path = self.state_dir / "node_id"
-        return path.read_text().strip() if path.exists() else ""
+        self._call: Any = None
+        self._last_diagnosis = ""
+        self._told_removed = False
 
     def _save_node_id(self) -> None:
-        if self.state_dir is not None:
-            self.state_dir.mkdir(parents=True, exist_ok=True)
-            tmp = self.state_dir / "node_id.tmp"
-            tmp.write_text(self.node_id + "\n")
-            tmp.replace(self.state_dir / "node_id")
+        """Keep <state-dir>/node_id equal to the certificate's CN."""
+        if self.state_dir is None:
+            return
+        path = self.state_dir / "node_id"
+        if path.exists() and path.read_text().strip() == self.node_id:
+            return
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_dir / "node_id.tmp"
+        tmp.write_text(self.node_id + "\n")
+        tmp.replace(path)
 
     async def run(self) -> None:
-        """Stay connected to the leading manager forever (until cancelled)."""
+        """Stay connected to the leading manager forever (until cancelled), renewing this
+        node's certificate on the way."""
+        renewer = asyncio.create_task(self._renew_loop())
+        try:
+            await self._connect_loop()
+        finally:
+            renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewer
+
+    async def _connect_loop(self) -> None:
         delay = 0.1
         i = 0
         while True:
@@ -139,7 +170,8 @@ class AgentSession:
                 await self._session(addr)
                 delay = 0.1
             except grpc.aio.AioRpcError as e:
-                hint = _LEADER_HINT.search(e.details() or "")
+                details = e.details() or ""
+                hint = _LEADER_HINT.search(details)
                 if hint and hint.group(1) not in self.managers:
                     self.managers.append(hint.group(1))
                 if hint:
@@ -147,15 +179,32 @@ class AgentSession:
                     delay = 0.05
                 else:
                     i += 1
+                why = ""
                 if not hint and e.code() in _NO_ANSWER:
                     self.failed_attempts += 1
+                    # A refused TLS handshake looks like any unreachable manager: say what is
+                    # wrong with this node's certificate, if anything.
+                    why = self._diagnose()
                 else:
                     self.failed_attempts = 0  # a manager answered (even a refusal)
-                if e.code() == grpc.StatusCode.NOT_FOUND and "not registered" in (
-                    e.details() or ""
-                ):
-                    self.node_id = ""  # the node was removed: register afresh
-                log.info("session with %s ended: %s %s", addr, e.code().name, e.details())
+                if e.code() == grpc.StatusCode.PERMISSION_DENIED and _REMOVED.search(details):
+                    if not self._told_removed:
+                        log.error(
+                            "%s: this node (%s) must join again: stop the agent, delete %s and "
+                            "start it with --join-token",
+                            details,
+                            self.node_id,
+                            self.creds_dir or "its tls directory",
+                        )
+                    self._told_removed = True
+                    delay = self.backoff_max  # nothing will change soon: do not hammer
+                log.info(
+                    "session with %s ended: %s %s%s",
+                    addr,
+                    e.code().name,
+                    details,
+                    f" ({why})" if why else "",
+                )
             except SequenceGap as e:
                 log.warning("restarting session: %s", e)
             finally:
@@ -163,6 +212,14 @@ class AgentSession:
                 await self._close()
             await asyncio.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, self.backoff_max)
+
+    def _diagnose(self) -> str:
+        """Log (once per new finding) why the managers may refuse this node's certificate."""
+        why = tls.diagnose(self.credentials, pki.utcnow())
+        if why and why != self._last_diagnosis:
+            log.error("the managers may refuse this node's TLS handshake: %s", why)
+        self._last_diagnosis = why
+        return why
 
     @property
     def unreachable(self) -> bool:
@@ -177,16 +234,23 @@ class AgentSession:
         self._channel = self._stub = None
 
     async def _session(self, addr: str) -> None:
-        self._channel = grpc.aio.insecure_channel(addr)
+        creds = self.credentials
+        self._channel = grpc.aio.secure_channel(
+            addr, creds.channel_credentials(), options=tls.MANAGER_CHANNEL_OPTIONS
+        )
         self._stub = stub = dispatcher_pb2_grpc.DispatcherStub(self._channel)
         reg = await stub.Register(
             dpb.RegisterRequest(node_id=self.node_id, description=self.description, spec=self.spec),
             timeout=10,
         )
         if reg.node_id != self.node_id:
-            self.node_id = reg.node_id
-            self._save_node_id()
+            log.warning("the manager registered this node as %r, not %r", reg.node_id, self.node_id)
+        if self.credentials is not creds:
+            return  # renewed meanwhile: reconnect with the new certificate
         call = stub.Session(dpb.SessionRequest(node_id=self.node_id, description=self.description))
+        self._call = call
+        self._last_diagnosis = ""
+        self._told_removed = False
         heartbeat: asyncio.Task[None] | None = None
         try:
             async for msg in call:
@@ -202,12 +266,96 @@ class AgentSession:
                 self.failed_attempts = 0
                 if self.on_assignments is not None:
                     await self.on_assignments(self.assignments)
+        except asyncio.CancelledError:
+            # `_renew_once` cancelled the call (not this task): end the session quietly.
+            if self.credentials is creds or _task_cancelled():
+                raise
+            log.info("reconnecting to %s with the renewed certificate", addr)
         finally:
+            self._call = None
             if heartbeat is not None:
                 heartbeat.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await heartbeat
             call.cancel()
+
+    async def _renew_loop(self) -> None:
+        """Renew the certificate at a random 50-80 % of its life, retrying until it works."""
+        while True:
+            creds = self.credentials
+            at = pki.renew_at(creds.info, self.renew_rng)
+            log.info(
+                "certificate of %s valid until %s, renewal at %s",
+                self.node_id,
+                creds.not_after.isoformat(),
+                at.isoformat(),
+            )
+            await asyncio.sleep(max(0.0, (at - pki.utcnow()).total_seconds()))
+            delay = 0.5
+            while self.credentials is creds:
+                try:
+                    await self._renew_once(creds)
+                except asyncio.CancelledError:
+                    if _task_cancelled():
+                        raise
+                    log.warning("certificate renewal interrupted (the session closed); retrying")
+                except (grpc.aio.AioRpcError, pki.CertError, ConnectionError) as e:
+                    detail = (
+                        f"{e.code().name} {e.details()}"
+                        if isinstance(e, grpc.aio.AioRpcError)
+                        else str(e)
+                    )
+                    log.warning("certificate renewal failed: %s (retrying)", detail)
+                    if isinstance(e, grpc.aio.AioRpcError) and e.code() in _NO_ANSWER:
+                        self._diagnose()
+                except Exception:
+                    # Keep renewing whatever went wrong: a node whose certificate lapses is out.
+                    log.exception("certificate renewal failed (retrying)")
+                if self.credentials is creds:
+                    await asyncio.sleep(delay * (0.5 + random.random()))
+                    delay = min(delay * 2, self.backoff_max)
+
+    async def _renew_once(self, creds: tls.NodeCredentials) -> None:
+        channel = self._channel if self.connected.is_set() else None
+        if channel is not None:
+            new = await tls.renew(channel, creds)
+        else:
+            # No session (yet): renewal must not wait for one, or a certificate can lapse while
+            # the session is down, and then no session can ever be opened with it. Any manager
+            # renews, so ask each in turn over a channel of the renewal's own.
+            new = await self._renew_anywhere(creds)
+        if self.creds_dir is not None:
+            try:
+                new.save(self.creds_dir)
+            except OSError as e:
+                # Still use it: the old certificate on disk serves a restart until it expires.
+                log.error("cannot save the renewed certificate in %s: %s", self.creds_dir, e)
+        self.credentials = new
+        self.renewals += 1
+        log.info(
+            "renewed the certificate of %s (serial %x), valid until %s",
+            new.node_id,
+            new.info.serial,
+            new.not_after.isoformat(),
+        )
+        if self._call is not None:
+            self._call.cancel()  # `_session` sees the new credentials and ends quietly
+
+    async def _renew_anywhere(self, creds: tls.NodeCredentials) -> tls.NodeCredentials:
+        last: Exception | None = None
+        for addr in list(self.managers):
+            channel = grpc.aio.secure_channel(
+                addr, creds.channel_credentials(), options=tls.MANAGER_CHANNEL_OPTIONS
+            )
+            try:
+                return await tls.renew(channel, creds, timeout=5)
+            except grpc.aio.AioRpcError as e:
+                last = e
+            finally:
+                await channel.close()
+        if last is None:
+            raise ConnectionError("no manager to renew the certificate with")
+        raise last
 
     async def _heartbeat(self, period_ms: int) -> None:
         while True:
@@ -247,3 +395,10 @@ class AgentSession:
             m.node_id, m.session_id = self.node_id, self.session_id
             msgs.append(m)
         await self._stub.PublishLogs(iter(msgs), timeout=10)
+
+
+def _task_cancelled() -> bool:
+    """Whether the running task itself is being cancelled (as opposed to a gRPC call it awaits
+    having been cancelled, which raises the same CancelledError)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0

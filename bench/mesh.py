@@ -144,6 +144,8 @@ def run(rounds: int, out: Path) -> dict[str, Any]:
     results: list[dict[str, float]] = []
     try:
         dev.up()
+        # The in-process ovctl calls use the cluster's admin credentials (its context file).
+        os.environ.update(dev.ovctl_env())
         ovctl(dev, "network", "create", "--subnet", "10.98.0.0/24", "bnet")
         ovctl(dev, "service", "create", "--name", "probe", "--network", "bnet", "--mode",
               "global", "--", *SLEEPER)  # fmt: skip

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
+from manager.ca import server as ca_server
+from manager.ca.server import CertificateAuthority
 from manager.cluster import Cluster, new_id, now_ms
 from manager.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from manager.ingress import (
@@ -78,14 +80,16 @@ class ControlAPI:
         logs: LogBroker,
         kick: Any,
         gossip_status: Callable[[str], pb.GossipStatus | None] | None = None,
+        ca: CertificateAuthority | None = None,
     ) -> None:
         """`gossip_status(node_id)`: the latest gossip report of a node's agent (the
-        dispatcher keeps them in memory)."""
+        dispatcher keeps them in memory). `ca`: the cluster CA, for join tokens."""
         self.cluster = cluster
         self.state = cluster.state
         self.logs = logs
         self._kick = kick
         self._gossip_status = gossip_status or (lambda _node_id: None)
+        self.ca = ca
 
     # ------------------------------------------------------------------ networks
 
@@ -381,7 +385,33 @@ class ControlAPI:
                     f"node {node.description.hostname!r} ({node.meta.id}) is not down and can't "
                     "be removed: stop its agent first, or use --force"
                 )
-            await self.cluster.commit(Batch().delete("nodes", node.meta.id))
+            # The tombstone goes in the same transaction: from then on every manager refuses
+            # the node's certificate, which would otherwise stay valid until it expires.
+            batch = Batch().delete("nodes", node.meta.id)
+            batch.put_key((*ca_server.REMOVED_DIR, node.meta.id), ca_server.tombstone_value())
+            await self.cluster.commit(batch)
             self.cluster.allocator.release_attachments(node.attachments)
         self._kick(None)
         return cpb.RemoveNodeResponse()
+
+    # ------------------------------------------------------------------ cluster
+
+    async def get_join_token(self, req: cpb.GetJoinTokenRequest) -> cpb.GetJoinTokenResponse:
+        """The current join token of a role; with `rotate`, a new one replaces it first (one
+        fenced etcd write), and the old one stops working at once on every manager."""
+        ca_server.check_join_role(req.role)
+        if self.ca is None:
+            raise FailedPrecondition("this manager runs without a cluster CA: no join tokens")
+        async with self.cluster.lock:
+            toks = await self.ca.join_tokens()
+            if req.rotate:
+                toks = ca_server.rotated(toks, req.role, self.ca.digest)
+                batch = Batch().put_key(ca_server.TOKENS_KEY, toks.SerializeToString())
+                await self.cluster.commit(batch)
+        token = getattr(toks, req.role)
+        if not token:
+            raise FailedPrecondition(
+                f"the cluster has no {req.role} join token: rotate one with "
+                f"`ovctl cluster join-token {req.role} --rotate`"
+            )
+        return cpb.GetJoinTokenResponse(role=req.role, token=token)

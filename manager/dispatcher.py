@@ -316,14 +316,19 @@ class Dispatcher:
     # ------------------------------------------------------------------ RPC bodies
 
     async def register(self, req: dpb.RegisterRequest) -> dpb.RegisterResponse:
+        """Create the node, or update its description. A node's ID is assigned when its
+        certificate is issued (it is the certificate's CN, which the gRPC edge checks or fills
+        in as `req.node_id`), so a new node is created under that ID; only a caller without
+        one (tests driving the dispatcher directly) gets a fresh ID here."""
         if not req.description.hostname:
             raise InvalidArgument("registration needs the node's hostname")
         async with self.cluster.lock:
-            cur = self.state.nodes.get(req.node_id) if req.node_id else None
+            node_id = req.node_id or new_id()
+            cur = self.state.nodes.get(node_id)
             now = now_ms()
             if cur is None:
                 node = pb.Node(
-                    meta=pb.Meta(id=new_id(), created_at_ms=now, updated_at_ms=now),
+                    meta=pb.Meta(id=node_id, created_at_ms=now, updated_at_ms=now),
                     spec=req.spec,
                     description=req.description,
                     status=pb.NodeStatus(state=pb.NODE_STATE_UNKNOWN, message="registered"),

@@ -43,3 +43,16 @@ class Unavailable(OvnetError):
     """Not the leader, or etcd unreachable: the caller may retry elsewhere or later."""
 
     code = grpc.StatusCode.UNAVAILABLE
+
+
+class Unauthenticated(OvnetError):
+    """The caller did not prove who it is: no usable certificate, or a join token that is not
+    (or no longer) valid."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class PermissionDenied(OvnetError):
+    """The caller is known but may not do this: wrong role, a removed node, another node's ID."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED

@@ -6,7 +6,8 @@ Everything the cluster wants lives under one key prefix:
     {prefix}/names/{kind}/{name}    the ID owning a name (uniqueness is a compare on this key)
     {prefix}/leader                 the leading manager's ID, attached to its lease
     {prefix}/managers/{id}          a manager's advertised address, attached to its lease
-    {prefix}/keys/{subsystem}       a Keyring (gossip now), created once by a leader (keymanager)
+    {prefix}/keys/{subsystem}       a Keyring (gossip, ipsec), created once by a leader and
+                                    rotated by it (keymanager)
     {prefix}/ingress/created        set with the first ingress network (manager/ingress.py), so a
                                     leader never recreates one a user removed
 
@@ -81,6 +82,37 @@ def _kv(m: Any) -> KV:
     return KV(m.key, m.value, m.mod_revision, m.create_revision, m.lease)
 
 
+@dataclass(frozen=True)
+class EtcdTLS:
+    """How the manager reaches etcd over TLS: the CA that signed etcd's server certificate and,
+    for etcd's --client-cert-auth, this manager's client certificate and key (PEM bytes)."""
+
+    ca: bytes
+    cert: bytes | None = None
+    key: bytes | None = None
+    # The name etcd's certificates are checked against, when not the address dialled: gRPC
+    # cannot check each member of a several-endpoint channel against its own address, so by
+    # default the first endpoint's host is used for all (etcd certificates then need a SAN in
+    # common: list every member's IP in each, or set a shared DNS name here).
+    server_name: str = ""
+
+    def __post_init__(self) -> None:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("an etcd client certificate needs its key, and a key its certificate")
+
+    def __repr__(self) -> str:  # never print the key
+        return f"EtcdTLS(ca=<{len(self.ca)} bytes>, client_cert={self.cert is not None})"
+
+
+def etcd_credentials(tls: EtcdTLS) -> grpc.ChannelCredentials:
+    """gRPC channel credentials for `tls` (verify etcd against `tls.ca`, present the client
+    certificate if there is one). etcd's certificate must name the address dialled (an IP SAN
+    for an IP endpoint): gRPC checks it like any TLS client."""
+    return grpc.ssl_channel_credentials(
+        root_certificates=tls.ca, private_key=tls.key, certificate_chain=tls.cert
+    )
+
+
 class EtcdClient:
     """Async etcd v3 client over one gRPC channel (several endpoints: pick-first failover)."""
 
@@ -90,13 +122,26 @@ class EtcdClient:
         *,
         timeout: float = 5.0,
         credentials: grpc.ChannelCredentials | None = None,
+        tls: EtcdTLS | None = None,
     ) -> None:
+        """`tls` (or ready-made `credentials`, not both) makes the channel TLS."""
         if not endpoints:
             raise ValueError("at least one etcd endpoint is needed")
         target = endpoints[0] if len(endpoints) == 1 else "ipv4:" + ",".join(endpoints)
-        options = [("grpc.enable_retries", 1), ("grpc.keepalive_time_ms", 10_000)]
+        options: list[tuple[str, Any]] = [
+            ("grpc.enable_retries", 1),
+            ("grpc.keepalive_time_ms", 10_000),
+        ]
+        if tls is not None:
+            if credentials is not None:
+                raise ValueError("pass tls or credentials, not both")
+            credentials = etcd_credentials(tls)
+            name = tls.server_name or (endpoints[0].rsplit(":", 1)[0] if len(endpoints) > 1 else "")
+            if name:
+                options.append(("grpc.ssl_target_name_override", name.strip("[]")))
         self.endpoints = list(endpoints)
         self.timeout = timeout
+        self.secure = credentials is not None
         if credentials is None:
             self.channel = grpc.aio.insecure_channel(target, options=options)
         else:
@@ -108,6 +153,22 @@ class EtcdClient:
 
     async def close(self) -> None:
         await self.channel.close()
+
+    async def probe(self, timeout: float = 3.0) -> str:
+        """Why etcd cannot be used right now, for a person; "" if it answers. Every other call
+        waits for the channel to be ready, so a TLS mistake (no client certificate, a CA that
+        does not match) would only ever show as a deadline; this one fails fast with the
+        handshake's reason (for a clear error at startup)."""
+        try:
+            await self.kv.Range(rpc.RangeRequest(key=b"\0", count_only=True), timeout=timeout)
+        except grpc.aio.AioRpcError as e:
+            hint = (
+                " (check the etcd TLS files: --etcd-cacert, --etcd-cert, --etcd-key)"
+                if self.secure
+                else ""
+            )
+            return f"etcd at {', '.join(self.endpoints)} is not usable: {e.details()}{hint}"
+        return ""
 
     async def get(self, key: bytes) -> KV | None:
         resp = await self.kv.Range(
@@ -345,6 +406,13 @@ class Store:
         """Every commit from now on requires `key` to still be the one created at that revision:
         a manager that lost its leadership (lease expired, someone else elected) cannot write."""
         self._fence = (key, create_revision) if key is not None else None
+
+    def fence_compares(self) -> list[Any]:
+        """The leadership condition every write must carry ([] when unfenced), for writers that
+        build their own transactions (the keymanager)."""
+        if self._fence is None:
+            return []
+        return [compare(self._fence[0], "create", self._fence[1])]
 
     def decode(self, kind: str, kv: KV) -> Message:
         obj = KINDS[kind]()

@@ -39,6 +39,7 @@ ovctl node update [--availability active|pause|drain] [--role worker|manager]
                   [--label-add k=v] [--label-rm k] NODE
 ovctl node rm [--force] NODE...
 ovctl cluster info [--format table|json]
+ovctl cluster join-token [--rotate] [-q] worker|manager
 
 ovctl dev up [--hosts N] [--prefix P] [--subnet CIDR] [--heartbeat-period SECONDS]
 ovctl dev down [--prefix P]          ovctl dev status [--prefix P] [--format table|json]
@@ -62,6 +63,19 @@ pool) unless the cluster has had one. A port published in ingress mode (the defa
 every node; the service's tasks get an address on the ingress network, and so does every node
 (`node inspect` shows it). The ingress network cannot be removed while a service publishes
 in ingress mode; once removed, it is not recreated.
+
+**Credentials.** Every manager requires mutual TLS: ovctl presents the admin certificate
+that `ovnet-manager init --admin-dir DIR` writes (DIR/ca.pem, DIR/admin.crt, DIR/admin.key;
+DIR defaults to ~/.config/ovnet). ovctl reads the files named under `tls:` in its context file
+(`tls: {ca: PATH, cert: PATH, key: PATH}`, relative to the file), else the three files next to
+the context file. `--host` and `$OVCTL_HOST` never change the credentials. A manager refuses a
+missing, foreign or expired certificate during the handshake, which gRPC reports only as
+"Socket closed"; ovctl then checks its own certificate and says what is wrong with it.
+
+**Join tokens.** `ovctl cluster join-token worker` prints the command that adds a host
+(`ovnet-agent --manager ADDR --join-token TOKEN`); `manager` the one for another manager.
+`--rotate` replaces the token (nodes that already joined keep their certificates; the old
+token joins nothing more); `-q` prints the token alone.
 
 **Which manager.** `--host/-H ADDR[,ADDR...]`, else `$OVCTL_HOST`, else the `managers:` list
 of the context file `~/.config/ovnet/context.yaml` (another path with `$OVCTL_CONFIG`), else
@@ -90,10 +104,15 @@ machine: a bridge `ovd-br` with 198.51.100.1 on the underlay subnet (default 198
 it must lie in 198.51.100.0/24, the only range put into the root namespace), and per host a
 network namespace `ovd-h1`..`ovd-hN` with `eth0` at .11, .12, ... and no default route, each
 running an `ovnet-agent` (named `h1`..`hN`); etcd (loopback, data on /dev/shm) and one manager
-(on 198.51.100.1) run in the root namespace. It returns once every node is Ready, and points
-ovctl at the cluster by writing the context file (unless one exists that `dev up` did not
-write: then it prints the `export OVCTL_HOST=...` line to use instead). State and logs are
-in `/run/ovnet-dev/<prefix>` (`cluster.json`, `manager.log`, `agent-h1.log`, ...).
+(on 198.51.100.1, with its join listener on another port) run in the root namespace. The
+cluster is bootstrapped as a real one is: `ovnet-manager init` makes the CA (its key encrypted
+under `ca.kek` in the state dir), the manager's certificate and the admin credentials
+(`admin/`), and each agent joins with the worker token. It returns once every node is Ready,
+and points ovctl at the cluster by writing the context file, with a `tls:` section naming the
+admin credentials (unless one exists that `dev up` did not write: then it prints the
+`export OVCTL_CONFIG=...` line to use instead). State and logs are in
+`/run/ovnet-dev/<prefix>` (mode 0700: `cluster.json`, `context.yaml`, `init.log`,
+`manager.log`, `agent-h1.log`, ...).
 `dev exec HOST -- CMD` runs a command in a host's namespace; `dev stop HOST` kills everything
 on a host and takes its link down (the manager marks the node Down), `dev start HOST` brings
 it back; `dev stop manager` stops the manager (SIGTERM, then SIGKILL; etcd and the agents
@@ -121,7 +140,14 @@ from typing import Any, NoReturn
 import grpc
 
 from ovctl import commands, dev, specs
-from ovctl.client import DEFAULT_ADDR, ConfigError, ManagerUnreachable, connect, resolve_managers
+from ovctl.client import (
+    DEFAULT_ADDR,
+    ConfigError,
+    ManagerUnreachable,
+    connect,
+    resolve_credentials,
+    resolve_managers,
+)
 
 DEFAULT_TIMEOUT = 30.0
 
@@ -222,6 +248,15 @@ def build_parser(
     sub = cluster.add_subparsers(dest="verb", required=True, metavar="VERB")
     p = verb(sub, "info", commands.cluster_info, "show the managers and which one leads")
     p.add_argument("--format", choices=("table", "json"), default="table")
+    p = verb(
+        sub,
+        "join-token",
+        commands.cluster_join_token,
+        "print the command (and token) that adds a worker or a manager to the cluster",
+    )
+    p.add_argument("--rotate", action="store_true", help="replace the token with a new one")
+    p.add_argument("-q", "--quiet", action="store_true", help="print the token only")
+    p.add_argument("role", choices=("worker", "manager"), metavar="worker|manager")
     dev.add_verbs(
         groups.add_parser("dev", help="a local multi-host cluster in network namespaces (root)"),
         parser_class,
@@ -420,11 +455,12 @@ def _run(args: argparse.Namespace) -> int:
         return local
     try:
         addrs = resolve_managers(args.host, os.environ)
+        credentials = resolve_credentials(os.environ)
     except ConfigError as e:
         commands.error(str(e))
         return 1
     try:
-        with connect(addrs, args.timeout) as stub:
+        with connect(addrs, credentials, args.timeout) as stub:
             code: int = args.handler(stub, args)
             return code
     except specs.SpecConflict as e:

@@ -390,3 +390,20 @@ def cluster_info(stub: Stub, args: argparse.Namespace) -> int:
     resp = stub.GetClusterInfo(cpb.GetClusterInfoRequest())
     print(render.to_json(resp) if args.format == "json" else render.cluster_info_text(resp))
     return 0
+
+
+def cluster_join_token(stub: Stub, args: argparse.Namespace) -> int:
+    """The token (with --rotate, a new one), and unless -q the command that joins with it,
+    naming the managers as the cluster advertises them (not as this ovctl reached them)."""
+    resp = stub.GetJoinToken(cpb.GetJoinTokenRequest(role=args.role, rotate=args.rotate))
+    if args.quiet:
+        print(resp.token)
+        return 0
+    info = stub.GetClusterInfo(cpb.GetClusterInfoRequest())
+    managers = [m.addr for m in sorted(info.managers, key=lambda m: not m.leader) if m.addr]
+    print(
+        render.join_token_text(
+            resp.role or args.role, resp.token, managers or [stub.current_addr], args.rotate
+        )
+    )
+    return 0

@@ -122,7 +122,10 @@ def _run(action: Any) -> int:
 
 
 def _describe(cluster: DevCluster) -> str:
-    lines = [f"  manager  {cluster.manager_addr}    etcd {cluster.etcd_endpoint}"]
+    lines = [
+        f"  manager  {cluster.manager_addr} (join {cluster.join_addr})    "
+        f"etcd {cluster.etcd_endpoint}"
+    ]
     for h in cluster.hosts:
         lines.append(f"  {h:<4} {cluster.host_addr(h):<15} netns {cluster.host_ns(h)}")
     return "\n".join(lines)
@@ -152,7 +155,8 @@ def up(args: argparse.Namespace) -> int:
         else:
             print(
                 "your ovctl context file was not written by `ovctl dev up` and is left alone; "
-                f"to use this cluster:\n  export OVCTL_HOST={cluster.manager_addr}"
+                f"to use this cluster (its managers and admin credentials):\n"
+                f"  export OVCTL_CONFIG={cluster.context_file}"
             )
         return 0
 
@@ -195,7 +199,10 @@ def status(args: argparse.Namespace) -> int:
             f"dev cluster {info['prefix']} ({info['phase']}), subnet {info['subnet']}, "
             f"bridge {info['bridge']['name']} {info['bridge']['addr']}, state {info['state_dir']}"
         )
-        print(f"manager  {info['manager']['addr']}  {run(info['manager'])}")
+        print(
+            f"manager  {info['manager']['addr']} (join {info['manager'].get('join_addr')})  "
+            f"{run(info['manager'])}"
+        )
         print(f"etcd     {info['etcd']['endpoint']}  {run(info['etcd'])}")
         rows = [("HOST", "ADDRESS", "NETNS", "LINK", "NODE", "AGENT")]
         for h in info["hosts"]:

@@ -19,6 +19,7 @@ from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 
+from agent.tls import join_addr
 from proto import control_pb2
 from proto import objects_pb2 as pb
 
@@ -312,6 +313,21 @@ def cluster_info_text(resp: control_pb2.GetClusterInfoResponse) -> str:
         ([m.manager_id, m.addr, "yes" if m.leader else ""] for m in resp.managers),
     )
     return f"Leader: {leader_text}\netcd revision: {resp.etcd_revision}\n\n{managers}"
+
+
+def join_token_text(role: str, token: str, managers: Sequence[str], rotated: bool) -> str:
+    """What `cluster join-token` prints, as `docker swarm join-token` does: the command to run
+        on the new node. `managers` come leader first; a manager joins through the leader's join
+    listener (its port + 1)."""
+    head = f"Successfully rotated {role} join token.\n\n" if rotated else ""
+    if role == "manager":
+        command = (
+            f"ovnet-manager --etcd ETCD_ENDPOINTS --join {join_addr(managers[0])} "
+            f"--join-token {token}"
+        )
+    else:
+        command = f"ovnet-agent --manager {','.join(managers)} --join-token {token}"
+    return f"{head}To add a {role} to this cluster, run on it:\n  {command}"
 
 
 def log_lines(line: control_pb2.LogLine, hostnames: Mapping[str, str]) -> list[str]:

@@ -1,3 +1,4 @@
+from proto import ca_pb2 as _ca_pb2
 from proto import objects_pb2 as _objects_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
@@ -268,3 +269,19 @@ class GetClusterInfoResponse(_message.Message):
     leader_id: str
     etcd_revision: int
     def __init__(self, managers: _Optional[_Iterable[_Union[ManagerInfo, _Mapping]]] = ..., leader_id: _Optional[str] = ..., etcd_revision: _Optional[int] = ...) -> None: ...
+
+class GetJoinTokenRequest(_message.Message):
+    __slots__ = ("role", "rotate")
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    ROTATE_FIELD_NUMBER: _ClassVar[int]
+    role: str
+    rotate: bool
+    def __init__(self, role: _Optional[str] = ..., rotate: _Optional[bool] = ...) -> None: ...
+
+class GetJoinTokenResponse(_message.Message):
+    __slots__ = ("role", "token")
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    role: str
+    token: str
+    def __init__(self, role: _Optional[str] = ..., token: _Optional[str] = ...) -> None: ...

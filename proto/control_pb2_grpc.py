@@ -114,6 +114,11 @@ class ControlStub:
                 request_serializer=proto_dot_control__pb2.RemoveNodeRequest.SerializeToString,
                 response_deserializer=proto_dot_control__pb2.RemoveNodeResponse.FromString,
                 _registered_method=True)
+        self.GetJoinToken = channel.unary_unary(
+                '/ovnet.v1.Control/GetJoinToken',
+                request_serializer=proto_dot_control__pb2.GetJoinTokenRequest.SerializeToString,
+                response_deserializer=proto_dot_control__pb2.GetJoinTokenResponse.FromString,
+                _registered_method=True)
         self.GetClusterInfo = channel.unary_unary(
                 '/ovnet.v1.Control/GetClusterInfo',
                 request_serializer=proto_dot_control__pb2.GetClusterInfoRequest.SerializeToString,
@@ -220,6 +225,13 @@ class ControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetJoinToken(self, request, context):
+        """Print (and with `rotate`, first replace) the join token of a role: "worker" or "manager".
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetClusterInfo(self, request, context):
         """Which manager leads, and which managers are known; served by any manager.
         """
@@ -309,6 +321,11 @@ def add_ControlServicer_to_server(servicer, server):
                     servicer.RemoveNode,
                     request_deserializer=proto_dot_control__pb2.RemoveNodeRequest.FromString,
                     response_serializer=proto_dot_control__pb2.RemoveNodeResponse.SerializeToString,
+            ),
+            'GetJoinToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetJoinToken,
+                    request_deserializer=proto_dot_control__pb2.GetJoinTokenRequest.FromString,
+                    response_serializer=proto_dot_control__pb2.GetJoinTokenResponse.SerializeToString,
             ),
             'GetClusterInfo': grpc.unary_unary_rpc_method_handler(
                     servicer.GetClusterInfo,
@@ -748,6 +765,33 @@ class Control:
             '/ovnet.v1.Control/RemoveNode',
             proto_dot_control__pb2.RemoveNodeRequest.SerializeToString,
             proto_dot_control__pb2.RemoveNodeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetJoinToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ovnet.v1.Control/GetJoinToken',
+            proto_dot_control__pb2.GetJoinTokenRequest.SerializeToString,
+            proto_dot_control__pb2.GetJoinTokenResponse.FromString,
             options,
             channel_credentials,
             insecure,

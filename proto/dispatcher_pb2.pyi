@@ -1,3 +1,4 @@
+from proto import ca_pb2 as _ca_pb2
 from proto import objects_pb2 as _objects_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper

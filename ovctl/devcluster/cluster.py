@@ -9,6 +9,13 @@
   in it an agent (``nsenter --net``) whose own namespaces are named ``<prefix>h<i>-...``;
 - in the root namespace an etcd on loopback and one manager listening on the bridge address.
 
+The control plane is TLS everywhere, bootstrapped as a real cluster is: `ovnet-manager init`
+makes the cluster's CA (its key encrypted under a key file in the state dir), the manager's
+certificate and the admin credentials ovctl uses (``<state dir>/admin``); every agent joins
+with the worker token init printed, through the manager's join listener, and keeps the
+certificate it got in its state dir. The state dir is 0700: it holds the CA key-encryption
+key, the admin key and the tokens.
+
 Everything it makes carries the prefix, and every process it starts is recorded (PID and start
 time) in ``<state dir>/cluster.json``, rewritten after every step. `down()` therefore needs
 nothing but the prefix: it kills what runs in the prefix's namespaces (found by the namespace
@@ -39,12 +46,21 @@ from typing import Any
 
 import grpc
 
-from ovctl.client import DEFAULT_CONFIG, ManagerUnreachable, connect
+from ovctl.client import (
+    DEFAULT_CONFIG,
+    TLS_FILE_NAMES,
+    AdminCredentials,
+    ConfigError,
+    ManagerUnreachable,
+    TLSFiles,
+    connect,
+    load_credentials,
+)
 from ovctl.devcluster.etcd import EtcdServer, scratch_root
 from ovctl.devcluster.procs import (
     ManagedProcess,
     ProcessError,
-    free_port,
+    free_port_pair,
     pid_alive,
     proc_start_time,
     tail,
@@ -65,7 +81,15 @@ IFNAMSIZ = 15  # longest interface name Linux accepts
 HOST_OFFSET = 10  # host i gets the subnet's address number 10 + i
 MANAGER_ETCD_PREFIX = "/ovnet-dev"
 STATE_FILE = "cluster.json"
-STATE_VERSION = 1
+STATE_VERSION = 2
+# In the state dir: the manager's own state (its certificate), the CA key-encryption key, the
+# admin credentials `ovnet-manager init` writes, and the context file `DevCluster.ovctl` uses.
+MANAGER_STATE = "manager"
+CA_KEY_FILE = "ca.kek"
+ADMIN_DIR = "admin"
+CONTEXT_FILE = "context.yaml"
+# Manager flags `init` takes too, passed through from the manager's extra arguments.
+INIT_FLAGS = ("--prefix", "--cert-expiry")
 CONTEXT_MARKER = "# written by ovctl dev up"
 # Letters and digits, then one dash: no prefix can then start with another one, so sweeping
 # "<prefix>*" never reaches another cluster (ovd- vs ovd-x- would otherwise collide).
@@ -237,20 +261,32 @@ def make_plan(prefix: str, hosts: int, subnet: str | IPv4Network) -> Plan:
     return Plan(prefix=prefix, subnet=net, hosts=plans)
 
 
-def manager_argv(
-    python: str,
-    listen: str,
-    etcd_endpoint: str,
-    heartbeat_period_ms: int,
-    manager_id: str,
-    extra: Sequence[str] = (),
+@dataclass(frozen=True)
+class ManagerFiles:
+    """Where a dev cluster's manager keeps its certificate, the CA's key-encryption key, and
+    where init writes the admin credentials."""
+
+    state_dir: Path
+    ca_key_file: Path
+    admin_dir: Path
+
+    @property
+    def admin_tls(self) -> TLSFiles:
+        return TLSFiles(**{k: self.admin_dir / name for k, name in TLS_FILE_NAMES.items()})
+
+
+def manager_files(state_dir: Path) -> ManagerFiles:
+    return ManagerFiles(
+        state_dir=state_dir / MANAGER_STATE,
+        ca_key_file=state_dir / CA_KEY_FILE,
+        admin_dir=state_dir / ADMIN_DIR,
+    )
+
+
+def _common_manager_flags(
+    listen: str, etcd_endpoint: str, manager_id: str, files: ManagerFiles
 ) -> list[str]:
-    """The manager's command line; ``extra`` comes last, so it overrides (argparse keeps the
-    last value)."""
     return [
-        python,
-        "-m",
-        "manager.main",
         "--listen",
         listen,
         "--advertise",
@@ -261,10 +297,84 @@ def manager_argv(
         MANAGER_ETCD_PREFIX,
         "--manager-id",
         manager_id,
+        "--state-dir",
+        str(files.state_dir),
+        "--ca-key-file",
+        str(files.ca_key_file),
+    ]
+
+
+def init_passthrough(extra: Sequence[str]) -> list[str]:
+    """The arguments among the manager's ``extra`` that `init` must see too (the key prefix,
+    the certificates' lifetime), in order: ``--flag value`` and ``--flag=value``."""
+    out: list[str] = []
+    for i, arg in enumerate(extra):
+        name = arg.split("=", 1)[0]
+        if name not in INIT_FLAGS:
+            continue
+        if "=" in arg:
+            out.append(arg)
+        elif i + 1 < len(extra):
+            out += [arg, extra[i + 1]]
+    return out
+
+
+def manager_init_argv(
+    python: str,
+    listen: str,
+    etcd_endpoint: str,
+    manager_id: str,
+    files: ManagerFiles,
+    extra: Sequence[str] = (),
+) -> list[str]:
+    """`ovnet-manager init`: the cluster's CA, this manager's certificate, the admin
+    credentials, the join tokens (printed)."""
+    return [
+        python,
+        "-m",
+        "manager.main",
+        "init",
+        *_common_manager_flags(listen, etcd_endpoint, manager_id, files),
+        "--admin-dir",
+        str(files.admin_dir),
+        *init_passthrough(extra),
+    ]
+
+
+def manager_argv(
+    python: str,
+    listen: str,
+    etcd_endpoint: str,
+    heartbeat_period_ms: int,
+    manager_id: str,
+    extra: Sequence[str] = (),
+    *,
+    files: ManagerFiles,
+    join_listen: str,
+) -> list[str]:
+    """The manager's command line; ``extra`` comes last, so it overrides (argparse keeps the
+    last value)."""
+    return [
+        python,
+        "-m",
+        "manager.main",
+        *_common_manager_flags(listen, etcd_endpoint, manager_id, files),
+        "--join-listen",
+        join_listen,
         "--heartbeat-period",
         f"{heartbeat_period_ms / 1000:g}",
         *extra,
     ]
+
+
+def parse_init_output(text: str) -> dict[str, str]:
+    """role -> token from what `ovnet-manager init` prints ("worker token: OVNTKN-...")."""
+    found: dict[str, str] = {}
+    for line in text.splitlines():
+        role, sep, token = line.strip().partition(" token: ")
+        if sep and role in ("worker", "manager") and token.strip():
+            found[role] = token.strip()
+    return found
 
 
 def agent_argv(
@@ -273,10 +383,14 @@ def agent_argv(
     manager_addr: str,
     state_dir: Path,
     extra: Sequence[str] = (),
+    *,
+    join_token: str = "",
+    join_addr: str = "",
 ) -> list[str]:
     """One host's agent, entered into the host's namespace with nsenter (not `ip netns exec`,
     which remounts /sys). Each host's agent gets its own netns prefix so that the agents'
-    network and sandbox namespaces, which are global to the machine, do not collide."""
+    network and sandbox namespaces, which are global to the machine, do not collide. The
+    join token is used once, when the agent has no certificate in its state dir yet."""
     argv = [
         "nsenter",
         f"--net={NETNS_DIR / host.netns}",
@@ -295,6 +409,10 @@ def agent_argv(
         "--netns-prefix",
         f"{host.netns}-",
     ]
+    if join_token:
+        argv += ["--join-token", join_token]
+    if join_addr:
+        argv += ["--join-addr", join_addr]
     if not any(a == "--dns-upstream" or a.startswith("--dns-upstream=") for a in extra):
         # The hosts are namespaces on this machine: the machine's own resolver is not theirs
         # to use (and not reachable from them). Names outside the cluster get NXDOMAIN.
@@ -306,13 +424,17 @@ def context_marker(prefix: str) -> str:
     return f"{CONTEXT_MARKER} ({prefix})"
 
 
-def context_text(prefix: str, manager_addr: str) -> str:
-    """The ovctl context file that points ovctl at a dev cluster (see ovctl/client.py)."""
-    return (
+def context_text(prefix: str, manager_addr: str, tls: TLSFiles | None = None) -> str:
+    """The ovctl context file that points ovctl at a dev cluster (see ovctl/client.py), with
+    the admin credentials `init` wrote for it."""
+    text = (
         f"{context_marker(prefix)}\n"
         f"# removed by ovctl dev down; write your own to stop ovctl dev up from touching it\n"
         f"managers:\n  - {manager_addr}\n"
     )
+    if tls is not None:
+        text += f"tls:\n  ca: {tls.ca}\n  cert: {tls.cert}\n  key: {tls.key}\n"
+    return text
 
 
 def context_written_by_dev(text: str, prefix: str | None = None) -> bool:
@@ -567,6 +689,42 @@ class DevCluster:
         return str(addr)
 
     @property
+    def join_addr(self) -> str:
+        """The manager's join listener, where agents trade the join token for a certificate."""
+        addr = self._state.get("join_addr")
+        if not addr:
+            raise DevClusterError(f"dev cluster {self.prefix} has no manager (not up)")
+        return str(addr)
+
+    def join_token(self, role: str = "worker") -> str:
+        """The join token `init` printed for ``role`` (worker or manager)."""
+        token = self._state.get("tokens", {}).get(role)
+        if not token:
+            raise DevClusterError(f"dev cluster {self.prefix} has no {role} join token (not up)")
+        return str(token)
+
+    @property
+    def files(self) -> ManagerFiles:
+        return manager_files(self.state_dir)
+
+    @property
+    def context_file(self) -> Path:
+        """The ovctl context file for this cluster (managers and admin credentials), in its
+        state dir: what `ovctl()` uses, whatever the user's own context file says."""
+        return self.state_dir / CONTEXT_FILE
+
+    def ovctl_env(self) -> dict[str, str]:
+        """Environment that points an ovctl (subprocess or in-process) at this cluster."""
+        return {"OVCTL_CONFIG": str(self.context_file)}
+
+    def credentials(self) -> AdminCredentials:
+        """The admin credentials init wrote, for gRPC calls to the manager."""
+        try:
+            return load_credentials(self.files.admin_tls)
+        except ConfigError as e:
+            raise DevClusterError(f"dev cluster {self.prefix}: {e}") from None
+
+    @property
     def etcd_endpoint(self) -> str:
         return f"127.0.0.1:{self._state['etcd']['client_port']}"
 
@@ -620,6 +778,8 @@ class DevCluster:
             "phase": "new",
             "etcd": {"workdir": str(etcd_root / f"ovnet-dev-{name}-etcd")},
             "manager_addr": None,
+            "join_addr": None,
+            "tokens": {},
             "procs": {},
             "clients": {},
             "stopped": [],
@@ -764,7 +924,9 @@ class DevCluster:
     def _build(self) -> None:
         plan = self.plan
         self._state = self._fresh_state()
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        # Private: the CA key-encryption key, the admin key and the join tokens live here.
+        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(self.state_dir, 0o700)
         self._state["phase"] = "building"
         self._save()
         ip_batch(
@@ -814,8 +976,14 @@ class DevCluster:
 
     def _start_manager(self) -> None:
         host = str(self.plan.gateway.ip)
-        port = free_port(host)
-        addr = f"{host}:{port}"
+        # The join listener on the next port, where agents (and the command `ovctl cluster
+        # join-token` prints) look for it by default.
+        port = free_port_pair(host)
+        addr, join = f"{host}:{port}", f"{host}:{port + 1}"
+        self._state["manager_addr"] = addr
+        self._state["join_addr"] = join
+        self._save()
+        self._init_cluster(addr)
         argv = manager_argv(
             self.python,
             addr,
@@ -823,9 +991,46 @@ class DevCluster:
             self.heartbeat_period_ms,
             f"{self.prefix}manager",
             self.manager_args,
+            files=self.files,
+            join_listen=join,
         )
-        self._state["manager_addr"] = addr
         self._spawn_manager(argv)
+
+    def _init_cluster(self, addr: str) -> None:
+        """`ovnet-manager init`: the CA, the manager's certificate, the admin credentials and
+        the join tokens; then the context file `ovctl()` uses."""
+        argv = manager_init_argv(
+            self.python,
+            addr,
+            self.etcd_endpoint,
+            f"{self.prefix}manager",
+            self.files,
+            self.manager_args,
+        )
+        log = self.log_path("init")
+        try:
+            res = subprocess.run(
+                argv,
+                capture_output=True,
+                text=True,
+                timeout=60,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, **_daemon_env()},
+                cwd=self.state_dir,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            raise DevClusterError(f"`{' '.join(argv)}` did not finish within 60s") from None
+        log.write_text(f"$ {' '.join(argv)}\n{res.stdout}{res.stderr}")
+        tokens = parse_init_output(res.stdout)
+        if res.returncode != 0 or "worker" not in tokens:
+            raise DevClusterError(
+                f"ovnet-manager init failed (exit status {res.returncode}; log {log}):\n"
+                f"{tail(log, 25)}"
+            )
+        self._state["tokens"] = tokens
+        self._save()
+        _write_atomic(self.context_file, context_text(self.prefix, addr, self.files.admin_tls))
 
     def _spawn_manager(self, argv: Sequence[str]) -> None:
         proc = ManagedProcess(
@@ -845,7 +1050,13 @@ class DevCluster:
         if rec:
             return list(rec["argv"])
         return agent_argv(
-            self.python, self.plan.host(host), self.manager_addr, self.state_dir, self.agent_args
+            self.python,
+            self.plan.host(host),
+            self.manager_addr,
+            self.state_dir,
+            self.agent_args,
+            join_token=self.join_token("worker"),
+            join_addr=self.join_addr,
         )
 
     def _start_agent(self, host: str) -> None:
@@ -878,7 +1089,7 @@ class DevCluster:
 
     def node_states(self, timeout: float = 5.0) -> dict[str, str]:
         """The manager's view of the nodes: hostname -> "READY", "DOWN", "DISCONNECTED"..."""
-        with connect([self.manager_addr], timeout) as stub:
+        with connect([self.manager_addr], self.credentials(), timeout) as stub:
             return self._node_states(stub)
 
     def wait_node_state(
@@ -889,7 +1100,7 @@ class DevCluster:
         deadline = time.monotonic() + timeout
         states: dict[str, str] = {}
         last_error = ""
-        with connect([self.manager_addr], 2.0) as stub:
+        with connect([self.manager_addr], self.credentials(), 2.0) as stub:
             while True:
                 try:
                     states = self._node_states(stub)
@@ -1003,7 +1214,7 @@ class DevCluster:
         cluster state)."""
         deadline = time.monotonic() + timeout
         last_error = ""
-        with connect([self.manager_addr], 2.0) as stub:
+        with connect([self.manager_addr], self.credentials(), 2.0) as stub:
             while True:
                 try:
                     stub.ListNodes(cpb.ListNodesRequest())
@@ -1060,14 +1271,15 @@ class DevCluster:
         return client
 
     def ovctl(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
-        """`ovctl -H <manager> ARGS...` in a subprocess (output captured, never raises)."""
+        """`ovctl -H <manager> ARGS...` in a subprocess, with the cluster's admin credentials
+        (output captured, never raises)."""
         return subprocess.run(
             [self.python, "-m", "ovctl", "-H", self.manager_addr, *args],
             capture_output=True,
             text=True,
             timeout=timeout,
             stdin=subprocess.DEVNULL,
-            env={**os.environ, **_daemon_env()},
+            env={**os.environ, **_daemon_env(), **self.ovctl_env()},
             check=False,
         )
 
@@ -1082,7 +1294,7 @@ class DevCluster:
                 return False
         except FileNotFoundError:
             pass
-        _write_atomic(path, context_text(self.prefix, self.manager_addr))
+        _write_atomic(path, context_text(self.prefix, self.manager_addr, self.files.admin_tls))
         self._state["context_file"] = str(path)
         self._save()
         return True
@@ -1123,7 +1335,11 @@ class DevCluster:
             "phase": self._state.get("phase"),
             "subnet": str(self.plan.subnet),
             "bridge": {"name": self.bridge, "addr": str(self.plan.gateway)},
-            "manager": {"addr": self._state.get("manager_addr"), **proc("manager")},
+            "manager": {
+                "addr": self._state.get("manager_addr"),
+                "join_addr": self._state.get("join_addr"),
+                **proc("manager"),
+            },
             "etcd": {
                 "endpoint": f"127.0.0.1:{etcd['client_port']}" if "client_port" in etcd else None,
                 **proc("etcd"),

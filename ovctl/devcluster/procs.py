@@ -50,6 +50,22 @@ def free_port(host: str = LOOPBACK) -> int:
     return free_ports(1, host)[0]
 
 
+def free_port_pair(host: str = LOOPBACK) -> int:
+    """A port P such that P and P + 1 were both free on ``host`` a moment ago: a manager's
+    control listener and its join listener, which agents look for at the port + 1."""
+    for _ in range(100):
+        (port,) = free_ports(1, host)
+        if port >= 65535:
+            continue
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                s.bind((host, port + 1))
+        except OSError:
+            continue
+        return port
+    raise OSError(f"no two consecutive free ports on {host}")
+
+
 def port_accepts(host: str, port: int, timeout: float = 0.2) -> bool:
     """Whether a TCP connection to ``host:port`` succeeds now."""
     try:

@@ -5,6 +5,11 @@ complete, or stop a whole agent (its heartbeats stop, as when a host dies).
 
 The agents run on an asyncio loop in a background thread so that synchronous tests can drive
 ovctl subprocesses while the agents answer.
+
+Each agent joins the cluster as a real one does (agent.tls.join with a worker token through a
+manager's join listener) when it is added, so its node ID (the certificate's CN) is known at
+once; give the pool the token (`AgentPool(join_token=..., join_addr=...)`) or each agent its
+own (`add(..., join_token=..., join_addr=...)`, or ready `credentials=`).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
+from agent import tls
 from agent.session import AgentSession, Assignments
 from proto import dispatcher_pb2 as dpb
 from proto import objects_pb2 as pb
@@ -30,6 +36,8 @@ class ScriptedAgent:
         hostname: str,
         labels: dict[str, str] | None = None,
         role: int = pb.NODE_ROLE_WORKER,
+        *,
+        credentials: tls.NodeCredentials,
     ) -> None:
         self.loop = loop
         self.hostname = hostname
@@ -37,6 +45,7 @@ class ScriptedAgent:
             managers,
             pb.NodeDescription(hostname=hostname, addr="198.51.100.1"),
             pb.NodeSpec(labels=labels or {}, role=role),  # type: ignore[arg-type]
+            credentials=credentials,
             on_assignments=self._on_assignments,
             backoff_max=0.5,
         )
@@ -109,21 +118,60 @@ class ScriptedAgent:
         return self.session.node_id
 
     @property
+    def credentials(self) -> tls.NodeCredentials:
+        """The current (possibly renewed) identity, e.g. to start this host again."""
+        return self.session.credentials
+
+    @property
     def task_ids(self) -> set[str]:
         return set(self.session.assignments.tasks)
 
 
 class AgentPool:
-    """Owns the background loop and every agent a test starts; stops them all at the end."""
+    """Owns the background loop and every agent a test starts; stops them all at the end.
+    `join_token`/`join_addr`: what agents join with unless `add` is given its own (the join
+    address defaults to the first manager's port + 1)."""
 
-    def __init__(self) -> None:
+    def __init__(self, join_token: str | None = None, join_addr: str | None = None) -> None:
+        self.join_token = join_token
+        self.join_addr = join_addr
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         self.agents: list[ScriptedAgent] = []
 
-    def add(self, managers: list[str], hostname: str, **kw: Any) -> ScriptedAgent:
-        agent = ScriptedAgent(self.loop, managers, hostname, **kw)
+    def join(self, join_addr: str, token: str, timeout: float = 15.0) -> tls.NodeCredentials:
+        """Join as the agent does: retry while no manager answers, fail on a refusal."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                creds: tls.NodeCredentials = run_sync(self.loop, tls.join(join_addr, token))
+                return creds
+            except tls.ManagerUnreachable:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+
+    def add(
+        self,
+        managers: list[str],
+        hostname: str,
+        *,
+        join_token: str | None = None,
+        join_addr: str | None = None,
+        credentials: tls.NodeCredentials | None = None,
+        **kw: Any,
+    ) -> ScriptedAgent:
+        if credentials is None:
+            token = join_token or self.join_token
+            if not token:
+                raise ValueError(
+                    "an agent needs a join token: AgentPool(join_token=...) or "
+                    "add(..., join_token=...), or credentials="
+                )
+            addr = join_addr or self.join_addr or tls.join_addr(managers[0])
+            credentials = self.join(addr, token)
+        agent = ScriptedAgent(self.loop, managers, hostname, credentials=credentials, **kw)
         self.agents.append(agent)
         agent.start()
         return agent

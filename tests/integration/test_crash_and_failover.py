@@ -195,7 +195,7 @@ def test_agents_follow_the_new_leader(managers: ManagerCluster) -> None:
     from tests.integration.agents import AgentPool
 
     managers.add()
-    pool = AgentPool()
+    pool = AgentPool(join_token=managers.worker_token)
     try:
         # Each agent is told only of the first manager; it learns the others from its session.
         hosts = [pool.add([managers.addrs[0]], f"h{i}") for i in range(2)]

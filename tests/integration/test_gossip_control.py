@@ -1,7 +1,8 @@
 """The manager's side of gossip, with real managers on a real etcd.
 
-Agents here are bare Dispatcher clients (no agent code): they register with a gossip port,
-hold a session, and heartbeat with a gossip report, which is all the manager sees of an agent.
+Agents here are bare Dispatcher clients (no agent code): they join with the worker token (a
+worker certificate), register with a gossip port, hold a session, and heartbeat with a gossip
+report, which is all the manager sees of an agent.
 
 - Every session carries one GossipConfig: a 32-byte key (the one stored in etcd) and the other
   gossiping nodes as seeds; a node that joins later shows up in the others' seeds.
@@ -23,7 +24,15 @@ from typing import Any
 import grpc
 import pytest
 
-from ovctl.devcluster.cluster import DevCluster, DevClusterError, manager_argv
+from agent.tls import MANAGER_CHANNEL_OPTIONS, NodeCredentials
+from ovctl.devcluster.cluster import (
+    DevCluster,
+    DevClusterError,
+    manager_argv,
+    manager_files,
+    manager_init_argv,
+    parse_init_output,
+)
 from proto import control_pb2 as cpb
 from proto import control_pb2_grpc, dispatcher_pb2_grpc
 from proto import dispatcher_pb2 as dpb
@@ -31,7 +40,7 @@ from proto import objects_pb2 as pb
 from tests.etcd import EtcdHandle
 from tests.integration.agents import wait_for
 from tests.integration.conftest import ManagerCluster
-from tests.procs import free_port
+from tests.procs import free_ports
 
 pytestmark = pytest.mark.integration
 
@@ -42,8 +51,16 @@ class BareAgent:
     """Register, keep a session open (moving to whichever manager serves it), heartbeat every
     `period` seconds with `report`, and remember the latest GossipConfig received."""
 
-    def __init__(self, managers: list[str], hostname: str, ip: str, period: float = 0.15) -> None:
+    def __init__(
+        self,
+        managers: list[str],
+        creds: NodeCredentials,
+        hostname: str,
+        ip: str,
+        period: float = 0.15,
+    ) -> None:
         self.managers = managers
+        self.creds = creds
         self.ip = ip
         self.period = period
         self.report: pb.GossipStatus | None = None
@@ -56,6 +73,7 @@ class BareAgent:
         self.node_id = self._rpc(
             lambda stub: stub.Register(dpb.RegisterRequest(description=desc), timeout=5)
         ).node_id
+        assert self.node_id == creds.node_id  # the node is the certificate's CN
         self._threads = [
             threading.Thread(target=self._session_loop, daemon=True),
             threading.Thread(target=self._heartbeat_loop, daemon=True),
@@ -67,12 +85,17 @@ class BareAgent:
     def addr(self) -> str:
         return f"{self.ip}:{GOSSIP_PORT}"
 
+    def _channel(self, manager: str) -> grpc.Channel:
+        return grpc.secure_channel(
+            manager, self.creds.channel_credentials(), options=MANAGER_CHANNEL_OPTIONS
+        )
+
     def _rpc(self, call: Callable[[dispatcher_pb2_grpc.DispatcherStub], Any]) -> Any:
         """One unary call, to the first manager that serves it."""
         deadline = time.monotonic() + 15
         while True:
             for m in self.managers:
-                with grpc.insecure_channel(m) as ch:
+                with self._channel(m) as ch:
                     try:
                         return call(dispatcher_pb2_grpc.DispatcherStub(ch))
                     except grpc.RpcError:
@@ -86,7 +109,7 @@ class BareAgent:
             for m in self.managers:
                 if self._stop.is_set():
                     return
-                with grpc.insecure_channel(m) as ch, contextlib.suppress(grpc.RpcError):
+                with self._channel(m) as ch, contextlib.suppress(grpc.RpcError):
                     stub = dispatcher_pb2_grpc.DispatcherStub(ch)
                     self._call = stub.Session(dpb.SessionRequest(node_id=self.node_id))
                     for msg in self._call:
@@ -105,7 +128,7 @@ class BareAgent:
             if self.report is not None:
                 req.gossip.CopyFrom(self.report)
             for m in self.managers:
-                with grpc.insecure_channel(m) as ch, contextlib.suppress(grpc.RpcError):
+                with self._channel(m) as ch, contextlib.suppress(grpc.RpcError):
                     dispatcher_pb2_grpc.DispatcherStub(ch).Heartbeat(req, timeout=2)
                     break
 
@@ -151,7 +174,9 @@ def test_sessions_carry_the_stored_key_and_the_other_nodes_as_seeds(
     managers: ManagerCluster, bare_agents: list[BareAgent]
 ) -> None:
     for i in (1, 2, 3):
-        bare_agents.append(BareAgent(managers.addrs, f"g{i}", f"198.51.100.{10 + i}"))
+        bare_agents.append(
+            BareAgent(managers.addrs, managers.join(), f"g{i}", f"198.51.100.{10 + i}")
+        )
     for a in bare_agents:
         wait_for(seeded(bare_agents, a), what=f"{a.ip}'s seeds")
     key = stored_key(managers)
@@ -159,7 +184,7 @@ def test_sessions_carry_the_stored_key_and_the_other_nodes_as_seeds(
     assert {a.key() for a in bare_agents} == {key}
     assert all(list(a.gossip.keys) == [key] for a in bare_agents if a.gossip)
     # A latecomer: everyone's seeds grow by it, and it gets the others.
-    bare_agents.append(BareAgent(managers.addrs, "g4", "198.51.100.14"))
+    bare_agents.append(BareAgent(managers.addrs, managers.join(), "g4", "198.51.100.14"))
     for a in bare_agents:
         wait_for(seeded(bare_agents, a), what=f"{a.ip}'s seeds")
     # Once settled, heartbeats and unrelated commits resend nothing.
@@ -172,7 +197,7 @@ def test_sessions_carry_the_stored_key_and_the_other_nodes_as_seeds(
 def test_the_key_survives_restarts_and_leader_changes(
     managers: ManagerCluster, bare_agents: list[BareAgent]
 ) -> None:
-    bare_agents.append(BareAgent(managers.addrs, "g1", "198.51.100.21"))
+    bare_agents.append(BareAgent(managers.addrs, managers.join(), "g1", "198.51.100.21"))
     wait_for(lambda: bare_agents[0].gossip is not None, what="a gossip config")
     key = bare_agents[0].key()
     assert stored_key(managers) == key
@@ -199,8 +224,8 @@ def test_the_key_survives_restarts_and_leader_changes(
 def test_get_node_and_node_inspect_show_the_gossip_report(
     managers: ManagerCluster, bare_agents: list[BareAgent]
 ) -> None:
-    g1 = BareAgent(managers.addrs, "g1", "198.51.100.31")
-    g2 = BareAgent(managers.addrs, "g2", "198.51.100.32")
+    g1 = BareAgent(managers.addrs, managers.join(), "g1", "198.51.100.31")
+    g2 = BareAgent(managers.addrs, managers.join(), "g2", "198.51.100.32")
     bare_agents += [g1, g2]
     net_id = managers.ovctl("network", "create", "front").stdout.strip()
     now = int(time.time() * 1000)
@@ -244,21 +269,37 @@ def test_get_node_and_node_inspect_show_the_gossip_report(
 
 
 def test_dev_cluster_stops_and_starts_its_manager(etcd: EtcdHandle, tmp_path: Path) -> None:
-    """Only the manager part of a dev cluster (no namespaces): its manager is started on
-    loopback under this test's etcd prefix and recorded as `up` would record it."""
+    """Only the manager part of a dev cluster (no namespaces): its manager is initialized and
+    started on loopback under this test's etcd prefix and recorded as `up` would record it."""
     state_dir = tmp_path / "dev"
-    cluster = DevCluster(name_prefix="ovgc-", hosts=1, state_dir=state_dir, die_with_parent=True)
-    addr = f"127.0.0.1:{free_port()}"
+    state_dir.mkdir(mode=0o700)
+    extra = ["--prefix", etcd.prefix.rstrip("/")]
+    cluster = DevCluster(
+        name_prefix="ovgc-",
+        hosts=1,
+        state_dir=state_dir,
+        manager_args=extra,
+        die_with_parent=True,
+    )
+    port, join_port = free_ports(2)
+    addr, join = f"127.0.0.1:{port}", f"127.0.0.1:{join_port}"
+    cluster._state.update(manager_addr=addr, join_addr=join)
+    cluster._state["etcd"]["client_port"] = etcd.port
+    cluster._init_cluster(addr)
+    assert set(cluster._state["tokens"]) == {"worker", "manager"}
+    assert (state_dir / "ca.kek").stat().st_mode & 0o777 == 0o600
     argv = manager_argv(
         sys.executable,
         addr,
         etcd.endpoint,
         500,
         "ovgc-manager",
-        ["--prefix", etcd.prefix.rstrip("/")],
+        extra,
+        files=cluster.files,
+        join_listen=join,
     )
-    cluster._state["manager_addr"] = addr
     cluster._spawn_manager(argv)
+    admin = cluster.credentials()
     try:
         cluster.wait_manager()
         first_pid = cluster.pid("manager")
@@ -266,16 +307,36 @@ def test_dev_cluster_stops_and_starts_its_manager(etcd: EtcdHandle, tmp_path: Pa
         other = DevCluster.load(state_dir, die_with_parent=True)
         other.stop_manager()
         assert cluster.pid("manager") is None and other.pid("manager") is None
-        with grpc.insecure_channel(addr) as ch, pytest.raises(grpc.RpcError):
-            dispatcher_pb2_grpc.DispatcherStub(ch).Register(dpb.RegisterRequest(), timeout=1)
+        with (
+            grpc.secure_channel(
+                addr, admin.channel_credentials(), options=MANAGER_CHANNEL_OPTIONS
+            ) as ch,
+            pytest.raises(grpc.RpcError),
+        ):
+            control_pb2_grpc.ControlStub(ch).ListNodes(cpb.ListNodesRequest(), timeout=1)
         other.start_manager()
         assert other.pid("manager") not in (None, first_pid)
-        with grpc.insecure_channel(addr) as ch:
-            info = control_pb2_grpc.ControlStub(ch).GetClusterInfo(
-                cpb.GetClusterInfoRequest(), timeout=5
-            )
-        assert info.leader_id == "ovgc-manager"
+        # The restarted manager keeps its certificate and the cluster; ovctl reaches it with
+        # the admin credentials init wrote.
+        res = other.ovctl("cluster", "info", "--format", "json")
+        assert res.returncode == 0, res.stderr
+        assert '"leader_id": "ovgc-manager"' in res.stdout
         with pytest.raises(DevClusterError, match="already runs"):
             other.start_manager()
     finally:
         DevCluster.load(state_dir).stop_manager()
+
+
+def test_init_command_lines_share_the_manager_files(tmp_path: Path) -> None:
+    files = manager_files(tmp_path)
+    init = manager_init_argv("/py", "127.0.0.1:1", "127.0.0.1:2", "ovgc-manager", files)
+    serve = manager_argv(
+        "/py", "127.0.0.1:1", "127.0.0.1:2", 500, "ovgc-manager", files=files, join_listen="x:3"
+    )
+    assert init[3] == "init" and "--admin-dir" in init and "--join-listen" not in init
+    for flag in ("--state-dir", "--ca-key-file", "--prefix", "--listen"):
+        assert init[init.index(flag) + 1] == serve[serve.index(flag) + 1]
+    assert parse_init_output("worker token: A\nmanager token: B\n") == {
+        "worker": "A",
+        "manager": "B",
+    }

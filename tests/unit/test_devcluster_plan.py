@@ -13,16 +13,21 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ovctl.client import TLSFiles, resolve_tls
 from ovctl.devcluster.cluster import (
     DevClusterError,
     agent_argv,
     context_text,
     context_written_by_dev,
     default_state_dir,
+    init_passthrough,
     is_cluster_daemon,
     make_plan,
     manager_argv,
+    manager_files,
+    manager_init_argv,
     max_hosts,
+    parse_init_output,
     parse_subnet,
     validate_prefix,
 )
@@ -117,15 +122,51 @@ def test_host_namespaces_do_not_include_other_hosts() -> None:
 
 
 def test_manager_command_line() -> None:
-    argv = manager_argv("/py", "198.51.100.1:5000", "127.0.0.1:2379", 300, "ovd-manager", ["-x"])
+    files = manager_files(Path("/st"))
+    argv = manager_argv(
+        "/py",
+        "198.51.100.1:5000",
+        "127.0.0.1:2379",
+        300,
+        "ovd-manager",
+        ["-x"],
+        files=files,
+        join_listen="198.51.100.1:5001",
+    )
     assert argv[:3] == ["/py", "-m", "manager.main"]
     flags = dict(zip(argv[3:-1:2], argv[4:-1:2], strict=True))
     assert flags["--listen"] == flags["--advertise"] == "198.51.100.1:5000"
+    assert flags["--join-listen"] == "198.51.100.1:5001"
     assert flags["--etcd"] == "127.0.0.1:2379"
     assert flags["--heartbeat-period"] == "0.3"  # the manager takes seconds
+    assert flags["--state-dir"] == "/st/manager"
+    assert flags["--ca-key-file"] == "/st/ca.kek"
     assert argv[-1] == "-x"  # extra arguments last, so they override
     assert is_cluster_daemon(argv, "ovd-")
     assert not is_cluster_daemon(argv, "ovx-")
+
+
+def test_init_command_line_matches_the_manager_and_passes_init_flags() -> None:
+    files = manager_files(Path("/st"))
+    extra = ["--prefix", "/p", "--heartbeat-grace", "2", "--cert-expiry=60", "--log-level"]
+    assert init_passthrough(extra) == ["--prefix", "/p", "--cert-expiry=60"]
+    argv = manager_init_argv(
+        "/py", "198.51.100.1:5000", "127.0.0.1:2379", "ovd-manager", files, extra
+    )
+    assert argv[:4] == ["/py", "-m", "manager.main", "init"]
+    flags = dict(zip(argv[4:-1:2], argv[5:-1:2], strict=True))
+    assert flags["--admin-dir"] == "/st/admin"
+    assert flags["--state-dir"] == "/st/manager" and flags["--ca-key-file"] == "/st/ca.kek"
+    assert flags["--manager-id"] == "ovd-manager"
+    assert argv[-3:] == ["--prefix", "/p", "--cert-expiry=60"]  # after the default --prefix
+    assert "--heartbeat-period" not in argv and "--join-listen" not in argv
+    assert is_cluster_daemon(argv, "ovd-")
+
+
+def test_init_output_gives_the_tokens() -> None:
+    out = "worker token: OVNTKN-1-A-B\nmanager token: OVNTKN-1-A-C\n"
+    assert parse_init_output(out) == {"worker": "OVNTKN-1-A-B", "manager": "OVNTKN-1-A-C"}
+    assert parse_init_output("cluster already initialized\n") == {}
 
 
 def test_agent_command_line_enters_the_host_namespace() -> None:
@@ -146,6 +187,11 @@ def test_agent_command_line_enters_the_host_namespace() -> None:
     assert argv[-1] == "--v"
     mine = agent_argv("/py", host, "198.51.100.1:5000", Path("/st"), ["--dns-upstream", "x"])
     assert mine.count("--dns-upstream") == 1 and mine[-1] == "x"
+    joining = agent_argv(
+        "/py", host, "198.51.100.1:5000", Path("/st"), join_token="T", join_addr="198.51.100.1:7"
+    )
+    flags = dict(zip(joining[6::2], joining[7::2], strict=True))
+    assert flags["--join-token"] == "T" and flags["--join-addr"] == "198.51.100.1:7"
 
 
 def test_context_file_marker() -> None:
@@ -155,6 +201,22 @@ def test_context_file_marker() -> None:
     assert not context_written_by_dev(text, "ovx-")
     assert not context_written_by_dev("managers:\n  - 1.2.3.4:1\n")
     assert yaml.safe_load(text) == {"managers": ["198.51.100.1:4000"]}
+
+
+def test_context_file_names_the_admin_credentials(tmp_path: Path) -> None:
+    tls = manager_files(tmp_path / "state").admin_tls
+    ctx = tmp_path / "context.yaml"
+    ctx.write_text(context_text("ovd-", "198.51.100.1:4000", tls))
+    assert context_written_by_dev(ctx.read_text(), "ovd-")
+    assert (
+        resolve_tls({"OVCTL_CONFIG": str(ctx)})
+        == tls
+        == TLSFiles(
+            ca=tmp_path / "state/admin/ca.pem",
+            cert=tmp_path / "state/admin/admin.crt",
+            key=tmp_path / "state/admin/admin.key",
+        )
+    )
 
 
 def test_terminate_pids_leaves_a_reused_pid_alone_and_escalates() -> None:
@@ -191,7 +253,15 @@ def test_context_file_is_written_only_over_our_own(tmp_path: Path) -> None:
     cluster._state["manager_addr"] = "198.51.100.1:4000"
     ctx = tmp_path / "context.yaml"
     assert cluster.write_context(ctx)
-    assert yaml.safe_load(ctx.read_text()) == {"managers": ["198.51.100.1:4000"]}
+    admin = tmp_path / "state" / "admin"
+    assert yaml.safe_load(ctx.read_text()) == {
+        "managers": ["198.51.100.1:4000"],
+        "tls": {
+            "ca": str(admin / "ca.pem"),
+            "cert": str(admin / "admin.crt"),
+            "key": str(admin / "admin.key"),
+        },
+    }
     # Another dev cluster's file is dev up's too: replaced.
     ctx.write_text(context_text("ovx-", "198.51.100.65:1"))
     assert cluster.write_context(ctx)

@@ -198,8 +198,17 @@ def test_gossip_options_and_addresses() -> None:
 
 def test_session_is_unreachable_only_once_every_manager_failed_to_answer() -> None:
     from agent.session import AgentSession
+    from agent.tls import NodeCredentials
+    from manager.ca import pki
 
-    s = AgentSession(["198.51.100.1:4242", "198.51.100.2:4242"], pb.NodeDescription())
+    now = pki.utcnow()
+    root, root_key = pki.new_root("cluster", now)
+    key = pki.new_key()
+    cert = pki.issue(root, root_key, pki.make_csr(key), node_id="n1", role="worker", now=now)
+    creds = NodeCredentials(pki.cert_pem(root), pki.cert_pem(cert), pki.key_pem(key))
+    s = AgentSession(
+        ["198.51.100.1:4242", "198.51.100.2:4242"], pb.NodeDescription(), credentials=creds
+    )
     assert not s.unreachable
     s.failed_attempts = 1
     assert not s.unreachable  # one manager left to try

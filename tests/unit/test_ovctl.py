@@ -1,26 +1,34 @@
 """ovctl: parsing and formatting as pure functions, then whole commands through `main(argv)`
-against a real gRPC server on loopback (port 0) with a fake Control servicer."""
+against a real gRPC server on loopback (port 0) with a fake Control servicer, over mutual TLS
+with certificates of a real cluster CA (manager.ca.pki): the server presents a manager
+certificate and requires a client certificate, as a manager does."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import socket
 import time
 from collections.abc import Callable, Iterator
 from concurrent import futures
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 
+from manager.ca import pki
 from ovctl import cli, render, specs
 from ovctl.client import (
     DEFAULT_ADDR,
     ConfigError,
+    TLSFiles,
+    load_credentials,
     managers_from_context,
     normalize_addr,
     resolve_managers,
+    resolve_tls,
 )
 from proto import control_pb2 as cpb
 from proto import control_pb2_grpc
@@ -613,20 +621,81 @@ class FakeControl(control_pb2_grpc.ControlServicer):
         return [r for n, r in self.calls if n == name]
 
 
-def _serve(servicer: FakeControl) -> tuple[grpc.Server, str]:
+@dataclass
+class ClusterCA:
+    """A cluster root and certificates it issues, as `ovnet-manager init` would make them."""
+
+    root: Any
+    root_key: pki.PrivateKey
+
+    @classmethod
+    def new(cls) -> ClusterCA:
+        root, key = pki.new_root("test-cluster", pki.utcnow())
+        return cls(root, key)
+
+    @property
+    def root_pem(self) -> bytes:
+        return pki.cert_pem(self.root)
+
+    def issue(
+        self,
+        node_id: str,
+        role: str,
+        lifetime: dt.timedelta = dt.timedelta(days=1),
+        now: dt.datetime | None = None,
+    ) -> tuple[bytes, bytes]:
+        """(certificate PEM, key PEM) for node_id/role, issued at `now` (default: now)."""
+        key = pki.new_key()
+        cert = pki.issue(
+            self.root,
+            self.root_key,
+            pki.make_csr(key),
+            node_id=node_id,
+            role=role,
+            now=now or pki.utcnow(),
+            lifetime=lifetime,
+        )
+        return pki.cert_pem(cert), pki.key_pem(key)
+
+    def write_admin(self, directory: Path, cert_key: tuple[bytes, bytes] | None = None) -> Path:
+        """ca.pem, admin.crt, admin.key and a context file in `directory`; returns the file."""
+        cert, key = cert_key or self.issue("admin-test", pki.ROLE_ADMIN)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "ca.pem").write_bytes(self.root_pem)
+        (directory / "admin.crt").write_bytes(cert)
+        (directory / "admin.key").write_bytes(key)
+        ctx = directory / "context.yaml"
+        ctx.write_text("managers: [127.0.0.1:1]\n")
+        return ctx
+
+
+@pytest.fixture(scope="module")
+def ca() -> ClusterCA:
+    return ClusterCA.new()
+
+
+def _serve(servicer: FakeControl, ca: ClusterCA) -> tuple[grpc.Server, str]:
+    """The fake servicer behind a manager's TLS: its certificate, client certificates
+    required and verified against the cluster root."""
+    cert, key = ca.issue("m1", pki.ROLE_MANAGER)
+    creds = grpc.ssl_server_credentials(
+        [(key, cert)], root_certificates=ca.root_pem, require_client_auth=True
+    )
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     control_pb2_grpc.add_ControlServicer_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
+    port = server.add_secure_port("127.0.0.1:0", creds)
     server.start()
     return server, f"127.0.0.1:{port}"
 
 
 @pytest.fixture
-def fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[FakeControl, str]]:
+def fake(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, ca: ClusterCA
+) -> Iterator[tuple[FakeControl, str]]:
     monkeypatch.delenv("OVCTL_HOST", raising=False)
-    monkeypatch.setenv("OVCTL_CONFIG", "/nonexistent/ovctl-test-context.yaml")
+    monkeypatch.setenv("OVCTL_CONFIG", str(ca.write_admin(tmp_path / "ovnet")))
     servicer = FakeControl()
-    server, addr = _serve(servicer)
+    server, addr = _serve(servicer, ca)
     yield servicer, addr
     server.stop(0)
 
@@ -1068,13 +1137,13 @@ def test_cluster_info_json(
 
 
 def test_fails_over_from_unreachable_and_unavailable_managers(
-    fake: tuple[FakeControl, str], capsys: pytest.CaptureFixture[str]
+    fake: tuple[FakeControl, str], capsys: pytest.CaptureFixture[str], ca: ClusterCA
 ) -> None:
     servicer, addr = fake
     servicer.answers["ListNodes"] = cpb.ListNodesResponse()
     follower = FakeControl()
     follower.answers["ListNodes"] = Abort(grpc.StatusCode.UNAVAILABLE, "not the leader")
-    server, follower_addr = _serve(follower)
+    server, follower_addr = _serve(follower, ca)
     try:
         assert cli.main(["node", "ls", "-q", "-H", f"{_closed_port()},{follower_addr},{addr}"]) == 0
     finally:
@@ -1085,14 +1154,14 @@ def test_fails_over_from_unreachable_and_unavailable_managers(
 
 
 def test_log_stream_fails_over_before_the_first_line(
-    fake: tuple[FakeControl, str], capsys: pytest.CaptureFixture[str]
+    fake: tuple[FakeControl, str], capsys: pytest.CaptureFixture[str], ca: ClusterCA
 ) -> None:
     servicer, addr = fake
     servicer.answers["ListNodes"] = cpb.ListNodesResponse()
     servicer.answers["ServiceLogs"] = [cpb.LogLine(task_name="t", node_id="n", data=b"x")]
     follower = FakeControl()
     follower.answers["ServiceLogs"] = Abort(grpc.StatusCode.UNAVAILABLE, "not the leader")
-    server, follower_addr = _serve(follower)
+    server, follower_addr = _serve(follower, ca)
     try:
         # The first address answers ListNodes, so the stream starts there and must move on.
         follower.answers["ListNodes"] = cpb.ListNodesResponse()
@@ -1324,3 +1393,148 @@ def test_node_pretty_shows_the_ingress_address() -> None:
     text = render.node_pretty(node, pb.GossipStatus(), 0, {}, {})
     assert "Ingress address:  10.0.0.7/24" in text
     assert "Ingress address:  -" in render.node_pretty(pb.Node(), pb.GossipStatus(), 0, {}, {})
+
+
+# ---------------------------------------------------------------- credentials and join tokens
+
+
+def test_tls_files_come_from_the_context_file(tmp_path: Path) -> None:
+    ctx = tmp_path / "conf" / "context.yaml"
+    ctx.parent.mkdir()
+    env = {"OVCTL_CONFIG": str(ctx), "OVCTL_HOST": "elsewhere:1"}
+    ctx.write_text("managers: [m1]\n")
+    assert resolve_tls(env) == TLSFiles(
+        ca=ctx.parent / "ca.pem", cert=ctx.parent / "admin.crt", key=ctx.parent / "admin.key"
+    )
+    ctx.write_text("managers: [m1]\ntls: {ca: ../ca.pem, cert: me.crt, key: /abs/me.key}\n")
+    assert resolve_tls(env) == TLSFiles(
+        ca=ctx.parent / "../ca.pem", cert=ctx.parent / "me.crt", key=Path("/abs/me.key")
+    )
+    ctx.write_text("managers: [m1]\ntls: {ca: ca.pem}\n")
+    with pytest.raises(ConfigError, match="ca, cert and key"):
+        resolve_tls(env)
+    with pytest.raises(ConfigError, match="does not exist"):
+        resolve_tls({"OVCTL_CONFIG": str(tmp_path / "missing.yaml")})
+
+
+def test_missing_credentials_name_the_files_and_how_to_make_them(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    ca: ClusterCA,
+) -> None:
+    admin = tmp_path / "ovnet"
+    ctx = ca.write_admin(admin)
+    (admin / "admin.key").unlink()
+    monkeypatch.setenv("OVCTL_CONFIG", str(ctx))
+    assert cli.main(["-H", _closed_port(), "node", "ls"]) == 1
+    err = capsys.readouterr().err
+    assert f"{admin / 'admin.key'} does not exist" in err
+    assert "admin.crt" not in err.split("exist")[0]
+    assert f"ovnet-manager init --admin-dir {admin}" in err
+    with pytest.raises(ConfigError, match="not a PEM certificate"):
+        (admin / "admin.key").write_bytes(b"x")
+        (admin / "admin.crt").write_bytes(b"junk")
+        load_credentials(resolve_tls({"OVCTL_CONFIG": str(ctx)}))
+
+
+def test_a_refused_handshake_says_what_is_wrong_with_the_admin_certificate(
+    fake: tuple[FakeControl, str],
+    ca: ClusterCA,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    servicer, addr = fake
+    servicer.answers["ListNodes"] = cpb.ListNodesResponse()
+
+    def node_ls_with(name: str, cert_key: tuple[bytes, bytes]) -> str:
+        monkeypatch.setenv("OVCTL_CONFIG", str(ca.write_admin(tmp_path / name, cert_key)))
+        assert run(addr, "--timeout", "5", "node", "ls") == 1
+        assert servicer.calls == []
+        return capsys.readouterr().err
+
+    # Expired yesterday: the manager closes the socket; ovctl says why.
+    issued = pki.utcnow() - dt.timedelta(days=3)
+    expired = ca.issue("admin-old", pki.ROLE_ADMIN, lifetime=dt.timedelta(days=2), now=issued)
+    err = node_ls_with("expired", expired)
+    assert err.startswith(f"Error: no manager could serve the request (tried {addr}): ")
+    assert "the managers refuse the admin certificate: it expired at " in err
+    assert str(tmp_path / "expired" / "admin.crt") in err
+    # Issued by another cluster's CA (ca.pem is this cluster's).
+    err = node_ls_with("foreign", ClusterCA.new().issue("admin-x", pki.ROLE_ADMIN))
+    assert "it was not issued by the root CA stored with it" in err
+    # A manager of another cluster: its certificate is not signed by our ca.pem.
+    monkeypatch.setenv("OVCTL_CONFIG", str(ca.write_admin(tmp_path / "good")))
+    stranger, stranger_addr = _serve(FakeControl(), ClusterCA.new())
+    try:
+        assert run(stranger_addr, "--timeout", "5", "node", "ls") == 1
+    finally:
+        stranger.stop(0)
+    err = capsys.readouterr().err
+    assert "the manager's certificate is not signed by the cluster CA in " in err
+    assert str(tmp_path / "good" / "ca.pem") in err
+    # A valid certificate needs no diagnosis: the same call works.
+    monkeypatch.setenv("OVCTL_CONFIG", str(ca.write_admin(tmp_path / "good")))
+    assert run(addr, "node", "ls", "-q") == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_join_token_prints_the_command_to_run_like_docker(
+    fake: tuple[FakeControl, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    servicer, addr = fake
+    servicer.answers["GetJoinToken"] = lambda req: cpb.GetJoinTokenResponse(
+        role=req.role, token=f"OVNTKN-1-{req.role}-{int(req.rotate)}"
+    )
+    servicer.answers["GetClusterInfo"] = cpb.GetClusterInfoResponse(
+        managers=[
+            cpb.ManagerInfo(manager_id="m2", addr="10.0.0.2:4242"),
+            cpb.ManagerInfo(manager_id="m1", addr="10.0.0.1:4242", leader=True),
+        ],
+        leader_id="m1",
+    )
+    assert run(addr, "cluster", "join-token", "worker") == 0
+    assert capsys.readouterr().out == (
+        "To add a worker to this cluster, run on it:\n"
+        "  ovnet-agent --manager 10.0.0.1:4242,10.0.0.2:4242 --join-token OVNTKN-1-worker-0\n"
+    )
+    assert run(addr, "cluster", "join-token", "--rotate", "-q", "manager") == 0
+    assert capsys.readouterr().out == "OVNTKN-1-manager-1\n"
+    assert run(addr, "cluster", "join-token", "manager", "--rotate") == 0
+    assert capsys.readouterr().out == (
+        "Successfully rotated manager join token.\n\n"
+        "To add a manager to this cluster, run on it:\n"
+        "  ovnet-manager --etcd ETCD_ENDPOINTS --join 10.0.0.1:4243 "
+        "--join-token OVNTKN-1-manager-1\n"
+    )
+    sent = [(r.role, r.rotate) for r in servicer.requests("GetJoinToken")]
+    assert sent == [("worker", False), ("manager", True), ("manager", True)]
+    assert run(addr, "cluster", "join-token", "admin") == 2
+    assert len(servicer.requests("GetJoinToken")) == 3
+
+
+@pytest.mark.parametrize(
+    ("code", "details"),
+    [
+        (
+            grpc.StatusCode.PERMISSION_DENIED,
+            "a worker certificate may not call Control.GetJoinToken (allowed: admin, manager)",
+        ),
+        (
+            grpc.StatusCode.UNAUTHENTICATED,
+            "no client certificate: 127.0.0.1:1 is the join listener",
+        ),
+    ],
+)
+def test_join_token_refusals_are_printed(
+    fake: tuple[FakeControl, str],
+    capsys: pytest.CaptureFixture[str],
+    code: grpc.StatusCode,
+    details: str,
+) -> None:
+    servicer, addr = fake
+    servicer.answers["GetJoinToken"] = Abort(code, details)
+    assert run(addr, "cluster", "join-token", "worker") == 1
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == f"Error: {details}\n"

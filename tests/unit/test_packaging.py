@@ -144,7 +144,7 @@ def test_role_installs_the_shipped_unit_and_its_env_file(service: str) -> None:
     tasks = _role_tasks(role)
     copies = [t["ansible.builtin.copy"] for t in tasks if "ansible.builtin.copy" in t]
     assert any(
-        c["src"].endswith(f"packaging/systemd/{service}.service")
+        c.get("src", "").endswith(f"packaging/systemd/{service}.service")
         and c["dest"] == f"/etc/systemd/system/{service}.service"
         for c in copies
     )
@@ -166,3 +166,48 @@ def test_env_templates_only_pass_flags_the_daemon_accepts(
         importlib.import_module(module).parse_args(["--help"])
     help_text = capsys.readouterr().out
     assert flags <= set(re.findall(r"--[a-z][a-z0-9-]*", help_text))
+
+
+def test_manager_gets_the_ca_key_as_a_credential_at_the_path_its_flags_name() -> None:
+    """The KEK file is root's (0600) and the manager runs as a dynamic user: systemd hands it
+    a copy (LoadCredential), which must be where --ca-key-file points."""
+    service = _unit(ROOT / "packaging/systemd/ovnet-manager.service")["Service"]
+    name, _, source = service["LoadCredential"].partition(":")
+    args = (ROLES / "manager" / "templates" / "manager.env.j2").read_text()
+    assert f"--ca-key-file /run/credentials/ovnet-manager.service/{name} " in args
+    defaults = _yaml(ANSIBLE / "group_vars" / "all.yml")
+    assert source == defaults["ovnet_ca_key_file"]
+    assert f"--state-dir /var/lib/{service['StateDirectory']} " in args.replace(
+        "{{ ovnet_manager_state_dir }}",
+        _yaml(ROLES / "manager" / "defaults" / "main.yml")["ovnet_manager_state_dir"],
+    )
+    kek_copy = [
+        t["ansible.builtin.copy"]
+        for t in _role_tasks("manager")
+        if t.get("ansible.builtin.copy", {}).get("dest") == "{{ ovnet_ca_key_file }}"
+    ]
+    assert [c["mode"] for c in kek_copy] == ["0600"]
+
+
+def test_cluster_is_initialized_once_and_agents_join_with_the_worker_token() -> None:
+    (init,) = [t for t in _role_tasks("manager") if "init" in t.get("name", "").lower()]
+    argv = init["ansible.builtin.command"]["argv"]
+    assert argv[:2] == ["{{ ovnet_root }}/.venv/bin/ovnet-manager", "init"]
+    assert init["when"] == "inventory_hostname == ovnet_first_manager"
+    assert "already initialized" in init["failed_when"]
+    (token,) = [t for t in _role_tasks("agent") if "register" in t]
+    assert token["register"] == "ovnet_worker_token"
+    assert token["ansible.builtin.command"]["argv"][-4:] == [
+        "cluster",
+        "join-token",
+        "--quiet",
+        "worker",
+    ]
+    (env,) = [
+        t["ansible.builtin.template"]
+        for t in _role_tasks("agent")
+        if "ansible.builtin.template" in t
+    ]
+    assert env["mode"] == "0600"  # it holds the token
+    text = (ROLES / "agent" / "templates" / env["src"]).read_text()
+    assert 'OVNET_JOIN_TOKEN="{{ ovnet_worker_token.stdout | trim }}"' in text
