@@ -197,6 +197,7 @@ class Manager:
         # every call is checked against this (fed by a watch on the tombstones).
         self.removed: set[str] = set()
         self.ca: CertificateAuthority | None = None
+        self._peers: authz.PeerCache | None = None
         self.certs: ServingCerts | None = None
         self._leader_channel: tuple[str, int, grpc.aio.Channel] | None = None
         self._wants_peer: dict[tuple[type, str], bool] = {}
@@ -472,7 +473,9 @@ class Manager:
         pems = context.auth_context().get("x509_pem_cert")
         if not pems:
             raise Unauthenticated("no client certificate")
-        return authz.peer_from_cert(pems[0], self.ca.root, pki.utcnow())
+        if self._peers is None or self._peers.root is not self.ca.root:
+            self._peers = authz.PeerCache(self.ca.root)
+        return self._peers.peer(pems[0], pki.utcnow())
 
     def _authorize(self, peer: Peer, method: str, request: Any) -> None:
         """Check the caller against the method's roles and `request`'s node ID; an empty node

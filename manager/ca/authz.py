@@ -79,6 +79,32 @@ def peer_from_cert(pem: bytes, root: x509.Certificate, now: dt.datetime) -> Peer
     return Peer(node_id=ci.node_id, role=ci.role)
 
 
+class PeerCache:
+    """`peer_from_cert` for every RPC without parsing and verifying the same certificate each
+    time (heartbeats and task reports come from the same few certificates): what does not
+    change for a given certificate and root is kept; validity in time is checked on every call.
+    Bounded: when full it starts over."""
+
+    def __init__(self, root: x509.Certificate, size: int = 4096) -> None:
+        self.root = root
+        self.size = size
+        self._checked: dict[bytes, pki.CertInfo] = {}
+
+    def peer(self, pem: bytes, now: dt.datetime) -> Peer:
+        ci = self._checked.get(pem)
+        try:
+            if ci is None:
+                ci = pki.check(pki.load_cert(pem), self.root, now)
+                if len(self._checked) >= self.size:
+                    self._checked.clear()
+                self._checked[pem] = ci
+            else:
+                pki.check_validity(ci, now)
+        except pki.CertError as e:
+            raise Unauthenticated(f"client certificate refused: {e}") from None
+        return Peer(node_id=ci.node_id, role=ci.role)
+
+
 def authorize(
     peer: Peer,
     method: str,

@@ -276,13 +276,19 @@ def check(cert: x509.Certificate, root: x509.Certificate, now: dt.datetime) -> C
     ci = info(cert)
     if ci.cluster_id != cluster_id_of(root):
         raise CertError(f"the certificate is for cluster {ci.cluster_id!r}, not this one")
+    if ci.role not in ROLES:
+        raise CertError(f"the certificate names an unknown role {ci.role!r}")
+    check_validity(ci, now)
+    return ci
+
+
+def check_validity(ci: CertInfo, now: dt.datetime) -> None:
+    """The time part of `check`: the only part that changes for a certificate already checked
+    against the root, so a caller may cache the rest."""
     if now < ci.not_before:
         raise CertError(f"the certificate is not valid before {ci.not_before.isoformat()}")
     if now >= ci.not_after:
         raise CertError(f"the certificate expired at {ci.not_after.isoformat()}")
-    if ci.role not in ROLES:
-        raise CertError(f"the certificate names an unknown role {ci.role!r}")
-    return ci
 
 
 def matches_key(cert: x509.Certificate, key: PrivateKey) -> bool:

@@ -81,3 +81,36 @@ def test_peer_is_read_from_a_certificate_of_this_cluster() -> None:
 def test_removed_ids_from_tombstone_keys() -> None:
     keys = [b"/p/ca/removed/a", b"/p/ca/removed/b", b"/p/other"]
     assert authz.removed_ids(keys, b"/p/ca/removed/") == {"a", "b"}
+
+
+def test_peer_cache_rechecks_time_on_every_call_and_bounds_itself() -> None:
+    root, root_key = pki.new_root("c1", NOW)
+    cache = authz.PeerCache(root, size=2)
+
+    def cert(node_id: str) -> bytes:
+        c = pki.issue(
+            root, root_key, pki.make_csr(pki.new_key()), node_id=node_id, role="worker",
+            now=NOW, lifetime=dt.timedelta(hours=1),
+        )  # fmt: skip
+        return pki.cert_pem(c)
+
+    first = cert("n1")
+    assert cache.peer(first, NOW) == Peer("n1", "worker")
+    assert cache.peer(first, NOW + dt.timedelta(minutes=30)) == Peer("n1", "worker")
+    # Cached, yet refused once expired: time is checked on every call.
+    with pytest.raises(OvnetError) as info:
+        cache.peer(first, NOW + dt.timedelta(hours=2))
+    assert info.value.code == grpc.StatusCode.UNAUTHENTICATED
+    assert "expired" in info.value.message
+    # Another cluster's certificate is refused, and never cached.
+    other_root, other_key = pki.new_root("c2", NOW)
+    foreign = pki.issue(
+        other_root, other_key, pki.make_csr(pki.new_key()), node_id="x", role="admin", now=NOW
+    )
+    for _ in range(2):
+        with pytest.raises(OvnetError) as info:
+            cache.peer(pki.cert_pem(foreign), NOW)
+        assert "not issued by this cluster's root CA" in info.value.message
+    for n in ("n2", "n3", "n4"):
+        assert cache.peer(cert(n), NOW).node_id == n
+    assert len(cache._checked) <= 2
