@@ -36,10 +36,11 @@ import grpc
 from google.protobuf import message_factory
 from google.protobuf.message import Message
 
+from agent.tls import NodeCredentials
 from manager.ca import authz, pki
 from manager.ca import server as ca_server
 from manager.ca.authz import Peer
-from manager.ca.server import CAError, CertificateAuthority, Credentials
+from manager.ca.server import CAError, CertificateAuthority, credentials_problem
 from manager.cluster import Cluster, ManagerConfig
 from manager.controlapi import ControlAPI
 from manager.dispatcher import Dispatcher
@@ -107,11 +108,11 @@ class ServingCerts:
     managers. `update` swaps them: gRPC asks each listener's fetch callback at every handshake,
     and the callback hands over the new configuration once."""
 
-    def __init__(self, creds: Credentials) -> None:
+    def __init__(self, creds: NodeCredentials) -> None:
         self.creds = creds
         self.generation = 0
 
-    def update(self, creds: Credentials) -> None:
+    def update(self, creds: NodeCredentials) -> None:
         self.creds = creds
         self.generation += 1
 
@@ -272,16 +273,19 @@ class Manager:
                 )
                 await asyncio.sleep(1.0)
 
-    async def _own_credentials(self, ca: CertificateAuthority) -> Credentials:
+    async def _own_credentials(self, ca: CertificateAuthority) -> NodeCredentials:
         """This manager's certificate: the one in the state dir if it is still good here; else
         one obtained by joining (with a join token), else one issued by its own CA."""
-        creds = Credentials.load(self.tls_dir)
-        if creds is not None:
-            problem = creds.problem(ca.root, pki.utcnow())
-            if not problem and creds.info.role != pki.ROLE_MANAGER:
+        try:
+            creds = NodeCredentials.load(self.tls_dir)
+            problem = "" if creds is None else credentials_problem(creds, ca.root, pki.utcnow())
+            if creds is not None and not problem and creds.info.role != pki.ROLE_MANAGER:
                 problem = f"it is a {creds.info.role} certificate"
-            if not problem:
-                return creds
+        except pki.CertError as e:
+            creds, problem = None, str(e)
+        if creds is not None and not problem:
+            return creds
+        if problem:
             log.warning(
                 "the certificate in %s cannot be used (%s): issuing a new one",
                 self.tls_dir,
@@ -295,7 +299,7 @@ class Manager:
         creds.save(self.tls_dir)
         return creds
 
-    async def _join(self, ca: CertificateAuthority) -> Credentials:
+    async def _join(self, ca: CertificateAuthority) -> NodeCredentials:
         from agent import tls as agent_tls
 
         addr = self.opts.join_addr
@@ -323,7 +327,7 @@ class Manager:
                 f"{self.opts.prefix} (their root CAs differ)"
             )
         log.info("joined the cluster as manager node %s", nc.node_id)
-        return Credentials(nc.root_pem, nc.cert_pem, nc.key_pem)
+        return nc
 
     async def _renew_own_certificate(self) -> None:
         """Re-issue this manager's certificate at a random 50-80 % of its life and serve the new

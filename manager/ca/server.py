@@ -20,12 +20,12 @@ import logging
 import os
 import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 from aetcd import rpc
 from cryptography import x509
 
+from agent.tls import NodeCredentials
 from manager.ca import pki, tokens
 from manager.ca.authz import Peer
 from manager.cluster import new_id, now_ms
@@ -42,7 +42,6 @@ JOIN_ROLES = (pki.ROLE_WORKER, pki.ROLE_MANAGER)
 KEK_ENV = "OVNET_CA_PASSPHRASE"
 DEFAULT_KEK_FILE = Path("/etc/ovnet/ca.kek")
 # Files of a manager's own credentials, in <state dir>/tls (same layout as the agent's).
-CA_FILE, CERT_FILE, KEY_FILE = "ca.pem", "node.crt", "node.key"
 
 
 class CAError(Exception):
@@ -166,43 +165,16 @@ def write_private(path: Path, data: bytes, mode: int = 0o600) -> None:
     os.replace(tmp, path)
 
 
-@dataclass(frozen=True)
-class Credentials:
-    """A certificate, its key and the root that signed it (PEM)."""
-
-    root_pem: bytes
-    cert_pem: bytes
-    key_pem: bytes
-
-    @property
-    def info(self) -> pki.CertInfo:
-        return pki.info(pki.load_cert(self.cert_pem))
-
-    def save(self, tls_dir: Path) -> None:
-        tls_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(tls_dir, 0o700)
-        write_private(tls_dir / CA_FILE, self.root_pem, 0o644)
-        write_private(tls_dir / KEY_FILE, self.key_pem)
-        write_private(tls_dir / CERT_FILE, self.cert_pem, 0o644)
-
-    @classmethod
-    def load(cls, tls_dir: Path) -> Credentials | None:
-        paths = [tls_dir / n for n in (CA_FILE, CERT_FILE, KEY_FILE)]
-        if not all(p.exists() for p in paths):
-            return None
-        root, cert, key = (p.read_bytes() for p in paths)
-        return cls(root, cert, key)
-
-    def problem(self, root: x509.Certificate, now: dt.datetime) -> str:
-        """Why these credentials cannot be used with `root` now ("" if they can)."""
-        try:
-            cert = pki.load_cert(self.cert_pem)
-            pki.check(cert, root, now)
-            if not pki.matches_key(cert, pki.load_key(self.key_pem)):
-                return "the key does not match the certificate"
-        except pki.CertError as e:
-            return str(e)
-        return ""
+def credentials_problem(creds: NodeCredentials, root: x509.Certificate, now: dt.datetime) -> str:
+    """Why saved credentials cannot serve this manager with the cluster's `root` now ("" if
+    they can): unlike an agent, a manager can issue itself new ones instead of failing."""
+    try:
+        pki.check(creds.cert, root, now)
+        if not pki.matches_key(creds.cert, pki.load_key(creds.key_pem)):
+            return "the key does not match the certificate"
+    except pki.CertError as e:
+        return str(e)
+    return ""
 
 
 # ------------------------------------------------------------------------------ the CA
@@ -295,11 +267,11 @@ class CertificateAuthority:
             raise InvalidArgument(str(e)) from None
         return pki.cert_pem(cert)
 
-    def self_issue(self, node_id: str, role: str = pki.ROLE_MANAGER) -> Credentials:
+    def self_issue(self, node_id: str, role: str = pki.ROLE_MANAGER) -> NodeCredentials:
         """Credentials for this manager (or an admin), signed here without a CSR round trip."""
         key = pki.new_key()
         cert = self.issue(pki.make_csr(key), node_id, role)
-        return Credentials(self.root_pem, cert, pki.key_pem(key))
+        return NodeCredentials(self.root_pem, cert, pki.key_pem(key))
 
     # ---------------------------------------------------------------- NodeCA RPCs
 

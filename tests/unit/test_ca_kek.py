@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from agent.tls import NodeCredentials
 from manager.ca import pki
 from manager.ca import server as ca_server
-from manager.ca.server import CAError, Credentials
+from manager.ca.server import CAError, credentials_problem
 
 NO_ENV: dict[str, str] = {}
 
@@ -69,16 +70,16 @@ def test_credentials_round_trip_privately(tmp_path: Path) -> None:
     root, root_key = pki.new_root("c1", now)
     key = pki.new_key()
     cert = pki.issue(root, root_key, pki.make_csr(key), node_id="m1", role="manager", now=now)
-    creds = Credentials(pki.cert_pem(root), pki.cert_pem(cert), pki.key_pem(key))
+    creds = NodeCredentials(pki.cert_pem(root), pki.cert_pem(cert), pki.key_pem(key))
     tls = tmp_path / "state" / "tls"
     creds.save(tls)
     assert tls.stat().st_mode & 0o777 == 0o700
     assert (tls / "node.key").stat().st_mode & 0o777 == 0o600
-    assert Credentials.load(tls) == creds
-    assert Credentials.load(tmp_path / "none") is None
-    assert creds.problem(root, now) == ""
-    assert "expired" in creds.problem(root, now + dt.timedelta(days=91))
+    assert NodeCredentials.load(tls) == creds
+    assert NodeCredentials.load(tmp_path / "none") is None
+    assert credentials_problem(creds, root, now) == ""
+    assert "expired" in credentials_problem(creds, root, now + dt.timedelta(days=91))
     other, _ = pki.new_root("c2", now)
-    assert "not issued by this cluster" in creds.problem(other, now)
-    wrong_key = Credentials(creds.root_pem, creds.cert_pem, pki.key_pem(pki.new_key()))
-    assert wrong_key.problem(root, now) == "the key does not match the certificate"
+    assert "not issued by this cluster" in credentials_problem(creds, other, now)
+    wrong_key = NodeCredentials(creds.root_pem, creds.cert_pem, pki.key_pem(pki.new_key()))
+    assert credentials_problem(wrong_key, root, now) == "the key does not match the certificate"
