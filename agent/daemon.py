@@ -1,16 +1,21 @@
-"""The agent's I/O loop: assignments in, processes and kernel state out, task states back.
+"""The agent's I/O loop: assignments in, tasks and kernel state out, task states back.
 
-Every pass is the same: fold what the host knows into `controller.decide`, derive the data
-plane the surviving sandboxes need, reconcile the kernel to it, start and stop processes, and
-report. Passes run when something changes (new assignments, a process exiting) and also on a
-timer, which is what repairs drift (a veth or FDB entry deleted by hand) and retries anything
-that failed: nothing depends on having seen an event.
+Every pass is the same: tell the controller what the host knows, ask it what to do
+(`Controller.decide`), derive the data plane the surviving sandboxes need, reconcile the kernel
+to it, start and stop tasks, and report. Passes run when something changes (new assignments, a
+task exiting) and also on a timer, which is what repairs drift (a veth or FDB entry deleted by
+hand) and retries anything that failed: nothing depends on having seen an event.
 
 The first pass waits for the first complete assignment set: an agent restarted while its
 managers are away must not tear down the sandboxes of tasks that are still running. Every set
 is also kept on disk, so such an agent starts from the last one it had and goes on without
 managers: endpoints of other hosts come from gossip (`Discovery`), and tasks that exit are
 restarted in place by their restart policy.
+
+The daemon decides nothing itself and builds nothing itself: its collaborators (executor, data
+plane, discovery, resolver, balancer, health checker, session) are handed to it (agent/wiring.py
+builds the real ones; agent/collaborators.py says what it uses of each), and every change to
+what it knows of a task goes through the controller (agent/controller.py).
 """
 
 from __future__ import annotations
@@ -19,27 +24,37 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 
 from agent import services
-from agent.controller import Local, Sandbox, decide, desired_dataplane
-from agent.dataplane.kernel import ApplyResult, DataPlane
-from agent.dataplane.plan import ingress_gw_address
-from agent.discovery import DEFAULT_GOSSIP_PORT, Discovery, write_private
-from agent.dns.server import DnsServer
+from agent.collaborators import (
+    Balancer,
+    DataPlane,
+    Discovery,
+    HealthChecker,
+    Resolver,
+    Session,
+)
+from agent.controller import Controller, Decision, Sandbox, desired_dataplane
+from agent.dataplane.desired import ingress_gw_address
 from agent.endpoints import EndpointRecord, local_records, node_record, remotes
-from agent.executor import ExitInfo, LogTailer, Runner, StartError
-from agent.gossip import GossipConfig
-from agent.health import CheckConfig, HealthMonitor
-from agent.lb.balancer import LoadBalancer
+from agent.executor.api import Executor, ExitInfo, StartError, TaskSpec
+from agent.health import CheckConfig
 from agent.lb.plan import LbSpec
+from agent.logship import LogShipper
 from agent.model import INGRESS_SANDBOX, DesiredState, HostConfig
-from agent.netns import run_in_netns
-from agent.session import AgentSession
+from osutil.files import atomic_write
+from osutil.netns import run_in_netns
 from proto import dispatcher_pb2 as dpb
 from proto import objects_pb2 as pb
+
+if TYPE_CHECKING:
+    from agent.dataplane.kernel import ApplyResult
 
 log = logging.getLogger(__name__)
 
@@ -69,52 +84,83 @@ def failed_sandboxes(result: ApplyResult, desired: DesiredState) -> dict[str, st
     return out
 
 
+def task_spec(task: pb.Task, netns: str) -> TaskSpec:
+    """What the executor needs of an assigned task, in the sandbox `netns`."""
+    spec = task.spec
+    return TaskSpec(task.meta.id, tuple(spec.command), tuple(spec.env), spec.workdir or "/", netns)
+
+
+@dataclass(frozen=True)
+class DaemonOptions:
+    """The daemon's timings (the command line's --reconcile-interval, --stop-timeout, ...)."""
+
+    # Seconds between passes when nothing happens (the periodic full reconcile).
+    reconcile_interval: float = 5.0
+    # Seconds between the graceful stop of a task and its forced end.
+    stop_timeout: float = 10.0
+    # Seconds between two rounds of publishing the tasks' new output.
+    log_interval: float = 0.5
+    # A task being stopped keeps its address but takes no new connection for this long
+    # first, so that every host's balancers and resolvers have dropped it (gossip needs a
+    # fraction of a second) before it goes.
+    drain_delay: float = 2.0
+
+
+@dataclass
+class _Pass:
+    """What one pass has learnt so far (see `step`)."""
+
+    tasks: dict[str, pb.Task]  # assigned now
+    known: dict[str, pb.Task]  # assigned now, or still running from an earlier assignment
+    autonomous: bool
+    policies: dict[str, pb.RestartPolicy]
+    ingress: tuple[pb.Network, str] | None
+    records: list[EndpointRecord]
+
+
 class AgentDaemon:
     def __init__(
         self,
         host: HostConfig,
-        session: AgentSession,
+        session: Session,
         state_dir: Path,
         *,
-        reconcile_interval: float = 5.0,
-        stop_timeout: float = 10.0,
-        log_interval: float = 0.5,
-        gossip_port: int = DEFAULT_GOSSIP_PORT,
-        gossip_config: GossipConfig | None = None,
-        drain_delay: float = 2.0,
-        dns_upstreams: list[tuple[str, int]] | None = None,
-        dns_ttl: int = 2,
+        executor: Executor,
+        dataplane: DataPlane,
+        discovery: Discovery,
+        dns: Resolver,
+        lb: Balancer,
+        health: HealthChecker,
+        options: DaemonOptions | None = None,
+        controller: Controller | None = None,
+        clock: Callable[[], int] = now_ms,
     ) -> None:
         self.host = host
         self.session = session
-        self.reconcile_interval = reconcile_interval
-        self.stop_timeout = stop_timeout
-        self.log_interval = log_interval
-        self.dataplane = DataPlane(host)
-        self.runner = Runner(state_dir, self._on_exit)
-        self.logs = LogTailer(state_dir)
         self.state_dir = state_dir
-        self.local: dict[str, Local] = {}
+        self.executor = executor
+        self.dataplane = dataplane
+        self.discovery = discovery
+        self.dns = dns
+        self.lb = lb
+        self.health = health
+        self.options = options or DaemonOptions()
+        self.controller = controller or Controller()
+        # Wall-clock milliseconds (restart delays count in it; tests pass a fake).
+        self.clock = clock
         self._wake = asyncio.Event()
-        self.discovery = Discovery(
-            str(host.vtep), gossip_port, state_dir, gossip_config, on_change=self._wake.set
-        )
-        session.gossip_status = self.discovery.status
+        # The daemon's own events: anything its collaborators notice makes another pass.
+        discovery.on_change = self._wake.set
+        health.on_change = lambda _: self._wake.set()
+        session.on_assignments = self._on_assignments
+        session.gossip_status = discovery.status
         self._stopping: dict[str, asyncio.Task[None]] = {}
+        # One waiter per watched task, for its exit (`Executor.wait`).
+        self._waiters: dict[str, asyncio.Task[None]] = {}
         self._assigned = asyncio.Event()
-        self._log_lock = asyncio.Lock()
+        self.logs = LogShipper(executor, session, self.options.log_interval)
         # Networks of the tasks this host still holds, as last assigned.
         self._networks: dict[str, pb.Network] = {}
-        session.on_assignments = self._on_assignments
-        # A task being stopped keeps its address but takes no new connection for this long
-        # first, so that every host's balancers and resolvers have dropped it (gossip needs a
-        # fraction of a second) before its process goes.
-        self.drain_delay = drain_delay
-        self.dns = DnsServer(
-            DnsServer.host_upstreams() if dns_upstreams is None else dns_upstreams, ttl=dns_ttl
-        )
-        self.lb = LoadBalancer(host.names.lb_table)
-        self.health = HealthMonitor(lambda _: self._wake.set())
         # Tasks announced as taking traffic in the last pass (a stop drains only those).
         self._serving: set[str] = set()
 
@@ -122,10 +168,12 @@ class AgentDaemon:
 
     async def _on_assignments(self, _: object) -> None:
         try:
-            self.state_dir.mkdir(parents=True, exist_ok=True)
-            write_private(
+            atomic_write(
                 self.state_dir / ASSIGNMENTS_FILE,
                 self.session.assignments.snapshot().SerializeToString(),
+                mode=0o600,  # it holds the gossip keys
+                durable=True,
+                mkdir=True,
             )
         except OSError as e:
             log.warning("cannot keep the assignment set on disk: %s", e)
@@ -155,35 +203,44 @@ class AgentDaemon:
             )
 
     def _on_exit(self, task_id: str, info: ExitInfo) -> None:
-        self._record_exit(task_id, info)
+        self.controller.exited(task_id, info, self.clock())
         log.info("task %s exited: %s", task_id, info.error or f"exit status {info.exit_code}")
         self._wake.set()
 
-    def _record_exit(self, task_id: str, info: ExitInfo) -> None:
-        lo = self.local.setdefault(task_id, Local())
-        lo.pid = 0
-        if info.start_failed:
-            # The command never ran (ip netns exec could not exec it): a start failure.
-            lo.start_error = info.error
+    def _watch_exit(self, task_id: str) -> None:
+        """Wait for the task's exit (once per run: a waiter that has not fired is kept)."""
+        waiter = self._waiters.get(task_id)
+        if waiter is None or waiter.done():
+            self._waiters[task_id] = asyncio.create_task(self._await_exit(task_id))
+
+    async def _await_exit(self, task_id: str) -> None:
+        try:
+            info = await self.executor.wait(task_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("waiting for task %s failed", task_id)
             return
-        lo.exited = True
-        lo.exit_code = info.exit_code
-        lo.exit_error = info.error
-        lo.exited_ms = now_ms()
+        if info is not None:
+            self._on_exit(task_id, info)
+
+    def _adopt(self) -> None:
+        """Take over the tasks an earlier agent left running, and learn how the others ended."""
+        for task_id, found in self.executor.adopt().items():
+            self.controller.adopted(task_id, found.running.pid if found.running else 0)
+            if found.running is not None:
+                self._watch_exit(task_id)
+                log.info("adopted running task %s (pid %d)", task_id, found.running.pid)
+            elif found.exit is not None:
+                self.controller.exited(task_id, found.exit, self.clock())
+                log.info("task %s ended while the agent was down: %s", task_id, found.exit.error)
 
     # ------------------------------------------------------------------ the loop
 
     async def run(self) -> None:
-        for task_id, proc in self.runner.adopt().items():
-            lo = self.local.setdefault(task_id, Local())
-            if proc.running and proc.pid:
-                lo.pid = proc.pid
-                log.info("adopted running task %s (pid %d)", task_id, proc.pid)
-            elif proc.exit is not None:
-                self._record_exit(task_id, proc.exit)
-                log.info("task %s ended while the agent was down: %s", task_id, proc.exit.error)
+        self._adopt()
         self._load_assignments()
-        logs = asyncio.create_task(self._publish_logs())
+        logs = asyncio.create_task(self.logs.run())
         keeper = asyncio.create_task(self._keep_gossip_state())
         try:
             await self._assigned.wait()
@@ -195,20 +252,24 @@ class AgentDaemon:
                     log.exception("agent pass failed (retrying)")
                     await asyncio.sleep(0.5)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.reconcile_interval)
+                    await asyncio.wait_for(self._wake.wait(), self.options.reconcile_interval)
         finally:
             logs.cancel()
             keeper.cancel()
-            for t in self._stopping.values():
-                t.cancel()
-            await self.health.close()
-            await self.dns.close()
-            await self.lb.close()
-            # A host with running tasks does not leave: its tasks keep serving while the agent
-            # restarts (live restore), so the others must keep its endpoints.
-            await self.discovery.close(leave=not any(lo.pid for lo in self.local.values()))
-            self.runner.close()
-            await self.dataplane.close()
+            await self.close()
+
+    async def close(self) -> None:
+        """Let go of everything, leaving the tasks running (a restarted agent adopts them)."""
+        for t in [*self._stopping.values(), *self._waiters.values()]:
+            t.cancel()
+        await self.health.close()
+        await self.dns.close()
+        await self.lb.close()
+        # A host with running tasks does not leave: its tasks keep serving while the agent
+        # restarts (live restore), so the others must keep its endpoints.
+        await self.discovery.close(leave=not self.controller.running())
+        self.executor.close()
+        await self.dataplane.close()
 
     async def _keep_gossip_state(self) -> None:
         while True:
@@ -216,70 +277,79 @@ class AgentDaemon:
             self.discovery.save()
 
     async def step(self) -> None:
+        """One pass (see the module's docstring)."""
+        p = await self._observe()
+        d, desired = await self._build(p)
+        # Resolvers and balancers first: a task about to start finds its names resolving.
+        await self._serve(p.records, desired, p.known)
+        await self._act(d, p.tasks)
+        self._check_health(p.known, desired)
+        if d.start or d.restart:
+            # Report RUNNING (with the pid) in this pass rather than the next one.
+            d = self._decide(p)
+        self._announce(p.known, desired, d.stop, p.ingress)
+        await self._report(d.reports)
+
+    async def _observe(self) -> _Pass:
+        """Fold the assignment set into the controller; read the networks and records."""
         a = self.session.assignments
         await self.discovery.configure(self.session.node_id, a.gossip.get("gossip"))
-        autonomous = self.session.unreachable
-        policies = {sid: svc.spec.restart_policy for sid, svc in a.services.items()}
         tasks = dict(a.tasks)
-        for task_id, task in tasks.items():
-            lo = self.local.setdefault(task_id, Local())
-            lo.reported = max(lo.reported, task.status.state)
-            lo.task = task
+        self.controller.assigned(tasks)
         # A task the manager dropped while its process still runs keeps its network until the
         # process is gone: its last known spec says what that network is.
-        known = {tid: lo.task for tid, lo in self.local.items() if lo.task is not None}
+        known = self.controller.known_tasks()
         known.update(tasks)
         used = {att.network_id for t in known.values() for att in t.networks}
         ingress = self._ingress(a.networks)
         if ingress is not None:
             used.add(ingress[0].meta.id)
         self._networks = {k: v for k, v in {**self._networks, **a.networks}.items() if k in used}
+        return _Pass(
+            tasks=tasks,
+            known=known,
+            autonomous=self.session.unreachable,
+            policies={sid: svc.spec.restart_policy for sid, svc in a.services.items()},
+            ingress=ingress,
+            # Every visible record of the networks this host is on, read once per pass: the
+            # FDB, resolvers and balancers are all derived from it.
+            records=self.discovery.records(self._networks),
+        )
 
-        # Two rounds: the first says which sandboxes are wanted; once the kernel has them,
-        # the second starts what can start in this same pass.
+    def _decide(self, p: _Pass) -> Decision:
+        return self.controller.decide(
+            p.tasks, self.clock(), autonomous=p.autonomous, policies=p.policies
+        )
+
+    async def _build(self, p: _Pass) -> tuple[Decision, DesiredState]:
+        """Decide, and make the kernel hold the sandboxes the decision needs. Two rounds: the
+        first says which sandboxes are wanted; once the kernel has them, the second starts
+        what can start in this same pass."""
         built: set[str] | None = None
-        # Every visible record of the networks this host is on, read once per pass: the FDB,
-        # resolvers and balancers are all derived from it.
-        records = self.discovery.records(self._networks)
-        remote_eps = remotes(records, self._networks, str(self.host.vtep))
+        remote_eps = remotes(p.records, self._networks, str(self.host.vtep))
         desired = DesiredState()
         for _ in range(2):
-            d = decide(tasks, self.local, now_ms(), autonomous=autonomous, policies=policies)
+            d = self._decide(p)
             if d.sandboxes == built:
                 break  # the kernel already holds exactly these
             desired, problems = desired_dataplane(
-                self.host, known, self._networks, remote_eps, d.sandboxes, ingress
+                self.host, p.known, self._networks, remote_eps, d.sandboxes, p.ingress
             )
             result = await self.dataplane.reconcile(desired)
             built = d.sandboxes
-            failed = failed_sandboxes(result, desired)
             for f in result.failures:
                 log.warning("data plane: %s", f)
             for text in result.problems:
                 log.warning("data plane input: %s", text)
-            changed = False
-            for task_id, lo in self.local.items():
-                why = problems.get(task_id) or failed.get(task_id, "")
-                if task_id not in d.sandboxes:
-                    new = Sandbox.ABSENT
-                elif why:
-                    new = Sandbox.FAILED
-                else:
-                    new = Sandbox.READY if task_id in desired.sandboxes else Sandbox.ABSENT
-                if new is not lo.sandbox:
-                    changed = changed or task_id in d.sandboxes
-                    lo.sandbox, lo.sandbox_error = new, why
-            if not changed:
+            why = {**failed_sandboxes(result, desired), **problems}
+            if not self.controller.sandboxes_built(d.sandboxes, desired.sandboxes, why):
                 break
+        return d, desired
 
-        # Resolvers and balancers first: a task about to start finds its names resolving.
-        await self._serve(records, desired, known)
-
+    async def _act(self, d: Decision, tasks: dict[str, pb.Task]) -> None:
+        """Start, restart, stop and forget what the decision says."""
         for task_id in d.restart:
-            lo = self.local[task_id]
-            lo.exited, lo.exit_code, lo.exit_error = False, None, ""
-            lo.unhealthy = ""
-            lo.local_restarts += 1
+            self.controller.restarting(task_id)
             log.info("restarting task %s in place (no manager reachable)", task_id)
             await self._start(tasks[task_id])
         for task_id in d.start:
@@ -293,20 +363,14 @@ class AgentDaemon:
         for task_id in d.forget:
             # Its last lines go to the manager before its directory (and logs) goes; if no
             # manager takes them now, the next pass tries again.
-            if await self._send_logs(task_id):
+            if await self.logs.send(task_id):
                 try:
-                    self.runner.remove(task_id)
+                    self.executor.remove(task_id)
                 except (OSError, RuntimeError) as e:
                     log.warning("cannot remove task %s's directory yet: %s", task_id, e)
                     continue
-                self.logs.forget(task_id)
-                self.local.pop(task_id, None)
-        self._check_health(known, desired)
-        if d.start or d.restart:
-            # Report RUNNING (with the pid) in this pass rather than the next one.
-            d = decide(tasks, self.local, now_ms(), autonomous=autonomous, policies=policies)
-        self._announce(known, desired, d.stop, ingress)
-        await self._report(d.reports)
+                self._waiters.pop(task_id, None)
+                self.controller.forget(task_id)
 
     def _ingress(self, networks: dict[str, pb.Network]) -> tuple[pb.Network, str] | None:
         """The ingress network and this node's address on it, if the manager gave it one."""
@@ -329,9 +393,10 @@ class AgentDaemon:
         """Tell the other hosts about the endpoints of tasks whose process runs here. A task
         being stopped, or not healthy, stays announced but disabled: nobody sends it a new
         connection, the ones it has go on (its address stays reachable) until it is gone."""
+        local = self.controller.local
         running = [
             tasks[tid]
-            for tid, lo in self.local.items()
+            for tid, lo in local.items()
             if lo.pid and tid in tasks and tid in desired.sandboxes
         ]
         disabled = {
@@ -339,7 +404,7 @@ class AgentDaemon:
             for t in running
             if t.meta.id in stopping
             or t.meta.id in self._stopping
-            or self.local[t.meta.id].health not in (pb.TASK_HEALTH_NONE, pb.TASK_HEALTH_HEALTHY)
+            or local[t.meta.id].health not in (pb.TASK_HEALTH_NONE, pb.TASK_HEALTH_HEALTHY)
         }
         records = local_records(
             running,
@@ -375,24 +440,9 @@ class AgentDaemon:
             for tid in desired.sandboxes
             if tid != INGRESS_SANDBOX
             and tid in tasks
-            and self.local.get(tid, Local()).sandbox is Sandbox.READY
+            and self.controller.get(tid).sandbox is Sandbox.READY
         }
-        specs: dict[str, tuple[str | None, LbSpec]] = {}
-        # Tasks of one service share their networks: one table per view, not per sandbox.
-        by_view: dict[frozenset[str], LbSpec] = {}
-        for tid in sorted(ready):
-            view = frozenset(a.network_id for a in tasks[tid].networks) - {ingress_id}
-            path = self.dataplane.sandbox_path(tid)
-            try:
-                await self.dns.attach(tid, path, view)
-            except OSError as e:
-                log.warning("task %s: cannot serve DNS in its sandbox: %s", tid, e)
-            if view not in by_view:
-                by_view[view] = services.vip_spec(records, view)
-            specs[tid] = (path, by_view[view])
-        for key in self.dns.attached() - ready:
-            await self.dns.detach(key)
-
+        specs = await self._serve_sandboxes(records, ready, tasks, ingress_id)
         ports = services.published_ports(
             records, self.session.assignments.services.values(), ingress_id
         )
@@ -421,19 +471,44 @@ class AgentDaemon:
             except Exception as e:
                 log.warning("load balancing in %s: %s", key, e)
 
+    async def _serve_sandboxes(
+        self,
+        records: list[EndpointRecord],
+        ready: set[str],
+        tasks: dict[str, pb.Task],
+        ingress_id: str,
+    ) -> dict[str, tuple[str | None, LbSpec]]:
+        """Attach a resolver to every ready task sandbox (and detach the others); the VIP
+        balancer spec of each."""
+        specs: dict[str, tuple[str | None, LbSpec]] = {}
+        # Tasks of one service share their networks: one table per view, not per sandbox.
+        by_view: dict[frozenset[str], LbSpec] = {}
+        for tid in sorted(ready):
+            view = frozenset(a.network_id for a in tasks[tid].networks) - {ingress_id}
+            path = self.dataplane.sandbox_path(tid)
+            try:
+                await self.dns.attach(tid, path, view)
+            except OSError as e:
+                log.warning("task %s: cannot serve DNS in its sandbox: %s", tid, e)
+            if view not in by_view:
+                by_view[view] = services.vip_spec(records, view)
+            specs[tid] = (path, by_view[view])
+        for key in self.dns.attached() - ready:
+            await self.dns.detach(key)
+        return specs
+
     def _check_health(self, tasks: dict[str, pb.Task], desired: DesiredState) -> None:
-        """Watch the running tasks that have a check; fold the verdicts into `Local`."""
-        now_wall, now_mono = now_ms(), time.monotonic()
+        """Watch the running tasks that have a check; tell the controller the verdicts."""
+        now_wall, now_mono = self.clock(), time.monotonic()
         watched = set()
-        for tid, lo in self.local.items():
+        for tid, lo in list(self.controller.local.items()):
             task = tasks.get(tid)
             if not lo.pid or task is None or tid not in desired.sandboxes:
-                lo.health, lo.ready_ms = pb.TASK_HEALTH_NONE, 0
+                self.controller.not_checked(tid, now_wall, serving=False)
                 continue
             config = CheckConfig.from_proto(task.spec.health_check)
             if config is None:
-                lo.health = pb.TASK_HEALTH_NONE
-                lo.ready_ms = lo.ready_ms or now_wall
+                self.controller.not_checked(tid, now_wall, serving=True)
                 continue
             addr = task.networks[0].addresses[0].split("/")[0] if task.networks else "127.0.0.1"
             self.health.watch(tid, config, self.dataplane.sandbox_path(tid), addr)
@@ -441,43 +516,47 @@ class AgentDaemon:
             st = self.health.state(tid)
             if st is None:
                 continue
-            lo.health = st.health
-            lo.ready_ms = (
+            ready_ms = (
                 now_wall - int((now_mono - st.healthy_since) * 1000) if st.healthy_since else 0
             )
-            if st.health == pb.TASK_HEALTH_UNHEALTHY and not lo.unhealthy:
-                lo.unhealthy = st.last_error or "the health check failed"
-                log.warning("task %s is unhealthy (%s): stopping it", tid, lo.unhealthy)
+            why = self.controller.checked(tid, st.health, ready_ms, st.last_error)
+            if why:
+                log.warning("task %s is unhealthy (%s): stopping it", tid, why)
                 self._wake.set()
         for tid in self.health.watched() - watched:
             self.health.unwatch(tid)
 
+    # ------------------------------------------------------------------ tasks
+
     async def _start(self, task: pb.Task) -> None:
-        lo = self.local[task.meta.id]
+        task_id = task.meta.id
         try:
-            lo.pid = await self.runner.start(
-                task.meta.id,
-                list(task.spec.command),
-                list(task.spec.env),
-                task.spec.workdir or "/",
-                self.host.names.sandbox_ns(task.meta.id),
-            )
-            log.info("started task %s (pid %d)", task.meta.id, lo.pid)
+            await self.executor.prepare(task_spec(task, self.host.names.sandbox_ns(task_id)))
+            running = await self.executor.start(task_id)
         except StartError as e:
-            lo.start_error = str(e)
-            log.warning("task %s could not start: %s", task.meta.id, e)
+            self.controller.start_failed(task_id, str(e))
+            log.warning("task %s could not start: %s", task_id, e)
+            return
         except Exception as e:  # a host problem (disk, fds): the task fails, the agent goes on
-            lo.start_error = f"the agent could not start the task: {e}"
-            log.exception("task %s could not start", task.meta.id)
+            self.controller.start_failed(task_id, f"the agent could not start the task: {e}")
+            log.exception("task %s could not start", task_id)
+            return
+        self.controller.started(task_id, running.pid)
+        self._watch_exit(task_id)
+        log.info("started task %s (pid %d)", task_id, running.pid)
 
     async def _stop(self, task_id: str, drain: bool = False) -> None:
         try:
-            if drain and self.drain_delay > 0:
+            if drain and self.options.drain_delay > 0:
                 # The pass that made this stop announces the task disabled; wait until every
                 # host has dropped it from its balancers and resolvers before it goes.
                 self._wake.set()
-                await asyncio.sleep(self.drain_delay)
-            await self.runner.stop(task_id, self.stop_timeout)
+                await asyncio.sleep(self.options.drain_delay)
+            if await self.executor.shutdown(task_id, self.options.stop_timeout) is not None:
+                # The exit is recorded by its waiter: let it be before the next pass.
+                waiter = self._waiters.get(task_id)
+                if waiter is not None:
+                    await asyncio.wait([waiter], timeout=1.0)
         except Exception:
             log.exception("stopping task %s failed", task_id)
         finally:
@@ -494,49 +573,7 @@ class AgentDaemon:
         except (grpc.aio.AioRpcError, ConnectionError) as e:
             log.info("task states not sent (will resend): %s", e)
             return
-        for task_id, status in reports.items():
-            lo = self.local.get(task_id)
-            if lo is not None:
-                lo.reported = max(lo.reported, status.state)
-                if status.state == pb.TASK_STATE_RUNNING:
-                    lo.reported_health = (status.health, status.ready_ms)
-
-    async def _publish_logs(self) -> None:
-        """Send new log lines of every task to the manager; a line is marked sent only once the
-        manager took it, so lines written while it was unreachable are sent later."""
-        while True:
-            await asyncio.sleep(self.log_interval)
-            try:
-                for task_id in self.runner.task_ids():
-                    if not await self._send_logs(task_id):
-                        break
-            except OSError:
-                log.exception("reading task logs failed (retrying)")
-
-    async def _send_logs(self, task_id: str) -> bool:
-        """Send what the task wrote since the last accepted batch; False if no manager took it.
-        One sender at a time, or the timer and a task's removal would send the same lines."""
-        async with self._log_lock:
-            return await self._send_logs_locked(task_id)
-
-    async def _send_logs_locked(self, task_id: str) -> bool:
-        while chunks := self.logs.read_new(task_id):
-            try:
-                await self.session.publish_logs(
-                    [
-                        dpb.PublishLogsMessage(
-                            task_id=c.task_id,
-                            stream=c.stream,
-                            timestamp_ms=c.timestamp_ms,
-                            data=c.data,
-                        )
-                        for c in chunks
-                    ]
-                )
-            except (grpc.aio.AioRpcError, ConnectionError):
-                return False
-            self.logs.commit(task_id)
-        return True
+        self.controller.reported(reports)
 
 
 def _enable_forwarding() -> bool:

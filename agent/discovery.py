@@ -5,7 +5,8 @@ pass, the networks this host has sandboxes on and the endpoint records of its ru
 it answers with the endpoints of other hosts. It writes only differences into the gossip
 tables, so a pass that changes nothing sends nothing.
 
-The keyring and seed peers come from the manager (a `GossipConfig` assignment item). The
+The keyring and seed peers come from the manager (a `GossipConfig` assignment item, the proto
+message; this host's timing knobs are the separate `GossipTuning`). The
 members this host has seen are kept on disk so that an agent restarted while every manager is
 down can find its peers again by itself.
 """
@@ -15,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import random
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -24,9 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from agent.endpoints import BadRecord, EndpointRecord, remotes
-from agent.gossip import GossipConfig, GossipNode, Keyring
+from agent.gossip import Addr, GossipNode, GossipTuning, Keyring
 from agent.gossip.transport import GossipTransport
 from agent.model import RemoteEndpoint
+from osutil.files import atomic_write
+from osutil.hostport import join_hostport, split_hostport
 from proto import dispatcher_pb2 as dpb
 from proto import objects_pb2 as pb
 
@@ -37,12 +39,16 @@ PEERS_FILE = "gossip-peers.json"
 STATUS_FILE = "gossip-status.json"
 
 
-def parse_addr(text: str) -> tuple[str, int] | None:
-    host, _, port = text.rpartition(":")
-    try:
-        return (host.strip("[]"), int(port)) if host else None
-    except ValueError:
-        return None
+def peer_addrs(texts: Iterable[str], what: str) -> list[Addr]:
+    """The HOST:PORT addresses of ``texts`` that parse; the others are logged and skipped (a
+    bad seed from the manager or a damaged peers file must not stop gossip)."""
+    out: list[Addr] = []
+    for text in texts:
+        try:
+            out.append(split_hostport(text))
+        except ValueError as e:
+            log.warning("gossip %s ignored: %s", what, e)
+    return out
 
 
 def parse_bool(text: str) -> bool:
@@ -54,40 +60,20 @@ def parse_bool(text: str) -> bool:
     return value
 
 
-def gossip_config(options: Mapping[str, str]) -> GossipConfig:
-    """A GossipConfig from NAME=VALUE options (`--gossip-opt probe_interval=0.5`)."""
-    known = {f.name: f for f in fields(GossipConfig)}
+def tuning_from_options(options: Mapping[str, str]) -> GossipTuning:
+    """A GossipTuning from NAME=VALUE options (`--gossip-opt probe_interval=0.5`)."""
+    known = {f.name: f for f in fields(GossipTuning)}
     values: dict[str, Any] = {}
     for name, text in options.items():
         f = known.get(name)
         if f is None:
             raise ValueError(f"unknown gossip option {name!r}; known: {', '.join(sorted(known))}")
-        kind = type(getattr(GossipConfig(), name))
+        kind = type(getattr(GossipTuning(), name))
         try:
             values[name] = parse_bool(text) if kind is bool else kind(text)
         except ValueError as e:
             raise ValueError(f"gossip option {name}: {e}") from e
-    return GossipConfig(**values)
-
-
-def write_private(path: Path, data: bytes, durable: bool = True) -> None:
-    """Atomically, readable by root only (the kept assignment set holds the gossip keys);
-    `durable` also survives a power loss (fsync), which only what a restart relies on needs."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        if durable:
-            f.flush()
-            os.fsync(f.fileno())
-    tmp.replace(path)
-    if not durable:
-        return
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    return GossipTuning(**values)
 
 
 class Discovery:
@@ -96,18 +82,18 @@ class Discovery:
         vtep: str,
         port: int,
         state_dir: Path,
-        config: GossipConfig | None = None,
+        config: GossipTuning | None = None,
         on_change: Callable[[], None] | None = None,
     ) -> None:
         self.vtep = vtep
         self.port = port
         self.state_dir = state_dir
-        self.config = config or GossipConfig()
+        self.config = config or GossipTuning()
         self.on_change = on_change
         self.node: GossipNode | None = None
         self.transport: GossipTransport | None = None
         self._keys: tuple[bytes, ...] = ()
-        self._seeds: tuple[tuple[str, int], ...] = ()
+        self._seeds: tuple[str, ...] = ()  # as the manager wrote them
         # What this host has written to the tables: (network, task ID) -> encoded record.
         self._announced: dict[tuple[str, str], bytes] = {}
         self._decoded: dict[bytes, EndpointRecord] = {}
@@ -131,7 +117,7 @@ class Discovery:
         except ValueError as e:
             log.error("gossip keyring from the manager refused: %s", e)
             return
-        seeds = tuple(a for a in (parse_addr(p.addr) for p in cfg.seeds) if a is not None)
+        seeds = tuple(p.addr for p in cfg.seeds)
         if self.node is None:
             node = GossipNode(
                 node_id, (self.vtep, self.port), keyring, self.config, random.Random(),
@@ -154,11 +140,11 @@ class Discovery:
             self.node.set_keyring(keyring)
             self._keys = keys
             log.info("gossip keyring updated (%d keys)", len(keys))
-        if seeds != self._seeds:
+        if seeds != self._seeds:  # parsed (and a bad one reported) once per change
             self._seeds = seeds
-            self._join(seeds)
+            self._join(peer_addrs(seeds, "seed from the manager"))
 
-    def _join(self, seeds: Iterable[tuple[str, int]]) -> None:
+    def _join(self, seeds: Iterable[Addr]) -> None:
         own = (self.vtep, self.port)
         peers = [s for s in seeds if s != own]
         if peers and self.node is not None and self.transport is not None:
@@ -259,7 +245,7 @@ class Discovery:
         if self.node is None:
             return
         peers = sorted(
-            f"{m.addr[0]}:{m.addr[1]}"
+            join_hostport(*m.addr)
             for m in self.node.members()
             if m.state in ("alive", "suspect") and m.name != self.node.name
         )
@@ -267,24 +253,28 @@ class Discovery:
             self.state_dir.mkdir(parents=True, exist_ok=True)
             data = json.dumps(peers).encode()
             if peers and data != self._saved_peers:
-                write_private(self.state_dir / PEERS_FILE, data)
+                # Private: it tells who the cluster's members are. Durable: a restart relies on it.
+                atomic_write(self.state_dir / PEERS_FILE, data, mode=0o600, durable=True)
                 self._saved_peers = data
             st = self.status()
             if st is not None:
                 from google.protobuf import json_format
 
-                write_private(
+                atomic_write(
                     self.state_dir / STATUS_FILE,
                     json_format.MessageToJson(st, preserving_proto_field_name=True).encode(),
+                    mode=0o600,
                     durable=False,  # a view for people, rewritten every few seconds
                 )
 
-    def _load_peers(self) -> list[tuple[str, int]]:
+    def _load_peers(self) -> list[Addr]:
         try:
             items = json.loads((self.state_dir / PEERS_FILE).read_text())
         except (OSError, ValueError):
             return []
-        return [a for a in (parse_addr(str(x)) for x in items) if a is not None]
+        if not isinstance(items, list):
+            return []
+        return peer_addrs((str(x) for x in items), f"peer in {PEERS_FILE}")
 
     async def close(self, leave: bool = False) -> None:
         """Stop gossiping. `leave` announces a graceful leave first: only when this host

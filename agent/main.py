@@ -17,17 +17,20 @@ import ipaddress
 import logging
 import os
 import platform
-import random
 import signal
 import socket
 import sys
 from pathlib import Path
 
-from agent import tls
 from agent.model import DEFAULT_GWBRIDGE_SUBNET, DEFAULT_VXLAN_PORT, HostConfig, Names
 from agent.session import AgentSession
-from manager.ca import pki
+from osutil.backoff import Backoff
+from osutil.failover import Rotation
+from osutil.hostport import next_port, split_hostport
 from proto import objects_pb2 as pb
+from security import pki
+from security.credentials import CREDS_DIRNAME, NodeCredentials
+from security.join import JoinError, ManagerUnreachable, join
 
 log = logging.getLogger("ovnet-agent")
 
@@ -38,69 +41,98 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--manager", default="", help="manager addresses host:port, comma separated")
-    p.add_argument(
+    _cluster_args(p.add_argument_group("joining the cluster"))
+    _network_args(p.add_argument_group("this host's network"))
+    _task_args(p.add_argument_group("tasks and reconciling"))
+    _discovery_args(p.add_argument_group("gossip and DNS"))
+    _admin_args(p.add_argument_group("maintenance"))
+    return p.parse_args(argv)
+
+
+def _cluster_args(g: argparse._ArgumentGroup) -> None:
+    """Who this node is and how it reaches the managers."""
+    g.add_argument("--manager", default="", help="manager addresses host:port, comma separated")
+    g.add_argument(
         "--join-token",
         default=os.environ.get("OVNET_JOIN_TOKEN", ""),
         help="join token (OVNTKN-1-...; env OVNET_JOIN_TOKEN), needed only until this node has "
         "a certificate in <state-dir>/tls (print one with `ovctl cluster join-token worker`)",
     )
-    p.add_argument(
+    g.add_argument(
         "--join-addr",
         default="",
         help="managers' join listeners host:port, comma separated (default: each --manager "
         "address with the next port)",
     )
-    p.add_argument("--hostname", default=socket.gethostname())
-    p.add_argument(
-        "--addr",
-        default="",
-        help="this host's underlay (VTEP) address (default: the source address of the route "
-        "to the first manager)",
-    )
-    p.add_argument("--role", choices=["worker", "manager"], default="worker")
-    p.add_argument(
+    g.add_argument("--hostname", default=socket.gethostname())
+    g.add_argument("--role", choices=["worker", "manager"], default="worker")
+    g.add_argument(
         "--label",
         action="append",
         default=[],
         metavar="K=V",
         help="node label (first registration only)",
     )
-    p.add_argument(
+    g.add_argument(
         "--state-dir",
         default="/var/lib/ovnet-agent",
         help="where the node ID, certificate (tls/) and tasks are kept across restarts "
         "(default %(default)s)",
     )
-    p.add_argument(
+
+
+def _network_args(g: argparse._ArgumentGroup) -> None:
+    """The underlay and the names of the kernel objects this agent makes."""
+    g.add_argument(
+        "--addr",
+        default="",
+        help="this host's underlay (VTEP) address (default: the source address of the route "
+        "to the first manager)",
+    )
+    g.add_argument(
         "--netns-prefix",
         default="ovnet-",
         help="prefix of the network namespaces this agent makes (default %(default)s); one "
         "per agent when several share a machine",
     )
-    p.add_argument("--vxlan-port", type=int, default=DEFAULT_VXLAN_PORT)
-    p.add_argument("--underlay-mtu", type=int, default=0, help="default: the VTEP's link MTU")
-    p.add_argument("--gwbridge-subnet", default=str(DEFAULT_GWBRIDGE_SUBNET))
-    p.add_argument("--etc-netns", default="/etc/netns", help=argparse.SUPPRESS)
-    p.add_argument(
+    g.add_argument("--vxlan-port", type=int, default=DEFAULT_VXLAN_PORT)
+    g.add_argument("--underlay-mtu", type=int, default=0, help="default: the VTEP's link MTU")
+    g.add_argument("--gwbridge-subnet", default=str(DEFAULT_GWBRIDGE_SUBNET))
+    g.add_argument("--etc-netns", default="/etc/netns", help=argparse.SUPPRESS)
+
+
+def _task_args(g: argparse._ArgumentGroup) -> None:
+    """How tasks are started, stopped and reconciled."""
+    g.add_argument(
         "--reconcile-interval",
         type=float,
         default=5.0,
         help="seconds between full reconciles of kernel state (default %(default)s)",
     )
-    p.add_argument(
+    g.add_argument(
         "--stop-timeout",
         type=float,
         default=10.0,
         help="seconds between SIGTERM and SIGKILL when stopping a task (default %(default)s)",
     )
-    p.add_argument(
+    g.add_argument(
+        "--drain-delay",
+        type=float,
+        default=2.0,
+        help="seconds a task stays reachable but takes no new connections before it is "
+        "stopped, so that every host drops it first (default %(default)s)",
+    )
+
+
+def _discovery_args(g: argparse._ArgumentGroup) -> None:
+    """Gossip with the other agents and the embedded resolver."""
+    g.add_argument(
         "--gossip-port",
         type=int,
         default=7946,
         help="UDP and TCP port of gossip with the other agents, on --addr (default %(default)s)",
     )
-    p.add_argument(
+    g.add_argument(
         "--gossip-opt",
         action="append",
         default=[],
@@ -108,20 +140,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="a gossip timing or limit, e.g. probe_interval=1.0, gossip_interval=0.2, "
         "gossip_nodes=3, suspicion_mult=4, push_pull_interval=30 (see agent/gossip/config.py)",
     )
-    p.add_argument(
+    g.add_argument(
         "--gossip-status",
         action="store_true",
         help="print this host's gossip view as last saved by its agent (works while every "
         "manager is down), then exit",
     )
-    p.add_argument(
-        "--drain-delay",
-        type=float,
-        default=2.0,
-        help="seconds a task stays reachable but takes no new connections before it is "
-        "stopped, so that every host drops it first (default %(default)s)",
-    )
-    p.add_argument(
+    g.add_argument(
         "--dns-upstream",
         action="append",
         default=[],
@@ -129,34 +154,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="resolver for names that are not the cluster's (repeatable; default: the "
         "nameservers of /etc/resolv.conf; 'none': answer NXDOMAIN instead)",
     )
-    p.add_argument(
+    g.add_argument(
         "--dns-ttl",
         type=int,
         default=2,
         help="TTL of the embedded resolver's answers, short so that clients never keep a "
         "removed task for long (default %(default)s)",
     )
-    p.add_argument(
+
+
+def _admin_args(g: argparse._ArgumentGroup) -> None:
+    """One-shot operations and logging."""
+    g.add_argument(
         "--cleanup",
         action="store_true",
         help="stop this agent's tasks and remove every kernel object it made, then exit",
     )
-    p.add_argument("--log-level", default="info")
-    return p.parse_args(argv)
+    g.add_argument("--log-level", default="info")
 
 
 def parse_upstreams(values: list[str]) -> list[tuple[str, int]] | None:
     """None: take the host's resolvers; [] ('none'): no forwarding at all."""
-    from agent.discovery import parse_addr
-
     if not values:
         return None
     if values == ["none"]:
         return []
     out = []
     for v in values:
-        host, port = parse_addr(v) or (v, 53)
         try:
+            host, port = split_hostport(v, default_port=53)
             out.append((str(ipaddress.IPv4Address(host)), port))
         except ValueError:
             raise ValueError(f"{v!r} is not IP[:PORT]") from None
@@ -166,9 +192,9 @@ def parse_upstreams(values: list[str]) -> list[tuple[str, int]] | None:
 def detect_vtep(managers: list[str]) -> str:
     """The local address the kernel would use to reach the first manager: on a multi-homed
     host that is the underlay the cluster talks over."""
-    host, _, port = managers[0].rpartition(":")
+    host, port = split_hostport(managers[0], default_port=1)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.connect((host.strip("[]"), int(port or 1)))  # UDP connect: no packet is sent
+        s.connect((host, port))  # UDP connect: no packet is sent
         return str(s.getsockname()[0])
 
 
@@ -191,12 +217,12 @@ class CredentialsError(Exception):
 
 async def credentials(
     creds_dir: Path, token: str, join_addrs: list[str], retry_max: float = 5.0
-) -> tls.NodeCredentials:
+) -> NodeCredentials:
     """The node's saved credentials, or new ones from joining with `token` (trying each join
     address in turn, as long as none answers). Raises CredentialsError when only the operator
     can help: no token, a wrong or rotated token, another cluster's CA, unusable saved files."""
     try:
-        creds = tls.NodeCredentials.load(creds_dir)
+        creds = NodeCredentials.load(creds_dir)
     except pki.CertError as e:
         raise CredentialsError(
             f"the credentials in {creds_dir} are unusable: {e}; remove {creds_dir} and start "
@@ -218,32 +244,41 @@ async def credentials(
             f"this node has no certificate in {creds_dir}: start it once with --join-token "
             "(or OVNET_JOIN_TOKEN; print one with `ovctl cluster join-token worker`)"
         )
-    delay = 0.2
-    i = 0
-    while True:
-        addr = join_addrs[i % len(join_addrs)]
-        try:
-            creds = await tls.join(addr, token)
-            break
-        except tls.JoinError as e:
-            raise CredentialsError(str(e)) from None
-        except tls.ManagerUnreachable as e:
-            log.info("cannot join yet: %s", e)
-        i += 1
-        if i % len(join_addrs) == 0:
-            await asyncio.sleep(delay * (0.5 + random.random()))
-            delay = min(delay * 2, retry_max)
+    rotation = Rotation(join_addrs)
+    backoff = Backoff(initial=0.2, maximum=retry_max, jitter=0.5)
+    while (joined := await _join_any(rotation, token)) is None:
+        await asyncio.sleep(backoff.next())
+    creds, addr = joined
     creds.save(creds_dir)
     log.info("joined the cluster as %s %s through %s", creds.role, creds.node_id, addr)
     return creds
 
 
+async def _join_any(rotation: Rotation, token: str) -> tuple[NodeCredentials, str] | None:
+    """Join through the first join listener that answers (the last good one first): the
+    credentials and its address, or None when none answered. CredentialsError when one
+    refused (retrying cannot help)."""
+    for addr in rotation.order():
+        try:
+            creds = await join(addr, token)
+        except JoinError as e:
+            raise CredentialsError(str(e)) from None
+        except ManagerUnreachable as e:
+            log.info("cannot join yet: %s", e)
+            continue
+        rotation.succeeded(addr)
+        return creds, addr
+    return None
+
+
 async def run(args: argparse.Namespace) -> int:
-    from agent.daemon import AgentDaemon  # imported here so that --help stays light
+    # Imported here so that --help stays light.
+    from agent.daemon import DaemonOptions
+    from agent.wiring import Services, build_daemon
 
     managers = [m.strip() for m in args.manager.split(",") if m.strip()]
     state_dir = Path(args.state_dir)
-    creds_dir = state_dir / tls.CREDS_DIRNAME
+    creds_dir = state_dir / CREDS_DIRNAME
     try:
         creds = await credentials(creds_dir, args.join_token, args.join_addrs)
     except CredentialsError as e:
@@ -272,17 +307,21 @@ async def run(args: argparse.Namespace) -> int:
     session = AgentSession(
         managers, desc, spec, credentials=creds, creds_dir=creds_dir, state_dir=state_dir
     )
-    daemon = AgentDaemon(
+    daemon = build_daemon(
         host,
         session,
         state_dir,
-        reconcile_interval=args.reconcile_interval,
-        stop_timeout=args.stop_timeout,
-        gossip_port=args.gossip_port,
-        gossip_config=args.gossip_config,
-        drain_delay=args.drain_delay,
-        dns_upstreams=args.dns_upstreams,
-        dns_ttl=args.dns_ttl,
+        Services(
+            gossip_port=args.gossip_port,
+            gossip_tuning=args.gossip_tuning,
+            dns_upstreams=args.dns_upstreams,
+            dns_ttl=args.dns_ttl,
+        ),
+        DaemonOptions(
+            reconcile_interval=args.reconcile_interval,
+            stop_timeout=args.stop_timeout,
+            drain_delay=args.drain_delay,
+        ),
     )
     log.info(
         "agent %s: vtep %s, underlay MTU %d, netns prefix %r",
@@ -311,13 +350,13 @@ async def run(args: argparse.Namespace) -> int:
 async def cleanup(args: argparse.Namespace) -> None:
     """Remove every kernel object carrying this agent's prefix (after stopping its tasks)."""
     from agent.dataplane.kernel import DataPlane
-    from agent.executor.runner import Runner
+    from agent.executor import ProcessExecutor
 
-    runner = Runner(Path(args.state_dir), lambda *_: None)
-    for task_id in runner.adopt():
-        await runner.stop(task_id, args.stop_timeout)
-    for task_id in runner.task_ids():
-        runner.remove(task_id)
+    executor = ProcessExecutor(Path(args.state_dir))
+    for task_id in executor.adopt():
+        await executor.shutdown(task_id, args.stop_timeout)
+    for task_id in executor.tasks():
+        executor.remove(task_id)
     host = HostConfig(
         vtep=ipaddress.IPv4Address(args.addr or "127.0.0.1"),
         names=Names(args.netns_prefix),
@@ -355,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"ovnet-agent: no gossip status saved in {args.state_dir}: {e}", file=sys.stderr)
             return 1
         return 0
-    from agent.discovery import gossip_config
+    from agent.discovery import tuning_from_options
 
     try:
         args.dns_upstreams = parse_upstreams(args.dns_upstream)
@@ -364,7 +403,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     try:
-        args.gossip_config = gossip_config(dict(o.partition("=")[::2] for o in args.gossip_opt))
+        options = dict(o.partition("=")[::2] for o in args.gossip_opt)
+        args.gossip_tuning = tuning_from_options(options)
     except ValueError as e:
         print(f"ovnet-agent: error: {e}", file=sys.stderr)
         return 2
@@ -375,8 +415,10 @@ def main(argv: list[str] | None = None) -> int:
     # own loop).
     managers = [m.strip() for m in args.manager.split(",") if m.strip()]
     try:
+        for m in managers:
+            split_hostport(m)
         args.join_addrs = [a.strip() for a in args.join_addr.split(",") if a.strip()] or [
-            tls.join_addr(m) for m in managers
+            next_port(m) for m in managers
         ]
     except ValueError as e:
         print(f"ovnet-agent: error: --manager: {e}", file=sys.stderr)

@@ -9,7 +9,8 @@ assignment set to a callback.
 The node ID is the certificate's CN (given when the node joined). The session renews the
 certificate at a random 50-80 % of its life over its own channel, saves the new one and
 reconnects with it. Managers refuse a bad certificate in the TLS handshake, which the client
-sees only as UNAVAILABLE; the session then says what is wrong locally (`agent.tls.diagnose`).
+sees only as UNAVAILABLE; the session then says what is wrong locally
+(`security.credentials.diagnose`).
 """
 
 from __future__ import annotations
@@ -26,17 +27,22 @@ from typing import Any
 
 import grpc
 
-from agent import tls
-from manager.ca import pki
+from osutil.backoff import Backoff
+from osutil.failover import Rotation
+from osutil.files import atomic_write
 from proto import dispatcher_pb2 as dpb
 from proto import dispatcher_pb2_grpc
 from proto import objects_pb2 as pb
+from security import pki
+from security.credentials import MANAGER_CHANNEL_OPTIONS, NodeCredentials, diagnose
+from security.join import NO_ANSWER, renew
 
 log = logging.getLogger(__name__)
 
 _LEADER_HINT = re.compile(r"the leader is at (\S+)")
-_NO_ANSWER = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 _REMOVED = re.compile(r"\bremoved\b")
+# How soon to try the leader a follower named (it is probably up: the follower just saw it).
+LEADER_REDIRECT_S = 0.05
 
 
 class SequenceGap(Exception):
@@ -103,7 +109,7 @@ class AgentSession:
         description: pb.NodeDescription,
         spec: pb.NodeSpec | None = None,
         *,
-        credentials: tls.NodeCredentials,
+        credentials: NodeCredentials,
         creds_dir: Path | None = None,
         state_dir: Path | None = None,
         on_assignments: OnAssignments | None = None,
@@ -112,7 +118,7 @@ class AgentSession:
     ) -> None:
         """`creds_dir`: where renewed credentials are saved (None: kept in memory only).
         `state_dir`: where the node ID is written for the rest of the agent and operators."""
-        self.managers = list(managers)
+        self.rotation = Rotation(managers)
         self.description = description
         self.spec = spec or pb.NodeSpec()
         self.credentials = credentials
@@ -145,10 +151,7 @@ class AgentSession:
         path = self.state_dir / "node_id"
         if path.exists() and path.read_text().strip() == self.node_id:
             return
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.state_dir / "node_id.tmp"
-        tmp.write_text(self.node_id + "\n")
-        tmp.replace(path)
+        atomic_write(path, self.node_id + "\n", mkdir=True)
 
     async def run(self) -> None:
         """Stay connected to the leading manager forever (until cancelled), renewing this
@@ -161,61 +164,71 @@ class AgentSession:
             with contextlib.suppress(asyncio.CancelledError):
                 await renewer
 
+    @property
+    def managers(self) -> list[str]:
+        """The managers this session knows, as given and as the managers list them."""
+        return self.rotation.addrs
+
     async def _connect_loop(self) -> None:
-        delay = 0.1
-        i = 0
+        backoff = Backoff(initial=0.1, maximum=self.backoff_max, jitter=0.5)
         while True:
-            addr = self.managers[i % len(self.managers)]
+            addr = self.rotation.current
+            redirect = False
             try:
                 await self._session(addr)
-                delay = 0.1
+                backoff.reset()
             except grpc.aio.AioRpcError as e:
-                details = e.details() or ""
-                hint = _LEADER_HINT.search(details)
-                if hint and hint.group(1) not in self.managers:
-                    self.managers.append(hint.group(1))
-                if hint:
-                    i = self.managers.index(hint.group(1))
-                    delay = 0.05
-                else:
-                    i += 1
-                why = ""
-                if not hint and e.code() in _NO_ANSWER:
-                    self.failed_attempts += 1
-                    # A refused TLS handshake looks like any unreachable manager: say what is
-                    # wrong with this node's certificate, if anything.
-                    why = self._diagnose()
-                else:
-                    self.failed_attempts = 0  # a manager answered (even a refusal)
-                if e.code() == grpc.StatusCode.PERMISSION_DENIED and _REMOVED.search(details):
-                    if not self._told_removed:
-                        log.error(
-                            "%s: this node (%s) must join again: stop the agent, delete %s and "
-                            "start it with --join-token",
-                            details,
-                            self.node_id,
-                            self.creds_dir or "its tls directory",
-                        )
-                    self._told_removed = True
-                    delay = self.backoff_max  # nothing will change soon: do not hammer
-                log.info(
-                    "session with %s ended: %s %s%s",
-                    addr,
-                    e.code().name,
-                    details,
-                    f" ({why})" if why else "",
-                )
+                redirect = self._session_failed(addr, e, backoff)
             except SequenceGap as e:
                 log.warning("restarting session: %s", e)
             finally:
                 self.connected.clear()
                 await self._close()
-            await asyncio.sleep(delay * (0.5 + random.random()))
-            delay = min(delay * 2, self.backoff_max)
+            # Named the leader: go there at once, and back off from the start if it fails.
+            await asyncio.sleep(LEADER_REDIRECT_S if redirect else backoff.next())
+
+    def _session_failed(self, addr: str, e: grpc.aio.AioRpcError, backoff: Backoff) -> bool:
+        """Account for a session that ended in `e` and choose the next manager; True when a
+        follower named the leader (`rotation` now points at it)."""
+        details = e.details() or ""
+        hint = _LEADER_HINT.search(details)
+        if hint:
+            self.rotation.prefer(hint.group(1))
+            backoff.reset()
+        else:
+            self.rotation.advance()
+        why = ""
+        if not hint and e.code() in NO_ANSWER:
+            self.failed_attempts += 1
+            # A refused TLS handshake looks like any unreachable manager: say what is
+            # wrong with this node's certificate, if anything.
+            why = self._diagnose()
+        else:
+            self.failed_attempts = 0  # a manager answered (even a refusal)
+        removed = e.code() == grpc.StatusCode.PERMISSION_DENIED and _REMOVED.search(details)
+        if removed:
+            if not self._told_removed:
+                log.error(
+                    "%s: this node (%s) must join again: stop the agent, delete %s and "
+                    "start it with --join-token",
+                    details,
+                    self.node_id,
+                    self.creds_dir or "its tls directory",
+                )
+            self._told_removed = True
+            backoff.stall()  # nothing will change soon: do not hammer
+        log.info(
+            "session with %s ended: %s %s%s",
+            addr,
+            e.code().name,
+            details,
+            f" ({why})" if why else "",
+        )
+        return bool(hint) and not removed
 
     def _diagnose(self) -> str:
         """Log (once per new finding) why the managers may refuse this node's certificate."""
-        why = tls.diagnose(self.credentials, pki.utcnow())
+        why = diagnose(self.credentials, pki.utcnow())
         if why and why != self._last_diagnosis:
             log.error("the managers may refuse this node's TLS handshake: %s", why)
         self._last_diagnosis = why
@@ -236,7 +249,7 @@ class AgentSession:
     async def _session(self, addr: str) -> None:
         creds = self.credentials
         self._channel = grpc.aio.secure_channel(
-            addr, creds.channel_credentials(), options=tls.MANAGER_CHANNEL_OPTIONS
+            addr, creds.channel_credentials(), options=MANAGER_CHANNEL_OPTIONS
         )
         self._stub = stub = dispatcher_pb2_grpc.DispatcherStub(self._channel)
         reg = await stub.Register(
@@ -255,7 +268,7 @@ class AgentSession:
         try:
             async for msg in call:
                 if msg.managers:
-                    self.managers = list(dict.fromkeys([addr, *msg.managers, *self.managers]))
+                    self.rotation.update([addr, *msg.managers, *self.managers])
                 if msg.session_id != self.session_id or heartbeat is None:
                     self.session_id = msg.session_id
                     if heartbeat is not None:
@@ -291,7 +304,7 @@ class AgentSession:
                 at.isoformat(),
             )
             await asyncio.sleep(max(0.0, (at - pki.utcnow()).total_seconds()))
-            delay = 0.5
+            backoff = Backoff(initial=0.5, maximum=self.backoff_max, jitter=0.5)
             while self.credentials is creds:
                 try:
                     await self._renew_once(creds)
@@ -306,19 +319,18 @@ class AgentSession:
                         else str(e)
                     )
                     log.warning("certificate renewal failed: %s (retrying)", detail)
-                    if isinstance(e, grpc.aio.AioRpcError) and e.code() in _NO_ANSWER:
+                    if isinstance(e, grpc.aio.AioRpcError) and e.code() in NO_ANSWER:
                         self._diagnose()
                 except Exception:
                     # Keep renewing whatever went wrong: a node whose certificate lapses is out.
                     log.exception("certificate renewal failed (retrying)")
                 if self.credentials is creds:
-                    await asyncio.sleep(delay * (0.5 + random.random()))
-                    delay = min(delay * 2, self.backoff_max)
+                    await asyncio.sleep(backoff.next())
 
-    async def _renew_once(self, creds: tls.NodeCredentials) -> None:
+    async def _renew_once(self, creds: NodeCredentials) -> None:
         channel = self._channel if self.connected.is_set() else None
         if channel is not None:
-            new = await tls.renew(channel, creds)
+            new = await renew(channel, creds)
         else:
             # No session (yet): renewal must not wait for one, or a certificate can lapse while
             # the session is down, and then no session can ever be opened with it. Any manager
@@ -341,14 +353,14 @@ class AgentSession:
         if self._call is not None:
             self._call.cancel()  # `_session` sees the new credentials and ends quietly
 
-    async def _renew_anywhere(self, creds: tls.NodeCredentials) -> tls.NodeCredentials:
+    async def _renew_anywhere(self, creds: NodeCredentials) -> NodeCredentials:
         last: Exception | None = None
-        for addr in list(self.managers):
+        for addr in list(self.rotation.order()):
             channel = grpc.aio.secure_channel(
-                addr, creds.channel_credentials(), options=tls.MANAGER_CHANNEL_OPTIONS
+                addr, creds.channel_credentials(), options=MANAGER_CHANNEL_OPTIONS
             )
             try:
-                return await tls.renew(channel, creds, timeout=5)
+                return await renew(channel, creds, timeout=5)
             except grpc.aio.AioRpcError as e:
                 last = e
             finally:

@@ -1,6 +1,6 @@
 """Gossip benchmark: the real gossip core (`GossipNode`) on the discrete-event simulator.
 
-Every node is a real `GossipNode` with the default `GossipConfig` (memberlist's LAN profile:
+Every node is a real `GossipNode` with the default `GossipTuning` (memberlist's LAN profile:
 probe 1 s, gossip every 200 ms to 3 nodes) and real AES-GCM; only the network is simulated:
 a LAN with 0.2 ms one-way delay plus up to 0.3 ms of jitter, and 0 % or 10 % datagram loss.
 Times are simulated seconds, so the figures do not depend on this machine's speed (the wall
@@ -36,7 +36,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from agent.gossip.config import GossipConfig
+from agent.gossip import simwatch
+from agent.gossip.config import GossipTuning
 from agent.gossip.sim import NetConfig, Simulator
 
 NET = "bench"
@@ -139,7 +140,7 @@ def bench_propagation(
                 writer = pick.choice(sim.live())
                 snap, t0 = sim.traffic(), sim.now
                 key = f"ep/{loss}/{k}"
-                fr = sim.propagation(writer, NET, key, f"{key} of {writer}".encode())
+                fr = simwatch.propagation(sim, writer, NET, key, f"{key} of {writer}".encode())
                 for f in FRACTIONS:
                     a["fr"][f].append(fr[f])
                 sim.run_until(max(sim.now, t0 + window))
@@ -203,7 +204,7 @@ def bench_detection(n: int, seeds: list[int]) -> dict[str, Any]:
         pick = random.Random(seed)
         victim = pick.choice(sim.live()[sim.seed_count :])
         sim.run_for(pick.random())  # a random phase of the probe cycle
-        det = sim.detect_kill(victim, timeout=30.0)
+        det = simwatch.detect_kill(sim, victim, timeout=30.0)
         firsts.append(det.first)
         lasts.append(det.last)
         hidden.append(det.entries_gone_last)
@@ -312,7 +313,7 @@ def main() -> int:
     for n in args.detect_sizes:
         print(f"detection N={n} ...", file=sys.stderr, flush=True)
         det.append(bench_detection(n, list(range(1, args.detect_seeds + 1))))
-    cfg = GossipConfig()
+    cfg = GossipTuning()
     r: dict[str, Any] = {
         "benchmark": "gossip",
         "network": {"delay_s": LAN.delay, "jitter_s": LAN.jitter, "simulated": True},

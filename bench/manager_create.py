@@ -12,6 +12,7 @@ reconciler took until every service had its task, and writes everything to a JSO
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -21,17 +22,19 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import cast
 
 import grpc
 
-from agent.tls import MANAGER_CHANNEL_OPTIONS, NodeCredentials
+from osutil.hostport import join_hostport
+from ovctl.devcluster.etcd import EtcdServer
+from ovctl.devcluster.procs import LOOPBACK, ManagedProcess, free_ports
 from proto import control_pb2 as cpb
 from proto import control_pb2_grpc
 from proto import objects_pb2 as pb
-from tests.etcd import EtcdServer
-from tests.procs import ManagedProcess, free_ports
+from security.credentials import MANAGER_CHANNEL_OPTIONS, NodeCredentials
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -46,12 +49,14 @@ def admin_channel(addr: str, admin_dir: Path) -> grpc.Channel:
     return grpc.secure_channel(addr, creds.channel_credentials(), options=MANAGER_CHANNEL_OPTIONS)
 
 
-def run(n: int, clients: int, out: Path) -> dict[str, object]:
-    tmp = Path(tempfile.mkdtemp(prefix="ovnet-bench-"))
+@contextlib.contextmanager
+def manager(tmp: Path) -> Iterator[tuple[str, Path]]:
+    """A private etcd and one initialized manager on loopback: yields the manager's address
+    and the admin credentials' dir, once it leads."""
     with EtcdServer() as etcd:
         etcd.start()
         port, join_port = free_ports(2)
-        addr = f"127.0.0.1:{port}"
+        addr = join_hostport(LOOPBACK, port)
         common = [
             "--listen",
             addr,
@@ -81,7 +86,7 @@ def run(n: int, clients: int, out: Path) -> dict[str, object]:
                 "manager.main",
                 *common,
                 "--join-listen",
-                f"127.0.0.1:{join_port}",
+                join_hostport(LOOPBACK, join_port),
                 "--log-level",
                 "warning",
             ],
@@ -89,52 +94,56 @@ def run(n: int, clients: int, out: Path) -> dict[str, object]:
         )
         with mgr:
             mgr.start()
-            mgr.wait_port("127.0.0.1", port, 15)
-            channel = admin_channel(addr, admin_dir)
-            stub = control_pb2_grpc.ControlStub(channel)
-            deadline = time.monotonic() + 15
-            while not stub.GetClusterInfo(cpb.GetClusterInfoRequest(), timeout=5).leader_id:
-                if time.monotonic() > deadline:
-                    raise SystemExit("manager did not become leader")
-                time.sleep(0.05)
-            stub.CreateNetwork(
-                cpb.CreateNetworkRequest(spec=pb.NetworkSpec(name="bench", subnet="10.100.0.0/16")),
-                timeout=10,
+            mgr.wait_port(LOOPBACK, port, 15)
+            yield addr, admin_dir
+
+
+def wait_leader(stub: control_pb2_grpc.ControlStub, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not stub.GetClusterInfo(cpb.GetClusterInfoRequest(), timeout=5).leader_id:
+        if time.monotonic() > deadline:
+            raise SystemExit("manager did not become leader")
+        time.sleep(0.05)
+
+
+def create_services(addr: str, admin_dir: Path, n: int, clients: int) -> list[float]:
+    """Create services svc0..svc<n-1> from ``clients`` concurrent clients; their latencies."""
+    latencies: list[float] = []
+    lock = threading.Lock()
+
+    def worker(k: int) -> None:
+        own = control_pb2_grpc.ControlStub(admin_channel(addr, admin_dir))
+        for i in range(k, n, clients):
+            spec = pb.ServiceSpec(
+                name=f"svc{i}",
+                command=["sleep", "infinity"],
+                networks=[pb.NetworkAttachmentConfig(target="bench")],
+                replicated=pb.ReplicatedService(replicas=1),
             )
-            latencies: list[float] = []
-            lock = threading.Lock()
+            t = time.perf_counter()
+            own.CreateService(cpb.CreateServiceRequest(spec=spec), timeout=30)
+            dt = time.perf_counter() - t
+            with lock:
+                latencies.append(dt)
 
-            def worker(k: int) -> None:
-                own = control_pb2_grpc.ControlStub(admin_channel(addr, admin_dir))
-                for i in range(k, n, clients):
-                    spec = pb.ServiceSpec(
-                        name=f"svc{i}",
-                        command=["sleep", "infinity"],
-                        networks=[pb.NetworkAttachmentConfig(target="bench")],
-                        replicated=pb.ReplicatedService(replicas=1),
-                    )
-                    t = time.perf_counter()
-                    own.CreateService(cpb.CreateServiceRequest(spec=spec), timeout=30)
-                    dt = time.perf_counter() - t
-                    with lock:
-                        latencies.append(dt)
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(clients)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    return latencies
 
-            threads = [threading.Thread(target=worker, args=(k,)) for k in range(clients)]
-            t0 = time.perf_counter()
-            for th in threads:
-                th.start()
-            for th in threads:
-                th.join()
-            elapsed = time.perf_counter() - t0
-            # The reconciler creates each service's task in the background: time until all exist.
-            while True:
-                count = len(stub.ListTasks(cpb.ListTasksRequest(), timeout=30).tasks)
-                if count >= n:
-                    break
-                time.sleep(0.05)
-            converged = time.perf_counter() - t0
-            channel.close()
-    result: dict[str, object] = {
+
+def wait_tasks(stub: control_pb2_grpc.ControlStub, n: int) -> None:
+    """Until the reconciler has created (at least) ``n`` tasks."""
+    while len(stub.ListTasks(cpb.ListTasksRequest(), timeout=30).tasks) < n:
+        time.sleep(0.05)
+
+
+def report(
+    n: int, clients: int, elapsed: float, converged: float, latencies: list[float]
+) -> dict[str, object]:
+    return {
         "benchmark": "manager_create_services",
         "services": n,
         "clients": clients,
@@ -150,6 +159,26 @@ def run(n: int, clients: int, out: Path) -> dict[str, object]:
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+
+
+def run(n: int, clients: int, out: Path) -> dict[str, object]:
+    tmp = Path(tempfile.mkdtemp(prefix="ovnet-bench-"))
+    with manager(tmp) as (addr, admin_dir):
+        channel = admin_channel(addr, admin_dir)
+        stub = control_pb2_grpc.ControlStub(channel)
+        wait_leader(stub)
+        stub.CreateNetwork(
+            cpb.CreateNetworkRequest(spec=pb.NetworkSpec(name="bench", subnet="10.100.0.0/16")),
+            timeout=10,
+        )
+        t0 = time.perf_counter()
+        latencies = create_services(addr, admin_dir, n, clients)
+        elapsed = time.perf_counter() - t0
+        # The reconciler creates each service's task in the background: time until all exist.
+        wait_tasks(stub, n)
+        converged = time.perf_counter() - t0
+        channel.close()
+    result = report(n, clients, elapsed, converged, latencies)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     return result

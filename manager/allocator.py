@@ -14,9 +14,7 @@ hands back what it got (`release_network`, `release_endpoint`, `release_task`,
 from __future__ import annotations
 
 import ipaddress
-from bisect import bisect_left, bisect_right
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +25,7 @@ from manager.errors import (
     NotFound,
     ResourceExhausted,
 )
+from manager.intervals import CursorPool, IntervalSet, Undo, all_or_nothing
 from proto import objects_pb2 as pb
 
 _MIN_PREFIX = 8
@@ -35,7 +34,6 @@ _MAX_PORT = 65535
 _MAX_VNI = (1 << 24) - 1
 _PROTOCOLS: dict[int, str] = {pb.PROTOCOL_TCP: "tcp", pb.PROTOCOL_UDP: "udp"}
 
-_Undo = list[Callable[[], object]]
 _PortKey = tuple[int, int]  # (protocol, published port)
 
 
@@ -56,120 +54,6 @@ class NetworkAllocation:
         )
 
 
-class _IntervalSet:
-    """A set of integers kept as sorted, disjoint, non-adjacent closed intervals.
-
-    Taken addresses, subnets, VNIs and ports mostly come in long runs, so "is this free" and
-    "first free value from here" cost one bisection instead of a walk over everything taken.
-    Merging adjacent runs keeps the representation canonical: releasing what was just added gives
-    back the very same lists, which is what makes rollback and snapshot comparison exact.
-    """
-
-    def __init__(self) -> None:
-        self._starts: list[int] = []
-        self._ends: list[int] = []
-
-    def __bool__(self) -> bool:
-        return bool(self._starts)
-
-    def __contains__(self, value: int) -> bool:
-        i = bisect_right(self._starts, value) - 1
-        return i >= 0 and self._ends[i] >= value
-
-    def add(self, lo: int, hi: int) -> None:
-        i = bisect_left(self._ends, lo - 1)  # first run that ends at or after lo - 1
-        j = bisect_right(self._starts, hi + 1)  # runs [i, j) overlap or touch [lo, hi]
-        if i < j:
-            lo = min(lo, self._starts[i])
-            hi = max(hi, self._ends[j - 1])
-        self._starts[i:j] = [lo]
-        self._ends[i:j] = [hi]
-
-    def remove(self, lo: int, hi: int) -> None:
-        i = bisect_left(self._ends, lo)  # first run that ends at or after lo
-        j = bisect_right(self._starts, hi)  # runs [i, j) overlap [lo, hi]
-        if i >= j:
-            return
-        starts: list[int] = []
-        ends: list[int] = []
-        if self._starts[i] < lo:
-            starts.append(self._starts[i])
-            ends.append(lo - 1)
-        if self._ends[j - 1] > hi:
-            starts.append(hi + 1)
-            ends.append(self._ends[j - 1])
-        self._starts[i:j] = starts
-        self._ends[i:j] = ends
-
-    def first_free_from(self, value: int) -> int:
-        i = bisect_right(self._starts, value) - 1
-        if i >= 0 and self._ends[i] >= value:
-            return self._ends[i] + 1  # runs are merged, so the value after one is free
-        return value
-
-    def last_run_touching(self, lo: int, hi: int) -> tuple[int, int] | None:
-        """The highest run overlapping [lo, hi]: skipping past its end skips every other one."""
-        i = bisect_right(self._starts, hi) - 1
-        if i >= 0 and self._ends[i] >= lo:
-            return self._starts[i], self._ends[i]
-        return None
-
-    def highest_at_or_below(self, value: int) -> int | None:
-        i = bisect_right(self._starts, value) - 1
-        return min(self._ends[i], value) if i >= 0 else None
-
-    def runs(self) -> tuple[tuple[int, int], ...]:
-        return tuple(zip(self._starts, self._ends, strict=True))
-
-
-class _CursorPool:
-    """Values handed out in turn from [lo, hi], resuming after the last one handed out.
-
-    A value that was just given back comes out again only after the rest of the range has been
-    used (as Docker's IPAM does): an address, VNI or port that a host may still be tearing down,
-    or that a peer still has in a cache, is not given to someone else straight away.
-    `used` may also hold values outside [lo, hi] (an explicit port, a gateway outside an
-    ip_range): they are only there to be known as taken.
-    """
-
-    def __init__(self, lo: int, hi: int) -> None:
-        self.lo = lo
-        self.hi = hi
-        self.used = _IntervalSet()
-        self.cursor = lo
-
-    def take(self, value: int, undo: _Undo) -> None:
-        self.used.add(value, value)
-        undo.append(lambda: self.used.remove(value, value))
-
-    def take_next(self, undo: _Undo) -> int | None:
-        value = self.used.first_free_from(self.cursor)
-        if value > self.hi:
-            value = self.used.first_free_from(self.lo)
-            if value >= self.cursor:
-                return None
-        cursor = self.cursor
-        self.used.add(value, value)
-        self.cursor = value + 1 if value < self.hi else self.lo
-        undo.append(lambda: self._untake(value, cursor))
-        return value
-
-    def _untake(self, value: int, cursor: int) -> None:
-        self.used.remove(value, value)
-        self.cursor = cursor
-
-    def resume_after_highest(self, ignore: int | None = None) -> None:
-        """Point the cursor just past the highest value in use, as if it had been handed out last
-        (`ignore` is a value that is reserved but never handed out, such as a gateway)."""
-        highest = self.used.highest_at_or_below(self.hi)
-        if highest is not None and highest == ignore:
-            highest = self.used.highest_at_or_below(ignore - 1)
-        if highest is None or highest < self.lo:
-            self.cursor = self.lo
-        else:
-            self.cursor = highest + 1 if highest < self.hi else self.lo
-
-
 @dataclass
 class _Network:
     id: str
@@ -177,7 +61,7 @@ class _Network:
     subnet: ipaddress.IPv4Network
     gateway: int
     vni: int
-    addresses: _CursorPool  # the usable part of ip_range (or of the subnet); holds the gateway
+    addresses: CursorPool  # the usable part of ip_range (or of the subnet); holds the gateway
 
     def label(self) -> str:
         return f"network {self.name!r} ({self.id})" if self.name else f"network {self.id}"
@@ -199,18 +83,6 @@ class _Network:
 
     def cidr(self, value: int) -> str:
         return f"{ipaddress.IPv4Address(value)}/{self.subnet.prefixlen}"
-
-
-@contextmanager
-def _all_or_nothing() -> Iterator[_Undo]:
-    """Collect the undo step of every change made in the block; run them all if it raises."""
-    undo: _Undo = []
-    try:
-        yield undo
-    except BaseException:
-        for step in reversed(undo):
-            step()
-        raise
 
 
 def _parse_network(what: str, text: str) -> ipaddress.IPv4Network:
@@ -264,9 +136,9 @@ class Allocator:
         self._subnet_size = subnet_size
         self._networks: dict[str, _Network] = {}
         # Address space taken by any network's subnet, explicit or automatic.
-        self._occupied = _IntervalSet()
-        self._vnis = _CursorPool(*vni_range)
-        self._ports = {proto: _CursorPool(*port_range) for proto in _PROTOCOLS}
+        self._occupied = IntervalSet()
+        self._vnis = CursorPool(*vni_range)
+        self._ports = {proto: CursorPool(*port_range) for proto in _PROTOCOLS}
         self._port_owners: dict[_PortKey, str] = {}
         # Only for messages: a conflict should name the service the user knows.
         self._service_names: dict[str, str] = {}
@@ -356,7 +228,7 @@ class Allocator:
             subnet = self._free_subnet()
             gateway = self._gateway("", subnet)
             ip_range = None
-        with _all_or_nothing() as undo:
+        with all_or_nothing() as undo:
             vni = self._vnis.take_next(undo)
             if vni is None:
                 raise ResourceExhausted(
@@ -471,7 +343,7 @@ class Allocator:
         if ip_range is not None:
             first = max(first, int(ip_range.network_address))
             last = min(last, int(ip_range.broadcast_address))
-        addresses = _CursorPool(first, last)
+        addresses = CursorPool(first, last)
         addresses.used.add(gateway, gateway)
         return _Network(network_id, name, subnet, gateway, vni, addresses)
 
@@ -538,7 +410,7 @@ class Allocator:
         endpoint = pb.Endpoint()
         endpoint.spec.CopyFrom(endpoint_spec)
         endpoint.ports.extend(endpoint_spec.ports)
-        with _all_or_nothing() as undo:
+        with all_or_nothing() as undo:
             # Explicit ports first, so that an automatic one cannot take a port asked for later.
             for key in explicit:
                 self._claim_port(service_id, key, undo)
@@ -609,14 +481,14 @@ class Allocator:
                 reusable.setdefault((got.protocol, got.target_port), []).append(got.published_port)
         return reusable
 
-    def _claim_port(self, service_id: str, key: _PortKey, undo: _Undo) -> None:
+    def _claim_port(self, service_id: str, key: _PortKey, undo: Undo) -> None:
         if self._port_owners.get(key) == service_id:
             return
         self._port_owners[key] = service_id
         undo.append(lambda: self._port_owners.pop(key))
         self._ports[key[0]].take(key[1], undo)
 
-    def _next_port(self, service_id: str, protocol: int, undo: _Undo) -> int:
+    def _next_port(self, service_id: str, protocol: int, undo: Undo) -> int:
         pool = self._ports[protocol]
         port = pool.take_next(undo)
         if port is None:
@@ -638,7 +510,7 @@ class Allocator:
 
     def allocate_task(self, network_ids: Sequence[str]) -> list[str]:
         nets = self._attached(network_ids)
-        with _all_or_nothing() as undo:
+        with all_or_nothing() as undo:
             return [self._next_address(net, undo) for net in nets]
 
     def release_task(self, task: pb.Task) -> None:
@@ -662,7 +534,7 @@ class Allocator:
         return list(nets.values())
 
     @staticmethod
-    def _next_address(net: _Network, undo: _Undo) -> str:
+    def _next_address(net: _Network, undo: Undo) -> str:
         value = net.addresses.take_next(undo)
         if value is None:
             raise ResourceExhausted(

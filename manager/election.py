@@ -16,9 +16,9 @@ import time
 from collections.abc import Awaitable, Callable
 
 import grpc
-from aetcd import rpc
 
-from manager.store import EtcdClient, Store, compare
+from manager.store import Store
+from manager.store.etcd import EtcdClient, Get, Put, absent
 
 log = logging.getLogger(__name__)
 
@@ -70,39 +70,33 @@ class Election:
         on_deposed: Callable[[], Awaitable[None]],
     ) -> None:
         while not keepalive.done():
-            resp = await self.etcd.txn(
-                [compare(self.leader_key, "version", 0)],
-                [
-                    rpc.RequestOp(
-                        request_put=rpc.PutRequest(
-                            key=self.leader_key, value=self.manager_id.encode(), lease=self.lease_id
-                        )
-                    )
-                ],
-                [rpc.RequestOp(request_range=rpc.RangeRequest(key=self.leader_key))],
+            result = await self.etcd.txn(
+                [absent(self.leader_key)],
+                [Put(self.leader_key, self.manager_id.encode(), lease=self.lease_id)],
+                [Get(self.leader_key)],
             )
-            if resp.succeeded:
+            if result.succeeded:
                 self.leader_id = self.manager_id
                 self.is_leader = True
                 log.info("manager %s is now the leader", self.manager_id)
-                await on_elected(int(resp.header.revision))
+                await on_elected(result.revision)
                 await asyncio.wait({keepalive})
                 self.is_leader = False
                 log.warning("manager %s lost its lease: no longer the leader", self.manager_id)
                 await on_deposed()
                 return
-            kvs = resp.responses[0].response_range.kvs
-            if not kvs:
+            leader = result.reads[0]
+            if leader is None:
                 continue
-            if kvs[0].value.decode() == self.manager_id and kvs[0].lease != self.lease_id:
+            if leader.value.decode() == self.manager_id and leader.lease != self.lease_id:
                 # Our own previous life (killed before its lease ran out): nobody else leads,
                 # so end that lease now instead of waiting out its TTL.
-                log.info("revoking lease %x of this manager's previous run", kvs[0].lease)
+                log.info("revoking lease %x of this manager's previous run", leader.lease)
                 with contextlib.suppress(grpc.aio.AioRpcError):
-                    await self.etcd.lease_revoke(kvs[0].lease)
+                    await self.etcd.lease_revoke(leader.lease)
                 continue
-            self.leader_id = kvs[0].value.decode()
-            await self._wait_leader_gone(int(resp.header.revision), keepalive)
+            self.leader_id = leader.value.decode()
+            await self._wait_leader_gone(result.revision, keepalive)
 
     async def _wait_leader_gone(self, revision: int, keepalive: asyncio.Task[None]) -> None:
         async def gone() -> None:

@@ -31,14 +31,13 @@ import asyncio
 import logging
 import os
 from collections.abc import Callable, Iterable
-from typing import Any
 
 import grpc
-from aetcd import rpc
 from google.protobuf.message import DecodeError
 
 from manager.cluster import now_ms
-from manager.store import Store, compare
+from manager.store import Store
+from manager.store.etcd import KV, Compare, Get, Put, absent, modified_at
 from proto import objects_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -200,10 +199,11 @@ class KeyManager:
     async def _ensure(self, subsystem: str) -> tuple[pb.Keyring, int]:
         path = self.key_path(subsystem)
         fresh = new_keyring(self._entropy, now_ms())
-        rev, stored = await self._create_or_read(path, fresh, [compare(path, "version", 0)])
+        rev, stored = await self._create_or_read(path, fresh, [absent(path)])
         if rev:
             log.info("created the %s keyring at %s", subsystem, path.decode())
             return fresh, rev
+        assert stored is not None  # "absent" failed: the same transaction read the key
         ring, problem = parse_keyring(stored.value)
         if not problem:
             return ring, int(stored.mod_revision)
@@ -213,7 +213,7 @@ class KeyManager:
             "the %s keyring at %s is unusable (%s): replacing it", subsystem, path.decode(), problem
         )
         rev, again = await self._create_or_read(
-            path, fresh, [compare(path, "mod", stored.mod_revision)]
+            path, fresh, [modified_at(path, stored.mod_revision)]
         )
         if rev:
             return fresh, rev
@@ -225,25 +225,16 @@ class KeyManager:
         return ring, int(again.mod_revision)
 
     async def _create_or_read(
-        self, path: bytes, ring: pb.Keyring, conds: list[Any]
-    ) -> tuple[int, Any]:
+        self, path: bytes, ring: pb.Keyring, conds: list[Compare]
+    ) -> tuple[int, KV | None]:
         """Write `ring` if `conds` hold: (its mod revision, None); else (0, the stored key-value
         or None if there is none)."""
-        resp = await self.store.etcd.txn(
-            conds,
-            [
-                rpc.RequestOp(
-                    request_put=rpc.PutRequest(
-                        key=path, value=ring.SerializeToString(deterministic=True)
-                    )
-                )
-            ],
-            [rpc.RequestOp(request_range=rpc.RangeRequest(key=path))],
+        result = await self.store.etcd.txn(
+            conds, [Put(path, ring.SerializeToString(deterministic=True))], [Get(path)]
         )
-        if resp.succeeded:
-            return int(resp.header.revision), None
-        kvs = resp.responses[0].response_range.kvs
-        return 0, (kvs[0] if kvs else None)
+        if result.succeeded:
+            return result.revision, None
+        return 0, result.reads[0]
 
     # ------------------------------------------------------------------ rotation
 
@@ -298,7 +289,7 @@ class KeyManager:
             return self._adopt(subsystem, ring)
         log.error("the stored %s keyring is unusable (%s): restoring ours", subsystem, problem)
         path = self.key_path(subsystem)
-        conds = [compare(path, "mod", mod_revision), *self.store.fence_compares()]
+        conds = [modified_at(path, mod_revision), *self.store.fence_compares()]
         rev, _ = await self._create_or_read(path, self._rings[subsystem], conds)
         if rev:
             self._revs[subsystem] = rev
@@ -326,7 +317,7 @@ class KeyManager:
         if nxt is None:
             return False
         path = self.key_path(subsystem)
-        conds = [compare(path, "mod", self._revs[subsystem]), *self.store.fence_compares()]
+        conds = [modified_at(path, self._revs[subsystem]), *self.store.fence_compares()]
         rev, stored = await self._create_or_read(path, nxt, conds)
         if rev:
             self._rings[subsystem], self._revs[subsystem] = nxt, rev

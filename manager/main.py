@@ -21,7 +21,6 @@ from pathlib import Path
 
 import grpc
 
-from manager.ca import pki
 from manager.ca.authz import RolesError
 from manager.ca.server import (
     DEFAULT_KEK_FILE,
@@ -30,14 +29,18 @@ from manager.ca.server import (
     CertificateAuthority,
     ensure_kek,
     read_kek,
-    write_private,
 )
 from manager.cluster import ManagerConfig
 from manager.server import TLS_DIRNAME, Manager, ServerOptions
-from manager.store import EtcdClient, EtcdTLS, Store
+from manager.store import Store
+from manager.store.etcd import EtcdClient, EtcdTLS
+from osutil.files import atomic_write
+from osutil.hostport import normalize_hostport, split_hostport
+from security import pki
 
 DEFAULT_STATE_DIR = Path("/var/lib/ovnet/manager")
 DEFAULT_ADMIN_DIR = Path("~/.config/ovnet")
+ETCD_PORT = 2379
 
 
 class UsageError(Exception):
@@ -183,9 +186,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def checked_addr(flag: str, value: str) -> str:
+    """`value` if it is HOST:PORT, else UsageError naming the flag."""
+    try:
+        split_hostport(value)
+    except ValueError as e:
+        raise UsageError(f"{flag}: {e}") from None
+    return value
+
+
 def manager_id(args: argparse.Namespace) -> str:
-    port = args.listen.rsplit(":", 1)[-1]
-    return str(args.manager_id or f"{socket.gethostname()}-{port}")
+    if args.manager_id:
+        return str(args.manager_id)
+    _, port = split_hostport(checked_addr("--listen", args.listen))
+    return f"{socket.gethostname()}-{port}"
+
+
+def etcd_endpoints(args: argparse.Namespace) -> tuple[str, ...]:
+    """The --etcd endpoints, each HOST:PORT (a missing port is etcd's 2379)."""
+    try:
+        return tuple(normalize_hostport(e, ETCD_PORT) for e in args.etcd.split(",") if e.strip())
+    except ValueError as e:
+        raise UsageError(f"--etcd: {e}") from None
 
 
 def etcd_tls(args: argparse.Namespace) -> EtcdTLS | None:
@@ -203,10 +225,6 @@ def etcd_tls(args: argparse.Namespace) -> EtcdTLS | None:
         )
     except OSError as e:
         raise UsageError(f"cannot read an etcd TLS file: {e}") from None
-
-
-def etcd_endpoints(args: argparse.Namespace) -> tuple[str, ...]:
-    return tuple(e.strip() for e in args.etcd.split(",") if e.strip())
 
 
 def lifetime(seconds: float, flag: str) -> dt.timedelta:
@@ -256,15 +274,23 @@ def write_admin_credentials(
         now=pki.utcnow(),
         lifetime=life,
     )
-    write_private(admin_dir / "ca.pem", ca.root_pem, 0o644)
-    write_private(admin_dir / "admin.key", pki.key_pem(key))
-    write_private(admin_dir / "admin.crt", pki.cert_pem(cert), 0o644)
+    atomic_write(admin_dir / "ca.pem", ca.root_pem, mode=0o644, durable=True)
+    atomic_write(admin_dir / "admin.key", pki.key_pem(key), mode=0o600, durable=True)
+    atomic_write(admin_dir / "admin.crt", pki.cert_pem(cert), mode=0o644, durable=True)
     context = admin_dir / "context.yaml"
     if not context.exists():
-        write_private(context, f"managers: [{advertise}]\n".encode(), 0o644)
+        atomic_write(context, f"managers: [{advertise}]\n", mode=0o644, durable=True)
 
 
 async def serve(args: argparse.Namespace) -> None:
+    for flag, value in (
+        ("--listen", args.listen),
+        ("--advertise", args.advertise),
+        ("--join-listen", args.join_listen),
+        ("--join", args.join),
+    ):
+        if value:
+            checked_addr(flag, value)
     opts = ServerOptions(
         listen=args.listen,
         advertise=args.advertise or args.listen,

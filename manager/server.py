@@ -1,22 +1,18 @@
-"""A manager process: gRPC edge, leadership, and the leader's control loops.
-
-RPC handlers are built from the service descriptors rather than written out one by one, so the
-three rules every RPC follows live in one place:
-- user errors (OvnetError) become their gRPC status with the message unchanged; anything else
-  is a bug and is logged, and only then reported as INTERNAL;
-- a follower forwards Control calls to the leader (ovctl can talk to any manager);
-- a follower refuses Dispatcher calls with UNAVAILABLE naming the leader, so agents reconnect
-  there (a session is long-lived state that belongs on the leader);
-- on the control listener, the caller is who its client certificate says (CN = node ID,
-  OU = role), and may call only the methods whose `roles` option names its role
-  (manager/ca/authz.py); a removed node's certificate is refused.
+"""A manager process: its listeners, leadership, and the leader's control loops.
 
 Two listeners, because gRPC Python can require a client certificate or not ask for one, not
 ask for one optionally: the control listener (`listen`) requires a certificate signed by the
 cluster root, so a caller without one is refused in the TLS handshake; the join listener
 (`join_listen`) asks for none, serves the chain [manager cert, root] so a joining node can pin
 the root against its token, and answers only NodeCA.IssueNodeCertificate. Both serve this
-manager's certificate through dynamic credentials, so renewing it needs no restart.
+manager's certificate (manager/identity.py) through dynamic credentials, so renewing it needs
+no restart. The handlers themselves are built in manager/rpcedge.py; this module decides
+what serves each call:
+- a follower forwards Control calls to the leader (ovctl can talk to any manager);
+- a follower refuses Dispatcher calls with UNAVAILABLE naming the leader, so agents reconnect
+  there (a session is long-lived state that belongs on the leader);
+- the caller is who its client certificate says, and a removed node's certificate is refused
+  (the tombstones are watched).
 """
 
 from __future__ import annotations
@@ -24,64 +20,40 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import inspect
 import logging
-import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
-from google.protobuf import message_factory
-from google.protobuf.message import Message
 
-from agent.tls import NodeCredentials
-from manager.ca import authz, pki
+from manager.ca import authz
 from manager.ca import server as ca_server
 from manager.ca.authz import Peer
-from manager.ca.server import CAError, CertificateAuthority, credentials_problem
+from manager.ca.server import CertificateAuthority
 from manager.cluster import Cluster, ManagerConfig
 from manager.controlapi import ControlAPI
 from manager.dispatcher import Dispatcher
 from manager.election import Election
-from manager.errors import OvnetError, Unauthenticated, Unavailable
+from manager.errors import Unauthenticated, Unavailable
+from manager.identity import ServingCerts, own_credentials, renew_forever
 from manager.ingress import ensure_default_ingress
 from manager.keymanager import GOSSIP, IPSEC, KeyManager
 from manager.logbroker import LogBroker
 from manager.reconciler import Reconciler
-from manager.store import Batch, EtcdClient, EtcdTLS, Store
-from proto import ca_pb2, control_pb2, control_pb2_grpc, dispatcher_pb2
+from manager.rpcedge import RpcEdge, service_roles
+from manager.store import Batch, Store
+from manager.store.etcd import EtcdClient, EtcdTLS
+from osutil.hostport import next_port
 from proto import control_pb2 as cpb
+from proto import control_pb2_grpc
+from security import pki
+from security.credentials import MANAGER_CHANNEL_OPTIONS, NodeCredentials
 
 log = logging.getLogger(__name__)
 
-# Every service a manager serves, with the module holding its descriptor.
-SERVICES: tuple[tuple[str, Any], ...] = (
-    ("Control", control_pb2),
-    ("Dispatcher", dispatcher_pb2),
-    ("NodeCA", ca_pb2),
-)
-# The only method the join listener serves: a caller there has no certificate yet.
-JOIN_METHOD = "NodeCA.IssueNodeCertificate"
-# Managers are named by their certificates' SAN, never by address (see manager/ca/pki.py).
-MANAGER_CHANNEL_OPTIONS = [("grpc.ssl_target_name_override", pki.MANAGER_SAN)]
 TLS_DIRNAME = "tls"
-
-
-def snake(name: str) -> str:
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
-
-
-def join_listen_default(listen: str) -> str:
-    """The join listener's address when none is given: the control listener's port + 1."""
-    host, _, port = listen.rpartition(":")
-    return f"{host}:{int(port) + 1}"
-
-
-def service_roles() -> dict[str, tuple[str, ...]]:
-    """Roles of every served method; ValueError if one declares none (see authz)."""
-    return authz.service_roles(m.DESCRIPTOR.services_by_name[n] for n, m in SERVICES)
 
 
 @dataclass
@@ -92,7 +64,7 @@ class ServerOptions:
     prefix: str = "/ovnet"
     manager_id: str = ""
     election_ttl: int = 3
-    join_listen: str = ""  # default: join_listen_default(listen)
+    join_listen: str = ""  # default: the control listener's port + 1
     state_dir: Path = Path("/var/lib/ovnet/manager")
     kek: bytes = b""
     cert_lifetime: dt.timedelta = pki.DEFAULT_CERT_LIFETIME
@@ -101,47 +73,6 @@ class ServerOptions:
     # Without credentials in state_dir: join through an existing manager's join listener.
     join_token: str = ""
     join_addr: str = ""
-
-
-class ServingCerts:
-    """This manager's credentials as both listeners serve them and as it presents them to other
-    managers. `update` swaps them: gRPC asks each listener's fetch callback at every handshake,
-    and the callback hands over the new configuration once."""
-
-    def __init__(self, creds: NodeCredentials) -> None:
-        self.creds = creds
-        self.generation = 0
-
-    def update(self, creds: NodeCredentials) -> None:
-        self.creds = creds
-        self.generation += 1
-
-    def _config(self, join: bool) -> Any:
-        c = self.creds
-        if join:
-            # The root goes with the chain: a joining node reads it and checks its digest
-            # against the token before it trusts anything.
-            return grpc.ssl_server_certificate_configuration([(c.key_pem, c.cert_pem + c.root_pem)])
-        return grpc.ssl_server_certificate_configuration(
-            [(c.key_pem, c.cert_pem)], root_certificates=c.root_pem
-        )
-
-    def server_credentials(self, join: bool) -> grpc.ServerCredentials:
-        served = [self.generation]
-
-        def fetch() -> Any:
-            if served[0] == self.generation:
-                return None
-            served[0] = self.generation
-            return self._config(join)
-
-        return grpc.dynamic_ssl_server_credentials(
-            self._config(join), fetch, require_client_authentication=not join
-        )
-
-    def channel_credentials(self) -> grpc.ChannelCredentials:
-        c = self.creds
-        return grpc.ssl_channel_credentials(c.root_pem, c.key_pem, c.cert_pem)
 
 
 class Leadership:
@@ -186,7 +117,7 @@ class Manager:
         self.config = config
         # Before anything else: an RPC without declared roles is a reason not to start.
         self.roles = service_roles()
-        self.join_listen = opts.join_listen or join_listen_default(opts.listen)
+        self.join_listen = opts.join_listen or next_port(opts.listen)
         self.etcd = EtcdClient(list(opts.etcd), tls=opts.etcd_tls)
         self.store = Store(self.etcd, opts.prefix)
         self.election = Election(
@@ -201,13 +132,17 @@ class Manager:
         self._peers: authz.PeerCache | None = None
         self.certs: ServingCerts | None = None
         self._leader_channel: tuple[str, int, grpc.aio.Channel] | None = None
-        self._wants_peer: dict[tuple[type, str], bool] = {}
         self.server: grpc.aio.Server | None = None
         self.join_server: grpc.aio.Server | None = None
         self.port = 0
         self._tasks: list[asyncio.Task[None]] = []
+        self.edge = RpcEdge(self)
 
     # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def public_addr(self) -> str:
+        return self.opts.advertise or self.opts.listen
 
     @property
     def tls_dir(self) -> Path:
@@ -219,16 +154,12 @@ class Manager:
         self.ca = await self._load_ca()
         self.certs = ServingCerts(await self._own_credentials(self.ca))
         self.server = grpc.aio.server()
-        self.server.add_generic_rpc_handlers(
-            [self._handlers(name, module, join=False) for name, module in SERVICES]
-        )
+        self.server.add_generic_rpc_handlers(self.edge.handlers(join=False))
         self.port = self.server.add_secure_port(
             self.opts.listen, self.certs.server_credentials(join=False)
         )
         self.join_server = grpc.aio.server()
-        self.join_server.add_generic_rpc_handlers(
-            [self._handlers(name, module, join=True) for name, module in SERVICES]
-        )
+        self.join_server.add_generic_rpc_handlers(self.edge.handlers(join=True))
         self.join_server.add_secure_port(self.join_listen, self.certs.server_credentials(join=True))
         await self.server.start()
         await self.join_server.start()
@@ -238,7 +169,7 @@ class Manager:
             ),
             asyncio.create_task(self._track_managers(), name="managers"),
             asyncio.create_task(self._track_removed(), name="removed"),
-            asyncio.create_task(self._renew_own_certificate(), name="renew"),
+            asyncio.create_task(renew_forever(self.ca, self.certs, self.tls_dir), name="renew"),
         ]
 
     async def stop(self) -> None:
@@ -274,83 +205,15 @@ class Manager:
                 await asyncio.sleep(1.0)
 
     async def _own_credentials(self, ca: CertificateAuthority) -> NodeCredentials:
-        """This manager's certificate: the one in the state dir if it is still good here; else
-        one obtained by joining (with a join token), else one issued by its own CA."""
-        try:
-            creds = NodeCredentials.load(self.tls_dir)
-            problem = "" if creds is None else credentials_problem(creds, ca.root, pki.utcnow())
-            if creds is not None and not problem and creds.info.role != pki.ROLE_MANAGER:
-                problem = f"it is a {creds.info.role} certificate"
-        except pki.CertError as e:
-            creds, problem = None, str(e)
-        if creds is not None and not problem:
-            return creds
-        if problem:
-            log.warning(
-                "the certificate in %s cannot be used (%s): issuing a new one",
-                self.tls_dir,
-                problem,
-            )
-        elif self.opts.join_token:
-            creds = await self._join(ca)
-            creds.save(self.tls_dir)
-            return creds
-        creds = ca.self_issue(self.opts.manager_id)
-        creds.save(self.tls_dir)
-        return creds
-
-    async def _join(self, ca: CertificateAuthority) -> NodeCredentials:
-        from agent import tls as agent_tls
-
-        addr = self.opts.join_addr
-        if not addr:
-            raise CAError("--join-token needs --join ADDR: an existing manager's join listener")
-        delay = 0.5
-        while True:
-            try:
-                nc = await agent_tls.join(addr, self.opts.join_token)
-                break
-            except agent_tls.JoinError as e:
-                raise CAError(f"joining the cluster through {addr} failed: {e}") from None
-            except agent_tls.ManagerUnreachable as e:
-                log.warning("%s; retrying in %.1fs", e, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-        if nc.role != pki.ROLE_MANAGER:
-            raise CAError(
-                f"the join token gave a {nc.role} certificate: a manager joins with the manager "
-                "token (`ovctl cluster join-token manager`)"
-            )
-        if pki.digest(pki.load_cert(nc.root_pem)) != ca.digest:
-            raise CAError(
-                f"the manager at {addr} belongs to another cluster than the one in etcd under "
-                f"{self.opts.prefix} (their root CAs differ)"
-            )
-        log.info("joined the cluster as manager node %s", nc.node_id)
-        return nc
-
-    async def _renew_own_certificate(self) -> None:
-        """Re-issue this manager's certificate at a random 50-80 % of its life and serve the new
-        one from the next handshake on (connections already open keep going)."""
-        assert self.ca is not None and self.certs is not None
-        while True:
-            ci = self.certs.creds.info
-            wait = (pki.renew_at(ci) - pki.utcnow()).total_seconds()
-            await asyncio.sleep(max(0.0, wait))
-            try:
-                creds = self.ca.self_issue(ci.node_id)
-                await asyncio.to_thread(creds.save, self.tls_dir)
-            except Exception:
-                log.exception("renewing this manager's certificate failed; retrying")
-                await asyncio.sleep(5)
-                continue
-            self.certs.update(creds)
-            new = creds.info
-            log.info(
-                "renewed this manager's certificate: serial %x, valid until %s",
-                new.serial,
-                new.not_after.isoformat(),
-            )
+        o = self.opts
+        return await own_credentials(
+            self.tls_dir,
+            ca,
+            o.manager_id,
+            join_token=o.join_token,
+            join_addr=o.join_addr,
+            prefix=o.prefix,
+        )
 
     async def _on_elected(self, fence_revision: int) -> None:
         self.store.set_fence(self.election.leader_key, fence_revision)
@@ -381,29 +244,6 @@ class Manager:
             if parts[:n] == ca_server.REMOVED_DIR and len(parts) == n + 1:
                 self.removed.add(parts[n])
 
-    async def _track_prefix(
-        self, parts: tuple[str, ...], apply: Callable[[dict[str, bytes]], None]
-    ) -> None:
-        """Keep `apply(current key suffix -> value)` called with the contents under a prefix."""
-        prefix = self.store.key(*parts, "")
-        while True:
-            try:
-                rev, kvs = await self.etcd.get_prefix(prefix)
-                current = {kv.key[len(prefix) :].decode(): kv.value for kv in kvs}
-                apply(current)
-                async for update in self.etcd.watch_prefix(prefix, rev + 1):
-                    if update.resync:
-                        current = {}
-                    for ev in update.events:
-                        name = ev.kv.key[len(prefix) :].decode()
-                        if ev.kind == "put":
-                            current[name] = ev.kv.value
-                        else:
-                            current.pop(name, None)
-                    apply(current)
-            except grpc.aio.AioRpcError:
-                await asyncio.sleep(0.5)
-
     async def _track_managers(self) -> None:
         """Keep the managers' advertised addresses, to forward to the leader and to tell agents
         where they can fail over to."""
@@ -411,13 +251,13 @@ class Manager:
         def apply(current: dict[str, bytes]) -> None:
             self.manager_addrs = {k: v.decode() for k, v in current.items()}
 
-        await self._track_prefix(("managers",), apply)
+        await self.etcd.mirror_prefix(self.store.key("managers", ""), apply)
 
     async def _track_removed(self) -> None:
         def apply(current: dict[str, bytes]) -> None:
             self.removed = set(current)
 
-        await self._track_prefix(ca_server.REMOVED_DIR, apply)
+        await self.etcd.mirror_prefix(self.store.key(*ca_server.REMOVED_DIR, ""), apply)
 
     def manager_list(self) -> list[str]:
         return sorted(self.manager_addrs.values())
@@ -432,7 +272,7 @@ class Manager:
         where = f"the leader is at {addr}" if addr else "no leader is elected yet; retry shortly"
         return Unavailable(f"manager {self.opts.manager_id} is not the leader: {where}")
 
-    def _target(self, service: str, name: str) -> Any:
+    def target(self, service: str, name: str) -> Any:
         """The object serving this call here, or None: forward it to the leader."""
         if service == "NodeCA":
             return self.ca
@@ -444,7 +284,7 @@ class Manager:
             return self
         return self.leading.control if self.leading is not None else None
 
-    async def _leader_stub(self) -> control_pb2_grpc.ControlStub:
+    async def leader_stub(self) -> control_pb2_grpc.ControlStub:
         addr = self.leader_addr()
         if not addr or self.election.leader_id == self.opts.manager_id:
             raise self._not_leader()
@@ -471,7 +311,7 @@ class Manager:
 
     # ------------------------------------------------------------------ authorization
 
-    def _peer(self, context: grpc.aio.ServicerContext) -> Peer:
+    def peer(self, context: grpc.aio.ServicerContext) -> Peer:
         if self.ca is None:
             raise Unavailable(f"manager {self.opts.manager_id} is starting; retry shortly")
         pems = context.auth_context().get("x509_pem_cert")
@@ -480,150 +320,3 @@ class Manager:
         if self._peers is None or self._peers.root is not self.ca.root:
             self._peers = authz.PeerCache(self.ca.root)
         return self._peers.peer(pems[0], pki.utcnow())
-
-    def _authorize(self, peer: Peer, method: str, request: Any) -> None:
-        """Check the caller against the method's roles and `request`'s node ID; an empty node
-        ID on Register means the caller's own."""
-        node_id = ""
-        if isinstance(request, Message) and "node_id" in request.DESCRIPTOR.fields_by_name:
-            if method == "Dispatcher.Register" and not request.node_id:  # type: ignore[attr-defined]
-                request.node_id = peer.node_id  # type: ignore[attr-defined]
-            node_id = request.node_id  # type: ignore[attr-defined]
-        authz.authorize(peer, method, self.roles[method], self.removed, node_id)
-
-    def _checked_stream(
-        self, peer: Peer, method: str, requests: AsyncIterator[Any]
-    ) -> AsyncIterator[Any]:
-        """A client stream whose every message is authorized like a unary request."""
-
-        async def gen() -> AsyncIterator[Any]:
-            async for m in requests:
-                self._authorize(peer, method, m)
-                yield m
-
-        return gen()
-
-    def _call(self, impl: Any, attr: str, request: Any, peer: Peer) -> Any:
-        """impl.attr(request), with `peer=` for the bodies that take the caller."""
-        key = (type(impl), attr)
-        fn = getattr(impl, attr)
-        wants = self._wants_peer.get(key)
-        if wants is None:
-            wants = self._wants_peer[key] = "peer" in inspect.signature(fn).parameters
-        return fn(request, peer=peer) if wants else fn(request)
-
-    # ------------------------------------------------------------------ handlers
-
-    def _handlers(self, service: str, module: Any, *, join: bool) -> grpc.GenericRpcHandler:
-        desc = module.DESCRIPTOR.services_by_name[service]
-        handlers = {}
-        for method in desc.methods:
-            req_cls = message_factory.GetMessageClass(method.input_type)
-            resp_cls = message_factory.GetMessageClass(method.output_type)
-            full = f"{service}.{method.name}"
-            if join and full != JOIN_METHOD:
-                fn = self._join_refusal(full, method.server_streaming)
-            else:
-                # A client-streaming body gets the request iterator in place of a request, so
-                # the unary wrapper serves it too.
-                fn = self._make_handler(
-                    service, method.name, method.server_streaming, method.client_streaming, join
-                )
-            kw = {
-                "request_deserializer": req_cls.FromString,
-                "response_serializer": resp_cls.SerializeToString,
-            }
-            if method.server_streaming:
-                handlers[method.name] = grpc.unary_stream_rpc_method_handler(fn, **kw)
-            elif method.client_streaming:
-                handlers[method.name] = grpc.stream_unary_rpc_method_handler(fn, **kw)
-            else:
-                handlers[method.name] = grpc.unary_unary_rpc_method_handler(fn, **kw)
-        return grpc.method_handlers_generic_handler(f"ovnet.v1.{service}", handlers)
-
-    def _join_refusal(self, method: str, server_streaming: bool) -> Any:
-        message = (
-            f"no client certificate: {self.join_listen} is the join listener, which serves only "
-            f"{JOIN_METHOD}; call {method} on {self.opts.advertise or self.opts.listen} with this "
-            "cluster's certificate (join the cluster first)"
-        )
-
-        async def refuse(_request: Any, context: grpc.aio.ServicerContext) -> Any:
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
-
-        async def refuse_stream(
-            _request: Any, context: grpc.aio.ServicerContext
-        ) -> AsyncIterator[Any]:
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
-            yield None  # pragma: no cover (abort raises)
-
-        return refuse_stream if server_streaming else refuse
-
-    def _make_handler(
-        self,
-        service: str,
-        name: str,
-        server_streaming: bool,
-        client_streaming: bool,
-        join: bool,
-    ) -> Any:
-        attr = snake(name)
-        full = f"{service}.{name}"
-        anonymous = Peer(node_id="", role=authz.ANONYMOUS)
-
-        def admit(request: Any, context: grpc.aio.ServicerContext) -> tuple[Peer, Any]:
-            """The caller, and the request as the body gets it (client streams checked per
-            message)."""
-            if join:
-                return anonymous, request
-            peer = self._peer(context)
-            if client_streaming:
-                authz.authorize(peer, full, self.roles[full], self.removed)
-                return peer, self._checked_stream(peer, full, request)
-            self._authorize(peer, full, request)
-            return peer, request
-
-        async def fail(context: grpc.aio.ServicerContext, e: BaseException) -> None:
-            if isinstance(e, OvnetError):
-                await context.abort(e.code, e.message)
-            if isinstance(e, grpc.aio.AioRpcError):
-                await context.abort(e.code(), e.details() or "")
-            log.exception("internal error in %s", full, exc_info=e)
-            await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {name}: {e!r}")
-
-        if server_streaming:
-
-            async def stream_handler(
-                request: Any, context: grpc.aio.ServicerContext
-            ) -> AsyncIterator[Any]:
-                try:
-                    peer, request = admit(request, context)
-                    impl = self._target(service, name)
-                    if impl is None:
-                        stub = await self._leader_stub()
-                        async for item in getattr(stub, name)(request):
-                            yield item
-                        return
-                    async for item in self._call(impl, attr, request, peer):
-                        yield item
-                except asyncio.CancelledError:
-                    raise
-                except BaseException as e:
-                    await fail(context, e)
-
-            return stream_handler
-
-        async def unary_handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            try:
-                peer, request = admit(request, context)
-                impl = self._target(service, name)
-                if impl is None:
-                    stub = await self._leader_stub()
-                    return await getattr(stub, name)(request, timeout=30)
-                return await self._call(impl, attr, request, peer)
-            except asyncio.CancelledError:
-                raise
-            except BaseException as e:
-                await fail(context, e)
-
-        return unary_handler

@@ -24,9 +24,11 @@ import grpc
 import yaml
 from google.protobuf.message import Message
 
-from agent.tls import MANAGER_CHANNEL_OPTIONS, NodeCredentials, diagnose
-from manager.ca import pki
+from osutil.failover import Rotation
+from osutil.hostport import normalize_hostport
 from proto import control_pb2_grpc
+from security import pki
+from security.credentials import MANAGER_CHANNEL_OPTIONS, NodeCredentials, diagnose
 
 DEFAULT_PORT = 4242
 DEFAULT_ADDR = f"127.0.0.1:{DEFAULT_PORT}"
@@ -97,15 +99,12 @@ class AdminCredentials:
 
 
 def normalize_addr(addr: str) -> str:
-    """host[:port]; the default port is added, and a bare IPv6 address gets brackets."""
-    a = addr.strip()
-    if not a:
-        raise ConfigError("empty manager address")
-    if a.startswith("["):
-        return a if "]:" in a else f"{a}:{DEFAULT_PORT}"
-    if a.count(":") > 1:
-        return f"[{a}]:{DEFAULT_PORT}"
-    return a if ":" in a else f"{a}:{DEFAULT_PORT}"
+    """host[:port]; the default port is added, and a bare IPv6 address gets brackets.
+    ConfigError when it is not an address."""
+    try:
+        return normalize_hostport(addr, DEFAULT_PORT)
+    except ValueError as e:
+        raise ConfigError(f"bad manager address: {e}") from None
 
 
 def split_addrs(text: str) -> list[str]:
@@ -253,21 +252,17 @@ class FailoverStub:
         self._channel_factory = channel_factory
         self._diagnose = diagnose
         self._channels: dict[str, grpc.Channel] = {}
-        self._current = 0
+        self._rotation = Rotation(self.addrs)
 
     @property
     def current_addr(self) -> str:
         """The manager that answered last (the first address before any call)."""
-        return self.addrs[self._current]
+        return self._rotation.current
 
     def _stub(self, addr: str) -> Any:
         if addr not in self._channels:
             self._channels[addr] = self._channel_factory(addr)
         return control_pb2_grpc.ControlStub(self._channels[addr])
-
-    def _order(self) -> list[int]:
-        n = len(self.addrs)
-        return [(self._current + i) % n for i in range(n)]
 
     def __getattr__(self, method: str) -> Callable[[Message], Any]:
         if method.startswith("_") or not hasattr(control_pb2_grpc.ControlServicer, method):
@@ -278,15 +273,15 @@ class FailoverStub:
 
     def _unary(self, method: str, request: Message) -> Any:
         last = ""
-        for i in self._order():
+        for addr in list(self._rotation.order()):
             try:
-                response = getattr(self._stub(self.addrs[i]), method)(request, timeout=self.timeout)
+                response = getattr(self._stub(addr), method)(request, timeout=self.timeout)
             except grpc.RpcError as e:
                 if e.code() != grpc.StatusCode.UNAVAILABLE:
                     raise
                 last = e.details() or str(e)
                 continue
-            self._current = i
+            self._rotation.succeeded(addr)
             return response
         raise self._unreachable(last)
 
@@ -295,19 +290,19 @@ class FailoverStub:
 
     def _stream(self, method: str, request: Message) -> Iterator[Any]:
         last = ""
-        for i in self._order():
-            call = getattr(self._stub(self.addrs[i]), method)(request, timeout=self.timeout)
+        for addr in list(self._rotation.order()):
+            call = getattr(self._stub(addr), method)(request, timeout=self.timeout)
             try:
                 first = next(call)
             except StopIteration:
-                self._current = i
+                self._rotation.succeeded(addr)
                 return
             except grpc.RpcError as e:
                 if e.code() != grpc.StatusCode.UNAVAILABLE:
                     raise
                 last = e.details() or str(e)
                 continue
-            self._current = i
+            self._rotation.succeeded(addr)
             yield first
             yield from call
             return

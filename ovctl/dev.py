@@ -13,17 +13,17 @@ import time
 from typing import Any
 
 from ovctl.commands import error
-from ovctl.devcluster.cluster import (
+from ovctl.devcluster.cluster import DevCluster
+from ovctl.devcluster.plan import (
     DEFAULT_HOSTS,
     DEFAULT_PREFIX,
     DEFAULT_SUBNET,
-    DevCluster,
     DevClusterError,
     context_path,
     parse_subnet,
-    require_root,
     validate_prefix,
 )
+from ovctl.devcluster.shell import require_root
 
 
 def _prefix(text: str) -> str:

@@ -19,7 +19,7 @@ from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 
-from agent.tls import join_addr
+from osutil.hostport import next_port
 from proto import control_pb2
 from proto import objects_pb2 as pb
 
@@ -322,7 +322,7 @@ def join_token_text(role: str, token: str, managers: Sequence[str], rotated: boo
     head = f"Successfully rotated {role} join token.\n\n" if rotated else ""
     if role == "manager":
         command = (
-            f"ovnet-manager --etcd ETCD_ENDPOINTS --join {join_addr(managers[0])} "
+            f"ovnet-manager --etcd ETCD_ENDPOINTS --join {next_port(managers[0])} "
             f"--join-token {token}"
         )
     else:

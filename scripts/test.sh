@@ -21,7 +21,7 @@ echo "test.sh: ruff check ."
 "$bin/ruff" check .
 
 typed=()
-for d in manager agent ovctl proto bench tests; do
+for d in osutil security manager agent ovctl proto bench tests; do
     [[ -d $d ]] && typed+=("$d")
 done
 echo "test.sh: mypy ${typed[*]}"

@@ -15,15 +15,14 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Generator, Iterator, Mapping, Sequence
+from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.etcd import EtcdHandle, EtcdServer, etcd_available, key_prefix
-from tests.procs import LOOPBACK, ManagedProcess, free_port
-
-__all__ = ["free_port"]
+from ovctl.devcluster.etcd import EtcdServer, etcd_available
+from tests.support.etcd import EtcdHandle, key_prefix, remove_stale_workdirs
+from tests.support.procs import ProcessSpawner
 
 _serials = itertools.count()
 _failed_key = pytest.StashKey[bool]()
@@ -39,6 +38,12 @@ def pytest_runtest_makereport(
     if report.failed and report.when in ("setup", "call"):
         item.stash[_failed_key] = True
     return report
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    # A run killed with SIGKILL leaves its etcd data dirs (100+ MB each on /dev/shm): remove
+    # those of runs that are gone before this one starts its own.
+    remove_stale_workdirs()
 
 
 def _test_failed(request: pytest.FixtureRequest) -> bool:
@@ -81,36 +86,6 @@ def etcd_fresh(request: pytest.FixtureRequest) -> Iterator[EtcdServer]:
             print(f"--- etcd {server.name} log tail ---\n{server.log_tail()}")
     finally:
         server.close()
-
-
-class ProcessSpawner:
-    """Starts daemons for one test and stops every one of them when the test ends."""
-
-    def __init__(self, log_dir: Path) -> None:
-        self.log_dir = log_dir
-        self.processes: list[ManagedProcess] = []
-
-    def __call__(
-        self,
-        argv: Sequence[str],
-        name: str | None = None,
-        env: Mapping[str, str] | None = None,
-        port: int | None = None,
-        host: str = LOOPBACK,
-        timeout: float = 15.0,
-    ) -> ManagedProcess:
-        """Start ``argv``; when ``port`` is given, return only once ``host:port`` accepts."""
-        label = name or Path(argv[0]).name
-        proc = ManagedProcess(argv, self.log_dir / f"{label}-{len(self.processes)}.log", env)
-        self.processes.append(proc)
-        proc.start()
-        if port is not None:
-            proc.wait_port(host, port, timeout)
-        return proc
-
-    def stop_all(self) -> None:
-        for proc in reversed(self.processes):
-            proc.stop()
 
 
 @pytest.fixture

@@ -9,6 +9,9 @@ deleted namespace, and everything in it, alive.
 The host namespace is the one the agent runs in; tests (and the dev cluster, if it wishes) can
 point the DataPlane at a named netns instead (`host_netns`), in which case host-side sockets,
 sysctls and `nft` are entered there.
+
+Turning dumps into the planner's records is observe.py; this module keeps the handles, the
+order of applying and the netlink calls of each op.
 """
 
 from __future__ import annotations
@@ -18,18 +21,19 @@ import contextlib
 import dataclasses
 import logging
 import os
-import re
 import shutil
+import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Interface
-from pathlib import Path
 
 from pyroute2 import AsyncIPRoute
 
-from agent.dataplane import nl
-from agent.dataplane.plan import (
+from agent.dataplane import nl, observe
+from agent.dataplane.desired import allocate_gw_addresses, problems, wants_egress
+from agent.dataplane.observed import NetworkNs, Observed, SandboxNs
+from agent.dataplane.ops import (
     AddFdb,
     AddNeigh,
     CreateBridge,
@@ -42,32 +46,23 @@ from agent.dataplane.plan import (
     DelFdb,
     DelNeigh,
     EnsureNft,
-    Link,
-    NetworkNs,
-    Observed,
     Op,
     RemoveSandboxFiles,
-    SandboxNs,
     SetAddresses,
     SetDefaultRoute,
     SetIpForward,
     SetLink,
     SetLoUp,
-    VxlanParams,
     WriteSandboxFiles,
-    allocate_gw_addresses,
-    is_sandbox_if,
-    plan,
-    problems,
-    wants_egress,
 )
+from agent.dataplane.plan import plan
 from agent.model import DesiredState, HostConfig
+from osutil.files import atomic_write
+from osutil.netns import netns_path
 
 log = logging.getLogger(__name__)
 
 IP_FORWARD = "/proc/sys/net/ipv4/ip_forward"
-_GW_VETH = re.compile(r"^ovg[0-9a-z]{10}$")
-_STAGING = re.compile(r"^ovx\d+$")
 ENODEV, ENOENT, ESRCH, EEXIST = 19, 2, 3, 17
 # Re-check the nftables table (a process start) at most this often on a no-op reconcile.
 NFT_RECHECK_S = 30.0
@@ -107,7 +102,7 @@ class ApplyResult:
 class _Ns:
     """Sockets into one namespace: a raw one (sync, nl.py) and a pyroute2 handle (async)."""
 
-    def __init__(self, sockets: list) -> None:  # type: ignore[type-arg]
+    def __init__(self, sockets: list[socket.socket]) -> None:
         self.raw = nl.RawNetlink(sockets[0])
         self._spare = sockets[1]
         self._ipr: AsyncIPRoute | None = None
@@ -143,7 +138,7 @@ class DataPlane:
     # ---------------------------------------------------------------- handles
 
     def sandbox_path(self, task_id: str) -> str:
-        return nl.netns_path(self.names.sandbox_ns(task_id))
+        return netns_path(self.names.sandbox_ns(task_id))
 
     def _handle(self, ns: str | None) -> _Ns:
         h = self._ns.get(ns)
@@ -171,9 +166,7 @@ class DataPlane:
         """A snapshot of everything with the agent's prefix (dumps run in a worker thread)."""
         # Handles of namespaces that vanished are closed here, on the loop's thread: pyroute2
         # keeps its transport per thread, so closing them in the worker would leak it.
-        for stale in [
-            n for n in self._ns if n is not None and not os.path.exists(nl.netns_path(n))
-        ]:
+        for stale in [n for n in self._ns if n is not None and not os.path.exists(netns_path(n))]:
             self._drop(stale)
         obs = await asyncio.to_thread(self._observe_sync)
         now = time.monotonic()
@@ -190,80 +183,20 @@ class DataPlane:
             try:
                 h = self._handle(ns)
                 if self.names.is_network_ns(ns):
-                    networks[ns] = self._observe_network(h.raw)
+                    networks[ns] = observe.network(h.raw, self.names)
                 else:
-                    sandboxes[ns] = self._observe_sandbox(h.raw)
+                    sandboxes[ns] = observe.sandbox(h.raw, self.names)
             except OSError as e:  # deleted meanwhile, or not a netns mount
                 log.warning("cannot observe netns %s: %s", ns, e)
-        host = self._handle(None).raw
-        host_links = {
-            name: link
-            for name, link in self._links(host).items()
-            if name == self.names.gwbridge
-            or (_GW_VETH.match(name) and link.kind == "veth")
-            or (_STAGING.match(name) and link.kind == "vxlan")
-        }
+        host_links = observe.host_links(self._handle(None).raw, self.names)
         fwd = nl.read_sysctl(self.host_netns, IP_FORWARD) == "1"
         return Observed(
             networks=networks,
             sandboxes=sandboxes,
             host_links=host_links,
             ip_forward=fwd,
-            files=self._observe_files(),
+            files=observe.sandbox_files(self.host.etc_netns, self.names),
         )
-
-    @staticmethod
-    def _links(raw: nl.RawNetlink, keep=None, links=None) -> dict[str, Link]:  # type: ignore[no-untyped-def]
-        if links is None:
-            links = raw.links()
-        addrs = raw.addresses()
-        by_index = {lk.index: lk.name for lk in links}
-        out: dict[str, Link] = {}
-        for lk in links:
-            if lk.name == "lo" or (keep is not None and not keep(lk.name)):
-                continue
-            vx = VxlanParams(*lk.vxlan) if lk.vxlan else None
-            out[lk.name] = Link(
-                kind=lk.kind,
-                mtu=lk.mtu,
-                up=lk.up,
-                master=by_index.get(lk.master) if lk.master else None,
-                addresses=frozenset(addrs.get(lk.index, ())),
-                mac=lk.mac,
-                vxlan=vx,
-            )
-        return out
-
-    def _observe_network(self, raw: nl.RawNetlink) -> NetworkNs:
-        links = raw.links()
-        vx = next((lk for lk in links if lk.name == self.names.vxlan), None)
-        fdb: set[tuple[str, str]] = set()
-        neigh: set[tuple[str, str]] = set()
-        if vx is not None:
-            fdb, neigh = raw.entries(vx.index)
-        return NetworkNs(
-            links=self._links(raw, links=links), fdb=frozenset(fdb), neigh=frozenset(neigh)
-        )
-
-    def _observe_sandbox(self, raw: nl.RawNetlink) -> SandboxNs:
-        dump = raw.links()
-        lo_up = any(lk.name == "lo" and lk.up for lk in dump)
-        keep = lambda n: is_sandbox_if(n, self.names.sandbox_gw_if)  # noqa: E731
-        links = self._links(raw, keep=keep, links=dump)
-        return SandboxNs(links=links, lo_up=lo_up, default_gateway=raw.default_gateway())
-
-    def _observe_files(self) -> dict[str, tuple[str, str]]:
-        out: dict[str, tuple[str, str]] = {}
-        try:
-            entries = os.listdir(self.host.etc_netns)
-        except FileNotFoundError:
-            return out
-        for name in entries:
-            if not self.names.is_sandbox_ns(name):
-                continue
-            d = self.host.etc_netns / name
-            out[name] = (_read(d / "resolv.conf"), _read(d / "hosts"))
-        return out
 
     async def _nft_present(self) -> bool:
         rc, _ = await self._nft(["list", "table", "ip", self.names.nft_table])
@@ -272,7 +205,7 @@ class DataPlane:
     async def _nft(self, args: list[str], stdin: str | None = None) -> tuple[int, str]:
         argv = ["nft", *args]
         if self.host_netns is not None:
-            argv = ["nsenter", f"--net={nl.netns_path(self.host_netns)}", *argv]
+            argv = ["nsenter", f"--net={netns_path(self.host_netns)}", *argv]
         proc = await asyncio.create_subprocess_exec(
             *argv,
             stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
@@ -294,21 +227,18 @@ class DataPlane:
         i = 0
         while i < len(ops):
             op = ops[i]
-            if isinstance(op, AddFdb | DelFdb | AddNeigh | DelNeigh):
-                j = i
-                while (
-                    j < len(ops)
-                    and isinstance(ops[j], AddFdb | DelFdb | AddNeigh | DelNeigh)
-                    and ops[j].ns == op.ns  # type: ignore[attr-defined]
-                ):
+            entry_ns = _entry_ns(op)
+            if entry_ns is not None:
+                j = i + 1
+                while j < len(ops) and _entry_ns(ops[j]) == entry_ns:
                     j += 1
                 batch = ops[i:j]
-                if op.ns in broken:  # type: ignore[attr-defined]
+                if entry_ns in broken:
                     result.failures.append(
                         Failure(op, f"skipped {len(batch)} entries: netns broken")
                     )
                 else:
-                    failed = await self._entries(op.ns, batch)  # type: ignore[attr-defined]
+                    failed = await self._entries(entry_ns, batch)
                     result.failures.extend(failed)
                     result.applied += len(batch) - len(failed)
                 i = j
@@ -423,9 +353,8 @@ class DataPlane:
                 await self._handle(ns).ipr().link("set", index=1, state="up")
             case WriteSandboxFiles(ns=ns, resolv=resolv, hosts=hosts):
                 d = self.host.etc_netns / ns
-                d.mkdir(parents=True, exist_ok=True)
-                _write_atomic(d / "resolv.conf", resolv)
-                _write_atomic(d / "hosts", hosts)
+                atomic_write(d / "resolv.conf", resolv, mkdir=True)
+                atomic_write(d / "hosts", hosts)
             case RemoveSandboxFiles(ns=ns):
                 shutil.rmtree(self.host.etc_netns / ns, ignore_errors=True)
             case EnsureNft():
@@ -473,7 +402,7 @@ class DataPlane:
                     raise
                 await asyncio.sleep(0.05)
         idx = await self._index(host, op.staging)
-        fd = os.open(nl.netns_path(op.ns), os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(netns_path(op.ns), os.O_RDONLY | os.O_CLOEXEC)
         try:
             await host.link("set", index=idx, net_ns_fd=fd)
         except Exception:
@@ -493,7 +422,7 @@ class DataPlane:
         peer: dict[str, object] = {"ifname": op.peer_name, "mtu": op.mtu}
         if op.peer_mac:
             peer["address"] = op.peer_mac
-        fd = os.open(nl.netns_path(op.peer_ns), os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(netns_path(op.peer_ns), os.O_RDONLY | os.O_CLOEXEC)
         try:
             peer["net_ns_fd"] = fd
             await ipr.link("add", ifname=op.name, kind="veth", mtu=op.mtu, peer=peer)
@@ -557,7 +486,14 @@ class DataPlane:
         return failures
 
 
-def _msg(cmd: int, flags: int, family: int, idx: int, mac: str, dst: str):  # type: ignore[no-untyped-def]
+def _entry_ns(op: Op) -> str | None:
+    """The network netns of an FDB/neighbour op (None: another kind of op)."""
+    if isinstance(op, AddFdb | DelFdb | AddNeigh | DelNeigh):
+        return op.ns
+    return None
+
+
+def _msg(cmd: int, flags: int, family: int, idx: int, mac: str, dst: str) -> Callable[[int], bytes]:
     return lambda seq: nl.neigh_msg(cmd, flags, family, idx, mac, dst, seq)
 
 
@@ -578,19 +514,6 @@ def nft_ruleset(op: EnsureNft) -> str:
         "  }\n"
         "}\n"
     )
-
-
-def _read(path: Path) -> str:
-    try:
-        return path.read_text()
-    except FileNotFoundError:
-        return ""
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _errno(e: BaseException) -> int | None:

@@ -8,8 +8,8 @@ message of a datagram in turn) and a parser that only looks at the few attribute
 needs make both take milliseconds. Everything else (creating and configuring links, addresses,
 routes) goes through pyroute2's AsyncIPRoute in kernel.py.
 
-Also here: entering a named network namespace from a short-lived thread (netns membership is
-per thread) to create sockets in it or to create the namespace itself, without forking.
+Also here: creating a named network namespace from a short-lived thread (netns membership is
+per thread) and making sockets in one, without forking; entering one is `osutil.netns`.
 """
 
 from __future__ import annotations
@@ -24,9 +24,15 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface
-from typing import TypeVar
 
-NETNS_RUN_DIR = "/run/netns"
+from osutil.netns import (
+    CLONE_NEWNET,
+    NETNS_RUN_DIR,
+    enter_netns,
+    netns_path,
+    run_in_netns,
+    run_in_thread,
+)
 
 # rtnetlink message types and flags
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK, RTM_SETLINK = 16, 17, 18, 19
@@ -88,10 +94,8 @@ def _attrs(buf: bytes, start: int, end: int) -> Iterator[tuple[int, bytes]]:
 # Network namespaces from threads
 
 _libc = ctypes.CDLL(None, use_errno=True)
-CLONE_NEWNET = 0x40000000
 MS_BIND, MS_REC, MS_SHARED = 4096, 16384, 1 << 20
 MNT_DETACH = 2
-_T = TypeVar("_T")
 _rundir_ready = False
 _rundir_lock = threading.Lock()
 
@@ -115,40 +119,6 @@ def _prepare_rundir() -> None:
             _check(_libc.mount(d, d, b"none", MS_BIND | MS_REC, None), "bind /run/netns")
             _check(_libc.mount(b"", d, b"none", MS_SHARED | MS_REC, None), "share /run/netns")
         _rundir_ready = True
-
-
-def netns_path(name: str) -> str:
-    return os.path.join(NETNS_RUN_DIR, name)
-
-
-def run_in_thread(fn: Callable[[], _T]) -> _T:
-    """Run `fn` in a fresh thread (which may change its own netns) and return its result."""
-    ok: list[_T] = []
-    err: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            ok.append(fn())
-        except BaseException as e:
-            err.append(e)
-
-    t = threading.Thread(target=target, name="ovnet-netns")
-    t.start()
-    t.join()
-    if err:
-        raise err[0]
-    return ok[0]
-
-
-def enter_netns(name: str | None) -> None:
-    """Move the calling thread into the named netns (None: stay)."""
-    if name is None:
-        return
-    fd = os.open(netns_path(name), os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        _check(_libc.setns(fd, CLONE_NEWNET), f"setns {name}")
-    finally:
-        os.close(fd)
 
 
 def create_netns_here(name: str, base: str | None) -> None:
@@ -445,12 +415,7 @@ class RawNetlink:
 
 def open_sockets(netns: str | None, count: int = 2) -> list[socket.socket]:
     """`count` rtnetlink sockets in `netns` (None: the calling process's), made in a thread."""
-
-    def make() -> list[socket.socket]:
-        enter_netns(netns)
-        return [netlink_socket() for _ in range(count)]
-
-    return run_in_thread(make)
+    return run_in_netns(netns, lambda: [netlink_socket() for _ in range(count)])
 
 
 def create_netns(name: str, base: str | None, count: int = 2) -> list[socket.socket]:
@@ -465,20 +430,18 @@ def create_netns(name: str, base: str | None, count: int = 2) -> list[socket.soc
 
 def read_sysctl(netns: str | None, path: str) -> str:
     def read() -> str:
-        enter_netns(netns)
         with open(path) as f:
             return f.read().strip()
 
-    return run_in_thread(read)
+    return run_in_netns(netns, read)
 
 
 def write_sysctl(netns: str | None, path: str, value: str) -> None:
     def write() -> None:
-        enter_netns(netns)
         with open(path, "w") as f:
             f.write(value)
 
-    run_in_thread(write)
+    run_in_netns(netns, write)
 
 
 def errno_name(err: int) -> str:

@@ -1,7 +1,7 @@
 """The embedded resolver's I/O edge: 127.0.0.11:53 (UDP and TCP) in every sandbox, served by
 the agent's own event loop.
 
-Each sandbox gets a UDP and a TCP socket created inside its namespace (agent.netns) and bound
+Each sandbox gets a UDP and a TCP socket created inside its namespace (osutil.netns) and bound
 there; the agent serves them all from one loop, so a sandbox costs two file descriptors, not
 a process.
 
@@ -16,10 +16,8 @@ must vary (dnsrr, tasks.S) are cached as a small cycle of precomputed shuffles, 
 query. Sandboxes with the same view share one cache; update() with a changed table drops
 every cache at once (single-threaded loop: no query sees half of a change).
 
-Names that are not ours go to the host's upstream resolvers from a socket in the agent's
-namespace (a sandbox usually has no route to them), with fresh IDs, a timeout (SERVFAIL) and
-a bound on outstanding queries (SERVFAIL at once past it); their answers are passed back
-untouched but for the ID. Without upstreams such names get NXDOMAIN.
+Names that are not ours go to the host's upstream resolvers (agent.dns.upstream: fresh IDs, a
+timeout, a bound on outstanding queries); without upstreams such names get NXDOMAIN.
 """
 
 from __future__ import annotations
@@ -29,17 +27,17 @@ import contextlib
 import ipaddress
 import itertools
 import logging
-import random
 import socket
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from dnslib import EDNS0, QTYPE, RCODE, DNSHeader, DNSRecord
 
 from agent.dns.names import DEFAULT_TTL, Kind, NameTable, Resolution
+from agent.dns.upstream import Forwarder, host_upstreams
 from agent.endpoints import EndpointRecord
-from agent.netns import asocket_in_netns, run_in_netns
+from osutil.netns import run_in_netns
 
 log = logging.getLogger(__name__)
 
@@ -93,43 +91,6 @@ class _Sandbox:
     conns: set[asyncio.StreamWriter] = field(default_factory=set)
 
 
-@dataclass
-class _Pending:
-    client_id: bytes
-    query: bytes  # with our ID
-    reply: Callable[[bytes], None]
-    question: bytes
-    tries: int = 0
-    timer: asyncio.TimerHandle | None = None
-
-
-def _question_bytes(msg: bytes) -> bytes:
-    """The raw question section of a one-question message (b"" if it does not parse); used
-    to check that an upstream answer belongs to the query we sent under that ID."""
-    i = 12
-    n = len(msg)
-    while i < n:
-        ln = msg[i]
-        if ln == 0:
-            return msg[12 : i + 5]
-        if ln & 0xC0:
-            return b""
-        i += ln + 1
-    return b""
-
-
-def _rcode_only(query: bytes, rcode: int) -> bytes | None:
-    """A reply to `query` with `rcode` and no records; None if the query does not parse."""
-    try:
-        req = DNSRecord.parse(query)
-    except Exception:
-        return None
-    h = req.header
-    rep = DNSRecord(DNSHeader(id=h.id, qr=1, opcode=h.opcode, rd=h.rd, ra=1, rcode=rcode), q=req.q)
-    rep.questions = req.questions
-    return bytes(rep.pack())
-
-
 class DnsServer:
     def __init__(
         self,
@@ -156,40 +117,21 @@ class DnsServer:
         # attach/detach cross an await (the thread hop); one lock keeps two passes from
         # interleaving on a sandbox (a per-key lock would need its own lifetime rules).
         self._lock = asyncio.Lock()
-        # Forwarding state: one UDP socket per address family in use, outstanding queries
-        # by our ID, TCP forwards in flight (they count against max_inflight too).
-        self._up_socks: dict[int, socket.socket] = {}
-        self._up_addrs = {(h, p) for h, p in self.upstreams}
-        self._pending: dict[int, _Pending] = {}
-        self._tcp_forwards = 0
+        self._upstream = Forwarder(
+            self.upstreams,
+            self.stats,
+            timeout=forward_timeout,
+            max_inflight=max_inflight,
+            netns=upstream_netns,
+        )
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._ids = random.SystemRandom()
 
     # ------------------------------------------------------------------ table
 
     @staticmethod
     def host_upstreams(resolv_conf: str = "/etc/resolv.conf") -> list[tuple[str, int]]:
-        """The host's nameservers, less loopback ones: a sandbox's own loopback is not the
-        host's, and forwarding to ourselves would loop."""
-        out: list[tuple[str, int]] = []
-        try:
-            with open(resolv_conf) as f:
-                lines = f.read().splitlines()
-        except OSError:
-            return out
-        for line in lines:
-            parts = line.split()
-            if len(parts) < 2 or parts[0] != "nameserver":
-                continue
-            try:
-                addr = ipaddress.ip_address(parts[1].split("%", 1)[0])
-            except ValueError:
-                continue
-            if addr.is_loopback:
-                continue
-            if (str(addr), 53) not in out:
-                out.append((str(addr), 53))
-        return out
+        """The host's nameservers, less loopback ones (see agent.dns.upstream)."""
+        return host_upstreams(resolv_conf)
 
     def update(self, records: Iterable[EndpointRecord], network_names: Mapping[str, str]) -> bool:
         """Take a new set of records; cheap (one frozenset compare) when nothing changed,
@@ -243,7 +185,7 @@ class DnsServer:
                     self._release(old)
                 return
             if self.upstreams:
-                await self._ensure_upstream_sockets(loop)
+                await self._upstream.start(loop)
             udp, tcp = await asyncio.to_thread(run_in_netns, netns, _listen_sockets)
             view = self._view(frozenset(networks))
             sb = _Sandbox(key, netns, view, udp)
@@ -281,16 +223,7 @@ class DnsServer:
     async def close(self) -> None:
         for key in list(self._sandboxes):
             await self.detach(key)
-        for p in self._pending.values():
-            if p.timer is not None:
-                p.timer.cancel()
-        self._pending.clear()
-        for s in self._up_socks.values():
-            if self._loop is not None:
-                with contextlib.suppress(Exception):
-                    self._loop.remove_reader(s.fileno())
-            s.close()
-        self._up_socks.clear()
+        self._upstream.close()
 
     # ------------------------------------------------------------------ answers
 
@@ -409,7 +342,7 @@ class DnsServer:
             with contextlib.suppress(OSError):
                 sock.sendto(resp, addr)
 
-        self._forward(data, reply)
+        self._upstream.forward(data, reply)
 
     # ------------------------------------------------------------------ TCP
 
@@ -477,139 +410,8 @@ class DnsServer:
         if entry.__class__ is bytes:
             return data[:2] + entry
         if entry is _FORWARD:
-            return await self._forward_tcp(data)
+            return await self._upstream.forward_tcp(data)
         return data[:2] + next(entry)
-
-    # ------------------------------------------------------------------ upstream
-
-    async def _ensure_upstream_sockets(self, loop: asyncio.AbstractEventLoop) -> None:
-        for fam in {_family(h) for h, _ in self.upstreams}:
-            if fam in self._up_socks:
-                continue
-            s = await asocket_in_netns(self.upstream_netns, fam, socket.SOCK_DGRAM)
-            s.setblocking(False)
-            self._up_socks[fam] = s
-            loop.add_reader(s.fileno(), self._upstream_readable, s)
-
-    def _new_id(self) -> int | None:
-        for _ in range(16):
-            qid = self._ids.randrange(0x10000)
-            if qid not in self._pending:
-                return qid
-        return None
-
-    def _servfail(self, data: bytes) -> bytes | None:
-        self.stats["servfail"] += 1
-        return _rcode_only(data, RCODE.SERVFAIL)
-
-    def _forward(self, data: bytes, reply: Callable[[bytes], None]) -> None:
-        self.stats["forwarded"] += 1
-        qid = None
-        if len(self._pending) + self._tcp_forwards < self.max_inflight:
-            qid = self._new_id()
-        if qid is None or self._loop is None:
-            resp = self._servfail(data)
-            if resp is not None:
-                reply(resp)
-            return
-        p = _Pending(
-            client_id=data[:2],
-            query=qid.to_bytes(2, "big") + data[2:],
-            reply=reply,
-            question=_question_bytes(data),
-        )
-        self._pending[qid] = p
-        self._send_upstream(qid, p)
-
-    def _send_upstream(self, qid: int, p: _Pending) -> None:
-        """Send to the next upstream; each gets an equal share of the timeout, so a dead
-        first resolver costs a fraction of it, not all."""
-        assert self._loop is not None
-        host, port = self.upstreams[p.tries % len(self.upstreams)]
-        p.tries += 1
-        with contextlib.suppress(OSError):
-            self._up_socks[_family(host)].sendto(p.query, (host, port))
-        share = self.forward_timeout / len(self.upstreams)
-        p.timer = self._loop.call_later(share, self._upstream_timeout, qid, p)
-
-    def _upstream_timeout(self, qid: int, p: _Pending) -> None:
-        if self._pending.get(qid) is not p:
-            return
-        if p.tries < len(self.upstreams):
-            self._send_upstream(qid, p)
-            return
-        del self._pending[qid]
-        self.stats["upstream_timeouts"] += 1
-        resp = self._servfail(p.client_id + p.query[2:])
-        if resp is not None:
-            p.reply(resp)
-
-    def _upstream_readable(self, sock: socket.socket) -> None:
-        for _ in range(UDP_BATCH):
-            try:
-                data, addr = sock.recvfrom(65535)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as e:
-                log.debug("dns upstream read: %s", e)
-                return
-            if len(data) < 12 or (str(addr[0]), addr[1]) not in self._up_addrs:
-                continue
-            qid = int.from_bytes(data[:2], "big")
-            p = self._pending.get(qid)
-            if p is None or _question_bytes(data) != p.question:
-                continue  # late, or not the answer to what we asked under that ID
-            del self._pending[qid]
-            if p.timer is not None:
-                p.timer.cancel()
-            p.reply(p.client_id + data[2:])
-
-    async def _forward_tcp(self, data: bytes) -> bytes | None:
-        """A TCP client's query goes upstream over TCP: its answer may be too big for UDP."""
-        self.stats["forwarded"] += 1
-        if len(self._pending) + self._tcp_forwards >= self.max_inflight:
-            return self._servfail(data)
-        self._tcp_forwards += 1
-        try:
-            return await asyncio.wait_for(self._tcp_upstreams(data), self.forward_timeout)
-        except (TimeoutError, OSError, asyncio.IncompleteReadError):
-            self.stats["upstream_timeouts"] += 1
-            return self._servfail(data)
-        finally:
-            self._tcp_forwards -= 1
-
-    async def _tcp_upstreams(self, data: bytes) -> bytes:
-        loop = asyncio.get_running_loop()
-        last: Exception = OSError("no upstream")
-        for host, port in self.upstreams:
-            s = await asocket_in_netns(self.upstream_netns, _family(host), socket.SOCK_STREAM)
-            try:
-                s.setblocking(False)
-                await loop.sock_connect(s, (host, port))
-                await loop.sock_sendall(s, len(data).to_bytes(2, "big") + data)
-                n = int.from_bytes(await _recv_exactly(loop, s, 2), "big")
-                resp = await _recv_exactly(loop, s, n)
-                return data[:2] + resp[2:]
-            except (OSError, asyncio.IncompleteReadError) as e:
-                self.stats["upstream_errors"] += 1
-                last = e
-            finally:
-                s.close()
-        raise last
-
-
-def _family(host: str) -> int:
-    return socket.AF_INET6 if ":" in host else socket.AF_INET
-
-
-async def _recv_exactly(loop: asyncio.AbstractEventLoop, s: socket.socket, n: int) -> bytes:
-    buf = b""
-    while len(buf) < n:
-        chunk = await loop.sock_recv(s, n - len(buf))
-        if not chunk:
-            raise asyncio.IncompleteReadError(buf, n)
-        buf += chunk
-    return buf
 
 
 def _listen_sockets() -> tuple[socket.socket, socket.socket]:

@@ -1,11 +1,28 @@
-"""The executor's process layer: tasks as processes under shims, and their logs.
+"""The executor: how tasks run on this host, behind one seam.
 
-`Runner` starts, stops and re-adopts task processes (runner.py, with shim.py as each task's
-parent); `LogTailer` ships their output files (logs.py). The task state machine on top of them
-is agent/controller.py.
+`api.Executor` is all the daemon knows of a task runtime (prepare, start, wait, shutdown,
+terminate, remove, adopt after an agent restart, and the tasks' new output), as swarmkit's
+`exec.Executor`. `ProcessExecutor` (process.py) is its first implementation: `Runner` starts,
+stops and re-adopts task processes (runner.py, with shim.py as each task's parent) and
+`LogTailer` ships their output files (logs.py). The task state machine on top is
+agent/controller.py.
 """
 
+from agent.executor.api import Adopted, Executor, ExitInfo, Running, StartError, TaskSpec
 from agent.executor.logs import LogChunk, LogTailer
-from agent.executor.runner import ExitInfo, ProcessInfo, Runner, StartError
+from agent.executor.process import ProcessExecutor
+from agent.executor.runner import ProcessInfo, Runner
 
-__all__ = ["ExitInfo", "LogChunk", "LogTailer", "ProcessInfo", "Runner", "StartError"]
+__all__ = [
+    "Adopted",
+    "Executor",
+    "ExitInfo",
+    "LogChunk",
+    "LogTailer",
+    "ProcessExecutor",
+    "ProcessInfo",
+    "Runner",
+    "Running",
+    "StartError",
+    "TaskSpec",
+]

@@ -35,6 +35,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent.executor import shim
+from agent.executor.api import ExitInfo, StartError
+from osutil.files import atomic_write
+from osutil.proc import pid_alive
+
+__all__ = ["ExitInfo", "ProcessInfo", "Runner", "StartError", "build_env", "check_command"]
 
 log = logging.getLogger(__name__)
 
@@ -46,44 +51,6 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # this is for a machine under heavy load).
 SHIM_REPORT_TIMEOUT_S = 15.0
 _TASK_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-
-
-class StartError(Exception):
-    """The command could not be started; the message says why, for the task's status."""
-
-
-@dataclass(frozen=True)
-class ExitInfo:
-    """How a task ended. `error` is always human text ("exit status 3", "killed by signal 9
-    (SIGKILL)", "exec: 'nosuchcmd': No such file or directory"); `start_failed` says the
-    command never ran (`ip netns exec` could not exec it), which a controller may report as
-    rejected rather than failed."""
-
-    exit_code: int | None
-    signal: int | None
-    error: str
-    start_failed: bool = False
-
-    @property
-    def ok(self) -> bool:
-        return self.exit_code == 0 and self.signal is None
-
-    @classmethod
-    def from_record(cls, rec: dict[str, object]) -> ExitInfo:
-        code, sig = rec.get("exit_code"), rec.get("signal")
-        code = code if isinstance(code, int) else None
-        sig = sig if isinstance(sig, int) else None
-        error = rec.get("error")
-        return cls(
-            exit_code=code,
-            signal=sig,
-            error=error if isinstance(error, str) and error else shim.describe_exit(code, sig),
-            start_failed=bool(rec.get("start_failed", False)),
-        )
-
-    @classmethod
-    def lost(cls, why: str = "the task's shim died") -> ExitInfo:
-        return cls(None, None, f"exit status unknown: {why}")
 
 
 @dataclass(frozen=True)
@@ -122,21 +89,10 @@ def _follow(src: asyncio.Future[ExitInfo], dst: asyncio.Future[ExitInfo]) -> Non
 
 
 def _alive(pid: object, start_time: object) -> bool:
-    """The process `pid` runs and is the one that had `start_time` (not a reused PID).
-
-    A zombie is dead: if it is our own child (a shim started by an earlier Runner in this
-    process), reap it now, as init would have done for a real agent restart.
-    """
-    if not isinstance(pid, int) or pid <= 0 or not isinstance(start_time, int):
-        return False
-    st = shim.proc_stat(pid)
-    if st is None or st[1] != start_time:
-        return False
-    if st[0] == "Z":
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)
-        return False
-    return True
+    """The process `pid` runs and is the one that had `start_time` (a record without a start
+    time proves nothing). A zombie that is our own child (a shim started by an earlier Runner
+    in this process) is reaped, as init would have done for a real agent restart."""
+    return isinstance(start_time, int) and pid_alive(pid, start_time, reap=True)
 
 
 def _read_json(path: Path) -> dict[str, object] | None:
@@ -325,6 +281,22 @@ class Runner:
 
     # ------------------------------------------------------------------ start
 
+    def check(
+        self, argv: Sequence[str], env: Sequence[str], workdir: str, netns: str
+    ) -> dict[str, str]:
+        """What can be checked before anything runs: iproute2, the namespace, the environment,
+        the command and the working directory; StartError with the first reason it can't start,
+        else the task's full environment."""
+        if self.ip is None:
+            raise StartError("the 'ip' command (iproute2) is not installed on this host")
+        if not netns or "/" in netns or not (self.netns_dir / netns).exists():
+            raise StartError(f"network namespace {netns!r} does not exist")
+        full_env = build_env(env)
+        check_command(argv, full_env["PATH"])
+        if not os.path.isdir(workdir or "/"):
+            raise StartError(f"working directory {workdir!r} does not exist")
+        return full_env
+
     async def start(
         self, task_id: str, argv: Sequence[str], env: Sequence[str], workdir: str, netns: str
     ) -> int:
@@ -374,21 +346,14 @@ class Runner:
         workdir: str,
         netns: str,
     ) -> int:
-        if self.ip is None:
-            raise StartError("the 'ip' command (iproute2) is not installed on this host")
-        if not netns or "/" in netns or not (self.netns_dir / netns).exists():
-            raise StartError(f"network namespace {netns!r} does not exist")
-        full_env = build_env(env)
-        check_command(argv, full_env["PATH"])
-        if not os.path.isdir(workdir):
-            raise StartError(f"working directory {workdir!r} does not exist")
-
+        full_env = self.check(argv, env, workdir, netns)
+        assert self.ip is not None  # checked
         task_dir.mkdir(parents=True, exist_ok=True)
         for name in (shim.SHIM_FILE, shim.EXIT_FILE):
             (task_dir / name).unlink(missing_ok=True)
-        shim.write_json_atomic(
-            str(task_dir / SPEC_FILE),
-            {"argv": list(argv), "env": list(env), "workdir": workdir, "netns": netns},
+        atomic_write(
+            task_dir / SPEC_FILE,
+            json.dumps({"argv": list(argv), "env": list(env), "workdir": workdir, "netns": netns}),
         )
         flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
         out = os.open(task_dir / shim.STDOUT_FILE, flags, 0o640)

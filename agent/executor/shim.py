@@ -2,8 +2,8 @@
 
 The agent starts this file as a script (``python -I -S shim.py TASK_DIR STATUS_FD -- ARGV...``)
 in a new session, with the task's environment, working directory and log files as stdin/out/err.
-Run by path and with only the standard library, it starts in ~10 ms and does not depend on the
-agent's package being importable. It:
+Run by path, with the standard library and `osutil` only, it starts in ~10 ms and does not
+depend on the agent's package (or its dependencies) being importable. It:
 
 1. spawns ARGV (normally ``ip netns exec <sandbox> CMD...``) in a process group of its own, so
    that a stop reaches everything the task forked, and nothing else;
@@ -18,7 +18,10 @@ Because this process, not the agent, is the task's parent, the agent may die and
 the exit status is on disk, and a new agent watches the shim through a pidfd.
 
 The pure helpers (exit descriptions, recognising ``ip netns exec``'s own failures) live here so
-that the shim needs nothing else; the runner imports them from this module.
+that the shim needs nothing else of the agent; the runner imports them from this module. Of
+ovnet it imports only `osutil.proc` and `osutil.files`, which import nothing but `os`: run by
+path, it puts the directory holding `osutil` (two levels above this file's package) first on
+its path itself, as `-I` leaves the path without it.
 """
 
 from __future__ import annotations
@@ -27,6 +30,12 @@ import os
 import signal
 import sys
 import time
+
+if __name__ == "__main__":
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+from osutil.files import atomic_write
+from osutil.proc import proc_start_time
 
 SHIM_FILE = "shim.json"
 EXIT_FILE = "exit.json"
@@ -115,39 +124,12 @@ def exit_record(
     }
 
 
-def proc_stat(pid: int) -> tuple[str, int] | None:
-    """(state letter, start time in clock ticks since boot) from /proc/PID/stat, or None if
-    there is no such process. PID plus start time identifies one process across PID reuse;
-    state "Z" is a zombie: dead, waiting for its parent to reap it."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    # The command name (field 2) may contain spaces and parentheses: split after the last ')'.
-    fields = stat[stat.rindex(b")") + 2 :].split()
-    return fields[0].decode(), int(fields[19])
-
-
-def proc_start_time(pid: int) -> int | None:
-    """The process's start time (/proc/PID/stat field 22), or None if it does not exist."""
-    st = proc_stat(pid)
-    return st[1] if st else None
-
-
 def write_json_atomic(path: str, data: object) -> None:
-    """Readers see the old file or the whole new one, never a torn write (rename is atomic).
-    No fsync: the record must survive an agent crash, not a power cut, and fsync costs ms."""
+    """exit.json: readers see the old file or the whole new one. No fsync: the record must
+    survive an agent crash, not a power cut, and fsync costs ms."""
     import json  # not at module level: the shim's start must stay fast (~4 ms with re)
 
-    _write_atomic(path, json.dumps(data))
-
-
-def _write_atomic(path: str, text: str) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(data))
 
 
 def ints_json(data: dict[str, int | None]) -> str:
@@ -271,7 +253,7 @@ def main(args: list[str]) -> int:
         _report(status_fd, "err " + error)
         return 1
 
-    _write_atomic(
+    atomic_write(
         os.path.join(task_dir, SHIM_FILE),
         ints_json(
             {

@@ -1,4 +1,4 @@
-"""The transmit-limited broadcast queue and the timer heap of a node.
+"""The transmit-limited broadcast queue of a node.
 
 A broadcast is an encoded message waiting to be sent a bounded number of times. Packets are
 filled with the least-sent messages first (newest first among equals), so news overtakes
@@ -9,9 +9,7 @@ drops every pending suspicion of it (by group).
 
 from __future__ import annotations
 
-import heapq
-from collections.abc import Callable, Hashable
-from typing import Any
+from collections.abc import Hashable
 
 
 class _Item:
@@ -119,31 +117,3 @@ class TransmitQueue:
                 buckets.append({})
             buckets[t][item.key] = item
         return out
-
-
-class Timers:
-    """A heap of (when, callback, argument). Entries are never cancelled: each callback
-    checks whether what it was scheduled for still holds, which keeps scheduling O(log n)
-    and the bookkeeping in one place."""
-
-    __slots__ = ("_counter", "_heap")
-
-    def __init__(self) -> None:
-        self._heap: list[tuple[float, int, Callable[[float, Any], None], Any]] = []
-        self._counter = 0
-
-    def add(self, when: float, fn: Callable[[float, Any], None], arg: Any = None) -> None:
-        self._counter += 1
-        heapq.heappush(self._heap, (when, self._counter, fn, arg))
-
-    def next(self) -> float:
-        return self._heap[0][0] if self._heap else float("inf")
-
-    def run_due(self, now: float) -> None:
-        heap = self._heap
-        while heap and heap[0][0] <= now:
-            _, _, fn, arg = heapq.heappop(heap)
-            fn(now, arg)
-
-    def __len__(self) -> int:
-        return len(self._heap)

@@ -1,5 +1,5 @@
 """Small pieces every part of the gossip core shares: the address type, the one exception
-a decoder may raise, the result codes of applying a message, and an indexed set for O(1)
+a decoder may raise, the outcome of applying a message, and an indexed set for O(1)
 random peer picks.
 
 They live apart from the protocol modules so that `wire`, `crypto`, `membership` and
@@ -8,19 +8,24 @@ They live apart from the protocol modules so that `wire`, `crypto`, `membership`
 
 from __future__ import annotations
 
+import enum
 import random
 from collections.abc import Callable, Container, Iterator
 from typing import Generic, TypeVar
 
 Addr = tuple[str, int]
 
-# What applying one gossip message did. The node decides from it whether to pass the message
-# on (only news is re-broadcast, which is what bounds an epidemic) or to answer for itself.
-IGNORED = 0  # stale or duplicate: nothing changed
-CHANGED = 1  # news: the local view changed; pass it on
-CONFIRMED = 2  # a new independent confirmation of a suspicion; pass it on
-REFUTE = 3  # someone holds a wrong view of this node's own state: it must answer with news
-NOT_MINE = 4  # an entry of a network this node is not in: not stored (and not "seen")
+
+class Outcome(enum.Enum):
+    """What applying one gossip message did. The node decides from it whether to pass the
+    message on (only news is re-broadcast, which is what bounds an epidemic) or to answer for
+    itself."""
+
+    IGNORED = "ignored"  # stale or duplicate: nothing changed
+    CHANGED = "changed"  # news: the local view changed; pass it on
+    CONFIRMED = "confirmed"  # a new independent confirmation of a suspicion; pass it on
+    REFUTE = "refute"  # someone holds a wrong view of this node's own state: answer with news
+    NOT_MINE = "not_mine"  # an entry of a network this node is not in: not stored, not "seen"
 
 
 class DecodeError(ValueError):

@@ -4,6 +4,9 @@ Defaults follow memberlist's LAN profile where the issue names one (probe 1 s, p
 0.5 s, gossip every 200 ms to 3 nodes, retransmit multiplier 4, push-pull every 30 s), and
 depart from it where the goals demand (failure detection under 2.5 s on 5 nodes, one entry to
 99.99 % of 1,000 nodes in 1.5 s); each departure is explained at its field.
+
+The name is `GossipTuning`, not "config": `GossipConfig` is the proto message in which the
+manager sends the keyring and the seed peers, a different thing with a different owner.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
-class GossipConfig:
+class GossipTuning:
     # --- failure detection (SWIM + Lifeguard) ---
     probe_interval: float = 1.0
     """Each node starts one round-robin probe per interval (plus its ring successor, below)."""
@@ -152,21 +155,21 @@ class GossipConfig:
         }
         for name, value in positive.items():
             if not value > 0:
-                raise ValueError(f"GossipConfig.{name} must be > 0, got {value!r}")
+                raise ValueError(f"GossipTuning.{name} must be > 0, got {value!r}")
         if self.probe_timeout >= self.probe_interval:
-            raise ValueError("GossipConfig.probe_timeout must be shorter than probe_interval")
+            raise ValueError("GossipTuning.probe_timeout must be shorter than probe_interval")
         for name in ("indirect_checks", "confirm_probers", "retransmit_mult"):
             if getattr(self, name) < 0:
-                raise ValueError(f"GossipConfig.{name} must be >= 0")
+                raise ValueError(f"GossipTuning.{name} must be >= 0")
         if self.gossip_nodes < 1 or self.retransmit_mult < 1 or self.retransmit_min_scale < 1:
-            raise ValueError("GossipConfig.gossip_nodes and retransmit_mult must be >= 1")
+            raise ValueError("GossipTuning.gossip_nodes and retransmit_mult must be >= 1")
         if self.max_packet < 512:
-            raise ValueError("GossipConfig.max_packet must be at least 512 bytes")
+            raise ValueError("GossipTuning.max_packet must be at least 512 bytes")
         if self.max_value + 256 > self.max_packet:
-            raise ValueError("GossipConfig.max_value must leave 256 bytes of a packet spare")
+            raise ValueError("GossipTuning.max_value must leave 256 bytes of a packet spare")
         if self.replay_window < 64 or self.replay_epochs < 1 or self.seen_cache < 0:
-            raise ValueError("GossipConfig.replay_window >= 64, replay_epochs >= 1 required")
+            raise ValueError("GossipTuning.replay_window >= 64, replay_epochs >= 1 required")
         if self.eager_coalesce < 0 or self.eager_coalesce >= self.gossip_interval:
-            raise ValueError("GossipConfig.eager_coalesce must be in [0, gossip_interval)")
+            raise ValueError("GossipTuning.eager_coalesce must be in [0, gossip_interval)")
         if min(self.gossip_to_dead, self.dead_member_reap, self.tombstone_reap) < 0:
-            raise ValueError("GossipConfig reap/gossip_to_dead times must be >= 0")
+            raise ValueError("GossipTuning reap/gossip_to_dead times must be >= 0")

@@ -45,7 +45,11 @@ class Stats:
     """Traffic counters. Every packet or frame that is rejected counts once in ``dropped``
     under one reason: malformed (not a sealed packet, or a bad body under a valid key), auth
     (no key opens it), replay, misdirected (sealed for another node), loop (our own name as
-    sender), too_large, error (a bug: should stay 0)."""
+    sender), too_large (also our own push-pull outgrowing the frame limit).
+
+    ``bugs`` counts inputs on which the core itself failed (an exception other than a
+    decoding or authentication error): not a drop, since the input may well have been
+    valid; each is logged with its traceback, and it should stay 0."""
 
     packets_in: int = 0
     packets_out: int = 0
@@ -58,6 +62,11 @@ class Stats:
     stream_failures: int = 0
     dropped: dict[str, int] = field(default_factory=dict)
     last_sync: float | None = None
+    bugs: int = 0
+
+    def drop(self, reason: str) -> None:
+        """Count one rejected input under ``reason``."""
+        self.dropped[reason] = self.dropped.get(reason, 0) + 1
 
     def total_dropped(self) -> int:
         return sum(self.dropped.values())

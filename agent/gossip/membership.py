@@ -29,8 +29,8 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from agent.gossip.common import CHANGED, CONFIRMED, IGNORED, REFUTE, Addr, IndexedSet
-from agent.gossip.config import GossipConfig
+from agent.gossip.common import Addr, IndexedSet, Outcome
+from agent.gossip.config import GossipTuning
 from agent.gossip.wire import member_record
 
 ALIVE = "alive"
@@ -121,7 +121,7 @@ class Membership:
         self,
         name: str,
         addr: Addr,
-        config: GossipConfig,
+        config: GossipTuning,
         rng: random.Random,
         now: float,
         on_change: ChangeHook,
@@ -168,14 +168,14 @@ class Membership:
 
     # ----------------------------------------------------------------- merging
 
-    def apply_alive(self, name: str, addr: Addr, inc: int, now: float) -> int:
+    def apply_alive(self, name: str, addr: Addr, inc: int, now: float) -> Outcome:
         if name == self.name:
             if self.left:
-                return IGNORED
+                return Outcome.IGNORED
             local = self.local
             if inc > local.incarnation or (inc == local.incarnation and addr != local.addr):
                 return self._refute(inc)
-            return IGNORED
+            return Outcome.IGNORED
         m = self.members.get(name)
         if m is None:
             m = Member(name, addr, ALIVE, inc, now)
@@ -183,9 +183,9 @@ class Membership:
             self._activate(name)
             self.version += 1
             self._on_change(m, None, addr, now)
-            return CHANGED
+            return Outcome.CHANGED
         if inc <= m.incarnation:
-            return IGNORED
+            return Outcome.IGNORED
         old_state, old_addr = m.state, m.addr
         m.incarnation = inc
         m.addr = addr
@@ -197,19 +197,19 @@ class Membership:
                 self._activate(name)
         self.version += 1
         self._on_change(m, old_state, old_addr, now)
-        return CHANGED
+        return Outcome.CHANGED
 
-    def apply_suspect(self, name: str, inc: int, source: str, now: float) -> int:
+    def apply_suspect(self, name: str, inc: int, source: str, now: float) -> Outcome:
         if name == self.name:
             if self.left or inc < self.local.incarnation:
-                return IGNORED
+                return Outcome.IGNORED
             return self._refute(inc)
         m = self.members.get(name)
         if m is None or inc < m.incarnation or m.state in (DEAD, LEFT):
-            return IGNORED
+            return Outcome.IGNORED
         if m.state == SUSPECT and inc == m.incarnation:
             assert m.suspicion is not None
-            return CONFIRMED if m.suspicion.confirm(source) else IGNORED
+            return Outcome.CONFIRMED if m.suspicion.confirm(source) else Outcome.IGNORED
         old_state = m.state
         m.state = SUSPECT
         m.incarnation = inc
@@ -217,20 +217,20 @@ class Membership:
         m.suspicion = self._new_suspicion(inc, source, now)
         self.version += 1
         self._on_change(m, old_state, m.addr, now)
-        return CHANGED
+        return Outcome.CHANGED
 
-    def apply_dead(self, name: str, inc: int, source: str, now: float) -> int:
+    def apply_dead(self, name: str, inc: int, source: str, now: float) -> Outcome:
         """``source == name`` means the member left gracefully."""
         gone = LEFT if source == name else DEAD
         if name == self.name:
             if self.left or inc < self.local.incarnation:
-                return IGNORED
+                return Outcome.IGNORED
             return self._refute(inc)
         m = self.members.get(name)
         if m is None or inc < m.incarnation or m.state == LEFT:
-            return IGNORED
+            return Outcome.IGNORED
         if m.state == DEAD and gone == DEAD:
-            return IGNORED
+            return Outcome.IGNORED
         old_state = m.state
         m.state = gone
         m.incarnation = inc
@@ -240,7 +240,7 @@ class Membership:
         self._deactivate(name, gone, old_state)
         self.version += 1
         self._on_change(m, old_state, m.addr, now)
-        return CHANGED
+        return Outcome.CHANGED
 
     def leave(self, now: float) -> None:
         if self.local.state != LEFT:
@@ -262,10 +262,10 @@ class Membership:
         self._ring_remove(name)
         self.version += 1
 
-    def _refute(self, inc: int) -> int:
+    def _refute(self, inc: int) -> Outcome:
         self.local.incarnation = min(max(self.local.incarnation, inc) + 1, MAX_INCARNATION)
         self.version += 1
-        return REFUTE
+        return Outcome.REFUTE
 
     def _new_suspicion(self, inc: int, source: str, now: float) -> Suspicion:
         cfg = self.config

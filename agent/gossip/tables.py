@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from agent.gossip.common import CHANGED, IGNORED, NOT_MINE, REFUTE, IndexedSet
+from agent.gossip.common import IndexedSet, Outcome
 from agent.gossip.events import EntryChanged
 from agent.gossip.wire import EntryMsg, NetMsg, net_record
 
@@ -180,41 +180,41 @@ class Tables:
 
     # ------------------------------------------------------------------ merging
 
-    def apply_entry(self, m: EntryMsg) -> tuple[int, Entry | None]:
-        """Merge one entry version. Returns (code, entry): CHANGED with the stored entry,
+    def apply_entry(self, m: EntryMsg) -> tuple[Outcome, Entry | None]:
+        """Merge one entry version. Returns (outcome, entry): CHANGED with the stored entry,
         REFUTE with our own newer version to broadcast, IGNORED, or NOT_MINE."""
         store = self._store.get(m.network)
         if store is None:
-            return NOT_MINE, None
+            return Outcome.NOT_MINE, None
         if m.ltime > self.clock:
             self.clock = m.ltime
         owners = store.get(m.key)
         cur = owners.get(m.owner) if owners else None
         if cur is not None and m.ltime < cur.ltime:
-            return IGNORED, None
+            return Outcome.IGNORED, None
         if m.owner == self.name:
             if cur is not None and m.ltime == cur.ltime:
                 if m.deleted == cur.deleted and (m.deleted or m.value == cur.value):
-                    return IGNORED, None
+                    return Outcome.IGNORED, None
             elif m.deleted and (cur is None or cur.deleted):
                 # Our own old tombstone: we agree it is gone; adopt its time.
                 e = Entry(m.network, m.key, self.name, m.ltime, b"", True)
                 self._set(e)
-                return CHANGED, e
+                return Outcome.CHANGED, e
             if cur is not None and not cur.deleted:
                 e = Entry(m.network, m.key, self.name, self._tick(), cur.value, False)
             else:
                 e = Entry(m.network, m.key, self.name, self._tick(), b"", True)
             self._set(e)
-            return REFUTE, e
+            return Outcome.REFUTE, e
         if cur is not None and m.ltime == cur.ltime:
-            return IGNORED, None
+            return Outcome.IGNORED, None
         e = Entry(m.network, m.key, m.owner, m.ltime, b"" if m.deleted else m.value, m.deleted)
         self._set(e)
-        return CHANGED, e
+        return Outcome.CHANGED, e
 
-    def apply_net(self, m: NetMsg) -> tuple[int, NetMsg | None]:
-        """Merge one participation record: (code, our re-assertion when REFUTE)."""
+    def apply_net(self, m: NetMsg) -> tuple[Outcome, NetMsg | None]:
+        """Merge one participation record: (outcome, our re-assertion when REFUTE)."""
         if m.ltime > self.net_clock:
             self.net_clock = m.ltime
         key = (m.node, m.network)
@@ -222,12 +222,12 @@ class Tables:
         if m.node == self.name:
             actual = m.network in self._mine
             if m.joined == actual or (cur is not None and m.ltime < cur[0]):
-                return IGNORED, None
+                return Outcome.IGNORED, None
             lt = self._net_tick()
             self._set_part(key, lt, actual)
-            return REFUTE, NetMsg(self.name, m.network, lt, actual)
+            return Outcome.REFUTE, NetMsg(self.name, m.network, lt, actual)
         if cur is not None and m.ltime <= cur[0]:
-            return IGNORED, None
+            return Outcome.IGNORED, None
         self._set_part(key, m.ltime, m.joined)
         was = cur is not None and cur[1]
         if m.joined:
@@ -244,7 +244,7 @@ class Tables:
             if keys:
                 for k in list(keys):
                     self._recompute(m.network, k)
-        return CHANGED, None
+        return Outcome.CHANGED, None
 
     def owner_changed(self, owner: str) -> None:
         """The owner's liveness flipped: its entries appear or disappear."""

@@ -17,7 +17,7 @@ suffices: no long-lived worker thread per sandbox is needed.
 The flip side: the context's socket pins the namespace, so it keeps working after the
 namespace's name is gone (``ip netns del``) and would silently program a namespace nobody
 can see. ``run`` therefore checks that /run/netns/NAME still names the same namespace
-(same nsfs inode) and raises NetnsGone otherwise.
+(same nsfs inode, `osutil.netns.netns_inode`) and raises NetnsGone otherwise.
 
 Calls into libnftables are serialized by one process-wide lock: the library does not
 promise that distinct contexts may run concurrently, and each call is short.
@@ -29,17 +29,15 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import os
 import subprocess
 import threading
 from typing import Any
 
+import osutil.netns
+
 LIBNFTABLES = "libnftables.so.1"
 LIBNFTABLES_PATH = "/usr/lib/x86_64-linux-gnu/libnftables.so.1"
-NETNS_RUN_DIR = "/run/netns"
-CLONE_NEWNET = 0x40000000
 
-_libc = ctypes.CDLL(None, use_errno=True)
 _lib_lock = threading.Lock()  # serializes every libnftables call (see module docstring)
 _lib: ctypes.CDLL | None = None
 _lib_error: str | None = None
@@ -49,8 +47,9 @@ class NftError(Exception):
     """nft refused a script; the message is nft's own error text."""
 
 
-class NetnsGone(NftError):
-    """The target network namespace no longer exists (or its name now names another one)."""
+class NetnsGone(NftError, osutil.netns.NetnsGone):
+    """The target network namespace no longer exists (or its name now names another one).
+    Both an NftError (the script was not run) and osutil's NetnsGone (a FileNotFoundError)."""
 
 
 def _load_lib() -> ctypes.CDLL | None:
@@ -89,49 +88,6 @@ def libnftables_available() -> bool:
     return _load_lib() is not None
 
 
-def netns_path(netns: str) -> str:
-    """A netns name (/run/netns/NAME) or already a path."""
-    return netns if "/" in netns else os.path.join(NETNS_RUN_DIR, netns)
-
-
-def _ns_inode(path: str) -> tuple[int, int] | None:
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return None
-    return st.st_dev, st.st_ino
-
-
-def _in_netns_thread(path: str, fn: Any) -> Any:
-    """Run ``fn()`` in a fresh thread that entered the namespace at ``path`` (netns
-    membership is per thread, so the caller's thread is left where it was)."""
-    box: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            box["err"] = NetnsGone(f"network namespace {path} does not exist")
-            return
-        try:
-            if _libc.setns(fd, CLONE_NEWNET) != 0:
-                err = ctypes.get_errno()
-                box["err"] = OSError(err, f"setns {path}: {os.strerror(err)}")
-                return
-            box["ok"] = fn()
-        except BaseException as e:
-            box["err"] = e
-        finally:
-            os.close(fd)
-
-    t = threading.Thread(target=target, name="ovnet-nft-netns")
-    t.start()
-    t.join()
-    if "err" in box:
-        raise box["err"]
-    return box["ok"]
-
-
 class Nft:
     """One nftables context acting in one network namespace (None: the caller's)."""
 
@@ -141,7 +97,7 @@ class Nft:
         if backend not in ("auto", "lib", "process"):
             raise ValueError(f"unknown backend {backend!r}")
         self.netns = netns
-        self.path = netns_path(netns) if netns is not None else None
+        self.path = osutil.netns.netns_path(netns) if netns is not None else None
         self._lock = threading.Lock()
         self._ctx: int | None = None
         self._inode: tuple[int, int] | None = None
@@ -150,7 +106,7 @@ class Nft:
             raise NftError(f"libnftables unavailable: {_lib_error}")
         self.backend = "lib" if lib is not None else "process"
         if self.path is not None:
-            self._inode = _ns_inode(self.path)
+            self._inode = osutil.netns.netns_inode(self.path)
             if self._inode is None:
                 raise NetnsGone(f"network namespace {self.path} does not exist")
         if lib is not None:
@@ -168,15 +124,18 @@ class Nft:
 
         if self.path is None:
             return make()
-        ctx: int = _in_netns_thread(self.path, make)
+        try:
+            ctx = osutil.netns.run_in_netns(self.path, make)
+        except osutil.netns.NetnsGone as e:
+            raise NetnsGone(str(e)) from None
         # The inode seen by the thread that made the socket, not one stat()ed earlier: the
         # name could have been re-pointed in between.
-        self._inode = _ns_inode(self.path)
+        self._inode = osutil.netns.netns_inode(self.path)
         return ctx
 
     def alive(self) -> bool:
         """Does our namespace still exist under its name (and is it still the same one)?"""
-        return self.path is None or _ns_inode(self.path) == self._inode
+        return self.path is None or osutil.netns.netns_inode(self.path) == self._inode
 
     def run(self, script: str) -> str:
         """Run ``script`` as one transaction; nft's output (for list commands)."""

@@ -1,5 +1,6 @@
-"""The cluster's certificate authority: root CA, node certificates, join tokens, authorization.
+"""The cluster's certificate authority, server side: the root CA and join tokens in etcd, the
+NodeCA service (`server`), and who may call which RPC (`authz`).
 
-`pki` and `tokens` are pure (no I/O) and shared with the agent and ovctl, which need the same
-formats on the joining side.
+The formats (certificates, join tokens) and the joining side are security/, shared with the
+agent and ovctl.
 """

@@ -1,7 +1,7 @@
 """Who may call what: the caller's identity from its certificate, checked against the roles each
 RPC declares in the .proto files (``option (ovnet.v1.roles)``).
 
-Pure: the gRPC edge (manager/server.py) reads the peer's certificate and the set of removed
+Pure: the gRPC edge (manager/rpcedge.py) reads the peer's certificate and the set of removed
 nodes, and turns the errors raised here into statuses. The roles live with the API definition,
 not here, so that adding an RPC without deciding who may call it fails at startup
 (`service_roles`) instead of silently opening it to everyone.
@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from cryptography import x509
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 
-from manager.ca import pki
 from manager.errors import PermissionDenied, Unauthenticated
 from proto import ca_pb2
+from security import pki
 
 # A caller without a certificate: only the join listener serves it.
 ANONYMOUS = "anonymous"

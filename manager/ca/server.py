@@ -22,16 +22,16 @@ import secrets
 from collections.abc import Mapping
 from pathlib import Path
 
-from aetcd import rpc
 from cryptography import x509
 
-from agent.tls import NodeCredentials
-from manager.ca import pki, tokens
 from manager.ca.authz import Peer
 from manager.cluster import new_id, now_ms
 from manager.errors import FailedPrecondition, InvalidArgument, PermissionDenied, Unauthenticated
-from manager.store import Store, compare
+from manager.store import Store
+from manager.store.etcd import Put, absent
 from proto import ca_pb2
+from security import pki, tokens
+from security.credentials import NodeCredentials
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,6 @@ REMOVED_DIR = ("ca", "removed")
 JOIN_ROLES = (pki.ROLE_WORKER, pki.ROLE_MANAGER)
 KEK_ENV = "OVNET_CA_PASSPHRASE"
 DEFAULT_KEK_FILE = Path("/etc/ovnet/ca.kek")
-# Files of a manager's own credentials, in <state dir>/tls (same layout as the agent's).
 
 
 class CAError(Exception):
@@ -154,17 +153,6 @@ def ensure_kek(path: Path, env: Mapping[str, str] | None = None) -> bytes:
     return read_kek(path, environ)
 
 
-def write_private(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Write atomically (temp file + rename) with `mode` from the start."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def credentials_problem(creds: NodeCredentials, root: x509.Certificate, now: dt.datetime) -> str:
     """Why saved credentials cannot serve this manager with the cluster's `root` now ("" if
     they can): unlike an agent, a manager can issue itself new ones instead of failing."""
@@ -206,18 +194,11 @@ class CertificateAuthority:
         yet; CAError if the cluster was initialized already."""
         msg, toks, root, key = new_cluster(kek, pki.utcnow())
         root_key, tokens_key = store.key(*ROOT_KEY), store.key(*TOKENS_KEY)
-        resp = await store.etcd.txn(
-            [compare(root_key, "version", 0)],
-            [
-                rpc.RequestOp(
-                    request_put=rpc.PutRequest(key=root_key, value=msg.SerializeToString())
-                ),
-                rpc.RequestOp(
-                    request_put=rpc.PutRequest(key=tokens_key, value=toks.SerializeToString())
-                ),
-            ],
+        result = await store.etcd.txn(
+            [absent(root_key)],
+            [Put(root_key, msg.SerializeToString()), Put(tokens_key, toks.SerializeToString())],
         )
-        if not resp.succeeded:
+        if not result.succeeded:
             raise CAError(
                 f"cluster already initialized: {root_key.decode()} holds a root CA. Start "
                 "managers with `ovnet-manager` (no init), or use another --prefix"

@@ -23,834 +23,76 @@ inode of each process, so nothing outside them is touched) and the recorded daem
 removes the namespaces, links, files and dirs named with the prefix. That also cleans up after
 a half-built cluster, or one whose builder was killed.
 
-The naming and addressing are a pure `Plan`; the rest of the module is the I/O around it.
+Modules: plan.py (the pure naming, addressing and command lines), shell.py (ip, /proc),
+state.py (the state file and the daemons' records, the base of `DevCluster`), and this one,
+the lifecycle. The e2e tests' extra controls (kill an agent, start one, Popen in a host) are
+in tests/support/cluster.py.
 """
 
 from __future__ import annotations
 
 import contextlib
-import itertools
-import json
 import os
-import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from ipaddress import IPv4Interface, IPv4Network
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import grpc
 
-from ovctl.client import (
-    DEFAULT_CONFIG,
-    TLS_FILE_NAMES,
-    AdminCredentials,
-    ConfigError,
-    ManagerUnreachable,
-    TLSFiles,
-    connect,
-    load_credentials,
+from osutil.files import atomic_write
+from osutil.hostport import join_hostport, split_hostport
+from ovctl.client import ManagerUnreachable, connect
+from ovctl.devcluster.etcd import EtcdServer
+from ovctl.devcluster.plan import (
+    ETC_NETNS,
+    NETNS_DIR,
+    STATE_ROOT,
+    ClientNs,
+    DevClusterError,
+    Teardown,
+    agent_argv,
+    context_text,
+    manager_argv,
+    manager_init_argv,
+    state_name,
 )
-from ovctl.devcluster.etcd import EtcdServer, scratch_root
 from ovctl.devcluster.procs import (
     ManagedProcess,
     ProcessError,
     free_port_pair,
-    pid_alive,
-    proc_start_time,
     tail,
     terminate_pids,
 )
+from ovctl.devcluster.shell import (
+    daemon_env,
+    ip,
+    ip_batch,
+    link_is_up,
+    list_links,
+    list_netns,
+    make_ns,
+    orphaned_daemons,
+    pids_in_netns,
+    require_root,
+    root_ipv4_networks,
+    run_manager_init,
+)
+from ovctl.devcluster.state import RecordedCluster
 from proto import control_pb2 as cpb
 from proto import objects_pb2 as pb
 
-DEFAULT_PREFIX = "ovd-"
-DEFAULT_HOSTS = 3
-DEFAULT_SUBNET = "198.51.100.0/26"
-# TEST-NET-2: the only range the dev cluster may put into the root namespace.
-UNDERLAY_RANGE = IPv4Network("198.51.100.0/24")
-STATE_ROOT = Path("/run/ovnet-dev")
-NETNS_DIR = Path("/run/netns")
-ETC_NETNS = Path("/etc/netns")
-IFNAMSIZ = 15  # longest interface name Linux accepts
-HOST_OFFSET = 10  # host i gets the subnet's address number 10 + i
-MANAGER_ETCD_PREFIX = "/ovnet-dev"
-STATE_FILE = "cluster.json"
-STATE_VERSION = 2
-# In the state dir: the manager's own state (its certificate), the CA key-encryption key, the
-# admin credentials `ovnet-manager init` writes, and the context file `DevCluster.ovctl` uses.
-MANAGER_STATE = "manager"
-CA_KEY_FILE = "ca.kek"
-ADMIN_DIR = "admin"
-CONTEXT_FILE = "context.yaml"
-# Manager flags `init` takes too, passed through from the manager's extra arguments.
-INIT_FLAGS = ("--prefix", "--cert-expiry")
-CONTEXT_MARKER = "# written by ovctl dev up"
-# Letters and digits, then one dash: no prefix can then start with another one, so sweeping
-# "<prefix>*" never reaches another cluster (ovd- vs ovd-x- would otherwise collide).
-_PREFIX_RE = re.compile(r"^[a-z][a-z0-9]*-$")
-_CLIENT_RE = re.compile(r"^[a-z][a-z0-9]{0,15}$")
 
-
-class DevClusterError(Exception):
-    """The dev cluster cannot do what was asked; the message says why and what to do."""
-
-
-# --- The pure plan: names and addresses -----------------------------------------------------
-
-
-@dataclass(frozen=True)
-class HostPlan:
-    name: str  # h1
-    netns: str  # <prefix>h1
-    veth: str  # the root-side end, on the bridge (same name as the netns)
-    addr: IPv4Interface  # eth0's address, with the subnet's prefix length
-
-    @property
-    def ip(self) -> str:
-        return str(self.addr.ip)
-
-
-@dataclass(frozen=True)
-class ClientNs:
-    """An extra namespace on the underlay for test clients and servers (not an ovnet host)."""
-
-    name: str
-    netns: str
-    veth: str  # root-side end, on the bridge
-    addr: str  # its underlay IP address (eth0 in its namespace)
-    interface: IPv4Interface  # the same with the subnet's prefix length
-    index: int
-
-
-def validate_prefix(prefix: str) -> str:
-    """The prefix, or DevClusterError: lower-case letters and digits ending in one dash."""
-    if not _PREFIX_RE.match(prefix):
-        raise DevClusterError(
-            f"invalid prefix {prefix!r}: use lower-case letters and digits followed by one dash, "
-            "starting with a letter (e.g. ovd-)"
-        )
-    if len(prefix) + len("h1") > IFNAMSIZ:
-        raise DevClusterError(f"prefix {prefix!r} is too long for interface names (max 15 chars)")
-    return prefix
-
-
-def parse_subnet(text: str) -> IPv4Network:
-    """An underlay subnet inside 198.51.100.0/24 (never anything else in the root namespace)."""
-    try:
-        net = IPv4Network(text, strict=True)
-    except ValueError as e:
-        raise DevClusterError(f"invalid subnet {text!r}: {e}") from None
-    if not net.subnet_of(UNDERLAY_RANGE):
-        raise DevClusterError(
-            f"subnet {net} is outside {UNDERLAY_RANGE}: the dev cluster only puts addresses "
-            f"from {UNDERLAY_RANGE} into the root namespace"
-        )
-    return net
-
-
-def max_hosts(subnet: IPv4Network) -> int:
-    """Hosts sit at offsets 11.., clients from the top down; leave room for one client."""
-    return subnet.num_addresses - 2 - HOST_OFFSET - 1
-
-
-def state_name(prefix: str) -> str:
-    """The prefix without its dash: names the state dir and the etcd dir."""
-    return prefix.rstrip("-")
-
-
-def default_state_dir(prefix: str) -> Path:
-    return STATE_ROOT / state_name(prefix)
-
-
-@dataclass(frozen=True)
-class Plan:
-    prefix: str
-    subnet: IPv4Network
-    hosts: tuple[HostPlan, ...]
-
-    @property
-    def bridge(self) -> str:
-        return f"{self.prefix}br"
-
-    @property
-    def gateway(self) -> IPv4Interface:
-        """The bridge's address in the root namespace: where the manager listens."""
-        return IPv4Interface(f"{self.subnet.network_address + 1}/{self.subnet.prefixlen}")
-
-    @property
-    def host_names(self) -> list[str]:
-        return [h.name for h in self.hosts]
-
-    def host(self, name: str) -> HostPlan:
-        for h in self.hosts:
-            if h.name == name:
-                return h
-        raise DevClusterError(
-            f"no host {name!r} in dev cluster {self.prefix} (hosts: {', '.join(self.host_names)})"
-        )
-
-    @property
-    def max_clients(self) -> int:
-        return self.subnet.num_addresses - 2 - HOST_OFFSET - len(self.hosts)
-
-    def client(self, name: str, index: int) -> ClientNs:
-        """Client ``index`` (0-based) takes the subnet's addresses from the top down."""
-        if not _CLIENT_RE.match(name):
-            raise DevClusterError(
-                f"invalid client name {name!r}: lower-case letters and digits, up to 16"
-            )
-        if not 0 <= index < self.max_clients:
-            raise DevClusterError(
-                f"no address left for client {name!r} in {self.subnet} "
-                f"({self.max_clients} clients fit next to {len(self.hosts)} hosts)"
-            )
-        veth = f"{self.prefix}c{index}"
-        if len(veth) > IFNAMSIZ:
-            raise DevClusterError(f"client interface name {veth!r} would exceed 15 chars")
-        ip = self.subnet.broadcast_address - 1 - index
-        return ClientNs(
-            name=name,
-            netns=f"{self.prefix}c-{name}",
-            veth=veth,
-            addr=str(ip),
-            interface=IPv4Interface(f"{ip}/{self.subnet.prefixlen}"),
-            index=index,
-        )
-
-    def owns(self, name: str) -> bool:
-        """Whether a netns, link or file name belongs to this cluster."""
-        return name.startswith(self.prefix)
-
-    def host_owns_netns(self, host: str, netns: str) -> bool:
-        """The host's own namespace and its agent's (h1 and h1-..., never h10)."""
-        ns = self.host(host).netns
-        return netns == ns or netns.startswith(f"{ns}-")
-
-
-def make_plan(prefix: str, hosts: int, subnet: str | IPv4Network) -> Plan:
-    validate_prefix(prefix)
-    net = parse_subnet(str(subnet))
-    if hosts < 1:
-        raise DevClusterError(f"a dev cluster needs at least 1 host, not {hosts}")
-    if hosts > max_hosts(net):
-        raise DevClusterError(
-            f"subnet {net} has room for {max(max_hosts(net), 0)} hosts, not {hosts} "
-            f"(host i is at .{HOST_OFFSET}+i; use a larger subnet)"
-        )
-    longest = f"{prefix}h{hosts}"
-    if len(longest) > IFNAMSIZ:
-        raise DevClusterError(
-            f"interface name {longest!r} would exceed {IFNAMSIZ} chars: use a shorter prefix"
-        )
-    base = net.network_address + HOST_OFFSET
-    plans = tuple(
-        HostPlan(
-            name=f"h{i}",
-            netns=f"{prefix}h{i}",
-            veth=f"{prefix}h{i}",
-            addr=IPv4Interface(f"{base + i}/{net.prefixlen}"),
-        )
-        for i in range(1, hosts + 1)
-    )
-    return Plan(prefix=prefix, subnet=net, hosts=plans)
-
-
-@dataclass(frozen=True)
-class ManagerFiles:
-    """Where a dev cluster's manager keeps its certificate, the CA's key-encryption key, and
-    where init writes the admin credentials."""
-
-    state_dir: Path
-    ca_key_file: Path
-    admin_dir: Path
-
-    @property
-    def admin_tls(self) -> TLSFiles:
-        return TLSFiles(**{k: self.admin_dir / name for k, name in TLS_FILE_NAMES.items()})
-
-
-def manager_files(state_dir: Path) -> ManagerFiles:
-    return ManagerFiles(
-        state_dir=state_dir / MANAGER_STATE,
-        ca_key_file=state_dir / CA_KEY_FILE,
-        admin_dir=state_dir / ADMIN_DIR,
-    )
-
-
-def _common_manager_flags(
-    listen: str, etcd_endpoint: str, manager_id: str, files: ManagerFiles
-) -> list[str]:
-    return [
-        "--listen",
-        listen,
-        "--advertise",
-        listen,
-        "--etcd",
-        etcd_endpoint,
-        "--prefix",
-        MANAGER_ETCD_PREFIX,
-        "--manager-id",
-        manager_id,
-        "--state-dir",
-        str(files.state_dir),
-        "--ca-key-file",
-        str(files.ca_key_file),
-    ]
-
-
-def init_passthrough(extra: Sequence[str]) -> list[str]:
-    """The arguments among the manager's ``extra`` that `init` must see too (the key prefix,
-    the certificates' lifetime), in order: ``--flag value`` and ``--flag=value``."""
-    out: list[str] = []
-    for i, arg in enumerate(extra):
-        name = arg.split("=", 1)[0]
-        if name not in INIT_FLAGS:
-            continue
-        if "=" in arg:
-            out.append(arg)
-        elif i + 1 < len(extra):
-            out += [arg, extra[i + 1]]
-    return out
-
-
-def manager_init_argv(
-    python: str,
-    listen: str,
-    etcd_endpoint: str,
-    manager_id: str,
-    files: ManagerFiles,
-    extra: Sequence[str] = (),
-) -> list[str]:
-    """`ovnet-manager init`: the cluster's CA, this manager's certificate, the admin
-    credentials, the join tokens (printed)."""
-    return [
-        python,
-        "-m",
-        "manager.main",
-        "init",
-        *_common_manager_flags(listen, etcd_endpoint, manager_id, files),
-        "--admin-dir",
-        str(files.admin_dir),
-        *init_passthrough(extra),
-    ]
-
-
-def manager_argv(
-    python: str,
-    listen: str,
-    etcd_endpoint: str,
-    heartbeat_period_ms: int,
-    manager_id: str,
-    extra: Sequence[str] = (),
-    *,
-    files: ManagerFiles,
-    join_listen: str,
-) -> list[str]:
-    """The manager's command line; ``extra`` comes last, so it overrides (argparse keeps the
-    last value)."""
-    return [
-        python,
-        "-m",
-        "manager.main",
-        *_common_manager_flags(listen, etcd_endpoint, manager_id, files),
-        "--join-listen",
-        join_listen,
-        "--heartbeat-period",
-        f"{heartbeat_period_ms / 1000:g}",
-        *extra,
-    ]
-
-
-def parse_init_output(text: str) -> dict[str, str]:
-    """role -> token from what `ovnet-manager init` prints ("worker token: OVNTKN-...")."""
-    found: dict[str, str] = {}
-    for line in text.splitlines():
-        role, sep, token = line.strip().partition(" token: ")
-        if sep and role in ("worker", "manager") and token.strip():
-            found[role] = token.strip()
-    return found
-
-
-def agent_argv(
-    python: str,
-    host: HostPlan,
-    manager_addr: str,
-    state_dir: Path,
-    extra: Sequence[str] = (),
-    *,
-    join_token: str = "",
-    join_addr: str = "",
-) -> list[str]:
-    """One host's agent, entered into the host's namespace with nsenter (not `ip netns exec`,
-    which remounts /sys). Each host's agent gets its own netns prefix so that the agents'
-    network and sandbox namespaces, which are global to the machine, do not collide. The
-    join token is used once, when the agent has no certificate in its state dir yet."""
-    argv = [
-        "nsenter",
-        f"--net={NETNS_DIR / host.netns}",
-        "--",
-        python,
-        "-m",
-        "agent.main",
-        "--manager",
-        manager_addr,
-        "--hostname",
-        host.name,
-        "--addr",
-        host.ip,
-        "--state-dir",
-        str(state_dir / host.name),
-        "--netns-prefix",
-        f"{host.netns}-",
-    ]
-    if join_token:
-        argv += ["--join-token", join_token]
-    if join_addr:
-        argv += ["--join-addr", join_addr]
-    if not any(a == "--dns-upstream" or a.startswith("--dns-upstream=") for a in extra):
-        # The hosts are namespaces on this machine: the machine's own resolver is not theirs
-        # to use (and not reachable from them). Names outside the cluster get NXDOMAIN.
-        argv += ["--dns-upstream", "none"]
-    return [*argv, *extra]
-
-
-def context_marker(prefix: str) -> str:
-    return f"{CONTEXT_MARKER} ({prefix})"
-
-
-def context_text(prefix: str, manager_addr: str, tls: TLSFiles | None = None) -> str:
-    """The ovctl context file that points ovctl at a dev cluster (see ovctl/client.py), with
-    the admin credentials `init` wrote for it."""
-    text = (
-        f"{context_marker(prefix)}\n"
-        f"# removed by ovctl dev down; write your own to stop ovctl dev up from touching it\n"
-        f"managers:\n  - {manager_addr}\n"
-    )
-    if tls is not None:
-        text += f"tls:\n  ca: {tls.ca}\n  cert: {tls.cert}\n  key: {tls.key}\n"
-    return text
-
-
-def context_written_by_dev(text: str, prefix: str | None = None) -> bool:
-    """Whether a context file was written by `ovctl dev up` (for ``prefix``, if given)."""
-    first = text.split("\n", 1)[0].strip()
-    if prefix is None:
-        return first.startswith(CONTEXT_MARKER)
-    return first == context_marker(prefix)
-
-
-def context_path(env: Mapping[str, str] | None = None) -> Path:
-    """The context file ovctl reads: $OVCTL_CONFIG, else ~/.config/ovnet/context.yaml."""
-    env = os.environ if env is None else env
-    return Path(env.get("OVCTL_CONFIG") or DEFAULT_CONFIG).expanduser()
-
-
-# --- I/O: iproute2, /proc, files -------------------------------------------------------------
-
-
-def require_root() -> None:
-    if os.geteuid() != 0:
-        raise DevClusterError(
-            "ovctl dev must run as root: it creates network namespaces, a bridge and veths "
-            "(try sudo)"
-        )
-
-
-def _run(argv: Sequence[str], input_text: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        list(argv), input=input_text, capture_output=True, text=True, timeout=60, check=False
-    )
-
-
-def ip(*args: str, netns: str | None = None) -> str:
-    """Run `ip`; DevClusterError with its stderr on failure."""
-    argv = ["ip", *(["-n", netns] if netns else []), *args]
-    res = _run(argv)
-    if res.returncode != 0:
-        raise DevClusterError(f"`{' '.join(argv)}` failed: {res.stderr.strip()}")
-    return res.stdout
-
-
-def ip_batch(lines: Sequence[str], netns: str | None = None, force: bool = False) -> None:
-    """Several `ip` commands in one process (each `ip` costs a few ms to start)."""
-    if not lines:
-        return
-    argv = ["ip", *(["-n", netns] if netns else []), *(["-force"] if force else []), "-batch", "-"]
-    res = _run(argv, "\n".join(lines) + "\n")
-    if res.returncode != 0 and not force:
-        raise DevClusterError(f"`ip {' / '.join(lines)}` failed: {res.stderr.strip()}")
-
-
-def list_netns() -> list[str]:
-    try:
-        return sorted(os.listdir(NETNS_DIR))
-    except FileNotFoundError:
-        return []
-
-
-def list_links() -> list[str]:
-    """Interface names in the root namespace."""
-    res = _run(["ip", "-o", "link", "show"])
-    names = []
-    for line in res.stdout.splitlines():
-        parts = line.split(":", 2)
-        if len(parts) >= 2:
-            names.append(parts[1].strip().split("@", 1)[0])
-    return names
-
-
-def root_ipv4_networks() -> list[tuple[str, IPv4Interface]]:
-    """(interface, address) of every IPv4 address in the root namespace."""
-    res = _run(["ip", "-j", "-4", "addr", "show"])
-    out = []
-    try:
-        for link in json.loads(res.stdout or "[]"):
-            for a in link.get("addr_info", []):
-                out.append((link["ifname"], IPv4Interface(f"{a['local']}/{a['prefixlen']}")))
-    except (ValueError, KeyError):
-        pass
-    return out
-
-
-def link_is_up(name: str) -> bool:
-    try:
-        flags = Path(f"/sys/class/net/{name}/flags").read_text()
-    except OSError:
-        return False
-    return bool(int(flags, 16) & 0x1)
-
-
-def _ns_key(path: str | Path) -> tuple[int, int] | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_dev, st.st_ino)
-
-
-def pids_in_netns(names: Iterable[str]) -> dict[int, int | None]:
-    """PID -> start time of every process whose network namespace is one of the named ones.
-
-    A process's namespace is the inode of /proc/PID/ns/net; a named namespace's is the inode
-    of its bind mount /run/netns/NAME. Comparing them is how only what lives in our namespaces
-    is found (a file there that is not a mount has another device, and matches nothing).
-    """
-    keys = {k for name in names if (k := _ns_key(NETNS_DIR / name)) is not None}
-    keys.discard(_ns_key("/proc/1/ns/net"))  # never the root namespace, whatever happens
-    if not keys:
-        return {}
-    found: dict[int, int | None] = {}
-    me = os.getpid()
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit() or int(entry.name) == me:
-            continue
-        if _ns_key(f"/proc/{entry.name}/ns/net") in keys:
-            pid = int(entry.name)
-            found[pid] = proc_start_time(pid)
-    return found
-
-
-def is_cluster_daemon(argv: Sequence[str], prefix: str) -> bool:
-    """Whether a command line is the etcd or manager a dev cluster with ``prefix`` started.
-
-    Only for `down()` without a state file: those two run in the root namespace, where the
-    namespace test cannot find them, but their arguments name the prefix exactly.
-    """
-    name = state_name(prefix)
-    if argv and Path(argv[0]).name == "etcd":
-        return f"--name={name}-etcd" in argv
-    return "manager.main" in argv and any(
-        a == "--manager-id" and b == f"{prefix}manager" for a, b in itertools.pairwise(argv)
-    )
-
-
-def _cmdline(pid: int) -> list[str]:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return []
-    return [a.decode(errors="replace") for a in raw.split(b"\0")[:-1]]
-
-
-def orphaned_daemons(prefix: str) -> dict[str, dict[str, Any]]:
-    """The etcd and manager(s) of ``prefix``'s cluster, found by command line, as state-file
-    process records ("etcd", "manager-<pid>")."""
-    found: dict[str, dict[str, Any]] = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        pid = int(entry.name)
-        argv = _cmdline(pid)
-        if is_cluster_daemon(argv, prefix):
-            key = "etcd" if Path(argv[0]).name == "etcd" else f"manager-{pid}"
-            found[key] = {"pid": pid, "start": proc_start_time(pid), "argv": argv}
-    return found
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _code_root() -> str:
-    """The directory holding the ovctl, manager and agent packages this ovctl runs from."""
-    return str(Path(__file__).resolve().parents[2])
-
-
-def _daemon_env() -> dict[str, str]:
-    # The daemons must run the same code as this ovctl, whatever their working directory.
-    path = os.environ.get("PYTHONPATH", "")
-    return {
-        "PYTHONPATH": _code_root() + (os.pathsep + path if path else ""),
-        "PYTHONUNBUFFERED": "1",
-    }
-
-
-@dataclass
-class Teardown:
-    """What `down()` removed."""
-
-    processes: int = 0
-    netns: list[str] = field(default_factory=list)
-    links: list[str] = field(default_factory=list)
-    paths: list[str] = field(default_factory=list)
-
-
-# --- The cluster -------------------------------------------------------------------------------
-
-
-class DevCluster:
-    """A local multi-host cluster: `up()`, `down()`, and the controls tests need (stop a host,
-    kill an agent, run a command on a host, add an underlay client).
+class DevCluster(RecordedCluster):
+    """A local multi-host cluster: `up()`, `down()`, and the controls `ovctl dev` offers (stop
+    and start a host or the manager, run a command on a host, add an underlay client).
 
     The same object works from another process: `DevCluster.load(prefix)` reads the state file,
     which is how the `ovctl dev` verbs act on a cluster `ovctl dev up` started.
     """
-
-    def __init__(
-        self,
-        name_prefix: str = DEFAULT_PREFIX,
-        hosts: int = DEFAULT_HOSTS,
-        subnet: str = DEFAULT_SUBNET,
-        state_dir: Path | str | None = None,
-        heartbeat_period_ms: int = 1000,
-        manager_args: Sequence[str] = (),
-        agent_args: Sequence[str] = (),
-        python: str = sys.executable,
-        *,
-        die_with_parent: bool = False,
-        ready_timeout: float = 60.0,
-    ) -> None:
-        """``die_with_parent``: daemons get SIGKILL when this process dies (tests); `ovctl dev
-        up` leaves it off, since its daemons outlive the command."""
-        self.plan = make_plan(name_prefix, hosts, subnet)
-        self.state_dir = Path(state_dir) if state_dir else default_state_dir(name_prefix)
-        self.heartbeat_period_ms = heartbeat_period_ms
-        self.manager_args = list(manager_args)
-        self.agent_args = list(agent_args)
-        self.python = python
-        self.die_with_parent = die_with_parent
-        self.ready_timeout = ready_timeout
-        self._children: dict[str, ManagedProcess] = {}
-        self._state: dict[str, Any] = self._fresh_state()
-
-    # -- properties --
-
-    @property
-    def prefix(self) -> str:
-        return self.plan.prefix
-
-    @property
-    def name_prefix(self) -> str:
-        """The same as `prefix` (the constructor's argument name)."""
-        return self.plan.prefix
-
-    @property
-    def hosts(self) -> list[str]:
-        return self.plan.host_names
-
-    @property
-    def state_file(self) -> Path:
-        return self.state_dir / STATE_FILE
-
-    @property
-    def manager_addr(self) -> str:
-        addr = self._state.get("manager_addr")
-        if not addr:
-            raise DevClusterError(f"dev cluster {self.prefix} has no manager (not up)")
-        return str(addr)
-
-    @property
-    def join_addr(self) -> str:
-        """The manager's join listener, where agents trade the join token for a certificate."""
-        addr = self._state.get("join_addr")
-        if not addr:
-            raise DevClusterError(f"dev cluster {self.prefix} has no manager (not up)")
-        return str(addr)
-
-    def join_token(self, role: str = "worker") -> str:
-        """The join token `init` printed for ``role`` (worker or manager)."""
-        token = self._state.get("tokens", {}).get(role)
-        if not token:
-            raise DevClusterError(f"dev cluster {self.prefix} has no {role} join token (not up)")
-        return str(token)
-
-    @property
-    def files(self) -> ManagerFiles:
-        return manager_files(self.state_dir)
-
-    @property
-    def context_file(self) -> Path:
-        """The ovctl context file for this cluster (managers and admin credentials), in its
-        state dir: what `ovctl()` uses, whatever the user's own context file says."""
-        return self.state_dir / CONTEXT_FILE
-
-    def ovctl_env(self) -> dict[str, str]:
-        """Environment that points an ovctl (subprocess or in-process) at this cluster."""
-        return {"OVCTL_CONFIG": str(self.context_file)}
-
-    def credentials(self) -> AdminCredentials:
-        """The admin credentials init wrote, for gRPC calls to the manager."""
-        try:
-            return load_credentials(self.files.admin_tls)
-        except ConfigError as e:
-            raise DevClusterError(f"dev cluster {self.prefix}: {e}") from None
-
-    @property
-    def etcd_endpoint(self) -> str:
-        return f"127.0.0.1:{self._state['etcd']['client_port']}"
-
-    @property
-    def bridge(self) -> str:
-        return self.plan.bridge
-
-    @property
-    def clients(self) -> dict[str, ClientNs]:
-        return {
-            name: self.plan.client(name, int(c["index"]))
-            for name, c in self._state.get("clients", {}).items()
-        }
-
-    def host_ns(self, host: str) -> str:
-        return self.plan.host(host).netns
-
-    def host_addr(self, host: str) -> str:
-        return self.plan.host(host).ip
-
-    def pid(self, daemon: str) -> int | None:
-        """PID of "etcd", "manager" or a host's agent ("h1") while it runs, else None."""
-        key = f"agent-{daemon}" if daemon in self.hosts else daemon
-        if not self._proc_alive(key):
-            return None
-        return int(self._state["procs"][key]["pid"])
-
-    def log_path(self, daemon: str) -> Path:
-        """Log of "etcd", "manager" or a host's agent ("h1")."""
-        if daemon == "etcd":
-            return Path(self._state["etcd"]["workdir"]) / "etcd.log"
-        if daemon in self.hosts:
-            return self.state_dir / f"agent-{daemon}.log"
-        return self.state_dir / f"{daemon}.log"
-
-    # -- state file --
-
-    def _fresh_state(self) -> dict[str, Any]:
-        name = state_name(self.prefix)
-        etcd_root = Path(scratch_root() or self.state_dir)
-        return {
-            "version": STATE_VERSION,
-            "prefix": self.prefix,
-            "hosts": len(self.plan.hosts),
-            "subnet": str(self.plan.subnet),
-            "state_dir": str(self.state_dir),
-            "heartbeat_period_ms": self.heartbeat_period_ms,
-            "manager_args": self.manager_args,
-            "agent_args": self.agent_args,
-            "python": self.python,
-            "phase": "new",
-            "etcd": {"workdir": str(etcd_root / f"ovnet-dev-{name}-etcd")},
-            "manager_addr": None,
-            "join_addr": None,
-            "tokens": {},
-            "procs": {},
-            "clients": {},
-            "stopped": [],
-            "context_file": None,
-        }
-
-    def _save(self) -> None:
-        _write_atomic(self.state_file, json.dumps(self._state, indent=2) + "\n")
-
-    @staticmethod
-    def _read_state(state_file: Path) -> dict[str, Any] | None:
-        try:
-            state: dict[str, Any] = json.loads(state_file.read_text())
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError) as e:
-            raise DevClusterError(f"cannot read {state_file}: {e}") from None
-        return state
-
-    @classmethod
-    def load(cls, prefix_or_state_dir: str | Path, **kw: Any) -> DevCluster:
-        """The cluster recorded under a prefix (default state dir) or a state dir."""
-        text = str(prefix_or_state_dir)
-        state_dir = Path(text) if "/" in text else default_state_dir(validate_prefix(text))
-        state = cls._read_state(state_dir / STATE_FILE)
-        if state is None:
-            raise DevClusterError(
-                f"no dev cluster at {state_dir} (no {STATE_FILE}); start one with `ovctl dev up`"
-            )
-        cluster = cls(
-            name_prefix=state["prefix"],
-            hosts=int(state["hosts"]),
-            subnet=state["subnet"],
-            state_dir=state_dir,
-            heartbeat_period_ms=int(state["heartbeat_period_ms"]),
-            manager_args=state["manager_args"],
-            agent_args=state["agent_args"],
-            python=state["python"],
-            **kw,
-        )
-        cluster._state = state
-        return cluster
-
-    def _record(self, key: str, proc: ManagedProcess) -> None:
-        self._children[key] = proc
-        self._state["procs"][key] = {
-            "pid": proc.pid,
-            "start": proc_start_time(proc.pid),
-            "argv": proc.argv,
-            "log": str(proc.log_path),
-        }
-        self._save()
-
-    def _proc_alive(self, key: str) -> bool:
-        rec = self._state["procs"].get(key)
-        child = self._children.get(key)
-        if child is not None and not child.running:  # reaps our own zombie
-            return False
-        return rec is not None and pid_alive(int(rec["pid"]), rec.get("start"))
-
-    def _recorded_pids(self, keys: Iterable[str] | None = None) -> dict[int, int | None]:
-        procs = self._state.get("procs", {})
-        return {
-            int(rec["pid"]): rec.get("start")
-            for key, rec in procs.items()
-            if keys is None or key in keys
-        }
-
-    def _reap_children(self) -> None:
-        for child in self._children.values():
-            _ = child.running
 
     # -- up --
 
@@ -937,7 +179,7 @@ class DevCluster:
             ]
         )
         for host in plan.hosts:
-            self._make_ns(host.netns, host.veth, host.addr)
+            make_ns(plan.bridge, host.netns, host.veth, host.addr)
         self._start_etcd()
         self._start_manager()
         for host in plan.hosts:
@@ -945,19 +187,6 @@ class DevCluster:
         self.wait_ready(timeout=self.ready_timeout)
         self._state["phase"] = "up"
         self._save()
-
-    def _make_ns(self, netns: str, veth: str, addr: IPv4Interface) -> None:
-        ip("netns", "add", netns)
-        ip_batch(
-            [
-                f"link add {veth} type veth peer name eth0 netns {netns}",
-                f"link set {veth} master {self.plan.bridge} up",
-            ]
-        )
-        ip_batch(
-            [f"addr add {addr} dev eth0", "link set eth0 up", "link set lo up"],
-            netns=netns,
-        )
 
     def _start_etcd(self) -> None:
         workdir = Path(self._state["etcd"]["workdir"])
@@ -979,7 +208,7 @@ class DevCluster:
         # The join listener on the next port, where agents (and the command `ovctl cluster
         # join-token` prints) look for it by default.
         port = free_port_pair(host)
-        addr, join = f"{host}:{port}", f"{host}:{port + 1}"
+        addr, join = join_hostport(host, port), join_hostport(host, port + 1)
         self._state["manager_addr"] = addr
         self._state["join_addr"] = join
         self._save()
@@ -1007,43 +236,25 @@ class DevCluster:
             self.files,
             self.manager_args,
         )
-        log = self.log_path("init")
-        try:
-            res = subprocess.run(
-                argv,
-                capture_output=True,
-                text=True,
-                timeout=60,
-                stdin=subprocess.DEVNULL,
-                env={**os.environ, **_daemon_env()},
-                cwd=self.state_dir,
-                check=False,
-            )
-        except subprocess.TimeoutExpired:
-            raise DevClusterError(f"`{' '.join(argv)}` did not finish within 60s") from None
-        log.write_text(f"$ {' '.join(argv)}\n{res.stdout}{res.stderr}")
-        tokens = parse_init_output(res.stdout)
-        if res.returncode != 0 or "worker" not in tokens:
-            raise DevClusterError(
-                f"ovnet-manager init failed (exit status {res.returncode}; log {log}):\n"
-                f"{tail(log, 25)}"
-            )
+        tokens = run_manager_init(argv, self.log_path("init"), self.state_dir)
         self._state["tokens"] = tokens
         self._save()
-        _write_atomic(self.context_file, context_text(self.prefix, addr, self.files.admin_tls))
+        atomic_write(
+            self.context_file, context_text(self.prefix, addr, self.files.admin_tls), mkdir=True
+        )
 
     def _spawn_manager(self, argv: Sequence[str]) -> None:
         proc = ManagedProcess(
             argv,
             self.log_path("manager"),
-            env=_daemon_env(),
+            env=daemon_env(),
             cwd=self.state_dir,
             die_with_parent=self.die_with_parent,
         )
         proc.start()
         self._record("manager", proc)
-        host, _, port = self.manager_addr.rpartition(":")
-        proc.wait_port(host, int(port), timeout=30)
+        host, port = split_hostport(self.manager_addr)
+        proc.wait_port(host, port, timeout=30)
 
     def _agent_argv(self, host: str) -> list[str]:
         rec = self._state["procs"].get(f"agent-{host}")
@@ -1068,7 +279,7 @@ class DevCluster:
         proc = ManagedProcess(
             self._agent_argv(host),
             self.log_path(host),
-            env=_daemon_env(),
+            env=daemon_env(),
             cwd=self.state_dir,
             die_with_parent=self.die_with_parent,
         )
@@ -1142,20 +353,6 @@ class DevCluster:
 
     def _host_namespaces(self, host: str) -> list[str]:
         return [n for n in list_netns() if self.plan.host_owns_netns(host, n)]
-
-    def kill_agent(self, host: str) -> None:
-        """SIGKILL the host's agent only, as a crash would; its tasks keep running."""
-        self.plan.host(host)
-        terminate_pids(self._recorded_pids([f"agent-{host}"]), sig=signal.SIGKILL)
-        self._reap_children()
-
-    def start_agent(self, host: str, wait: bool = True) -> None:
-        """Start the host's agent again, with the same arguments and state dir."""
-        require_root()
-        self.plan.host(host)
-        self._start_agent(host)
-        if wait:
-            self.wait_ready([host], timeout=self.ready_timeout)
 
     def stop_host(self, host: str) -> None:
         """The host dies: SIGKILL its agent and everything in its namespaces, and take its
@@ -1250,11 +447,6 @@ class DevCluster:
         """`subprocess.run` of ``argv`` in a host's (or client's) network namespace."""
         return subprocess.run(self.nsenter_argv(host, argv), **kw)
 
-    def popen(self, host: str, argv: Sequence[str], **kw: Any) -> subprocess.Popen[Any]:
-        """`subprocess.Popen` of ``argv`` in a host's (or client's) network namespace; `down()`
-        kills it if the caller did not."""
-        return subprocess.Popen(self.nsenter_argv(host, argv), **kw)
-
     def add_client(self, name: str) -> ClientNs:
         """An extra namespace on the underlay (address from the top of the subnet down), for
         test clients and servers; `down()` removes it."""
@@ -1267,7 +459,7 @@ class DevCluster:
         client = self.plan.client(name, index)
         clients[name] = {"index": index, "netns": client.netns, "addr": client.addr}
         self._save()
-        self._make_ns(client.netns, client.veth, client.interface)
+        make_ns(self.plan.bridge, client.netns, client.veth, client.interface)
         return client
 
     def ovctl(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
@@ -1279,37 +471,9 @@ class DevCluster:
             text=True,
             timeout=timeout,
             stdin=subprocess.DEVNULL,
-            env={**os.environ, **_daemon_env(), **self.ovctl_env()},
+            env={**os.environ, **daemon_env(), **self.ovctl_env()},
             check=False,
         )
-
-    # -- context file (written by `ovctl dev up`) --
-
-    def write_context(self, path: Path | None = None) -> bool:
-        """Point ovctl at this cluster through its context file, unless that file exists and
-        was not written by `ovctl dev up` (then False, and nothing is written)."""
-        path = path or context_path()
-        try:
-            if not context_written_by_dev(path.read_text()):
-                return False
-        except FileNotFoundError:
-            pass
-        _write_atomic(path, context_text(self.prefix, self.manager_addr, self.files.admin_tls))
-        self._state["context_file"] = str(path)
-        self._save()
-        return True
-
-    def _remove_context(self, teardown: Teardown) -> None:
-        candidates = [self._state.get("context_file"), str(context_path())]
-        for p in dict.fromkeys(c for c in candidates if c):
-            path = Path(p)
-            try:
-                ours = context_written_by_dev(path.read_text(), self.prefix)
-            except OSError:
-                continue
-            if ours:
-                path.unlink(missing_ok=True)
-                teardown.paths.append(str(path))
 
     # -- status and down --
 

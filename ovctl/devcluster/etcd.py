@@ -1,6 +1,7 @@
 """A real single-member etcd on free loopback ports, with restart and crash controls.
 
-Used by the tests (as ``tests.etcd``, which re-exports this module) and by `ovctl dev`.
+Used by `ovctl dev` and by the tests, whose own additions (a key prefix per test on a shared
+member, the sweep of data dirs a killed test run left behind) are in tests/support/etcd.py.
 
 Debian's etcd-server is used as is (no container, no download). Raft timings are cut to the
 bone (10 ms heartbeat, 100 ms election) so a member is healthy in about 0.1 s, and the data dir
@@ -9,19 +10,15 @@ lives on /dev/shm when there is one, since fsync on a disk dominates etcd's late
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import os
-import re
 import shutil
 import subprocess
 import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from ovctl.devcluster.procs import LOOPBACK, ManagedProcess, ProcessError, free_ports, port_accepts
@@ -29,9 +26,10 @@ from ovctl.devcluster.procs import LOOPBACK, ManagedProcess, ProcessError, free_
 ETCD_BINARY = "/usr/bin/etcd"
 ETCDCTL_BINARY = "/usr/bin/etcdctl"
 
+# A member nobody named lives in "<TEMP_NAME>(pid)-(n)-*": tests/support/etcd.py removes the
+# dirs of runs whose process is gone (a run killed with SIGKILL cannot remove its own).
+TEMP_NAME = "ovt"
 _names = itertools.count()
-_WORKDIR_RE = re.compile(r"^ovt(\d+)-\d+-")
-_swept = False
 
 # Never let a proxy from the environment (http_proxy) get between the test and loopback.
 _opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -43,46 +41,8 @@ def etcd_available() -> bool:
 
 def scratch_root() -> str | None:
     """/dev/shm when it is writable (etcd's fsyncs cost nothing there), else None."""
-    return _scratch_root()
-
-
-def _scratch_root() -> str | None:
     shm = "/dev/shm"
     return shm if os.path.isdir(shm) and os.access(shm, os.W_OK) else None
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def stale_workdirs(names: list[str], alive: Callable[[int], bool]) -> list[str]:
-    """The entries among ``names`` that are work dirs of EtcdServers whose test run is gone.
-
-    A test run killed with SIGKILL cannot remove its data dirs, and on /dev/shm each one holds
-    over 100 MB of memory (etcd preallocates its WAL), so the next run removes them.
-    """
-    stale = []
-    for name in names:
-        m = _WORKDIR_RE.match(name)
-        if m and not alive(int(m.group(1))):
-            stale.append(name)
-    return stale
-
-
-def _remove_stale_workdirs() -> None:
-    global _swept
-    if _swept:
-        return
-    _swept = True
-    root = Path(_scratch_root() or tempfile.gettempdir())
-    for name in stale_workdirs(os.listdir(root), _pid_alive):
-        shutil.rmtree(root / name, ignore_errors=True)
 
 
 def etcd_argv(name: str, data_dir: Path, client_port: int, peer_port: int) -> list[str]:
@@ -105,16 +65,6 @@ def etcd_argv(name: str, data_dir: Path, client_port: int, peer_port: int) -> li
         "--log-outputs=stderr",
         "--log-level=error",
     ]
-
-
-def key_prefix(test_id: str, serial: int, pid: int | None = None) -> str:
-    """A key prefix of its own for one test on a shared etcd, e.g. ``/ovt123-5f2a9c01e4/``.
-
-    Hashing the test id keeps the prefix short and free of the brackets and slashes that
-    parametrised test ids carry; the serial keeps a test that runs twice apart from itself.
-    """
-    digest = hashlib.sha256(f"{test_id}#{serial}".encode()).hexdigest()[:10]
-    return f"/ovt{os.getpid() if pid is None else pid}-{digest}/"
 
 
 class EtcdServer:
@@ -143,9 +93,8 @@ class EtcdServer:
         """
         self.start_timeout = start_timeout
         if workdir is None:
-            _remove_stale_workdirs()
-            self.name = name or f"ovt{os.getpid()}-{next(_names)}"
-            self.workdir = Path(tempfile.mkdtemp(prefix=f"{self.name}-", dir=_scratch_root()))
+            self.name = name or f"{TEMP_NAME}{os.getpid()}-{next(_names)}"
+            self.workdir = Path(tempfile.mkdtemp(prefix=f"{self.name}-", dir=scratch_root()))
         else:
             self.name = name or workdir.name
             self.workdir = workdir
@@ -259,27 +208,3 @@ class EtcdServer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-@dataclass(frozen=True)
-class EtcdHandle:
-    """A test's view of a shared etcd: where to connect, and the prefix its keys must live under."""
-
-    server: EtcdServer
-    prefix: str
-
-    @property
-    def endpoint(self) -> str:
-        return self.server.endpoint
-
-    @property
-    def host(self) -> str:
-        return self.server.host
-
-    @property
-    def port(self) -> int:
-        return self.server.port
-
-    def key(self, name: str) -> bytes:
-        """The full etcd key for ``name`` under this test's prefix."""
-        return (self.prefix + name.lstrip("/")).encode()

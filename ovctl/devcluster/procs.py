@@ -7,7 +7,8 @@ KILL`` where available, so that it dies with the test run even if pytest itself 
 before its finalizers run. `ovctl dev up` starts its daemons with ``die_with_parent=False``:
 they must outlive the command that started them.
 
-(Moved here from tests/procs.py, which re-exports it, so that ovctl can use it.)
+Processes known only by PID are checked with osutil.proc (PID and start time, so a reused PID
+is never taken for ours).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from osutil.proc import pid_alive
 
 LOOPBACK = "127.0.0.1"
 
@@ -231,37 +234,6 @@ class ManagedProcess:
 
 
 # --- Processes known only by PID (started by another process, or by the kernel's reparenting) --
-
-
-def proc_start_time(pid: int) -> int | None:
-    """When ``pid`` started (clock ticks since boot), or None if there is no such process.
-
-    A PID alone may have been reused by the time a later command acts on it; the pair
-    (PID, start time) names one process for good, so it is what state files record.
-    """
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return None
-    # The command name (field 2) may hold spaces and parentheses: fields start after the last ')'.
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return int(fields[19])  # field 22 overall
-
-
-def _proc_state(pid: int) -> str | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return None
-    return stat[stat.rindex(")") + 2]
-
-
-def pid_alive(pid: int, start_time: int | None = None) -> bool:
-    """Whether ``pid`` runs (a zombie does not count) and, if given, started at ``start_time``."""
-    state = _proc_state(pid)
-    if state is None or state in "ZX":
-        return False
-    return start_time is None or proc_start_time(pid) == start_time
 
 
 def _reap(pid: int) -> None:

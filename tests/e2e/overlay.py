@@ -3,32 +3,21 @@ kernel state (FDB, neighbours, veths, namespaces) the way an operator would, wit
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from agent.model import INGRESS_SANDBOX, Names, endpoint_mac
-from ovctl.devcluster.cluster import DevCluster
+from tests.support import wait as support_wait
+from tests.support.cluster import E2ECluster
 
-
-class Timeout(AssertionError):
-    pass
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 30.0, every: float = 0.2) -> Any:
-    """Poll `check` until it returns something truthy; fail with `what` and the last value."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(every)
-    raise Timeout(f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}")
+# The e2e tier's `wait_for` (tests/support/wait.py) with this tier's defaults: kernel state and
+# daemons in namespaces settle within seconds, and each check may run ovctl or `ip`, so 30 s,
+# polled every 0.2 s.
+wait_for = functools.partial(support_wait.wait_for, timeout=30.0, every=0.2)
 
 
 def run(argv: list[str], timeout: float = 20.0, check: bool = True) -> str:
@@ -55,9 +44,9 @@ class TaskView:
 
 
 class Overlay:
-    """ovctl and kernel views of a DevCluster."""
+    """ovctl and kernel views of a dev cluster."""
 
-    def __init__(self, dev: DevCluster) -> None:
+    def __init__(self, dev: E2ECluster) -> None:
         self.dev = dev
 
     def ovctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -100,7 +89,7 @@ class Overlay:
                 return tasks
             return None
 
-        return wait_for(f"{count} running tasks of {service}", check, timeout)  # type: ignore[no-any-return]
+        return wait_for(f"{count} running tasks of {service}", check, timeout=timeout)
 
     def network_id(self, name: str) -> str:
         return str(self.json("network", "inspect", name)[0]["meta"]["id"])

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from agent.dataplane.kernel import DataPlane
-from agent.dataplane.plan import AddFdb, AddNeigh
+from agent.dataplane.ops import AddFdb, AddNeigh
 from agent.model import (
     DesiredState,
     HostConfig,

@@ -10,22 +10,14 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from ovctl.devcluster.cluster import (
-    NETNS_DIR,
-    DevCluster,
-    DevClusterError,
-    list_links,
-    list_netns,
-    pids_in_netns,
-)
-from ovctl.devcluster.procs import pid_alive
-from tests.e2e import overlay
+from osutil.proc import pid_alive, proc_stat
+from ovctl.devcluster.plan import NETNS_DIR, DevClusterError
+from ovctl.devcluster.shell import list_links, list_netns, pids_in_netns
+from tests.support.cluster import E2ECluster
 
 pytestmark = [
     pytest.mark.slow,
@@ -52,7 +44,7 @@ except (TimeoutError, OSError) as e:
 """
 
 
-def probe(cluster: DevCluster, src: str, dst: str, port: int = 9, timeout: float = 1.0) -> str:
+def probe(cluster: E2ECluster, src: str, dst: str, port: int = 9, timeout: float = 1.0) -> str:
     r = cluster.exec(
         src,
         [sys.executable, "-c", _PROBE, dst, str(port), str(timeout)],
@@ -61,10 +53,6 @@ def probe(cluster: DevCluster, src: str, dst: str, port: int = 9, timeout: float
         timeout=30,
     )
     return r.stdout.strip() or r.stderr.strip()
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 15.0) -> Any:
-    return overlay.wait_for(what, check, timeout, every=0.05)
 
 
 def leftovers(prefix: str, paths: list[Path], pids: list[int]) -> list[str]:
@@ -81,14 +69,14 @@ def leftovers(prefix: str, paths: list[Path], pids: list[int]) -> list[str]:
                 cmdline = Path(f"/proc/{entry.name}/cmdline").read_bytes()
             except OSError:
                 continue
-            state = Path(f"/proc/{entry.name}/stat").read_text().rsplit(")", 1)[-1].split()[0]
-            if prefix.encode() in cmdline and state != "Z":
+            st = proc_stat(int(entry.name))
+            if prefix.encode() in cmdline and st is not None and st.state != "Z":
                 found.append(f"process {entry.name}: {cmdline.replace(NUL, b' ').decode()}")
     return found
 
 
 def test_up_hosts_talk_stop_start_and_down_leaves_nothing() -> None:
-    cluster = DevCluster(
+    cluster = E2ECluster(
         PREFIX,
         hosts=2,
         subnet=SUBNET,
@@ -123,9 +111,9 @@ def test_up_hosts_talk_stop_start_and_down_leaves_nothing() -> None:
         # The same cluster again is not an error; another one with this prefix is.
         assert cluster.up() is False
         with pytest.raises(DevClusterError, match="in use"):
-            DevCluster(PREFIX, hosts=1, subnet=SUBNET).up()
+            E2ECluster(PREFIX, hosts=1, subnet=SUBNET).up()
         with pytest.raises(DevClusterError, match="overlaps"):
-            DevCluster(f"ovte{RUN}-", hosts=1, subnet="198.51.100.192/28").up()
+            E2ECluster(f"ovte{RUN}-", hosts=1, subnet="198.51.100.192/28").up()
 
         # A process in h1's namespace survives an agent crash; the agent comes back.
         sleeper = cluster.popen("h1", ["sleep", "300"], start_new_session=True)
@@ -173,7 +161,7 @@ def test_up_hosts_talk_stop_start_and_down_leaves_nothing() -> None:
 def test_down_from_another_process_without_a_state_file() -> None:
     """`ovctl dev down` finds everything by the prefix alone, even the root-ns daemons."""
     prefix = f"ovte{RUN}-"
-    cluster = DevCluster(prefix, hosts=1, subnet="198.51.100.224/28", die_with_parent=True)
+    cluster = E2ECluster(prefix, hosts=1, subnet="198.51.100.224/28", die_with_parent=True)
     etcd_dir = cluster.log_path("etcd").parent
     try:
         cluster.up()
@@ -200,7 +188,7 @@ def test_down_from_another_process_without_a_state_file() -> None:
 
 def test_failed_up_cleans_up_and_shows_the_agent_log() -> None:
     prefix = f"ovtf{RUN}-"
-    cluster = DevCluster(
+    cluster = E2ECluster(
         prefix,
         hosts=1,
         subnet="198.51.100.240/28",

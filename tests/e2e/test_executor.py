@@ -25,8 +25,8 @@ from typing import Any, TypeVar
 
 import pytest
 
-from agent.executor import ExitInfo, LogTailer, Runner, StartError
-from agent.executor.shim import proc_start_time, proc_stat
+from agent.executor import ExitInfo, LogTailer, ProcessExecutor, Runner, StartError, TaskSpec
+from osutil.proc import pid_alive, proc_start_time, proc_stat
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)")
 
@@ -80,18 +80,15 @@ def group_members(pgid: int) -> list[int]:
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
+        pid = int(entry)
         try:
-            stat = Path(f"/proc/{entry}/stat").read_bytes()
-        except OSError:
+            if os.getpgid(pid) != pgid:
+                continue
+        except ProcessLookupError:
             continue
-        fields = stat[stat.rindex(b")") + 2 :].split()
-        if int(fields[2]) == pgid and fields[0] != b"Z":
-            out.append(int(entry))
+        if pid_alive(pid):
+            out.append(pid)
     return out
-
-
-def alive(pid: int, start: int | None) -> bool:
-    return start is not None and proc_start_time(pid) == start
 
 
 def kill_all(state_dir: Path) -> None:
@@ -101,10 +98,10 @@ def kill_all(state_dir: Path) -> None:
             rec = json.loads(rec_path.read_text())
         except ValueError:
             continue
-        if alive(rec["shim_pid"], rec.get("shim_start")):
+        if pid_alive(rec["shim_pid"], rec["shim_start"]):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(rec["shim_pid"], signal.SIGKILL)
-        if alive(rec["task_pid"], rec.get("task_start")):
+        if pid_alive(rec["task_pid"], rec["task_start"]):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(rec["task_pid"], signal.SIGKILL)
         # Shims started by this process are our children: reap them.
@@ -390,8 +387,8 @@ def test_task_survives_agent_sigkill_and_is_adopted(state_dir: Path, netns: str)
     rec = json.loads((state_dir / "tasks/long/shim.json").read_text())
     assert rec["task_pid"] == pid
     time.sleep(0.1)
-    assert alive(rec["shim_pid"], rec["shim_start"]), "the shim died with the agent"
-    assert alive(pid, rec["task_start"]), "the task died with the agent"
+    assert pid_alive(rec["shim_pid"], rec["shim_start"]), "the shim died with the agent"
+    assert pid_alive(pid, rec["task_start"]), "the task died with the agent"
 
     async def go() -> None:
         exits = Exits()
@@ -443,7 +440,7 @@ def test_exit_while_no_runner_is_reported_by_adopt(state_dir: Path, netns: str) 
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         st = proc_stat(shim_pid)
-        if st is None or st[0] == "Z":
+        if st is None or st.state == "Z":
             break
         time.sleep(0.02)
 
@@ -510,3 +507,54 @@ def test_start_latency(state_dir: Path, netns: str) -> None:
         f"command running in netns: median {med:.1f} ms, max {max(running) * 1000:.1f} ms"
     )
     assert med < 500
+
+
+# ---------------------------------------------------------------------- the executor seam
+
+
+def test_process_executor_through_the_seam(state_dir: Path, netns: str) -> None:
+    """What the daemon does with a task, through `Executor` only: prepare, start, wait for an
+    exit, start again, shut down, adopt from a new executor, logs, remove."""
+
+    async def first() -> int:
+        ex = ProcessExecutor(state_dir)
+        with pytest.raises(StartError, match="nosuchcmd"):
+            await ex.prepare(TaskSpec("bad", ("nosuchcmd",), netns=netns))
+        with pytest.raises(StartError, match="does not exist"):
+            await ex.prepare(TaskSpec("bad", ("true",), netns=f"{PREFIX}missing"))
+        await ex.prepare(TaskSpec("quick", ("sh", "-c", "echo hi; exit 4"), netns=netns))
+        await ex.start("quick")
+        assert await ex.wait("quick") == ExitInfo(4, None, "exit status 4")
+        assert [c.data for c in ex.read_logs("quick")] == [b"hi\n"]
+        ex.commit_logs("quick")
+        await ex.start("quick")  # again, in place: a fresh wait
+        assert await ex.wait("quick") == ExitInfo(4, None, "exit status 4")
+        assert [c.data for c in ex.read_logs("quick")] == [b"hi\n"]
+
+        await ex.prepare(TaskSpec("long", ("sleep", "100"), netns=netns))
+        running = await ex.start("long")
+        assert running.pid > 0 and (await ex.start("long")) == running  # idempotent
+        with pytest.raises(RuntimeError):
+            ex.remove("long")
+        ex.close()  # the agent goes; the task stays
+        return running.pid
+
+    pid = arun(first())
+
+    async def second() -> None:
+        ex = ProcessExecutor(state_dir)
+        found = ex.adopt()
+        assert found["long"].running is not None and found["long"].running.pid == pid
+        assert found["quick"].running is None
+        assert found["quick"].exit == ExitInfo(4, None, "exit status 4")
+        waiter = asyncio.ensure_future(ex.wait("long"))
+        info = await ex.shutdown("long", 5.0)
+        assert info == ExitInfo(None, 15, "killed by signal 15 (SIGTERM)")
+        assert await waiter == info
+        assert await ex.wait("never") is None
+        for task_id in ex.tasks():
+            ex.remove(task_id)
+        assert ex.tasks() == []
+        ex.close()
+
+    arun(second())

@@ -20,8 +20,9 @@ from typing import Any
 import pytest
 
 from agent.model import endpoint_mac
-from ovctl.devcluster.cluster import DevCluster, pids_in_netns
+from ovctl.devcluster.shell import pids_in_netns
 from tests.e2e.overlay import Overlay, TaskView, run, wait_for
+from tests.support.cluster import E2ECluster
 
 pytestmark = [
     pytest.mark.e2e,
@@ -36,7 +37,7 @@ ZERO_MAC = "00:00:00:00:00:00"
 
 @pytest.fixture(scope="module")
 def ov() -> Iterator[Overlay]:
-    dev = DevCluster(
+    dev = E2ECluster(
         name_prefix=f"ovg{os.getpid() % 100000}-",
         hosts=len(HOSTS),
         subnet="198.51.100.192/27",  # shared with test_devcluster (never at once)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import json
 import os
 import random
@@ -19,7 +18,7 @@ import subprocess
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -27,6 +26,7 @@ import pytest
 from agent.lb.balancer import LoadBalancer
 from agent.lb.nft import NetnsGone, Nft, NftError
 from agent.lb.plan import LbSpec, LbState, PortTarget, render_full, render_update
+from osutil.netns import run_in_netns
 
 pytestmark = [
     pytest.mark.e2e,
@@ -35,7 +35,6 @@ pytestmark = [
 
 PFX = f"ovt{os.getpid()}-lb"
 TABLE = "ovnet-lb"
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -79,29 +78,6 @@ def netns() -> Iterator[Namespaces]:
         ns.cleanup()
 
 
-def in_netns(ns: str, fn: Callable[[], Any]) -> Any:
-    """Run ``fn`` in a short-lived thread that entered ``ns`` (sockets made there stay)."""
-    box: dict[str, Any] = {}
-
-    def target() -> None:
-        fd = os.open(f"/run/netns/{ns}", os.O_RDONLY)
-        try:
-            if _libc.setns(fd, 0x40000000) != 0:
-                raise OSError(ctypes.get_errno(), "setns")
-            box["ok"] = fn()
-        except BaseException as e:
-            box["err"] = e
-        finally:
-            os.close(fd)
-
-    t = threading.Thread(target=target)
-    t.start()
-    t.join()
-    if "err" in box:
-        raise box["err"]
-    return box["ok"]
-
-
 class TcpServers:
     """Tiny TCP servers in a namespace: each answers "LOCAL|PEER" and closes."""
 
@@ -117,7 +93,7 @@ class TcpServers:
             s.listen(128)
             return s
 
-        s: socket.socket = in_netns(ns, make)
+        s: socket.socket = run_in_netns(ns, make)
         self.socks.append(s)
         t = threading.Thread(target=self._serve, args=(s, addr), daemon=True)
         t.start()
@@ -152,7 +128,7 @@ def servers() -> Iterator[TcpServers]:
 
 
 def tcp_ask(ns: str, addr: str, port: int, timeout: float = 3.0) -> str:
-    s: socket.socket = in_netns(ns, lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+    s: socket.socket = run_in_netns(ns, lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM))
     with s:
         s.settimeout(timeout)
         s.connect((addr, port))
@@ -166,7 +142,7 @@ def udp_refused(ns: str, addr: str, port: int) -> bool:
     """True when a datagram to addr:port fails at once: the ICMP port unreachable arrives
     (ECONNREFUSED), or, for a packet rejected on this host's own output path, the send
     itself fails (EPERM: the kernel reports the drop to the sender)."""
-    s: socket.socket = in_netns(ns, lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+    s: socket.socket = run_in_netns(ns, lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
     with s:
         s.settimeout(2.0)
         s.connect((addr, port))

@@ -22,8 +22,8 @@ from typing import Any
 
 import pytest
 
-from ovctl.devcluster.cluster import DevCluster
 from tests.e2e.overlay import Overlay, TaskView, run, wait_for
+from tests.support.cluster import E2ECluster
 
 pytestmark = [
     pytest.mark.e2e,
@@ -39,7 +39,7 @@ HEALTHY = ["--health-tcp", "8080", "--health-interval", "0.3s", "--health-retrie
 
 @pytest.fixture(scope="module")
 def ov() -> Iterator[Overlay]:
-    dev = DevCluster(
+    dev = E2ECluster(
         name_prefix=f"ovm{os.getpid() % 100000}-",
         hosts=3,
         # Shared with test_gossip/test_devcluster: modules of one run go one after another.

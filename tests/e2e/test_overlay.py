@@ -18,8 +18,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from ovctl.devcluster.cluster import DevCluster
 from tests.e2e.overlay import Overlay, TaskView, run, wait_for
+from tests.support.cluster import E2ECluster
 
 pytestmark = [
     pytest.mark.e2e,
@@ -31,7 +31,7 @@ HTTP = [sys.executable, "-m", "http.server", "8080"]
 
 @pytest.fixture(scope="module")
 def ov() -> Iterator[Overlay]:
-    dev = DevCluster(
+    dev = E2ECluster(
         # Not ovt<pid>-: other e2e modules of this run use that, and a dev cluster owns every
         # name that starts with its prefix.
         name_prefix=f"ovo{os.getpid() % 100000}-",

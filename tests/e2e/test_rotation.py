@@ -20,9 +20,9 @@ import grpc
 import pytest
 from aetcd import rpc
 
-from manager.ca import pki
-from ovctl.devcluster.cluster import MANAGER_ETCD_PREFIX, DevCluster
+from ovctl.devcluster.plan import MANAGER_ETCD_PREFIX
 from proto import objects_pb2 as pb
+from security import pki
 from tests.e2e.overlay import Overlay, wait_for
 from tests.e2e.test_mesh import (
     HEALTHY,
@@ -35,6 +35,7 @@ from tests.e2e.test_mesh import (
     settled,
     vip,
 )
+from tests.support.cluster import E2ECluster
 
 pytestmark = [
     pytest.mark.e2e,
@@ -48,7 +49,7 @@ KEY_ROTATION_S = 3
 
 @pytest.fixture(scope="module")
 def ov() -> Iterator[Overlay]:
-    dev = DevCluster(
+    dev = E2ECluster(
         name_prefix=f"ovr{os.getpid() % 100000}-",
         hosts=3,
         # Shared with test_gossip/test_devcluster/test_mesh: modules of one run go one by one.
@@ -70,7 +71,7 @@ def ov() -> Iterator[Overlay]:
         dev.down()
 
 
-def agent_serials(dev: DevCluster) -> dict[str, int]:
+def agent_serials(dev: E2ECluster) -> dict[str, int]:
     """Each agent's certificate serial, as saved in its state dir."""
     out = {}
     for host in dev.hosts:
@@ -79,7 +80,7 @@ def agent_serials(dev: DevCluster) -> dict[str, int]:
     return out
 
 
-def gossip_primary(dev: DevCluster) -> bytes:
+def gossip_primary(dev: E2ECluster) -> bytes:
     """The gossip keyring's primary key, read from etcd."""
     key = f"{MANAGER_ETCD_PREFIX}/keys/gossip".encode()
     with grpc.insecure_channel(dev.etcd_endpoint) as ch:

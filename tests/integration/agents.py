@@ -1,12 +1,13 @@
 """Agents for integration tests: the real session client (agent.session.AgentSession) speaking
-the real Dispatcher protocol to a real manager, with a scripted executor in place of F2's
-sandboxes: each assigned task is reported ACCEPTED -> RUNNING, and a test can make one fail or
-complete, or stop a whole agent (its heartbeats stop, as when a host dies).
+the real Dispatcher protocol to a real manager, driven by the real daemon (agent.daemon) with
+fakes for what needs root (tasks, kernel, gossip, DNS, balancing): each assigned task goes
+PREPARING -> STARTING -> RUNNING as the daemon reports it, and a test can make one fail or
+complete, have it write logs, or stop a whole agent (its heartbeats stop, as when a host dies).
 
 The agents run on an asyncio loop in a background thread so that synchronous tests can drive
 ovctl subprocesses while the agents answer.
 
-Each agent joins the cluster as a real one does (agent.tls.join with a worker token through a
+Each agent joins the cluster as a real one does (security.join.join with a worker token through a
 manager's join listener) when it is added, so its node ID (the certificate's CN) is known at
 once; give the pool the token (`AgentPool(join_token=..., join_addr=...)`) or each agent its
 own (`add(..., join_token=..., join_addr=...)`, or ready `credentials=`).
@@ -16,19 +17,30 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
+import tempfile
 import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import Future
+from pathlib import Path
 from typing import Any
 
-from agent import tls
-from agent.session import AgentSession, Assignments
-from proto import dispatcher_pb2 as dpb
+from agent.daemon import DaemonOptions
+from agent.session import AgentSession
+from osutil.hostport import next_port
 from proto import objects_pb2 as pb
+from security.credentials import NodeCredentials
+from security.join import ManagerUnreachable, join
+from tests.support.agent_fakes import Fakes
 
 
 class ScriptedAgent:
+    """One host: the real `AgentSession` and the real `AgentDaemon` (agent/daemon.py), with
+    fakes for the executor, data plane, gossip, DNS, balancing and health checks
+    (tests/support/agent_fakes.py). Tasks "run" in the fake executor until the test ends them
+    (`finish`) or the manager has them stopped; everything the manager hears (PREPARING ->
+    STARTING -> RUNNING, exits, SHUTDOWN, logs) is what the daemon decided and reported."""
+
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
@@ -37,7 +49,7 @@ class ScriptedAgent:
         labels: dict[str, str] | None = None,
         role: int = pb.NODE_ROLE_WORKER,
         *,
-        credentials: tls.NodeCredentials,
+        credentials: NodeCredentials,
     ) -> None:
         self.loop = loop
         self.hostname = hostname
@@ -46,79 +58,78 @@ class ScriptedAgent:
             pb.NodeDescription(hostname=hostname, addr="198.51.100.1"),
             pb.NodeSpec(labels=labels or {}, role=role),  # type: ignore[arg-type]
             credentials=credentials,
-            on_assignments=self._on_assignments,
             backoff_max=0.5,
         )
-        self.reported: dict[str, int] = {}
-        self._runner: asyncio.Task[None] | None = None
-
-    async def _on_assignments(self, a: Assignments) -> None:
-        updates = []
-        for task in a.tasks.values():
-            tid = task.meta.id
-            if task.desired_state > pb.TASK_STATE_RUNNING:
-                if self.reported.get(tid, 0) < pb.TASK_STATE_COMPLETE:
-                    updates.append(self._status(tid, pb.TASK_STATE_SHUTDOWN, "shut down"))
-            elif tid not in self.reported:
-                updates.append(self._status(tid, pb.TASK_STATE_RUNNING, "started"))
-        if updates:
-            with contextlib.suppress(Exception):
-                await self.session.report(updates)
-
-    def _status(
-        self, task_id: str, state: int, msg: str, exit_code: int = 0
-    ) -> dpb.TaskStatusUpdate:
-        self.reported[task_id] = state
-        return dpb.TaskStatusUpdate(
-            task_id=task_id,
-            status=pb.TaskStatus(
-                state=state,  # type: ignore[arg-type]
-                message=msg,
-                exit_code=exit_code,
-                timestamp_ms=int(time.time() * 1000),
+        self.state_dir = Path(tempfile.mkdtemp(prefix=f"ovnet-it-{hostname}-"))
+        self.fakes = Fakes()
+        self.daemon = self.fakes.daemon(
+            self.session,
+            self.state_dir,
+            options=DaemonOptions(
+                reconcile_interval=1.0, stop_timeout=1.0, log_interval=0.05, drain_delay=0.0
             ),
+            prefix=f"it-{hostname}-",
         )
+        self._runners: list[asyncio.Task[None]] = []
+
+    @property
+    def reported(self) -> dict[str, int]:
+        """The highest state the manager took for each task this host knows."""
+        return {tid: lo.reported for tid, lo in self.daemon.controller.local.items()}
 
     def start(self) -> None:
         def go() -> None:
-            self._runner = asyncio.ensure_future(self.session.run())
+            self._runners = [
+                asyncio.ensure_future(self.session.run()),
+                asyncio.ensure_future(self.daemon.run()),
+            ]
 
         self.loop.call_soon_threadsafe(go)
 
     def stop(self) -> None:
-        """The host dies: no goodbye, heartbeats just stop."""
+        """The host dies: no goodbye, heartbeats just stop (its tasks stay in its executor, as
+        after a power cut they would not; a `start` brings the host back and adopts them)."""
 
         async def halt() -> None:
-            if self._runner is not None:
-                self._runner.cancel()
+            for runner in self._runners:
+                runner.cancel()
+            for runner in self._runners:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await self._runner
-            self._runner = None
+                    await runner
+            self._runners = []
 
         asyncio.run_coroutine_threadsafe(halt(), self.loop).result(10)
 
     def finish(self, task_id: str, state: int, exit_code: int = 0) -> None:
-        """Make a running task end (FAILED / COMPLETE) as its process would."""
+        """Make a running task end (FAILED / COMPLETE) as its process would, and wait until
+        the daemon has reported it."""
+        if state not in (pb.TASK_STATE_FAILED, pb.TASK_STATE_COMPLETE):
+            raise ValueError("a task ends FAILED or COMPLETE")
+        code = 0 if state == pb.TASK_STATE_COMPLETE else (exit_code or 1)
 
-        async def send() -> None:
-            await self.session.report([self._status(task_id, state, "exited", exit_code)])
+        async def end() -> None:
+            self.fakes.executor.exit(task_id, code)
+            while self.reported.get(task_id, 0) < pb.TASK_STATE_COMPLETE:
+                await asyncio.sleep(0.02)
 
-        asyncio.run_coroutine_threadsafe(send(), self.loop).result(10)
+        run_sync(self.loop, asyncio.wait_for(end(), 20))
 
     def publish(self, task_id: str, text: str) -> None:
-        async def send() -> None:
-            await self.session.publish_logs(
-                [dpb.PublishLogsMessage(task_id=task_id, stream="stdout", data=text.encode())]
-            )
+        """The task writes `text`; returns once the daemon has shipped it to a manager."""
 
-        asyncio.run_coroutine_threadsafe(send(), self.loop).result(10)
+        async def write() -> None:
+            self.fakes.executor.add_log(task_id, text)
+            while task_id in self.fakes.executor.logs:
+                await asyncio.sleep(0.02)
+
+        run_sync(self.loop, asyncio.wait_for(write(), 20))
 
     @property
     def node_id(self) -> str:
         return self.session.node_id
 
     @property
-    def credentials(self) -> tls.NodeCredentials:
+    def credentials(self) -> NodeCredentials:
         """The current (possibly renewed) identity, e.g. to start this host again."""
         return self.session.credentials
 
@@ -140,14 +151,14 @@ class AgentPool:
         self.thread.start()
         self.agents: list[ScriptedAgent] = []
 
-    def join(self, join_addr: str, token: str, timeout: float = 15.0) -> tls.NodeCredentials:
+    def join(self, join_addr: str, token: str, timeout: float = 15.0) -> NodeCredentials:
         """Join as the agent does: retry while no manager answers, fail on a refusal."""
         deadline = time.monotonic() + timeout
         while True:
             try:
-                creds: tls.NodeCredentials = run_sync(self.loop, tls.join(join_addr, token))
+                creds: NodeCredentials = run_sync(self.loop, join(join_addr, token))
                 return creds
-            except tls.ManagerUnreachable:
+            except ManagerUnreachable:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.2)
@@ -159,7 +170,7 @@ class AgentPool:
         *,
         join_token: str | None = None,
         join_addr: str | None = None,
-        credentials: tls.NodeCredentials | None = None,
+        credentials: NodeCredentials | None = None,
         **kw: Any,
     ) -> ScriptedAgent:
         if credentials is None:
@@ -169,7 +180,7 @@ class AgentPool:
                     "an agent needs a join token: AgentPool(join_token=...) or "
                     "add(..., join_token=...), or credentials="
                 )
-            addr = join_addr or self.join_addr or tls.join_addr(managers[0])
+            addr = join_addr or self.join_addr or next_port(managers[0])
             credentials = self.join(addr, token)
         agent = ScriptedAgent(self.loop, managers, hostname, credentials=credentials, **kw)
         self.agents.append(agent)
@@ -182,17 +193,8 @@ class AgentPool:
                 agent.stop()
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
-
-
-def wait_for(pred: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = pred()
-        if last:
-            return last
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+        for agent in self.agents:
+            shutil.rmtree(agent.state_dir, ignore_errors=True)
 
 
 def run_sync(loop: asyncio.AbstractEventLoop, coro: Any) -> Any:

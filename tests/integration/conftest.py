@@ -32,15 +32,16 @@ import grpc
 import pytest
 from aetcd import rpc
 
-from agent.tls import MANAGER_CHANNEL_OPTIONS, NodeCredentials, join
-from manager.store import prefix_range_end
-from ovctl.devcluster.procs import free_port_pair
+from manager.store.etcd import prefix_range_end
+from ovctl.devcluster.procs import ManagedProcess, free_port_pair
 from proto import control_pb2 as cpb
 from proto import control_pb2_grpc
-from tests.conftest import ProcessSpawner
-from tests.etcd import EtcdHandle
-from tests.integration.agents import AgentPool, ScriptedAgent, wait_for
-from tests.procs import ManagedProcess
+from security.credentials import MANAGER_CHANNEL_OPTIONS, NodeCredentials
+from security.join import join
+from tests.integration.agents import AgentPool, ScriptedAgent
+from tests.support.etcd import EtcdHandle
+from tests.support.procs import ProcessSpawner
+from tests.support.wait import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 OVCTL = [sys.executable, "-m", "ovctl"]
@@ -272,7 +273,7 @@ class ClusterAgentPool(AgentPool):
             kw.setdefault("join_addr", cluster.join_addrs[cluster.addrs.index(managers[0])])
         agent = super().add(managers, hostname, **kw)
         if wait:
-            wait_for(agent.session.connected.is_set, what=f"{hostname} registered")
+            wait_for(f"{hostname} registered", agent.session.connected.is_set)
         return agent
 
 

@@ -3,7 +3,7 @@
 The servers here are small stand-ins written in the test (NodeCA and Dispatcher over the
 cluster's TLS layout: a join listener without client certificates that presents
 [manager cert, root], and a control listener that requires a client certificate), signing with
-manager.ca.pki. They let the agent's side be tested without etcd or a manager process: the
+security.pki. They let the agent's side be tested without etcd or a manager process: the
 digest check before anything is sent, the refusals a person must understand, renewal over the
 node's own channel, and the session reconnecting with its renewed certificate.
 """
@@ -26,17 +26,19 @@ from typing import Any
 import grpc
 import pytest
 
-from agent import tls
 from agent.session import AgentSession
-from manager.ca import pki, tokens
 from proto import ca_pb2, ca_pb2_grpc, dispatcher_pb2_grpc
 from proto import control_pb2 as cpb
 from proto import dispatcher_pb2 as dpb
 from proto import objects_pb2 as pb
-from tests.conftest import ProcessSpawner
-from tests.etcd import EtcdHandle
-from tests.integration.agents import AgentPool, wait_for
+from security import join as node_join
+from security import pki, tokens
+from security.credentials import CREDS_DIRNAME, MANAGER_CHANNEL_OPTIONS, NodeCredentials
+from tests.integration.agents import AgentPool
 from tests.integration.conftest import ManagerCluster
+from tests.support.etcd import EtcdHandle
+from tests.support.procs import ProcessSpawner
+from tests.support.wait import await_for, wait_for
 
 CLUSTER = "cluster-test"
 
@@ -186,20 +188,12 @@ def run(coro: Any) -> Any:
     return asyncio.run(asyncio.wait_for(coro, 30))
 
 
-async def until(pred: Any, timeout: float, what: str) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not pred():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.05)
-
-
 def test_fetch_root_reads_the_unverified_root_from_the_join_listener() -> None:
     ca = TestCA()
 
     async def go() -> None:
         async with listeners(ca) as (_, join_addr, _d):
-            root = await tls.fetch_root(join_addr, 5)
+            root = await node_join.fetch_root(join_addr, 5)
             assert pki.digest(root) == pki.digest(ca.root)
 
     run(go())
@@ -210,17 +204,17 @@ def test_join_with_the_right_token_gives_a_working_identity(tmp_path: Path) -> N
 
     async def go() -> None:
         async with listeners(ca) as (control, join_addr, _d):
-            creds = await tls.join(join_addr, str(ca.token))
+            creds = await node_join.join(join_addr, str(ca.token))
             assert creds.node_id == "node0" and creds.role == pki.ROLE_WORKER
             assert creds.root_pem == ca.root_pem
             pki.check(creds.cert, ca.root, pki.utcnow())
             creds.save(tmp_path / "tls")
-            assert tls.NodeCredentials.load(tmp_path / "tls") == creds
+            assert NodeCredentials.load(tmp_path / "tls") == creds
             # The identity works on the control listener: it renews there.
             async with grpc.aio.secure_channel(
-                control, creds.channel_credentials(), options=tls.MANAGER_CHANNEL_OPTIONS
+                control, creds.channel_credentials(), options=MANAGER_CHANNEL_OPTIONS
             ) as ch:
-                new = await tls.renew(ch, creds)
+                new = await node_join.renew(ch, creds)
             assert (new.node_id, new.role) == (creds.node_id, creds.role)
             assert new.info.serial != creds.info.serial and new.key_pem != creds.key_pem
             pki.check(new.cert, ca.root, pki.utcnow())
@@ -235,8 +229,8 @@ def test_join_against_another_ca_fails_before_sending_the_token() -> None:
 
     async def go() -> None:
         async with listeners(ca) as (_, join_addr, _d):
-            with pytest.raises(tls.JoinError) as e:
-                await tls.join(join_addr, str(token))
+            with pytest.raises(node_join.JoinError) as e:
+                await node_join.join(join_addr, str(token))
             msg = str(e.value)
             assert (
                 f"the manager at {join_addr} presents CA "
@@ -256,11 +250,11 @@ def test_join_with_a_wrong_or_rotated_token_says_so() -> None:
     async def go() -> None:
         async with listeners(ca) as (_, join_addr, _d):
             with pytest.raises(
-                tls.JoinError,
+                node_join.JoinError,
                 match=r"refused the join token: the join token is "
                 r"not valid .*`ovctl cluster join-token worker`",
             ):
-                await tls.join(join_addr, str(stale))
+                await node_join.join(join_addr, str(stale))
         assert ca.issued == []
 
     run(go())
@@ -272,21 +266,21 @@ def test_join_passes_on_the_managers_reason() -> None:
 
     async def go() -> None:
         async with listeners(ca) as (_, join_addr, _d):
-            with pytest.raises(tls.JoinError, match="the cluster is not initialized yet"):
-                await tls.join(join_addr, str(ca.token))
+            with pytest.raises(node_join.JoinError, match="the cluster is not initialized yet"):
+                await node_join.join(join_addr, str(ca.token))
 
     run(go())
 
 
 def test_join_with_a_malformed_token_fails_without_the_network() -> None:
-    with pytest.raises(tls.JoinError, match="CA digest is malformed"):
-        run(tls.join(closed_port(), "OVNTKN-1-abc-" + "a" * 32))
+    with pytest.raises(node_join.JoinError, match="CA digest is malformed"):
+        run(node_join.join(closed_port(), "OVNTKN-1-abc-" + "a" * 32))
 
 
 def test_join_when_nobody_listens_is_retryable() -> None:
     ca = TestCA()
-    with pytest.raises(tls.ManagerUnreachable, match="no manager answers"):
-        run(tls.join(closed_port(), str(ca.token), timeout=2))
+    with pytest.raises(node_join.ManagerUnreachable, match="no manager answers"):
+        run(node_join.join(closed_port(), str(ca.token), timeout=2))
 
 
 def test_session_renews_its_certificate_and_reconnects_with_it(
@@ -298,7 +292,7 @@ def test_session_renews_its_certificate_and_reconnects_with_it(
 
     async def go() -> None:
         async with listeners(ca) as (control, join_addr, dispatcher):
-            creds = await tls.join(join_addr, str(ca.token))
+            creds = await node_join.join(join_addr, str(ca.token))
             creds_dir = tmp_path / "tls"
             creds.save(creds_dir)
             session = AgentSession(
@@ -312,17 +306,17 @@ def test_session_renews_its_certificate_and_reconnects_with_it(
             task = asyncio.create_task(session.run())
             try:
                 # Outlive the first certificate by a second.
-                await until(
+                await await_for(
+                    "the first certificate to expire",
                     lambda: pki.utcnow() > creds.not_after + dt.timedelta(seconds=1),
                     10,
-                    "the first certificate to expire",
                 )
-                await until(lambda: len(set(dispatcher.session_serials)) >= 3, 5, "reconnects")
+                await await_for("reconnects", lambda: len(set(dispatcher.session_serials)) >= 3, 5)
                 await asyncio.wait_for(session.connected.wait(), 5)
                 assert session.renewals >= 2
                 assert session.node_id == creds.node_id
                 pki.check(session.credentials.cert, ca.root, pki.utcnow())
-                saved = tls.NodeCredentials.load(creds_dir)
+                saved = NodeCredentials.load(creds_dir)
                 assert saved is not None and saved.info.serial == session.credentials.info.serial
                 assert dispatcher.session_serials[-1] == session.credentials.info.serial
                 assert (tmp_path / "node_id").read_text().strip() == creds.node_id
@@ -352,7 +346,7 @@ def test_session_says_why_an_expired_certificate_is_refused(
         now=past,
         lifetime=dt.timedelta(hours=1),
     )
-    creds = tls.NodeCredentials(ca.root_pem, pki.cert_pem(cert), pki.key_pem(key))
+    creds = NodeCredentials(ca.root_pem, pki.cert_pem(cert), pki.key_pem(key))
 
     async def go() -> None:
         async with listeners(ca) as (control, _, dispatcher):
@@ -361,7 +355,7 @@ def test_session_says_why_an_expired_certificate_is_refused(
             )
             task = asyncio.create_task(session.run())
             try:
-                await until(lambda: session.failed_attempts >= 2, 10, "refused attempts")
+                await await_for("refused attempts", lambda: session.failed_attempts >= 2, 10)
                 assert not session.connected.is_set() and dispatcher.registers == 0
             finally:
                 task.cancel()
@@ -383,7 +377,7 @@ def test_removed_node_is_told_and_retries_slowly(
 
     async def go() -> None:
         async with listeners(ca) as (control, join_addr, dispatcher):
-            creds = await tls.join(join_addr, str(ca.token))
+            creds = await node_join.join(join_addr, str(ca.token))
             dispatcher.refuse = (
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"node {creds.node_id} was removed from the cluster: join again with a token",
@@ -393,7 +387,7 @@ def test_removed_node_is_told_and_retries_slowly(
             )
             task = asyncio.create_task(session.run())
             try:
-                await until(lambda: dispatcher.registers >= 3, 10, "three attempts")
+                await await_for("three attempts", lambda: dispatcher.registers >= 3, 10)
                 # Every retry waits the maximum backoff (0.5-1.5 s), not 0.1 s doubling.
                 t = dispatcher.register_times
                 gaps = [b - a for a, b in itertools.pairwise(t)]
@@ -434,7 +428,7 @@ def test_agent_keeps_trying_to_join_until_a_join_listener_answers(tmp_path: Path
         finally:
             await server.stop(None)
         assert creds.node_id == "node0"
-        assert tls.NodeCredentials.load(creds_dir) == creds
+        assert NodeCredentials.load(creds_dir) == creds
         # Started again, it uses what it saved (no server, no token needed).
         assert await credentials(creds_dir, "", [addr]) == creds
 
@@ -471,7 +465,7 @@ def test_agent_exits_2_saying_why_it_cannot_join(managers: ManagerCluster, tmp_p
 
     res = agent_main(tmp_path, *base, "--join-token", "OVNTKN-1-nonsense")
     assert res.returncode == 2 and "not a join token" in res.stderr, res.stderr
-    assert not (tmp_path / "agent" / tls.CREDS_DIRNAME).exists()
+    assert not (tmp_path / "agent" / CREDS_DIRNAME).exists()
 
 
 def test_agents_join_a_real_manager_and_stay_up_across_renewals(
@@ -491,12 +485,12 @@ def test_agents_join_a_real_manager_and_stay_up_across_renewals(
             up = {n.meta.id for n in nodes if n.status.state == pb.NODE_STATE_READY}
             return set(first) <= up
 
-        wait_for(ready, what="both nodes ready")
+        wait_for("both nodes ready", ready)
         for h in hosts:
             assert h.node_id == h.credentials.node_id and h.credentials.role == pki.ROLE_WORKER
         last = max(c.not_after for c in first.values())
-        wait_for(lambda: pki.utcnow() > last + dt.timedelta(seconds=1), timeout=20, what="expiry")
-        wait_for(lambda: all(h.session.connected.is_set() for h in hosts), what="sessions")
+        wait_for("expiry", lambda: pki.utcnow() > last + dt.timedelta(seconds=1), timeout=20)
+        wait_for("sessions", lambda: all(h.session.connected.is_set() for h in hosts))
         assert ready()
         for h in hosts:
             assert h.session.renewals >= 1

@@ -20,8 +20,8 @@ import pytest
 
 from proto import control_pb2 as cpb
 from proto import objects_pb2 as pb
-from tests.integration.agents import wait_for
 from tests.integration.conftest import ManagerCluster
+from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -104,7 +104,7 @@ def test_sigkill_while_creating_200_services(managers: ManagerCluster) -> None:
 
     worker = threading.Thread(target=create_all)
     worker.start()
-    wait_for(lambda: len(created) >= 60, what="some services created")
+    wait_for("some services created", lambda: len(created) >= 60)
     managers.procs[0].kill()
     worker.join(30)
     assert errors, "the kill should have interrupted the creation loop"
@@ -123,9 +123,9 @@ def test_sigkill_while_creating_200_services(managers: ManagerCluster) -> None:
     managers.procs[0].start()
     managers.wait_leader()
     wait_for(
+        "one task per stored service",
         lambda: len(decode_all(managers)["tasks"]) == len(names),
         timeout=30,
-        what="one task per stored service",
     )
     s = assert_consistent(managers)
     tasks: dict[str, pb.Task] = s["tasks"]
@@ -165,11 +165,10 @@ def test_leader_failover(managers: ManagerCluster, how: str) -> None:
         managers.procs[0].kill()
     else:
         managers.procs[0].stop()
-    wait_for(
-        lambda: managers.wait_leader(addr=managers.addrs[1]) == "m1", timeout=15, what="m1 leading"
-    )
+    wait_for("m1 leading", lambda: managers.wait_leader(addr=managers.addrs[1]) == "m1", timeout=15)
     # The new leader serves reads and writes.
     wait_for(
+        "a write through the new leader",
         lambda: (
             managers.ovctl(
                 "network", "create", "after", host=managers.addrs[1], check=False
@@ -177,7 +176,6 @@ def test_leader_failover(managers: ManagerCluster, how: str) -> None:
             == 0
         ),
         timeout=15,
-        what="a write through the new leader",
     )
     took = time.monotonic() - t0
     print(f"failover after {how}: new leader serving writes in {took:.2f}s")
@@ -199,7 +197,7 @@ def test_agents_follow_the_new_leader(managers: ManagerCluster) -> None:
     try:
         # Each agent is told only of the first manager; it learns the others from its session.
         hosts = [pool.add([managers.addrs[0]], f"h{i}") for i in range(2)]
-        wait_for(lambda: all(h.node_id for h in hosts), what="registration")
+        wait_for("registration", lambda: all(h.node_id for h in hosts))
         managers.ovctl("service", "create", "--name", "web", "--replicas", "2", "--", "sleep", "1d")
 
         def running_ids() -> set[str]:
@@ -213,15 +211,15 @@ def test_agents_follow_the_new_leader(managers: ManagerCluster) -> None:
                 and t.desired_state == pb.TASK_STATE_RUNNING
             }
 
-        before = wait_for(lambda: len(running_ids()) == 2 and running_ids(), what="2 running")
+        before = wait_for("2 running", lambda: len(running_ids()) == 2 and running_ids())
         managers.procs[0].kill()
-        wait_for(lambda: managers.wait_leader(addr=managers.addrs[1]) == "m1", what="m1 leads")
+        wait_for("m1 leads", lambda: managers.wait_leader(addr=managers.addrs[1]) == "m1")
         # Both agents find the new leader (they learnt its address from their session) and their
         # nodes stay Ready; the same two tasks keep running, none is duplicated or replaced.
         wait_for(
+            "agents reconnected",
             lambda: all(h.session.connected.is_set() for h in hosts),
             timeout=15,
-            what="agents reconnected",
         )
         nodes = managers.stub(managers.addrs[1]).ListNodes(cpb.ListNodesRequest(), timeout=10)
         assert all(n.status.state == pb.NODE_STATE_READY for n in nodes.nodes)
@@ -233,7 +231,7 @@ def test_agents_follow_the_new_leader(managers: ManagerCluster) -> None:
 
 
 def test_manager_rides_out_an_etcd_restart(etcd_fresh, spawn_process) -> None:  # type: ignore[no-untyped-def]
-    from tests.etcd import EtcdHandle
+    from tests.support.etcd import EtcdHandle
 
     cluster = ManagerCluster(EtcdHandle(etcd_fresh, "/ovnet/"), spawn_process)
     try:
@@ -250,9 +248,9 @@ def test_manager_rides_out_an_etcd_restart(etcd_fresh, spawn_process) -> None:  
         ), res.stderr
         etcd_fresh.start()
         wait_for(
+            "writes accepted again",
             lambda: cluster.ovctl("network", "create", "after", check=False).returncode == 0,
             timeout=30,
-            what="writes accepted again",
         )
         names = sorted(n["spec"]["name"] for n in cluster.ovctl_json("network", "ls"))
         # "ingress" is the default routing-mesh network the leader makes.

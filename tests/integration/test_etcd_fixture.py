@@ -7,8 +7,9 @@ import asyncio
 import aetcd
 import pytest
 
-from tests.etcd import EtcdHandle, EtcdServer
-from tests.procs import ProcessError, free_port, port_accepts
+from ovctl.devcluster.etcd import EtcdServer
+from ovctl.devcluster.procs import ProcessError, free_port, port_accepts
+from tests.support.etcd import EtcdHandle
 
 pytestmark = pytest.mark.integration
 

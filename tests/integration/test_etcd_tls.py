@@ -20,12 +20,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from manager.ca import pki
 from manager.keymanager import GOSSIP, IPSEC, KeyManager
-from manager.store import Batch, EtcdClient, EtcdTLS, Store, etcd_credentials
+from manager.store import Batch, Store
+from manager.store.etcd import EtcdClient, EtcdTLS, etcd_credentials
+from ovctl.devcluster.etcd import etcd_argv, etcd_available
+from ovctl.devcluster.procs import LOOPBACK, ManagedProcess, free_ports
 from proto import objects_pb2 as pb
-from tests.etcd import etcd_argv, etcd_available
-from tests.procs import LOOPBACK, ManagedProcess, free_ports
+from security import pki
 
 pytestmark = pytest.mark.integration
 
@@ -96,8 +97,8 @@ class TlsEtcd:
 
 
 def tls_argv(workdir: Path, certs: Pki, client_port: int, peer_port: int) -> list[str]:
-    """tests.etcd's one-member command line with an https client listener requiring client
-    certificates (the peer listener stays plain: one member, loopback)."""
+    """ovctl.devcluster.etcd's one-member command line with an https client listener requiring
+    client certificates (the peer listener stays plain: one member, loopback)."""
     files = {
         "ca.pem": certs.ca,
         "server.crt": certs.server_cert,

@@ -24,23 +24,23 @@ from typing import Any
 import grpc
 import pytest
 
-from agent.tls import MANAGER_CHANNEL_OPTIONS, NodeCredentials
-from ovctl.devcluster.cluster import (
-    DevCluster,
+from ovctl.devcluster.cluster import DevCluster
+from ovctl.devcluster.plan import (
     DevClusterError,
     manager_argv,
     manager_files,
     manager_init_argv,
     parse_init_output,
 )
+from ovctl.devcluster.procs import free_ports
 from proto import control_pb2 as cpb
 from proto import control_pb2_grpc, dispatcher_pb2_grpc
 from proto import dispatcher_pb2 as dpb
 from proto import objects_pb2 as pb
-from tests.etcd import EtcdHandle
-from tests.integration.agents import wait_for
+from security.credentials import MANAGER_CHANNEL_OPTIONS, NodeCredentials
 from tests.integration.conftest import ManagerCluster
-from tests.procs import free_ports
+from tests.support.etcd import EtcdHandle
+from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -178,7 +178,7 @@ def test_sessions_carry_the_stored_key_and_the_other_nodes_as_seeds(
             BareAgent(managers.addrs, managers.join(), f"g{i}", f"198.51.100.{10 + i}")
         )
     for a in bare_agents:
-        wait_for(seeded(bare_agents, a), what=f"{a.ip}'s seeds")
+        wait_for(f"{a.ip}'s seeds", seeded(bare_agents, a))
     key = stored_key(managers)
     assert len(key) == 32
     assert {a.key() for a in bare_agents} == {key}
@@ -186,7 +186,7 @@ def test_sessions_carry_the_stored_key_and_the_other_nodes_as_seeds(
     # A latecomer: everyone's seeds grow by it, and it gets the others.
     bare_agents.append(BareAgent(managers.addrs, managers.join(), "g4", "198.51.100.14"))
     for a in bare_agents:
-        wait_for(seeded(bare_agents, a), what=f"{a.ip}'s seeds")
+        wait_for(f"{a.ip}'s seeds", seeded(bare_agents, a))
     # Once settled, heartbeats and unrelated commits resend nothing.
     received = [a.configs_received for a in bare_agents]
     managers.ovctl("network", "create", "idle")
@@ -198,7 +198,7 @@ def test_the_key_survives_restarts_and_leader_changes(
     managers: ManagerCluster, bare_agents: list[BareAgent]
 ) -> None:
     bare_agents.append(BareAgent(managers.addrs, managers.join(), "g1", "198.51.100.21"))
-    wait_for(lambda: bare_agents[0].gossip is not None, what="a gossip config")
+    wait_for("a gossip config", lambda: bare_agents[0].gossip is not None)
     key = bare_agents[0].key()
     assert stored_key(managers) == key
     # SIGKILL and restart: the new leader reads the same key.
@@ -206,7 +206,7 @@ def test_the_key_survives_restarts_and_leader_changes(
     m0.kill()
     bare_agents[0].gossip = None
     m0.start()
-    wait_for(lambda: bare_agents[0].gossip is not None, what="a gossip config after restart")
+    wait_for("a gossip config after restart", lambda: bare_agents[0].gossip is not None)
     assert bare_agents[0].key() == key
     # A second manager takes over from the first: still the same key.
     managers.add()
@@ -214,10 +214,10 @@ def test_the_key_survives_restarts_and_leader_changes(
     bare_agents[0].gossip = None
     m0.stop()
     wait_for(
+        "m1 leading",
         lambda: managers.wait_leader(addr=managers.addrs[1]) == "m1",
-        what="m1 leading",
     )
-    wait_for(lambda: bare_agents[0].gossip is not None, what="a gossip config from m1")
+    wait_for("a gossip config from m1", lambda: bare_agents[0].gossip is not None)
     assert bare_agents[0].key() == key and stored_key(managers) == key
 
 
@@ -245,8 +245,8 @@ def test_get_node_and_node_inspect_show_the_gossip_report(
     )
     stub = managers.stub()
     resp = wait_for(
+        "g1's gossip report at the manager",
         lambda: (r := stub.GetNode(cpb.GetNodeRequest(node_ref="g1"))).gossip.updated_ms and r,
-        what="g1's gossip report at the manager",
     )
     assert resp.gossip == g1.report
     assert not stub.GetNode(cpb.GetNodeRequest(node_ref="g2")).HasField("gossip")

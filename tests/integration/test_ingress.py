@@ -13,8 +13,9 @@ import pytest
 from proto import control_pb2 as cpb
 from proto import dispatcher_pb2 as dpb
 from proto import objects_pb2 as pb
-from tests.integration.agents import AgentPool, ScriptedAgent, run_sync, wait_for
+from tests.integration.agents import AgentPool, ScriptedAgent, run_sync
 from tests.integration.conftest import ManagerCluster
+from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -34,7 +35,7 @@ def restart_leader(m: ManagerCluster) -> None:
             return False
         return True
 
-    wait_for(serving, what="the restarted manager leading")
+    wait_for("the restarted manager leading", serving)
 
 
 def networks(m: ManagerCluster) -> dict[str, pb.Network]:
@@ -92,15 +93,15 @@ def test_publishing_tasks_and_every_node_get_ingress_addresses(
     managers: ManagerCluster, agents: AgentPool
 ) -> None:
     hosts = [agents.add(managers.addrs, f"host{i}") for i in range(2)]
-    wait_for(lambda: all(h.node_id for h in hosts), what="registration")
+    wait_for("registration", lambda: all(h.node_id for h in hosts))
     ing = networks(managers)["ingress"]
     subnet = ipaddress.ip_network(ing.subnet)
     addrs = wait_for(
+        "nodes' ingress addresses",
         lambda: (
             all(ingress_addr(node(managers, h.node_id)) for h in hosts)
             and [ingress_addr(node(managers, h.node_id)) for h in hosts]
         ),
-        what="nodes' ingress addresses",
     )
     assert len(set(addrs)) == 2 and all(ipaddress.ip_interface(a) in subnet for a in addrs)
     assert all(node(managers, h.node_id).attachments[0].network_id == ing.meta.id for h in hosts)
@@ -128,7 +129,7 @@ def test_publishing_tasks_and_every_node_get_ingress_addresses(
     )
     managers.ovctl("service", "create", "--name", "quiet", "--network", "app", "--", "sleep", "1d")
     app = networks(managers)["app"]
-    ts = wait_for(lambda: len(live(managers, "web")) == 2 and live(managers, "web"), what="tasks")
+    ts = wait_for("tasks", lambda: len(live(managers, "web")) == 2 and live(managers, "web"))
     for t in ts:
         # The service's own network first, with its aliases; then the ingress one, without.
         assert [a.network_id for a in t.networks] == [app.meta.id, ing.meta.id]
@@ -136,7 +137,7 @@ def test_publishing_tasks_and_every_node_get_ingress_addresses(
         assert ipaddress.ip_interface(t.networks[1].addresses[0]) in subnet
     held = [t.networks[1].addresses[0] for t in ts] + addrs
     assert len(set(held)) == len(held)
-    (quiet,) = wait_for(lambda: live(managers, "quiet"), what="quiet task")
+    (quiet,) = wait_for("quiet task", lambda: live(managers, "quiet"))
     assert [a.network_id for a in quiet.networks] == [app.meta.id]
 
     # Every node hears of the publishing service, with or without a task of it; the
@@ -144,7 +145,7 @@ def test_publishing_tasks_and_every_node_get_ingress_addresses(
     web_id = managers.stub().GetService(cpb.GetServiceRequest(service_ref="web")).service.meta.id
     for h in hosts:
         services = h.session.assignments.services
-        wait_for(functools.partial(services.__contains__, web_id), what="mesh service")
+        wait_for("mesh service", functools.partial(services.__contains__, web_id))
         assert ing.meta.id in h.session.assignments.networks
         assert list(h.session.assignments.node) == [h.node_id]
 
@@ -161,40 +162,40 @@ def test_publishing_tasks_and_every_node_get_ingress_addresses(
     # Dropping the published port replaces the tasks without the ingress attachment.
     managers.ovctl("service", "update", "--publish-rm", "80", "web")
     wait_for(
+        "tasks replaced without ingress",
         lambda: (
             len(live(managers, "web")) == 2
             and all(len(t.networks) == 1 for t in live(managers, "web"))
         ),
         timeout=20,
-        what="tasks replaced without ingress",
     )
     svc = managers.stub().GetService(cpb.GetServiceRequest(service_ref="web")).service
     assert svc.spec_version == 2
     wait_for(
+        "mesh service withdrawn",
         lambda: all(web_id not in h.session.assignments.services for h in hosts if not h.task_ids),
-        what="mesh service withdrawn",
     )
     # Once the old tasks are gone the network can be removed, with the nodes' addresses.
     wait_for(
+        "ingress removed",
         lambda: managers.ovctl("network", "rm", "ingress", check=False).returncode == 0,
         timeout=20,
-        what="ingress removed",
     )
     assert all(not node(managers, h.node_id).attachments for h in hosts)
     wait_for(
+        "ingress network withdrawn from agents",
         lambda: all(ing.meta.id not in h.session.assignments.networks for h in hosts),
-        what="ingress network withdrawn from agents",
     )
     # A new ingress network: every node gets an address on it again.
     managers.ovctl("network", "create", "--ingress", "mesh2")
     mesh2 = networks(managers)["mesh2"]
     wait_for(
+        "addresses on the new ingress network",
         lambda: all(
             node(managers, h.node_id).attachments
             and node(managers, h.node_id).attachments[0].network_id == mesh2.meta.id
             for h in hosts
         ),
-        what="addresses on the new ingress network",
     )
 
 
@@ -213,32 +214,30 @@ def test_node_addresses_survive_a_new_leader_and_are_released_with_the_node(
         assert networks(m)["ingress"].subnet == "10.98.0.0/29"
         first = [agents.add(m.addrs, f"h{i}") for i in range(4)]
         wait_for(
+            "4 addresses",
             lambda: all(h.node_id and ingress_addr(node(m, h.node_id)) for h in first),
-            what="4 addresses",
         )
         # A new leader rebuilds its allocator from etcd, nodes' addresses included: the next
         # node gets the one address left, not one a node holds.
         restart_leader(m)
         fifth = agents.add(m.addrs, "h4")
-        wait_for(lambda: fifth.node_id and ingress_addr(node(m, fifth.node_id)), what="5th")
+        wait_for("5th", lambda: fifth.node_id and ingress_addr(node(m, fifth.node_id)))
         held = [ingress_addr(node(m, h.node_id)) for h in [*first, fifth]]
         assert sorted(held) == [f"10.98.0.{i}/29" for i in range(2, 7)]
         # Full: a sixth node registers and waits without one.
         sixth = agents.add(m.addrs, "h5")
         wait_for(
+            "6th ready",
             lambda: sixth.node_id and node(m, sixth.node_id).status.state == pb.NODE_STATE_READY,
-            what="6th ready",
         )
         time.sleep(1.5)  # a periodic pass or two
         assert not node(m, sixth.node_id).attachments
         # Removing a node frees its address, and the waiting node gets it.
         freed = ingress_addr(node(m, first[0].node_id))
         first[0].stop()
-        wait_for(
-            lambda: node(m, first[0].node_id).status.state == pb.NODE_STATE_DOWN, what="h0 down"
-        )
+        wait_for("h0 down", lambda: node(m, first[0].node_id).status.state == pb.NODE_STATE_DOWN)
         m.ovctl("node", "rm", "h0")
-        wait_for(lambda: ingress_addr(node(m, sixth.node_id)) == freed, what="freed address")
+        wait_for("freed address", lambda: ingress_addr(node(m, sixth.node_id)) == freed)
     finally:
         m.close()
 
@@ -260,7 +259,7 @@ def test_health_flags_round_trip_and_updates_wait_for_health(
     managers: ManagerCluster, agents: AgentPool
 ) -> None:
     host = agents.add(managers.addrs, "solo")
-    wait_for(lambda: host.node_id, what="registration")
+    wait_for("registration", lambda: host.node_id)
     managers.ovctl(
         "service",
         "create",
@@ -296,9 +295,7 @@ def test_health_flags_round_trip_and_updates_wait_for_health(
         "start_period_ms": "5000",
     }
     assert spec["update_config"] == {"parallelism": "1", "delay_ms": "1000"}
-    first = wait_for(
-        lambda: len(live(managers, "api")) == 2 and live(managers, "api"), what="2 tasks"
-    )
+    first = wait_for("2 tasks", lambda: len(live(managers, "api")) == 2 and live(managers, "api"))
     for t in first:
         assert list(t.spec.health_check.command) == ["sh", "-c", "test -e /tmp/ok"]
         assert t.spec.health_check.retries == 4
@@ -310,38 +307,36 @@ def test_health_flags_round_trip_and_updates_wait_for_health(
 
     # A new health check is a new task spec: a rolling update, one slot at a time, each new
     # task holding the next until it is healthy (the scripted agent says only "running").
-    wait_for(lambda: all(t.status.state == RUNNING for t in live(managers, "api")), what="running")
+    wait_for("running", lambda: all(t.status.state == RUNNING for t in live(managers, "api")))
     managers.ovctl("service", "update", "--health-retries", "6", "api")
 
     def new_tasks() -> list[pb.Task]:
         return [t for t in live(managers, "api") if t.spec_version == 2]
 
     (fresh,) = wait_for(
+        "first replacement running",
         lambda: [t for t in new_tasks() if t.status.state == RUNNING],
-        what="first replacement running",
     )
     time.sleep(2.5)  # well past the 1 s delay: only health can be holding the update
     assert len(new_tasks()) == 1
     assert "(starting)" not in managers.ovctl("service", "ps", "api").stdout
     _report(host, fresh.meta.id, pb.TASK_HEALTH_STARTING, ready=False)
-    wait_for(
-        lambda: "(starting)" in managers.ovctl("service", "ps", "api").stdout, what="health shown"
-    )
+    wait_for("health shown", lambda: "(starting)" in managers.ovctl("service", "ps", "api").stdout)
     time.sleep(1.5)
     assert len(new_tasks()) == 1
     t0 = time.monotonic()
     _report(host, fresh.meta.id, pb.TASK_HEALTH_HEALTHY, ready=True)
-    wait_for(lambda: len(new_tasks()) == 2, what="second batch")
+    wait_for("second batch", lambda: len(new_tasks()) == 2)
     waited = time.monotonic() - t0
     # The second batch starts once the delay after readiness is over, not at the next
     # periodic pass after it.
     assert 0.9 <= waited < 3.0, waited
     second = next(t for t in new_tasks() if t.meta.id != fresh.meta.id)
     wait_for(
+        "second running",
         lambda: any(
             t.meta.id == second.meta.id and t.status.state == RUNNING for t in live(managers, "api")
         ),
-        what="second running",
     )
     _report(host, second.meta.id, pb.TASK_HEALTH_HEALTHY, ready=True)
 

@@ -6,15 +6,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import time
-from collections.abc import Awaitable, Callable
 
 import pytest
 
 from manager.keymanager import GOSSIP, IPSEC, KeyManager, parse_keyring
-from manager.store import EtcdClient, Store
+from manager.store import Store
+from manager.store.etcd import EtcdClient
 from proto import objects_pb2 as pb
-from tests.etcd import EtcdHandle
+from tests.support.etcd import EtcdHandle
+from tests.support.wait import await_for
 
 pytestmark = pytest.mark.integration
 
@@ -69,14 +69,6 @@ def assert_valid_chain(rings: list[pb.Keyring]) -> int:
     return promotions
 
 
-async def wait_for(cond: Callable[[], Awaitable[bool]], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not await cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.05)
-
-
 async def stop(task: asyncio.Task[None]) -> None:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
@@ -104,7 +96,7 @@ def test_leader_loop_rotates_every_keyring_in_etcd(etcd: EtcdHandle) -> None:
                     return False
             return True
 
-        await wait_for(rotated_twice, 10)
+        await await_for("every keyring rotated twice", rotated_twice, 10)
         await stop(task)
         for s in SUBSYSTEMS:
             ring, _ = await stored(store, s)

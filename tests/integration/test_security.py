@@ -23,16 +23,17 @@ import grpc
 import pytest
 from aetcd import rpc
 
-from agent import tls as agent_tls
-from manager.ca import pki, tokens
-from manager.store import prefix_range_end
+from manager.store.etcd import prefix_range_end
+from ovctl.devcluster.procs import ManagedProcess, free_port
 from proto import ca_pb2, ca_pb2_grpc, control_pb2_grpc, dispatcher_pb2_grpc
 from proto import control_pb2 as cpb
 from proto import dispatcher_pb2 as dpb
 from proto import objects_pb2 as pb
-from tests.conftest import ProcessSpawner
-from tests.etcd import EtcdHandle
-from tests.procs import ManagedProcess, free_port
+from security import join as node_join
+from security import pki, tokens
+from security.credentials import NodeCredentials
+from tests.support.etcd import EtcdHandle
+from tests.support.procs import ProcessSpawner
 
 pytestmark = pytest.mark.integration
 
@@ -244,11 +245,11 @@ def make_creds(root: Any, root_key: pki.PrivateKey, role: str, node_id: str, **k
     return Creds(pki.cert_pem(root), pki.cert_pem(cert), pki.key_pem(key))
 
 
-def join(node: ManagerNode, token: str) -> agent_tls.NodeCredentials:
-    return asyncio.run(agent_tls.join(node.join_addr, token, timeout=10))
+def join(node: ManagerNode, token: str) -> NodeCredentials:
+    return asyncio.run(node_join.join(node.join_addr, token, timeout=10))
 
 
-def creds_of(nc: agent_tls.NodeCredentials) -> Creds:
+def creds_of(nc: NodeCredentials) -> Creds:
     return Creds(nc.root_pem, nc.cert_pem, nc.key_pem)
 
 
@@ -373,9 +374,9 @@ def test_worker_renews_its_certificate(cluster: ManagerNode) -> None:
     nc = join(cluster, cluster.worker_token)
     channel = grpc.aio.secure_channel  # the agent's renewal runs over its own mTLS channel
 
-    async def renew() -> agent_tls.NodeCredentials:
+    async def renew() -> NodeCredentials:
         async with channel(cluster.addr, nc.channel_credentials(), options=OPTIONS) as ch:
-            return await agent_tls.renew(ch, nc)
+            return await node_join.renew(ch, nc)
 
     new = asyncio.run(renew())
     assert (new.node_id, new.role) == (nc.node_id, pki.ROLE_WORKER)
@@ -397,7 +398,7 @@ def test_join_with_the_right_token_works(cluster: ManagerNode) -> None:
 
 def test_join_with_a_malformed_token_fails_clearly(cluster: ManagerNode) -> None:
     bad = cluster.worker_token[:-5]
-    with pytest.raises(agent_tls.JoinError, match="secret is malformed"):
+    with pytest.raises(node_join.JoinError, match="secret is malformed"):
         join(cluster, bad)
     # The manager says the same to a client that does not check first.
     stub = ca_pb2_grpc.NodeCAStub(
@@ -418,7 +419,7 @@ def test_join_with_a_malformed_token_fails_clearly(cluster: ManagerNode) -> None
 def test_join_with_a_wrong_secret_fails_clearly(cluster: ManagerNode) -> None:
     tok = tokens.parse(cluster.worker_token)
     wrong = str(tokens.new_token(tok.ca_digest))
-    with pytest.raises(agent_tls.JoinError) as info:
+    with pytest.raises(node_join.JoinError) as info:
         join(cluster, wrong)
     assert "the join token is not valid for this cluster (rotated, or mistyped)" in str(info.value)
 
@@ -431,7 +432,7 @@ def test_join_with_a_rotated_away_token_fails(cluster: ManagerNode) -> None:
         cpb.GetJoinTokenRequest(role="worker", rotate=True), timeout=10
     )
     assert rotated.token != old
-    with pytest.raises(agent_tls.JoinError, match="rotated, or mistyped"):
+    with pytest.raises(node_join.JoinError, match="rotated, or mistyped"):
         join(cluster, old)
     assert join(cluster, rotated.token).role == pki.ROLE_WORKER
     # The manager token was not touched.
@@ -448,7 +449,7 @@ def test_join_against_another_clusters_manager_fails(
     other = start(
         init_manager(tmp_path / "other", etcd, etcd.prefix.rstrip("/") + "-other"), spawn_process
     )
-    with pytest.raises(agent_tls.JoinError, match="a different cluster"):
+    with pytest.raises(node_join.JoinError, match="a different cluster"):
         join(other, cluster.worker_token)
     # A client that skips the digest check is told by the manager, with both digests.
     stub = ca_pb2_grpc.NodeCAStub(
@@ -495,7 +496,7 @@ def test_second_manager_joins_with_a_token_and_forwards_to_the_leader(
         port=port,
     )
     assert second.wait_leader() == cluster.manager_id
-    creds = agent_tls.NodeCredentials.load(second.state_dir / "tls")
+    creds = NodeCredentials.load(second.state_dir / "tls")
     assert creds is not None and creds.role == pki.ROLE_MANAGER
     # A Control call on the follower reaches the leader over mTLS with the follower's cert.
     net = create_network(second.control()).network

@@ -9,8 +9,9 @@ import pytest
 
 from proto import control_pb2 as cpb
 from proto import objects_pb2 as pb
-from tests.integration.agents import AgentPool, wait_for
+from tests.integration.agents import AgentPool
 from tests.integration.conftest import ManagerCluster
+from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -51,7 +52,7 @@ def test_service_lifecycle_without_nodes(managers: ManagerCluster) -> None:
         "80",
     ).stdout.strip()
     assert len(svc_id) == 25
-    wait_for(lambda: len(live(managers, "web")) == 3, what="3 tasks")
+    wait_for("3 tasks", lambda: len(live(managers, "web")) == 3)
     ts = live(managers, "web")
     assert sorted(t.slot for t in ts) == [1, 2, 3]
     # Each task has its own address on the network, and none is the VIP or the gateway.
@@ -63,19 +64,19 @@ def test_service_lifecycle_without_nodes(managers: ManagerCluster) -> None:
     assert list(ts[0].spec.command) == ["python3", "-m", "http.server", "80"]
     # No node: tasks wait for one and say why.
     wait_for(
+        "unschedulable message",
         lambda: all("no suitable node" in t.status.message for t in live(managers, "web")),
-        what="unschedulable message",
     )
     table = managers.ovctl("service", "ls").stdout
     assert "web" in table and "0/3" in table and "8080->80/tcp" in table
 
     managers.ovctl("service", "scale", "web=5")
-    wait_for(lambda: len(live(managers, "web")) == 5, what="5 tasks")
+    wait_for("5 tasks", lambda: len(live(managers, "web")) == 5)
     managers.ovctl("service", "scale", "web=2")
-    wait_for(lambda: len(live(managers, "web")) == 2, what="2 tasks")
+    wait_for("2 tasks", lambda: len(live(managers, "web")) == 2)
 
     managers.ovctl("service", "rm", "web")
-    wait_for(lambda: not managers.object_keys("tasks"), what="tasks deleted")
+    wait_for("tasks deleted", lambda: not managers.object_keys("tasks"))
     # All of the service's addresses are free again: the networks can go, the ingress network
     # too now that nothing publishes through it.
     managers.ovctl("network", "rm", "app", "ingress")
@@ -110,10 +111,8 @@ def test_bad_service_refused_and_nothing_written(
     managers: ManagerCluster, args: list[str], fragment: str, code: str
 ) -> None:
     managers.ovctl("service", "create", "--name", "taken", "--publish", "9000:80", "--", "true")
-    wait_for(lambda: len(live(managers, "taken")) == 1, what="task of 'taken'")
-    wait_for(
-        lambda: "no suitable node" in live(managers, "taken")[0].status.message, what="settled"
-    )
+    wait_for("task of 'taken'", lambda: len(live(managers, "taken")) == 1)
+    wait_for("settled", lambda: "no suitable node" in live(managers, "taken")[0].status.message)
     before = managers.dump()
     res = managers.ovctl("service", "create", *args, check=False)
     assert res.returncode != 0, res.stdout
@@ -179,7 +178,7 @@ def test_bad_requests_over_grpc_have_the_right_codes(managers: ManagerCluster) -
 
 def test_spread_drain_and_node_down(managers: ManagerCluster, agents: AgentPool) -> None:
     hosts = [agents.add(managers.addrs, f"host{i}") for i in range(3)]
-    wait_for(lambda: all(h.node_id for h in hosts), what="registration")
+    wait_for("registration", lambda: all(h.node_id for h in hosts))
     managers.ovctl("network", "create", "app")
     managers.ovctl(
         "service",
@@ -194,7 +193,7 @@ def test_spread_drain_and_node_down(managers: ManagerCluster, agents: AgentPool)
         "sleep",
         "infinity",
     )
-    wait_for(lambda: len(running(managers, "web")) == 3, what="3 running")
+    wait_for("3 running", lambda: len(running(managers, "web")) == 3)
     assert sorted(Counter(t.node_id for t in running(managers, "web")).values()) == [1, 1, 1]
     assert "3/3" in managers.ovctl("service", "ls").stdout
     nodes = managers.ovctl_json("node", "ls")
@@ -203,37 +202,33 @@ def test_spread_drain_and_node_down(managers: ManagerCluster, agents: AgentPool)
     # Drain: host0's task moves away and keeps its slot.
     managers.ovctl("node", "update", "--availability", "drain", "host0")
     wait_for(
+        "tasks moved off the drained node",
         lambda: (
             len(running(managers, "web")) == 3
             and all(t.node_id != hosts[0].node_id for t in running(managers, "web"))
         ),
-        what="tasks moved off the drained node",
     )
     assert sorted(t.slot for t in running(managers, "web")) == [1, 2, 3]
-    wait_for(lambda: not hosts[0].task_ids, what="drained node's assignments emptied")
+    wait_for("drained node's assignments emptied", lambda: not hosts[0].task_ids)
 
     # A host dies: it is marked down and its task is rescheduled on the survivor.
     hosts[1].stop()
+    wait_for("node marked down", lambda: "Down" in managers.ovctl("node", "ls").stdout, timeout=10)
     wait_for(
-        lambda: "Down" in managers.ovctl("node", "ls").stdout, timeout=10, what="node marked down"
-    )
-    wait_for(
+        "rescheduled on the last node",
         lambda: (
             len(running(managers, "web")) == 3
             and {t.node_id for t in running(managers, "web")} == {hosts[2].node_id}
         ),
-        what="rescheduled on the last node",
     )
     # It comes back: nothing moves back by itself (as in Swarm), but it is Ready again.
     hosts[1].start()
-    wait_for(
-        lambda: managers.ovctl("node", "ls").stdout.count("Ready") == 3, what="node ready again"
-    )
+    wait_for("node ready again", lambda: managers.ovctl("node", "ls").stdout.count("Ready") == 3)
 
 
 def test_restart_policy(managers: ManagerCluster, agents: AgentPool) -> None:
     host = agents.add(managers.addrs, "solo")
-    wait_for(lambda: host.node_id, what="registration")
+    wait_for("registration", lambda: host.node_id)
     managers.ovctl(
         "service",
         "create",
@@ -250,28 +245,28 @@ def test_restart_policy(managers: ManagerCluster, agents: AgentPool) -> None:
         "service", "create", "--name", "once", "--restart-condition", "none", "--", "true"
     )
     for _ in range(3):
-        cur = wait_for(lambda: running(managers, "flaky"), what="a running flaky task")[0]
+        cur = wait_for("a running flaky task", lambda: running(managers, "flaky"))[0]
         host.finish(cur.meta.id, pb.TASK_STATE_FAILED, exit_code=1)
         gone = cur.meta.id
         wait_for(
+            "failure recorded",
             lambda: all(t.meta.id != gone for t in running(managers, "flaky")),  # noqa: B023
-            what="failure recorded",
         )
     # One original and two restarts, then the slot is given up.
-    wait_for(lambda: len(tasks(managers, "flaky")) == 3, what="three attempts")
+    wait_for("three attempts", lambda: len(tasks(managers, "flaky")) == 3)
     assert not running(managers, "flaky")
     assert all(t.status.state == pb.TASK_STATE_FAILED for t in tasks(managers, "flaky"))
 
-    done = wait_for(lambda: running(managers, "once"), what="once running")[0]
+    done = wait_for("once running", lambda: running(managers, "once"))[0]
     host.finish(done.meta.id, pb.TASK_STATE_COMPLETE)
-    wait_for(lambda: not running(managers, "once"), what="once finished")
+    wait_for("once finished", lambda: not running(managers, "once"))
     assert len(tasks(managers, "once")) == 1
 
 
 def test_global_service_constraints_and_logs(managers: ManagerCluster, agents: AgentPool) -> None:
     a = agents.add(managers.addrs, "zone-a-1", labels={"zone": "a"})
     b = agents.add(managers.addrs, "zone-b-1", labels={"zone": "b"})
-    wait_for(lambda: a.node_id and b.node_id, what="registration")
+    wait_for("registration", lambda: a.node_id and b.node_id)
     managers.ovctl("service", "create", "--name", "mon", "--mode", "global", "--", "sleep", "1d")
     managers.ovctl(
         "service",
@@ -286,12 +281,12 @@ def test_global_service_constraints_and_logs(managers: ManagerCluster, agents: A
         "sleep",
         "1d",
     )
-    wait_for(lambda: len(running(managers, "mon")) == 2, what="global on both")
-    wait_for(lambda: len(running(managers, "zoned")) == 2, what="zoned running")
+    wait_for("global on both", lambda: len(running(managers, "mon")) == 2)
+    wait_for("zoned running", lambda: len(running(managers, "zoned")) == 2)
     assert {t.node_id for t in running(managers, "zoned")} == {a.node_id}
     # A new node gets a global task as soon as it joins.
     c = agents.add(managers.addrs, "zone-a-2", labels={"zone": "a"})
-    wait_for(lambda: len(running(managers, "mon")) == 3, what="global on the new node")
+    wait_for("global on the new node", lambda: len(running(managers, "mon")) == 3)
     assert c.node_id in {t.node_id for t in running(managers, "mon")}
 
     task = running(managers, "mon")[0]
@@ -305,7 +300,7 @@ def test_update_replaces_tasks_only_when_the_task_spec_changes(
     managers: ManagerCluster, agents: AgentPool
 ) -> None:
     host = agents.add(managers.addrs, "solo")
-    wait_for(lambda: host.node_id, what="registration")
+    wait_for("registration", lambda: host.node_id)
     managers.ovctl(
         "service",
         "create",
@@ -324,23 +319,23 @@ def test_update_replaces_tasks_only_when_the_task_spec_changes(
     first = {
         t.meta.id
         for t in wait_for(
+            "2 running",
             lambda: len(running(managers, "api")) == 2 and running(managers, "api"),
-            what="2 running",
         )
     }
     # Scaling is not a task change: the running tasks stay.
     managers.ovctl("service", "update", "--replicas", "3", "api")
-    wait_for(lambda: len(running(managers, "api")) == 3, what="3 running")
+    wait_for("3 running", lambda: len(running(managers, "api")) == 3)
     assert first <= {t.meta.id for t in running(managers, "api")}
     # An environment change replaces every task, one slot at a time, keeping slot numbers.
     managers.ovctl("service", "update", "--env-add", "V=2", "api")
     wait_for(
+        "all tasks on the new spec",
         lambda: (
             len(running(managers, "api")) == 3
             and all("V=2" in t.spec.env for t in running(managers, "api"))
         ),
         timeout=20,
-        what="all tasks on the new spec",
     )
     now = running(managers, "api")
     assert sorted(t.slot for t in now) == [1, 2, 3]
@@ -353,23 +348,23 @@ def test_update_replaces_tasks_only_when_the_task_spec_changes(
 def test_node_rm_rules(managers: ManagerCluster, agents: AgentPool) -> None:
     a = agents.add(managers.addrs, "keep")
     b = agents.add(managers.addrs, "gone")
-    wait_for(lambda: a.node_id and b.node_id, what="registration")
+    wait_for("registration", lambda: a.node_id and b.node_id)
     managers.ovctl("service", "create", "--name", "web", "--replicas", "2", "--", "sleep", "1d")
-    wait_for(lambda: len(running(managers, "web")) == 2, what="2 running")
+    wait_for("2 running", lambda: len(running(managers, "web")) == 2)
     before = managers.dump()
     res = managers.ovctl("node", "rm", "gone", check=False)
     assert res.returncode != 0 and "is not down" in res.stderr and "--force" in res.stderr
     assert managers.dump() == before
     b.stop()
-    wait_for(lambda: "Down" in managers.ovctl("node", "ls").stdout, what="node down")
+    wait_for("node down", lambda: "Down" in managers.ovctl("node", "ls").stdout)
     managers.ovctl("node", "rm", "gone")
     assert "gone" not in managers.ovctl("node", "ls").stdout
     wait_for(
+        "tasks moved to the remaining node",
         lambda: (
             {t.node_id for t in running(managers, "web")} == {a.node_id}
             and len(running(managers, "web")) == 2
         ),
-        what="tasks moved to the remaining node",
     )
     res = managers.ovctl("node", "update", "--availability", "drain", "gone", check=False)
     assert res.returncode != 0 and "not found" in res.stderr

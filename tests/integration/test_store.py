@@ -8,9 +8,11 @@ import asyncio
 import pytest
 
 from manager.errors import FailedPrecondition, Unavailable
-from manager.store import Batch, EtcdClient, Store, WatchUpdate
+from manager.store import Batch, Store
+from manager.store.etcd import EtcdClient, WatchUpdate
+from ovctl.devcluster.etcd import EtcdServer
 from proto import objects_pb2 as pb
-from tests.etcd import EtcdHandle, EtcdServer
+from tests.support.etcd import EtcdHandle
 
 pytestmark = pytest.mark.integration
 

@@ -7,9 +7,10 @@ import datetime as dt
 import grpc
 import pytest
 
-from manager.ca import authz, pki
+from manager.ca import authz
 from manager.ca.authz import Peer
 from manager.errors import OvnetError
+from security import pki
 
 NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 CONTROL = ("admin", "manager")

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from agent.tls import NodeCredentials
-from manager.ca import pki
 from manager.ca import server as ca_server
 from manager.ca.server import CAError, credentials_problem
+from security import pki
+from security.credentials import NodeCredentials
 
 NO_ENV: dict[str, str] = {}
 

@@ -1,4 +1,4 @@
-"""manager/ca/pki.py: certificates say who they are for, and check() refuses every other one."""
+"""security/pki.py: certificates say who they are for, and check() refuses every other one."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from manager.ca import pki
+from security import pki
 
 NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 

@@ -1,4 +1,4 @@
-"""Join tokens: the format (manager/ca/tokens.py) and the checks a manager makes before it issues
+"""Join tokens: the format (security/tokens.py) and the checks a manager makes before it issues
 a certificate (manager/ca/server.py), each refusal with its own status and message."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ import grpc
 import pytest
 
 from manager.ca import server as ca_server
-from manager.ca import tokens
 from manager.errors import OvnetError
 from proto import ca_pb2
+from security import tokens
 
 DIGEST = bytes(range(32))
 OTHER = bytes(range(1, 33))

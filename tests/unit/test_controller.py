@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import ipaddress
 
-from agent.controller import Local, Sandbox, decide, desired_dataplane
+from agent.controller import Controller, Local, Sandbox, decide, desired_dataplane, exit_status
+from agent.executor.api import ExitInfo
 from agent.model import HostConfig, RemoteEndpoint
 from proto import objects_pb2 as pb
 
@@ -157,3 +158,76 @@ def test_desired_dataplane_builds_networks_only_for_local_sandboxes() -> None:
     desired, _ = desired_dataplane(host, tasks, networks, eps, {"t1"})
     assert set(desired.networks) == {"n1", "n2"} and desired.sandboxes["t1"].egress is True
     assert [e.index for e in desired.sandboxes["t1"].endpoints] == [0, 1]
+
+
+# ---------------------------------------------------------------------- Controller's events
+
+
+def test_controller_records_exits_and_start_failures() -> None:
+    c = Controller()
+    c.assigned({"t1": task(state=pb.TASK_STATE_STARTING)})
+    c.started("t1", 42)
+    assert c.running() == {"t1": 42}
+    c.exited("t1", ExitInfo(3, None, "exit status 3"), now_ms=500)
+    lo = c.local["t1"]
+    assert (lo.pid, lo.exited, lo.exit_code, lo.exit_error, lo.exited_ms) == (
+        0,
+        True,
+        3,
+        "exit status 3",
+        500,
+    )
+    c.started("t1", 43)
+    c.exited("t1", ExitInfo(1, None, "exec: 'x': not found", start_failed=True), now_ms=600)
+    assert c.local["t1"].start_error == "exec: 'x': not found"
+    assert c.local["t1"].exited_ms == 500  # a start failure is no exit
+
+
+def test_controller_restart_forgets_the_last_run_and_counts() -> None:
+    c = Controller()
+    c.assigned({"t1": task()})
+    c.exited("t1", ExitInfo(2, None, "exit status 2"), now_ms=1)
+    c.local["t1"].unhealthy = "down"
+    c.restarting("t1")
+    lo = c.local["t1"]
+    assert not lo.exited and lo.exit_code is None and lo.exit_error == "" and lo.unhealthy == ""
+    assert lo.local_restarts == 1
+
+
+def test_controller_sandboxes_built() -> None:
+    c = Controller()
+    c.assigned({"t1": task("t1"), "t2": task("t2"), "t3": task("t3")})
+    changed = c.sandboxes_built({"t1", "t2"}, {"t1"}, {"t2": "no address"})
+    assert changed
+    assert c.local["t1"].sandbox is Sandbox.READY
+    assert (c.local["t2"].sandbox, c.local["t2"].sandbox_error) == (Sandbox.FAILED, "no address")
+    assert c.local["t3"].sandbox is Sandbox.ABSENT
+    assert not c.sandboxes_built({"t1", "t2"}, {"t1"}, {"t2": "no address"})  # nothing new
+
+
+def test_controller_health_verdicts() -> None:
+    c = Controller()
+    c.assigned({"t1": task()})
+    c.not_checked("t1", 100, serving=True)
+    c.not_checked("t1", 200, serving=True)
+    assert c.local["t1"].ready_ms == 100  # ready since it was first seen serving
+    c.not_checked("t1", 300, serving=False)
+    assert c.local["t1"].ready_ms == 0
+    assert c.checked("t1", pb.TASK_HEALTH_HEALTHY, 250, "") == ""
+    assert c.checked("t1", pb.TASK_HEALTH_UNHEALTHY, 0, "boom") == "boom"
+    assert c.checked("t1", pb.TASK_HEALTH_UNHEALTHY, 0, "again") == ""  # said once
+    assert c.local["t1"].unhealthy == "boom"
+    assert exit_status(c.local["t1"], 1).err == "unhealthy: boom"
+
+
+def test_controller_reported_and_forget() -> None:
+    c = Controller()
+    c.assigned({"t1": task()})
+    run = pb.TaskStatus(state=RUN, health=pb.TASK_HEALTH_HEALTHY, ready_ms=7)
+    c.reported({"t1": run, "gone": run})
+    assert c.local["t1"].reported == RUN
+    assert c.local["t1"].reported_health == (pb.TASK_HEALTH_HEALTHY, 7)
+    d = c.decide({}, 1000)
+    assert d.forget == ["t1"]
+    c.forget("t1")
+    assert c.local == {} and c.known_tasks() == {}

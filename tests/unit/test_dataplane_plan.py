@@ -12,8 +12,9 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.dataplane.plan import (
-    ZERO_MAC,
+from agent.dataplane.desired import ZERO_MAC, problems
+from agent.dataplane.observed import Observed
+from agent.dataplane.ops import (
     AddFdb,
     CreateNetns,
     CreateVeth,
@@ -21,14 +22,12 @@ from agent.dataplane.plan import (
     DeleteNetns,
     DelFdb,
     EnsureNft,
-    Observed,
     Op,
     SetAddresses,
     SetLink,
-    plan,
-    problems,
-    simulate,
 )
+from agent.dataplane.plan import plan
+from agent.dataplane.simulate import simulate
 from agent.model import (
     INGRESS_SANDBOX,
     DesiredState,
@@ -335,7 +334,7 @@ def test_remote_on_own_vtep_and_foreign_leftovers_are_ignored() -> None:
 
 
 def test_staging_vxlan_left_in_host_ns_is_removed() -> None:
-    from agent.dataplane.plan import Link
+    from agent.dataplane.observed import Link
 
     obs = Observed(host_links={"ovx4097": Link(kind="vxlan", mtu=1450)})
     ops = plan(HOST, DesiredState(), obs)

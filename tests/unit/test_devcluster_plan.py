@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from osutil.proc import pid_alive, proc_start_time
 from ovctl.client import TLSFiles, resolve_tls
-from ovctl.devcluster.cluster import (
+from ovctl.devcluster.plan import (
     DevClusterError,
     agent_argv,
     context_text,
@@ -31,7 +32,7 @@ from ovctl.devcluster.cluster import (
     parse_subnet,
     validate_prefix,
 )
-from ovctl.devcluster.procs import pid_alive, proc_start_time, terminate_pids
+from ovctl.devcluster.procs import terminate_pids
 
 
 def test_default_plan_names_and_addresses() -> None:

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 
 from agent.controller import Local, Sandbox, decide
-from agent.discovery import gossip_config, parse_addr
+from agent.discovery import peer_addrs, tuning_from_options
 from agent.endpoints import BadRecord, EndpointRecord, local_records, remotes
-from agent.gossip import GossipConfig
+from agent.gossip import GossipTuning
 from agent.session import Assignments
 from proto import dispatcher_pb2 as dpb
 from proto import objects_pb2 as pb
@@ -180,26 +180,29 @@ def test_assignment_snapshot_round_trips() -> None:
 
 
 def test_gossip_options_and_addresses() -> None:
-    cfg = gossip_config({"probe_interval": "0.8", "gossip_nodes": "4"})
+    cfg = tuning_from_options({"probe_interval": "0.8", "gossip_nodes": "4"})
     assert cfg.probe_interval == 0.8 and cfg.gossip_nodes == 4
-    assert cfg.gossip_interval == GossipConfig().gossip_interval
+    assert cfg.gossip_interval == GossipTuning().gossip_interval
     with pytest.raises(ValueError, match="unknown gossip option 'nope'"):
-        gossip_config({"nope": "1"})
+        tuning_from_options({"nope": "1"})
     with pytest.raises(ValueError, match="gossip_nodes"):
-        gossip_config({"gossip_nodes": "many"})
-    assert gossip_config({"eager_push": "false"}).eager_push is False
+        tuning_from_options({"gossip_nodes": "many"})
+    assert tuning_from_options({"eager_push": "false"}).eager_push is False
     with pytest.raises(ValueError, match="not a boolean"):
-        gossip_config({"eager_push": "maybe"})
+        tuning_from_options({"eager_push": "maybe"})
     with pytest.raises(ValueError, match="probe_timeout must be shorter"):
-        gossip_config({"probe_interval": "0.5"})
-    assert parse_addr("198.51.100.1:7946") == ("198.51.100.1", 7946)
-    assert parse_addr("nonsense") is None and parse_addr("h:x") is None
+        tuning_from_options({"probe_interval": "0.5"})
+    assert peer_addrs(["198.51.100.1:7946", "[2001:db8::1]:7946"], "seed") == [
+        ("198.51.100.1", 7946),
+        ("2001:db8::1", 7946),
+    ]
+    assert peer_addrs(["nonsense", "h:x", "198.51.100.2:7947"], "seed") == [("198.51.100.2", 7947)]
 
 
 def test_session_is_unreachable_only_once_every_manager_failed_to_answer() -> None:
     from agent.session import AgentSession
-    from agent.tls import NodeCredentials
-    from manager.ca import pki
+    from security import pki
+    from security.credentials import NodeCredentials
 
     now = pki.utcnow()
     root, root_key = pki.new_root("cluster", now)

@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.etcd import etcd_argv, key_prefix, stale_workdirs
-from tests.procs import ManagedProcess, ProcessError, free_port, free_ports, port_accepts
+from ovctl.devcluster.etcd import etcd_argv
+from ovctl.devcluster.procs import ManagedProcess, ProcessError, free_port, free_ports, port_accepts
+from tests.support.etcd import key_prefix, stale_workdirs
+from tests.support.wait import wait_for
 
 
 def _flags(argv: list[str]) -> dict[str, str]:
@@ -60,7 +62,7 @@ def test_stop_escalates_to_sigkill_when_sigterm_is_ignored(tmp_path: Path) -> No
     )
     proc = ManagedProcess(_python(code), tmp_path / "p.log").start()
     # The log's first line echoes argv, so the marker is assembled at run time.
-    _wait_for_output(proc, "ready")
+    wait_for("'ready' in the log", lambda: "ready" in proc.log_tail(), timeout=10, every=0.01)
     assert proc.stop(timeout=0.3) == -signal.SIGKILL
     assert not proc.running
 
@@ -114,12 +116,6 @@ def test_wait_times_out_on_a_process_that_keeps_running(tmp_path: Path) -> None:
             proc.wait(timeout=0.1)
 
 
-def _wait_for_output(proc: ManagedProcess, marker: str) -> None:
-    deadline = time.monotonic() + 10
-    while marker not in proc.log_tail() and time.monotonic() < deadline:
-        time.sleep(0.01)
-
-
 def test_process_started_from_a_short_lived_thread_outlives_it(tmp_path: Path) -> None:
     # asyncio.to_thread workers exit with their loop; the daemon must not die with them.
     code = "import time; print('rea' + 'dy', flush=True); time.sleep(60)"
@@ -128,7 +124,7 @@ def test_process_started_from_a_short_lived_thread_outlives_it(tmp_path: Path) -
     def start_and_wait_until_running() -> None:
         # Once the child prints, setpriv has armed its death signal; only then may we exit.
         proc.start()
-        _wait_for_output(proc, "ready")
+        wait_for("'ready' in the log", lambda: "ready" in proc.log_tail(), timeout=10, every=0.01)
 
     worker = threading.Thread(target=start_and_wait_until_running)
     worker.start()

@@ -7,12 +7,15 @@ import json
 import os
 import signal
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from agent.executor import shim
 from agent.executor.runner import ExitInfo, StartError, build_env, check_command
+from osutil.proc import proc_start_time
 
 
 def _exited(code: int) -> int:
@@ -87,10 +90,39 @@ def test_exit_info_from_record() -> None:
 
 
 def test_proc_start_time_identifies_this_process() -> None:
-    mine = shim.proc_start_time(os.getpid())
+    mine = proc_start_time(os.getpid())
     assert isinstance(mine, int) and mine > 0
-    assert shim.proc_start_time(os.getpid()) == mine
-    assert shim.proc_start_time(2**22 + 12345) is None  # above pid_max: never exists
+    assert proc_start_time(os.getpid()) == mine
+    assert proc_start_time(2**22 + 12345) is None  # above pid_max: never exists
+
+
+def test_shim_runs_by_path_with_light_imports(tmp_path: Path) -> None:
+    """Started as the runner starts it (`python -I -S shim.py`), the shim finds `osutil` on
+    its own and imports nothing heavy before the task runs (its start is the task's)."""
+    r, w = os.pipe()
+    python = [sys.executable, "-I", "-S", "-X", "importtime"]
+    proc = subprocess.run(
+        [*python, shim.__file__, str(tmp_path), str(w), "--", "/bin/true"],
+        pass_fds=(w,),
+        capture_output=True,
+        timeout=30,
+    )
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        report = f.read().decode()
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert report.startswith("ok ")
+    assert json.loads((tmp_path / shim.EXIT_FILE).read_text())["exit_code"] == 0
+    rec = json.loads((tmp_path / shim.SHIM_FILE).read_text())
+    assert rec["task_pid"] == int(report[3:]) and isinstance(rec["task_start"], int)
+    imported = {
+        line.rsplit("|", 1)[-1].strip()
+        for line in proc.stderr.decode().splitlines()
+        if line.startswith("import time:")
+    }
+    assert {"osutil.proc", "osutil.files"} <= imported
+    # (json comes only once the task has ended, to write exit.json.)
+    assert not imported & {"typing", "pathlib", "contextlib"}
 
 
 def test_write_json_atomic_replaces(tmp_path: Path) -> None:

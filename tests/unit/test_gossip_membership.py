@@ -7,8 +7,8 @@ import random
 
 import pytest
 
-from agent.gossip.common import CHANGED, CONFIRMED, IGNORED, REFUTE, Addr
-from agent.gossip.config import GossipConfig
+from agent.gossip.common import Addr, Outcome
+from agent.gossip.config import GossipTuning
 from agent.gossip.membership import Member, Membership, Suspicion
 
 A: Addr = ("10.0.0.1", 7946)
@@ -23,24 +23,24 @@ class Recorder:
         self.changes.append((m.name, old, m.state))
 
 
-def make(n_others: int = 0, config: GossipConfig | None = None) -> tuple[Membership, Recorder]:
+def make(n_others: int = 0, config: GossipTuning | None = None) -> tuple[Membership, Recorder]:
     rec = Recorder()
     ms = Membership(
-        "me", ("10.0.0.100", 7946), config or GossipConfig(), random.Random(1), 0.0, rec
+        "me", ("10.0.0.100", 7946), config or GossipTuning(), random.Random(1), 0.0, rec
     )
     for i in range(n_others):
-        assert ms.apply_alive(f"n{i}", (f"10.0.1.{i}", 7946), 0, 0.0) == CHANGED
+        assert ms.apply_alive(f"n{i}", (f"10.0.1.{i}", 7946), 0, 0.0) == Outcome.CHANGED
     rec.changes.clear()
     return ms, rec
 
 
 def test_alive_adds_and_orders_by_incarnation() -> None:
     ms, rec = make()
-    assert ms.apply_alive("x", A, 3, 1.0) == CHANGED
+    assert ms.apply_alive("x", A, 3, 1.0) == Outcome.CHANGED
     assert rec.changes == [("x", None, "alive")]
-    assert ms.apply_alive("x", A, 3, 1.0) == IGNORED
-    assert ms.apply_alive("x", B, 2, 1.0) == IGNORED  # older
-    assert ms.apply_alive("x", B, 4, 1.0) == CHANGED  # newer: address updated too
+    assert ms.apply_alive("x", A, 3, 1.0) == Outcome.IGNORED
+    assert ms.apply_alive("x", B, 2, 1.0) == Outcome.IGNORED  # older
+    assert ms.apply_alive("x", B, 4, 1.0) == Outcome.CHANGED  # newer: address updated too
     m = ms.get("x")
     assert m is not None and m.addr == B and m.incarnation == 4
     assert ms.size() == 2 and "x" in ms.active
@@ -48,30 +48,30 @@ def test_alive_adds_and_orders_by_incarnation() -> None:
 
 def test_suspect_dead_left_precedence() -> None:
     ms, rec = make(3)  # 4 members: a suspicion can be confirmed by up to 2 others
-    assert ms.apply_suspect("n0", 0, "a", 1.0) == CHANGED
+    assert ms.apply_suspect("n0", 0, "a", 1.0) == Outcome.CHANGED
     assert ms.get("n0").state == "suspect"  # type: ignore[union-attr]
-    assert ms.apply_suspect("n0", 0, "b", 1.0) == CONFIRMED
-    assert ms.apply_suspect("n0", 0, "b", 1.0) == IGNORED  # same confirmer twice
-    assert ms.apply_alive("n0", A, 0, 1.0) == IGNORED  # refutation needs a higher one
-    assert ms.apply_alive("n0", A, 1, 1.0) == CHANGED
+    assert ms.apply_suspect("n0", 0, "b", 1.0) == Outcome.CONFIRMED
+    assert ms.apply_suspect("n0", 0, "b", 1.0) == Outcome.IGNORED  # same confirmer twice
+    assert ms.apply_alive("n0", A, 0, 1.0) == Outcome.IGNORED  # refutation needs a higher one
+    assert ms.apply_alive("n0", A, 1, 1.0) == Outcome.CHANGED
     assert ms.get("n0").state == "alive"  # type: ignore[union-attr]
-    assert ms.apply_suspect("n0", 0, "a", 2.0) == IGNORED  # about an older incarnation
-    assert ms.apply_dead("n0", 1, "a", 2.0) == CHANGED
+    assert ms.apply_suspect("n0", 0, "a", 2.0) == Outcome.IGNORED  # about an older incarnation
+    assert ms.apply_dead("n0", 1, "a", 2.0) == Outcome.CHANGED
     assert "n0" not in ms.active and "n0" in ms.failed and "n0" in ms.recent_dead
-    assert ms.apply_dead("n0", 1, "b", 2.0) == IGNORED
-    assert ms.apply_suspect("n0", 5, "a", 2.0) == IGNORED  # dead is final until alive
-    assert ms.apply_dead("n0", 1, "n0", 2.0) == CHANGED  # it left after all
+    assert ms.apply_dead("n0", 1, "b", 2.0) == Outcome.IGNORED
+    assert ms.apply_suspect("n0", 5, "a", 2.0) == Outcome.IGNORED  # dead is final until alive
+    assert ms.apply_dead("n0", 1, "n0", 2.0) == Outcome.CHANGED  # it left after all
     assert ms.get("n0").state == "left" and "n0" not in ms.failed  # type: ignore[union-attr]
-    assert ms.apply_alive("n0", A, 1, 3.0) == IGNORED
-    assert ms.apply_alive("n0", A, 2, 3.0) == CHANGED  # rejoined
+    assert ms.apply_alive("n0", A, 1, 3.0) == Outcome.IGNORED
+    assert ms.apply_alive("n0", A, 2, 3.0) == Outcome.CHANGED  # rejoined
     assert "n0" in ms.active
     assert [c[2] for c in rec.changes] == ["suspect", "alive", "dead", "left", "alive"]
 
 
 def test_unknown_members_only_come_from_alive() -> None:
     ms, rec = make()
-    assert ms.apply_suspect("ghost", 9, "a", 0.0) == IGNORED
-    assert ms.apply_dead("ghost", 9, "a", 0.0) == IGNORED
+    assert ms.apply_suspect("ghost", 9, "a", 0.0) == Outcome.IGNORED
+    assert ms.apply_dead("ghost", 9, "a", 0.0) == Outcome.IGNORED
     assert ms.get("ghost") is None and rec.changes == []
 
 
@@ -87,18 +87,18 @@ def test_unknown_members_only_come_from_alive() -> None:
 )
 def test_self_refutes(apply) -> None:  # type: ignore[no-untyped-def]
     ms, _ = make()
-    assert apply(ms) == REFUTE
+    assert apply(ms) == Outcome.REFUTE
     assert ms.local.incarnation >= 1 and ms.local.state == "alive"
     inc = ms.local.incarnation
-    assert ms.apply_suspect("me", inc - 1, "x", 1.0) == IGNORED  # already refuted
+    assert ms.apply_suspect("me", inc - 1, "x", 1.0) == Outcome.IGNORED  # already refuted
 
 
 def test_left_node_does_not_refute() -> None:
     ms, _ = make()
     ms.leave(1.0)
     assert ms.left
-    assert ms.apply_dead("me", 0, "x", 1.0) == IGNORED
-    assert ms.apply_suspect("me", 5, "x", 1.0) == IGNORED
+    assert ms.apply_dead("me", 0, "x", 1.0) == Outcome.IGNORED
+    assert ms.apply_suspect("me", 5, "x", 1.0) == Outcome.IGNORED
 
 
 def test_suspicion_timeouts_shrink_with_confirmations() -> None:
@@ -141,7 +141,7 @@ def test_ring_successor_and_predecessor_are_consistent() -> None:
     rings = {}
     names = [f"node-{i}" for i in range(8)]
     for me in names:
-        ms = Membership(me, A, GossipConfig(), random.Random(0), 0.0, lambda *a: None)
+        ms = Membership(me, A, GossipTuning(), random.Random(0), 0.0, lambda *a: None)
         for other in names:
             if other != me:
                 ms.apply_alive(other, B, 0, 0.0)
@@ -167,7 +167,7 @@ def test_ring_skips_dead_members() -> None:
 
 
 def test_gossip_targets_include_the_recently_dead_only() -> None:
-    cfg = GossipConfig(gossip_to_dead=10.0)
+    cfg = GossipTuning(gossip_to_dead=10.0)
     ms, _ = make(3, cfg)
     ms.apply_dead("n0", 0, "x", 100.0)
     seen = set()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import heapq
 import json
+import logging
 import random
 from collections.abc import Callable
 from typing import Any
@@ -19,8 +20,8 @@ import pytest
 from agent.gossip import (
     DecodeError,
     EntryChanged,
-    GossipConfig,
     GossipNode,
+    GossipTuning,
     Keyring,
     MemberChanged,
     Outgoing,
@@ -33,9 +34,9 @@ Addr = tuple[str, int]
 
 
 class Net:
-    def __init__(self, seed: int = 1, delay: float = 0.001, config: GossipConfig | None = None):
+    def __init__(self, seed: int = 1, delay: float = 0.001, config: GossipTuning | None = None):
         self.rng = random.Random(seed)
-        self.config = config or GossipConfig()
+        self.config = config or GossipTuning()
         self.keyring = Keyring([KEY])
         self.delay = delay
         self.now = 0.0
@@ -66,6 +67,7 @@ class Net:
             random.Random(self.rng.getrandbits(64)),
             self.now,
             epoch=self.epochs[name],
+            strict=True,  # a bug raises out of the test instead of counting as a drop
         )
         self.nodes[name] = node
         self.addrs[addr] = name
@@ -308,7 +310,9 @@ def test_suspected_live_node_refutes() -> None:
     accuser = net.nodes["n0"]
     # n0 wrongly suspects n1 (as after a lost ack); the news reaches n1, which refutes.
     net.call("n0", lambda n: n._members.apply_suspect("n1", 0, "n0", net.now))
-    net.call("n0", lambda n: n._mq.put(("s", "n1", "n0"), wire.encode_suspect("n1", 0, "n0")))
+    net.call(
+        "n0", lambda n: n._dissem.suspicion_news("n1", "n0", wire.encode_suspect("n1", 0, "n0"))
+    )
     net.call("n0", lambda n: n._flush(net.now))
     assert accuser.members()  # (no exception)
     assert net.run_until_true(lambda: victim.incarnation == 1, 1.0)
@@ -338,7 +342,7 @@ def test_graceful_leave_is_left_not_dead() -> None:
 
 
 def test_dead_members_and_tombstones_are_reaped() -> None:
-    net = Net(seed=21, config=GossipConfig(dead_member_reap=20.0, tombstone_reap=10.0))
+    net = Net(seed=21, config=GossipTuning(dead_member_reap=20.0, tombstone_reap=10.0))
     names = net.cluster(4)
     net.call("n0", lambda n: n.put(net.now, "net", "gone", b"x"))
     net.call("n3", lambda n: n.put(net.now, "net", "k", b"v"))
@@ -440,7 +444,7 @@ def test_put_update_delete_propagate_and_events() -> None:
 
 
 def test_value_limits() -> None:
-    net = Net(config=GossipConfig(max_packet=600, max_value=300))
+    net = Net(config=GossipTuning(max_packet=600, max_value=300))
     net.cluster(2)
     node = net.nodes["n0"]
     with pytest.raises(ValueError):
@@ -588,7 +592,7 @@ def test_leave_network_hides_own_entries_everywhere() -> None:
 def _valid_packet(net: Net, src: str, dest: str) -> bytes:
     """A fresh valid datagram from src to dest (an ack, which changes no state)."""
     node = net.nodes[src]
-    node._send(net.nodes[dest].addr, [wire.encode_ack(12345)])
+    node._outbox.send(net.nodes[dest].addr, [wire.encode_ack(12345)])
     return node.take_outgoing()[-1].data
 
 
@@ -617,6 +621,60 @@ def test_bad_packets_are_dropped_and_counted() -> None:
         "loop": 1,
     }
     assert b.stats.total_dropped() == sum(after.values())
+
+
+def test_a_bug_in_a_handler_is_not_counted_as_a_drop(caplog: pytest.LogCaptureFixture) -> None:
+    """h11's rule: bad input is a drop; the core failing on valid input is a bug, logged with
+    its traceback and counted apart (and raised when strict, as in the tests and the sim)."""
+    net = Net(seed=23)
+    net.cluster(3)
+    a, b = net.nodes["n0"], net.nodes["n1"]
+    b.strict = False  # as the agent runs it
+
+    def broken_ack(seq: int) -> None:
+        raise RuntimeError("bug in the ack handler")
+
+    b._prober.on_ack = broken_ack  # type: ignore[method-assign]
+    before = dict(b.stats.dropped)
+    with caplog.at_level(logging.ERROR, logger="agent.gossip.node"):
+        b.receive(net.now, a.addr, _valid_packet(net, "n0", "n1"))  # a valid ack
+    assert b.stats.dropped == before  # not garbage: nothing dropped
+    assert b.stats.bugs == 1 and b.status(net.now)["bugs"] == 1
+    logged = [r for r in caplog.records if r.exc_info is not None]
+    assert len(logged) == 1 and logged[0].exc_info is not None
+    assert logged[0].exc_info[0] is RuntimeError  # with its traceback
+
+    b.strict = True
+    with pytest.raises(RuntimeError, match="bug in the ack handler"):
+        b.receive(net.now, a.addr, _valid_packet(net, "n0", "n1"))
+    assert b.stats.bugs == 2 and b.stats.dropped == before
+
+    # A decoding error raised deep in a handler still counts as bad input, not as a bug.
+    def undecodable(seq: int) -> None:
+        raise DecodeError("bad field")
+
+    b._prober.on_ack = undecodable  # type: ignore[method-assign]
+    b.receive(net.now, a.addr, _valid_packet(net, "n0", "n1"))
+    assert (
+        b.stats.bugs == 2 and b.stats.dropped.get("malformed", 0) == before.get("malformed", 0) + 1
+    )
+
+
+def test_a_bug_on_the_stream_path_raises_when_strict() -> None:
+    net = Net(seed=24)
+    net.cluster(2)
+    a, b = net.nodes["n0"], net.nodes["n1"]
+
+    def broken_merge(*args: object) -> None:
+        raise KeyError("bug in merge")
+
+    b._sync.received = broken_merge  # type: ignore[method-assign, assignment]
+    a._sync.send_push_pull(b.addr, False, False)
+    frame = a.take_outgoing()[-1]
+    assert frame.stream
+    with pytest.raises(KeyError):
+        b.receive_stream(net.now, a.addr, frame.data)
+    assert b.stats.bugs == 1 and b.stats.total_dropped() == 0
 
 
 def test_foreign_key_node_never_joins() -> None:
@@ -701,14 +759,14 @@ def test_same_seed_same_run() -> None:
 
 
 def test_constructor_validation() -> None:
-    cfg = GossipConfig()
+    cfg = GossipTuning()
     kr = Keyring([KEY])
     with pytest.raises(ValueError):
         GossipNode("", ("h", 1), kr, cfg, random.Random(), 0.0)
     with pytest.raises(ValueError):
         GossipNode("x", ("h", 1), kr, cfg, random.Random(), 0.0, epoch=-1)
     with pytest.raises(ValueError):
-        GossipConfig(probe_timeout=2.0)
+        GossipTuning(probe_timeout=2.0)
     with pytest.raises(ValueError):
-        GossipConfig(max_value=1300)
+        GossipTuning(max_value=1300)
     assert issubclass(DecodeError, ValueError)

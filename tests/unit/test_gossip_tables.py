@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from agent.gossip.common import CHANGED, IGNORED, NOT_MINE, REFUTE
+from agent.gossip.common import Outcome
 from agent.gossip.events import EntryChanged
 from agent.gossip.tables import Entry, Tables
 from agent.gossip.wire import EntryMsg, NetMsg
@@ -27,7 +27,7 @@ class World:
 def joined(w: World, *owners: str, net: str = "net") -> None:
     w.t.join(net)
     for o in owners:
-        assert w.t.apply_net(NetMsg(o, net, 1, True)) == (CHANGED, None)
+        assert w.t.apply_net(NetMsg(o, net, 1, True)) == (Outcome.CHANGED, None)
 
 
 def test_put_delete_and_events() -> None:
@@ -53,13 +53,13 @@ def test_put_delete_and_events() -> None:
 def test_remote_entries_newest_wins_and_clock_advances() -> None:
     w = World()
     joined(w, "a")
-    assert w.t.apply_entry(EntryMsg("net", "k", "a", 5, False, b"x"))[0] == CHANGED
-    assert w.t.apply_entry(EntryMsg("net", "k", "a", 4, False, b"old")) == (IGNORED, None)
-    assert w.t.apply_entry(EntryMsg("net", "k", "a", 5, False, b"x")) == (IGNORED, None)
-    assert w.t.apply_entry(EntryMsg("net", "k", "a", 6, True, b""))[0] == CHANGED
+    assert w.t.apply_entry(EntryMsg("net", "k", "a", 5, False, b"x"))[0] == Outcome.CHANGED
+    assert w.t.apply_entry(EntryMsg("net", "k", "a", 4, False, b"old")) == (Outcome.IGNORED, None)
+    assert w.t.apply_entry(EntryMsg("net", "k", "a", 5, False, b"x")) == (Outcome.IGNORED, None)
+    assert w.t.apply_entry(EntryMsg("net", "k", "a", 6, True, b""))[0] == Outcome.CHANGED
     assert w.take() == [("k", "a", b"x"), ("k", "a", None)]
     # A stale live version does not resurrect the tombstone.
-    assert w.t.apply_entry(EntryMsg("net", "k", "a", 5, False, b"x")) == (IGNORED, None)
+    assert w.t.apply_entry(EntryMsg("net", "k", "a", 5, False, b"x")) == (Outcome.IGNORED, None)
     assert w.t.entries("net") == {}
     assert w.t.put("net", "mine", b"v").ltime == 7  # Lamport: after everything seen
 
@@ -67,7 +67,7 @@ def test_remote_entries_newest_wins_and_clock_advances() -> None:
 def test_entries_of_other_networks_are_not_stored() -> None:
     w = World()
     joined(w, "a", net="red")
-    assert w.t.apply_entry(EntryMsg("blue", "k", "a", 1, False, b"x")) == (NOT_MINE, None)
+    assert w.t.apply_entry(EntryMsg("blue", "k", "a", 1, False, b"x")) == (Outcome.NOT_MINE, None)
     assert w.t.entry_records(["blue", "red"]) == []
 
 
@@ -88,7 +88,7 @@ def test_visibility_follows_owner_liveness_and_participation() -> None:
     assert w.take() == [("k", "a", b"x")]
     w.t.apply_net(NetMsg("b", "net", 2, False))  # b left the network
     assert w.take() == [("j", "b", None)]
-    assert w.t.apply_net(NetMsg("b", "net", 1, True)) == (IGNORED, None)  # stale
+    assert w.t.apply_net(NetMsg("b", "net", 1, True)) == (Outcome.IGNORED, None)  # stale
 
 
 def test_several_owners_of_one_key_newest_visible_wins() -> None:
@@ -109,12 +109,12 @@ def test_restarted_owner_tombstones_what_it_no_longer_holds() -> None:
     w = World()
     joined(w)
     code, e = w.t.apply_entry(EntryMsg("net", "old", "me", 40, False, b"stale"))
-    assert code == REFUTE and e is not None
+    assert code == Outcome.REFUTE and e is not None
     assert (e.deleted, e.ltime) == (True, 41)
     assert w.t.entries("net") == {} and w.take() == []
     # Our own tombstone coming back: we agree, adopt it (no new write).
     code, e = w.t.apply_entry(EntryMsg("net", "gone", "me", 50, True, b""))
-    assert code == CHANGED and e is not None and e.ltime == 50
+    assert code == Outcome.CHANGED and e is not None and e.ltime == 50
 
 
 def test_owner_reasserts_a_value_it_holds() -> None:
@@ -122,25 +122,25 @@ def test_owner_reasserts_a_value_it_holds() -> None:
     joined(w)
     mine = w.t.put("net", "k", b"current")  # ltime 1 after a restart
     code, e = w.t.apply_entry(EntryMsg("net", "k", "me", 30, False, b"previous life"))
-    assert code == REFUTE and e is not None
+    assert code == Outcome.REFUTE and e is not None
     assert (e.value, e.deleted) == (b"current", False) and e.ltime == 31 > mine.ltime
     assert w.t.entries("net")["k"].value == b"current"
     # The same time with another value (two lives wrote ltime 31) is also refuted.
     code, e = w.t.apply_entry(EntryMsg("net", "k", "me", 31, False, b"twin"))
-    assert code == REFUTE and e is not None and e.ltime == 32
+    assert code == Outcome.REFUTE and e is not None and e.ltime == 32
     # Our own echo is not.
-    assert w.t.apply_entry(EntryMsg("net", "k", "me", 32, False, b"current"))[0] == IGNORED
+    assert w.t.apply_entry(EntryMsg("net", "k", "me", 32, False, b"current"))[0] == Outcome.IGNORED
 
 
 def test_participation_refute_after_restart() -> None:
     w = World()
     # Peers still think we are in "old" (from our previous life): we say we are not.
     code, msg = w.t.apply_net(NetMsg("me", "old", 9, True))
-    assert code == REFUTE and msg == NetMsg("me", "old", 10, False)
-    assert w.t.apply_net(NetMsg("me", "old", 5, False)) == (IGNORED, None)
+    assert code == Outcome.REFUTE and msg == NetMsg("me", "old", 10, False)
+    assert w.t.apply_net(NetMsg("me", "old", 5, False)) == (Outcome.IGNORED, None)
     w.t.join("net")
     code, msg = w.t.apply_net(NetMsg("me", "net", 20, False))
-    assert code == REFUTE and msg is not None and msg.joined and msg.ltime == 21
+    assert code == Outcome.REFUTE and msg is not None and msg.joined and msg.ltime == 21
 
 
 def test_leave_tombstones_own_entries_and_hides_the_table() -> None:

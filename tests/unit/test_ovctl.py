@@ -1,6 +1,6 @@
 """ovctl: parsing and formatting as pure functions, then whole commands through `main(argv)`
 against a real gRPC server on loopback (port 0) with a fake Control servicer, over mutual TLS
-with certificates of a real cluster CA (manager.ca.pki): the server presents a manager
+with certificates of a real cluster CA (security.pki): the server presents a manager
 certificate and requires a client certificate, as a manager does."""
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from typing import Any
 import grpc
 import pytest
 
-from manager.ca import pki
 from ovctl import cli, render, specs
 from ovctl.client import (
     DEFAULT_ADDR,
@@ -33,6 +32,7 @@ from ovctl.client import (
 from proto import control_pb2 as cpb
 from proto import control_pb2_grpc
 from proto import objects_pb2 as pb
+from security import pki
 
 # ---------------------------------------------------------------- specs: scalars
 

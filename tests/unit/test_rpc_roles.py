@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 from google.protobuf import descriptor_pb2, descriptor_pool
 
-from manager import server
+from manager import rpcedge, server
 from manager.ca import authz
 from manager.ca.server import CertificateAuthority
 from manager.cluster import ManagerConfig
@@ -27,16 +27,16 @@ def methods(module: object, service: str) -> list[str]:
 
 
 def test_every_served_method_declares_known_roles() -> None:
-    roles = server.service_roles()
-    served = {f"{name}.{m}" for name, mod in server.SERVICES for m in methods(mod, name)}
+    roles = rpcedge.service_roles()
+    served = {f"{name}.{m}" for name, mod in rpcedge.SERVICES for m in methods(mod, name)}
     assert set(roles) == served
-    assert {n for n, _ in server.SERVICES} == {"Control", "Dispatcher", "NodeCA"}
+    assert {n for n, _ in rpcedge.SERVICES} == {"Control", "Dispatcher", "NodeCA"}
     for method, allowed in roles.items():
         assert allowed and set(allowed) <= authz.KNOWN_ROLES, method
 
 
 def test_roles_per_service() -> None:
-    roles = server.service_roles()
+    roles = rpcedge.service_roles()
     for method, allowed in roles.items():
         service = method.split(".")[0]
         if service in EXPECTED:
@@ -53,9 +53,9 @@ def test_every_method_has_a_body() -> None:
         "Dispatcher": (Dispatcher,),
         "NodeCA": (CertificateAuthority,),
     }
-    for name, module in server.SERVICES:
+    for name, module in rpcedge.SERVICES:
         for m in methods(module, name):
-            assert any(hasattr(o, server.snake(m)) for o in owners[name]), f"{name}.{m}"
+            assert any(hasattr(o, rpcedge.snake(m)) for o in owners[name]), f"{name}.{m}"
 
 
 def fake_service_module(options: dict[str, list[str]]) -> SimpleNamespace:
@@ -94,7 +94,7 @@ def test_a_method_without_roles_is_refused() -> None:
 
 def test_the_manager_does_not_start_with_such_a_method(monkeypatch: pytest.MonkeyPatch) -> None:
     module = fake_service_module({"Open": []})
-    monkeypatch.setattr(server, "SERVICES", (*server.SERVICES, ("Evil", module)))
+    monkeypatch.setattr(rpcedge, "SERVICES", (*rpcedge.SERVICES, ("Evil", module)))
     with pytest.raises(authz.RolesError, match=r"Evil\.Open declares no roles"):
         server.Manager(server.ServerOptions(), ManagerConfig())
 

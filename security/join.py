@@ -1,7 +1,7 @@
-"""A node's TLS identity: joining the cluster with a token, keeping and renewing the certificate.
+"""Joining the cluster with a token, and renewing a certificate, from the node's side.
 
 A node starts with nothing but a join token (``OVNTKN-1-<ca digest>-<secret>``, see
-manager/ca/tokens.py). To join it
+security/tokens.py). To join it
 
 1. opens a plain TLS connection to a manager's join listener and reads the chain the manager
    presents ([manager cert, root]) *without* verifying it: nothing is trusted yet;
@@ -10,14 +10,9 @@ manager/ca/tokens.py). To join it
 3. sends the token and a CSR over TLS verified against that root, and gets a certificate whose
    CN is its new node ID and whose OU is the token's role.
 
-From then on every channel to the managers is mutual TLS with that certificate
-(`NodeCredentials.channel_credentials`), checked against the server name ``ovnet-manager`` that
-only managers' certificates carry (`MANAGER_CHANNEL_OPTIONS`). The certificate is renewed over
-the node's own mTLS channel before it expires (`renew`).
-
-The managers refuse a bad client certificate in the TLS handshake, where gRPC can say no more
-than "Socket closed"; `diagnose` looks at the local certificate to say why, in words an operator
-can act on.
+From then on the node talks to managers with those credentials (security/credentials.py) and
+renews the certificate over its own mTLS channel before it expires (`renew`). A manager joining
+an existing cluster goes through the same `join`.
 
 Errors: `JoinError` is final (wrong token, another cluster's CA, a refusal): retrying cannot help,
 the operator must act. `ManagerUnreachable` (a ConnectionError) is passing: nobody answered, try
@@ -28,31 +23,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
-import os
 import ssl
-from dataclasses import dataclass
-from pathlib import Path
 
 import grpc
 from cryptography import x509
 
-from manager.ca import pki, tokens
+from osutil.hostport import split_hostport
 from proto import ca_pb2, ca_pb2_grpc
-
-CREDS_DIRNAME = "tls"
-CA_FILE = "ca.pem"
-CERT_FILE = "node.crt"
-KEY_FILE = "node.key"
-# A file written but not yet renamed into place (see NodeCredentials.save).
-_PENDING = ".new"
-
-MANAGER_CHANNEL_OPTIONS: list[tuple[str, str]] = [
-    ("grpc.ssl_target_name_override", pki.MANAGER_SAN)
-]
+from security import pki, tokens
+from security.credentials import MANAGER_CHANNEL_OPTIONS, NodeCredentials
 
 # gRPC codes that mean "nobody answered (yet)": worth retrying, unlike every other refusal.
-_NO_ANSWER = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+NO_ANSWER = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
 class JoinError(Exception):
@@ -61,143 +43,6 @@ class JoinError(Exception):
 
 class ManagerUnreachable(ConnectionError):
     """No manager answered at the join address (down, starting, or wrong address): retry."""
-
-
-@dataclass(frozen=True)
-class NodeCredentials:
-    """The cluster root, this node's certificate and its private key, all PEM."""
-
-    root_pem: bytes
-    cert_pem: bytes
-    key_pem: bytes
-
-    @property
-    def cert(self) -> x509.Certificate:
-        return pki.load_cert(self.cert_pem)
-
-    @property
-    def root(self) -> x509.Certificate:
-        return pki.load_cert(self.root_pem)
-
-    @property
-    def info(self) -> pki.CertInfo:
-        return pki.info(self.cert)
-
-    @property
-    def node_id(self) -> str:
-        return self.info.node_id
-
-    @property
-    def role(self) -> str:
-        return self.info.role
-
-    @property
-    def not_after(self) -> dt.datetime:
-        return self.info.not_after
-
-    def validate(self) -> None:
-        """Raise pki.CertError unless the three parts belong together: the certificate is the
-        key's and the root signed it (its dates are not checked: an expired certificate is
-        still this node's identity, which `diagnose` reports)."""
-        cert, root, key = self.cert, self.root, pki.load_key(self.key_pem)
-        if not pki.matches_key(cert, key):
-            raise pki.CertError("the certificate is not for this private key")
-        if not pki.signed_by(cert, root):
-            raise pki.CertError("the certificate was not issued by the root CA stored with it")
-
-    def channel_credentials(self) -> grpc.ChannelCredentials:
-        return grpc.ssl_channel_credentials(
-            root_certificates=self.root_pem,
-            private_key=self.key_pem,
-            certificate_chain=self.cert_pem,
-        )
-
-    def save(self, directory: Path) -> None:
-        """Write ca.pem, node.crt and node.key (0600, directory 0700). Every file is first
-        written whole beside its final name, then renamed; the certificate is renamed last, so
-        that a crash in between leaves a new key with a pending certificate, which `load`
-        completes (never a certificate with a key that is not its own)."""
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.chmod(directory, 0o700)
-        files = [(CA_FILE, self.root_pem), (KEY_FILE, self.key_pem), (CERT_FILE, self.cert_pem)]
-        for name, data in files:
-            _write_private(directory / (name + _PENDING), data)
-        for name, _ in files:
-            os.replace(directory / (name + _PENDING), directory / name)
-        _fsync_dir(directory)
-
-    @classmethod
-    def load(cls, directory: Path) -> NodeCredentials | None:
-        """The saved credentials; None when this node has none; pki.CertError when they are
-        unusable (corrupt, incomplete, or not belonging together)."""
-        paths = {n: directory / n for n in (CA_FILE, CERT_FILE, KEY_FILE)}
-        present = [n for n, p in paths.items() if p.exists()]
-        if not present:
-            return None
-        if len(present) != len(paths):
-            missing = ", ".join(sorted(set(paths) - set(present)))
-            raise pki.CertError(f"{directory} is incomplete: {missing} missing")
-        creds = cls(*(paths[n].read_bytes() for n in (CA_FILE, CERT_FILE, KEY_FILE)))
-        try:
-            creds.validate()
-        except pki.CertError:
-            # A save interrupted between renames: finish it if the pending files fit.
-            pending = _load_pending(directory, creds)
-            if pending is None:
-                raise
-            pending.save(directory)
-            creds = pending
-        for n in paths:
-            (directory / (n + _PENDING)).unlink(missing_ok=True)
-        return creds
-
-
-def _load_pending(directory: Path, current: NodeCredentials) -> NodeCredentials | None:
-    def part(name: str, have: bytes) -> bytes:
-        p = directory / (name + _PENDING)
-        return p.read_bytes() if p.exists() else have
-
-    cand = NodeCredentials(
-        part(CA_FILE, current.root_pem), part(CERT_FILE, current.cert_pem), current.key_pem
-    )
-    try:
-        cand.validate()
-    except pki.CertError:
-        return None
-    return cand
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def join_addr(manager_addr: str) -> str:
-    """The join listener of the manager at `manager_addr`: same host, the next port."""
-    host, sep, port = manager_addr.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65535:
-        raise ValueError(f"{manager_addr!r} is not HOST:PORT")
-    return f"{host}:{int(port) + 1}"
-
-
-def _split(addr: str) -> tuple[str, int]:
-    host, _, port = addr.rpartition(":")
-    if not host or not port.isdigit():
-        raise JoinError(f"{addr!r} is not HOST:PORT")
-    return host.strip("[]"), int(port)
 
 
 def _der_chain(sslobj: ssl.SSLObject) -> list[bytes]:
@@ -212,7 +57,10 @@ def _der_chain(sslobj: ssl.SSLObject) -> list[bytes]:
 async def fetch_root(join_addr: str, timeout: float) -> x509.Certificate:
     """The root CA the manager at `join_addr` presents, NOT verified: the caller must compare
     its digest with what it trusts (the join token) before using it."""
-    host, port = _split(join_addr)
+    try:
+        host, port = split_hostport(join_addr)
+    except ValueError as e:
+        raise JoinError(f"the join address {e}") from None
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE  # trust comes from the token's digest, checked by the caller
@@ -254,7 +102,7 @@ def _refusal(addr: str, e: grpc.aio.AioRpcError) -> Exception:
     """What a person should read when the manager refuses to issue a certificate."""
     details = e.details() or e.code().name
     code = e.code()
-    if code in _NO_ANSWER:
+    if code in NO_ANSWER:
         return ManagerUnreachable(f"no manager answers at {addr}: {code.name} {details}")
     if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
         return JoinError(
@@ -335,28 +183,3 @@ async def renew(
             f"not {old.role} {old.node_id!r}"
         )
     return NodeCredentials(creds.root_pem, pki.cert_pem(cert), pki.key_pem(key))
-
-
-def diagnose(creds: NodeCredentials | None, now: dt.datetime) -> str:
-    """Why a manager might refuse this node's TLS handshake, judged from the local credentials:
-    "" when nothing is wrong with them (the cause is elsewhere: network, another cluster...)."""
-    if creds is None:
-        return "this node has no certificate: start it with --join-token"
-    try:
-        creds.validate()
-        pki.check(creds.cert, creds.root, now)
-    except pki.CertError as e:
-        msg = str(e)
-        if "expired" in msg:
-            return (
-                f"this node's certificate expired at {creds.not_after.isoformat()} (it was not "
-                "renewed in time): remove its tls directory and join again with --join-token"
-            )
-        if "not valid before" in msg:
-            return (
-                f"this node's certificate is not valid before "
-                f"{creds.info.not_before.isoformat()} and the clock here says {now.isoformat()}: "
-                "is this host's clock right?"
-            )
-        return f"this node's certificate is unusable: {msg}"
-    return ""

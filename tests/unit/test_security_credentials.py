@@ -1,4 +1,4 @@
-"""The local parts of agent.tls: credentials on disk, the handshake diagnosis, join addresses."""
+"""security/credentials.py: credentials on disk, the handshake diagnosis; join addresses."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from agent import tls
-from manager.ca import pki
+from osutil.hostport import next_port
+from security import credentials as tls
+from security import pki
 
 NOW = dt.datetime(2026, 11, 1, 12, 0, tzinfo=dt.UTC)
 ROOT, ROOT_KEY = pki.new_root("cluster-a", NOW - dt.timedelta(days=1))
@@ -115,9 +116,11 @@ def test_channel_credentials_build() -> None:
 
 
 def test_join_addr_is_the_next_port() -> None:
-    assert tls.join_addr("127.0.0.1:4242") == "127.0.0.1:4243"
-    assert tls.join_addr("manager-1:10") == "manager-1:11"
-    assert tls.join_addr("[::1]:4242") == "[::1]:4243"
-    for bad in ("127.0.0.1", "host:", ":4242", "host:port", "host:65535"):
+    assert next_port("127.0.0.1:4242") == "127.0.0.1:4243"
+    assert next_port("manager-1:10") == "manager-1:11"
+    assert next_port("[::1]:4242") == "[::1]:4243"
+    for bad in ("127.0.0.1", "host:", ":4242", "host:port"):
         with pytest.raises(ValueError, match="HOST:PORT"):
-            tls.join_addr(bad)
+            next_port(bad)
+    with pytest.raises(ValueError, match="no next port"):
+        next_port("host:65535")

@@ -1,15 +1,8 @@
-"""etcd edge of the manager: typed object keys, fenced transactions, resumable watches.
+"""The etcd client of the manager: the only module that speaks etcd's wire protocol.
 
-Everything the cluster wants lives under one key prefix:
-
-    {prefix}/objects/{kind}/{id}    serialized object (networks, services, tasks, nodes)
-    {prefix}/names/{kind}/{name}    the ID owning a name (uniqueness is a compare on this key)
-    {prefix}/leader                 the leading manager's ID, attached to its lease
-    {prefix}/managers/{id}          a manager's advertised address, attached to its lease
-    {prefix}/keys/{subsystem}       a Keyring (gossip, ipsec), created once by a leader and
-                                    rotated by it (keymanager)
-    {prefix}/ingress/created        set with the first ingress network (manager/ingress.py), so a
-                                    leader never recreates one a user removed
+It offers what the rest of the manager needs, in its own types: reads and writes, all-or-nothing
+transactions stated as compares (`absent`, `modified_at`, `created_at`) and operations (`Put`,
+`Delete`, `Get`), leases (grant, keep-alive, revoke), and watches that resume.
 
 The etcd gRPC stubs come from aetcd (`aetcd.rpc`), but the channel is ours: aetcd's Client only
 makes insecure channels, and its watch turns compaction into an exception that ends the stream,
@@ -20,27 +13,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import grpc
 from aetcd import rpc
-from google.protobuf.message import Message
 
-from manager.errors import FailedPrecondition, Unavailable
-from proto import objects_pb2 as pb
+from osutil.hostport import split_hostport
 
 log = logging.getLogger(__name__)
-
-KINDS: dict[str, type[Message]] = {
-    "networks": pb.Network,
-    "services": pb.Service,
-    "tasks": pb.Task,
-    "nodes": pb.Node,
-}
-
-M = TypeVar("M", bound=Message)
 
 
 def prefix_range_end(prefix: bytes) -> bytes:
@@ -80,6 +62,103 @@ class WatchUpdate:
 
 def _kv(m: Any) -> KV:
     return KV(m.key, m.value, m.mod_revision, m.create_revision, m.lease)
+
+
+# ------------------------------------------------------------------------------ transactions
+# The typed vocabulary of an etcd transaction, so that the election, the keymanager and the CA
+# state what they need and only this module knows etcd's wire types.
+
+CompareTarget = Literal["version", "create", "mod"]
+
+
+@dataclass(frozen=True)
+class Compare:
+    """The condition ``target(key) == value``: ``version`` 0 means the key does not exist,
+    ``create`` and ``mod`` compare the key's create or last-modified revision."""
+
+    key: bytes
+    target: CompareTarget
+    value: int
+
+
+def absent(key: bytes) -> Compare:
+    """The condition "`key` does not exist"."""
+    return Compare(key, "version", 0)
+
+
+def modified_at(key: bytes, revision: int) -> Compare:
+    """The condition "`key` was last written at `revision`" (nobody changed it since)."""
+    return Compare(key, "mod", revision)
+
+
+def created_at(key: bytes, revision: int) -> Compare:
+    """The condition "`key` is the one created at `revision`" (a leadership fence)."""
+    return Compare(key, "create", revision)
+
+
+@dataclass(frozen=True)
+class Put:
+    key: bytes
+    value: bytes
+    lease: int = 0
+
+
+@dataclass(frozen=True)
+class Delete:
+    key: bytes
+
+
+@dataclass(frozen=True)
+class Get:
+    key: bytes
+
+
+Op = Put | Delete | Get
+
+
+@dataclass(frozen=True)
+class TxnResult:
+    """What a transaction did: whether its compares held (so the success ops ran, else the
+    failure ops), the revision after it, and what each `Get` of the branch taken read (one
+    entry per Get, in order: the key-value, or None when the key does not exist)."""
+
+    succeeded: bool
+    revision: int
+    reads: list[KV | None]
+
+
+def _rpc_compare(c: Compare) -> Any:
+    out = rpc.Compare(key=c.key, result=rpc.Compare.EQUAL)
+    if c.target == "version":
+        out.target = rpc.Compare.VERSION
+        out.version = c.value
+    elif c.target == "create":
+        out.target = rpc.Compare.CREATE
+        out.create_revision = c.value
+    elif c.target == "mod":
+        out.target = rpc.Compare.MOD
+        out.mod_revision = c.value
+    else:
+        raise ValueError(f"unknown compare target {c.target!r}")
+    return out
+
+
+def _rpc_op(op: Op) -> Any:
+    if isinstance(op, Put):
+        return rpc.RequestOp(request_put=rpc.PutRequest(key=op.key, value=op.value, lease=op.lease))
+    if isinstance(op, Delete):
+        return rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=op.key))
+    return rpc.RequestOp(request_range=rpc.RangeRequest(key=op.key))
+
+
+def _reads(ops: Sequence[Op], responses: Sequence[Any]) -> list[KV | None]:
+    """The key-value each Get of `ops` read, from etcd's responses (one per op, in order)."""
+    out: list[KV | None] = []
+    for op, r in zip(ops, responses, strict=True):
+        if isinstance(op, Get):
+            kvs = r.response_range.kvs
+            out.append(_kv(kvs[0]) if kvs else None)
+    return out
 
 
 @dataclass(frozen=True)
@@ -136,7 +215,9 @@ class EtcdClient:
             if credentials is not None:
                 raise ValueError("pass tls or credentials, not both")
             credentials = etcd_credentials(tls)
-            name = tls.server_name or (endpoints[0].rsplit(":", 1)[0] if len(endpoints) > 1 else "")
+            name = tls.server_name or (
+                split_hostport(endpoints[0])[0] if len(endpoints) > 1 else ""
+            )
             if name:
                 options.append(("grpc.ssl_target_name_override", name.strip("[]")))
         self.endpoints = list(endpoints)
@@ -200,12 +281,22 @@ class EtcdClient:
         return int(resp.header.revision)
 
     async def txn(
-        self, compare: list[Any], success: list[Any], failure: list[Any] | None = None
-    ) -> Any:
-        return await self.kv.Txn(
-            rpc.TxnRequest(compare=compare, success=success, failure=failure or []),
+        self, compare: Sequence[Compare], success: Sequence[Op], failure: Sequence[Op] = ()
+    ) -> TxnResult:
+        """All or nothing: if every compare holds, run `success`, else `failure`, in one etcd
+        revision. grpc.aio.AioRpcError when etcd cannot be reached."""
+        resp = await self.kv.Txn(
+            rpc.TxnRequest(
+                compare=[_rpc_compare(c) for c in compare],
+                success=[_rpc_op(op) for op in success],
+                failure=[_rpc_op(op) for op in failure],
+            ),
             timeout=self.timeout,
             wait_for_ready=True,
+        )
+        taken = success if resp.succeeded else failure
+        return TxnResult(
+            bool(resp.succeeded), int(resp.header.revision), _reads(taken, resp.responses)
         )
 
     async def revision(self) -> int:
@@ -240,6 +331,33 @@ class EtcdClient:
             timeout=self.timeout,
             wait_for_ready=True,
         )
+
+    async def mirror_prefix(
+        self,
+        prefix: bytes,
+        apply: Callable[[dict[str, bytes]], None],
+        *,
+        retry_delay: float = 0.5,
+    ) -> None:
+        """Call `apply(key suffix -> value)` with everything under `prefix`, then again after
+        every change, forever (a listing, then a watch; both start over when etcd fails)."""
+        while True:
+            try:
+                rev, kvs = await self.get_prefix(prefix)
+                current = {kv.key[len(prefix) :].decode(): kv.value for kv in kvs}
+                apply(current)
+                async for update in self.watch_prefix(prefix, rev + 1):
+                    if update.resync:
+                        current = {}
+                    for ev in update.events:
+                        name = ev.kv.key[len(prefix) :].decode()
+                        if ev.kind == "put":
+                            current[name] = ev.kv.value
+                        else:
+                            current.pop(name, None)
+                    apply(current)
+            except grpc.aio.AioRpcError:
+                await asyncio.sleep(retry_delay)
 
     async def watch_prefix(
         self, prefix: bytes, start_revision: int, *, retry_delay: float = 0.2
@@ -301,213 +419,3 @@ class EtcdClient:
             finally:
                 call.cancel()
             await asyncio.sleep(retry_delay)
-
-
-# ------------------------------------------------------------------------------ typed store
-
-
-def compare(key: bytes, target: str, value: int) -> Any:
-    """An etcd compare `target(key) == value` (target: version, create or mod revision)."""
-    c = rpc.Compare(key=key, result=rpc.Compare.EQUAL)
-    if target == "version":
-        c.target = rpc.Compare.VERSION
-        c.version = value
-    elif target == "create":
-        c.target = rpc.Compare.CREATE
-        c.create_revision = value
-    else:
-        c.target = rpc.Compare.MOD
-        c.mod_revision = value
-    return c
-
-
-@dataclass
-class Batch:
-    """One atomic change to the store: puts, deletes and the conditions they depend on."""
-
-    puts: list[tuple[str, Message]] = field(default_factory=list)
-    deletes: list[tuple[str, str]] = field(default_factory=list)
-    name_puts: list[tuple[str, str, str]] = field(default_factory=list)
-    name_deletes: list[tuple[str, str]] = field(default_factory=list)
-    # (kind, id, expected mod revision; 0 = must not exist)
-    expect: list[tuple[str, str, int]] = field(default_factory=list)
-    # Plain keys under the prefix (path parts below it), for markers that are not objects.
-    key_puts: list[tuple[tuple[str, ...], bytes]] = field(default_factory=list)
-    key_absent: list[tuple[str, ...]] = field(default_factory=list)
-
-    def create(self, kind: str, obj: Message) -> Batch:
-        self.puts.append((kind, obj))
-        self.expect.append((kind, obj.meta.id, 0))  # type: ignore[attr-defined]
-        return self
-
-    def update(self, kind: str, obj: Message, *, check_version: bool = True) -> Batch:
-        self.puts.append((kind, obj))
-        if check_version:
-            self.expect.append((kind, obj.meta.id, obj.meta.version))  # type: ignore[attr-defined]
-        return self
-
-    def delete(self, kind: str, obj_id: str) -> Batch:
-        self.deletes.append((kind, obj_id))
-        return self
-
-    def claim_name(self, kind: str, name: str, obj_id: str) -> Batch:
-        self.name_puts.append((kind, name, obj_id))
-        return self
-
-    def release_name(self, kind: str, name: str) -> Batch:
-        self.name_deletes.append((kind, name))
-        return self
-
-    def put_key(self, parts: tuple[str, ...], value: bytes, *, must_be_new: bool = False) -> Batch:
-        """Write a plain key; with `must_be_new` the whole batch fails if it exists already."""
-        self.key_puts.append((parts, value))
-        if must_be_new:
-            self.key_absent.append(parts)
-        return self
-
-    def __len__(self) -> int:
-        return (
-            len(self.puts)
-            + len(self.deletes)
-            + len(self.name_puts)
-            + len(self.name_deletes)
-            + len(self.key_puts)
-        )
-
-
-@dataclass
-class Snapshot:
-    revision: int
-    objects: dict[str, dict[str, Message]]
-    names: dict[str, dict[str, str]]
-
-
-class Store:
-    """Typed keys over etcd; every write is one transaction fenced by the caller's leadership."""
-
-    # etcd refuses transactions of more than 128 operations by default (--max-txn-ops).
-    MAX_OPS = 120
-
-    def __init__(self, etcd: EtcdClient, prefix: str) -> None:
-        self.etcd = etcd
-        self.prefix = prefix.rstrip("/")
-        self._fence: tuple[bytes, int] | None = None
-
-    def key(self, *parts: str) -> bytes:
-        return "/".join((self.prefix, *parts)).encode()
-
-    def object_key(self, kind: str, obj_id: str) -> bytes:
-        return self.key("objects", kind, obj_id)
-
-    def name_key(self, kind: str, name: str) -> bytes:
-        return self.key("names", kind, name)
-
-    def set_fence(self, key: bytes | None, create_revision: int = 0) -> None:
-        """Every commit from now on requires `key` to still be the one created at that revision:
-        a manager that lost its leadership (lease expired, someone else elected) cannot write."""
-        self._fence = (key, create_revision) if key is not None else None
-
-    def fence_compares(self) -> list[Any]:
-        """The leadership condition every write must carry ([] when unfenced), for writers that
-        build their own transactions (the keymanager)."""
-        if self._fence is None:
-            return []
-        return [compare(self._fence[0], "create", self._fence[1])]
-
-    def decode(self, kind: str, kv: KV) -> Message:
-        obj = KINDS[kind]()
-        obj.ParseFromString(kv.value)
-        obj.meta.version = kv.mod_revision  # type: ignore[attr-defined]
-        return obj
-
-    def parse_key(self, key: bytes) -> tuple[str, ...]:
-        rest = key.decode()[len(self.prefix) + 1 :]
-        return tuple(rest.split("/", 2))
-
-    async def load(self) -> Snapshot:
-        rev, kvs = await self.etcd.get_prefix(self.key(""))
-        objects: dict[str, dict[str, Message]] = {k: {} for k in KINDS}
-        names: dict[str, dict[str, str]] = {k: {} for k in KINDS}
-        for kv in kvs:
-            parts = self.parse_key(kv.key)
-            if len(parts) == 3 and parts[0] == "objects" and parts[1] in KINDS:
-                objects[parts[1]][parts[2]] = self.decode(parts[1], kv)
-            elif len(parts) == 3 and parts[0] == "names" and parts[1] in KINDS:
-                names[parts[1]][parts[2]] = kv.value.decode()
-        return Snapshot(rev, objects, names)
-
-    async def commit(self, batch: Batch) -> int:
-        """Apply `batch` atomically; returns the new revision and stamps put objects' versions.
-
-        Raises Unavailable when this manager is no longer the leader, FailedPrecondition when an
-        expectation no longer holds (someone changed the object since it was read)."""
-        if len(batch) > self.MAX_OPS:
-            raise ValueError(f"batch of {len(batch)} operations exceeds {self.MAX_OPS}")
-        conds = []
-        if self._fence is not None:
-            conds.append(compare(self._fence[0], "create", self._fence[1]))
-        for kind, obj_id, version in batch.expect:
-            key = self.object_key(kind, obj_id)
-            conds.append(
-                compare(key, "version", 0) if version == 0 else compare(key, "mod", version)
-            )
-        for kind, name, _ in batch.name_puts:
-            conds.append(compare(self.name_key(kind, name), "version", 0))
-        for parts in batch.key_absent:
-            conds.append(compare(self.key(*parts), "version", 0))
-        ops = []
-        for kind, obj in batch.puts:
-            ops.append(
-                rpc.RequestOp(
-                    request_put=rpc.PutRequest(
-                        key=self.object_key(kind, obj.meta.id),  # type: ignore[attr-defined]
-                        value=_encode(obj),
-                    )
-                )
-            )
-        for kind, obj_id in batch.deletes:
-            ops.append(
-                rpc.RequestOp(
-                    request_delete_range=rpc.DeleteRangeRequest(key=self.object_key(kind, obj_id))
-                )
-            )
-        for kind, name, obj_id in batch.name_puts:
-            ops.append(
-                rpc.RequestOp(
-                    request_put=rpc.PutRequest(key=self.name_key(kind, name), value=obj_id.encode())
-                )
-            )
-        for kind, name in batch.name_deletes:
-            ops.append(
-                rpc.RequestOp(
-                    request_delete_range=rpc.DeleteRangeRequest(key=self.name_key(kind, name))
-                )
-            )
-        for parts, value in batch.key_puts:
-            ops.append(rpc.RequestOp(request_put=rpc.PutRequest(key=self.key(*parts), value=value)))
-        try:
-            resp = await self.etcd.txn(conds, ops)
-        except grpc.aio.AioRpcError as e:
-            raise Unavailable(f"etcd is unreachable: {e.details()}") from e
-        if not resp.succeeded:
-            if self._fence is not None:
-                cur = await self.etcd.get(self._fence[0])
-                if cur is None or cur.create_revision != self._fence[1]:
-                    raise Unavailable("this manager is no longer the leader; retry")
-            raise FailedPrecondition(
-                "the object was changed by someone else since it was read; read it again and retry"
-            )
-        rev = int(resp.header.revision)
-        for _, obj in batch.puts:
-            obj.meta.version = rev  # type: ignore[attr-defined]
-        return rev
-
-
-def _encode(obj: Message) -> bytes:
-    """Serialize without `meta.version`: it is the key's mod revision, known after the write."""
-    version = obj.meta.version  # type: ignore[attr-defined]
-    obj.meta.version = 0  # type: ignore[attr-defined]
-    try:
-        return obj.SerializeToString(deterministic=True)
-    finally:
-        obj.meta.version = version  # type: ignore[attr-defined]

@@ -1,0 +1,68 @@
+"""Building the agent's daemon with its real collaborators.
+
+`AgentDaemon` is handed everything it works with (see agent/daemon.py); this is the one place
+that chooses the real ones: the process executor, the netlink data plane, gossip discovery,
+the embedded resolver, nftables balancing and the health monitor. Tests build the daemon with
+fakes instead (tests/unit/test_daemon.py). The imports are inside the function so that
+`ovnet-agent --help` does not load pyroute2 and the rest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from agent.model import HostConfig
+
+if TYPE_CHECKING:
+    from agent.collaborators import Session
+    from agent.daemon import AgentDaemon, DaemonOptions
+    from agent.gossip import GossipTuning
+
+
+@dataclass(frozen=True)
+class Services:
+    """Settings of the daemon's network services (the command line's --gossip-*, --dns-*)."""
+
+    gossip_port: int
+    gossip_tuning: GossipTuning | None = None
+    # None: the host's resolvers; []: no forwarding at all.
+    dns_upstreams: list[tuple[str, int]] | None = None
+    dns_ttl: int = 2
+
+
+def build_daemon(
+    host: HostConfig,
+    session: Session,
+    state_dir: Path,
+    services: Services,
+    options: DaemonOptions,
+) -> AgentDaemon:
+    """The daemon with its real collaborators. Call it from the running event loop."""
+    from agent.daemon import AgentDaemon
+    from agent.dataplane.kernel import DataPlane
+    from agent.discovery import Discovery
+    from agent.dns.server import DnsServer
+    from agent.executor import ProcessExecutor
+    from agent.health import HealthMonitor
+    from agent.lb.balancer import LoadBalancer
+
+    upstreams = services.dns_upstreams
+    return AgentDaemon(
+        host,
+        session,
+        state_dir,
+        executor=ProcessExecutor(state_dir),
+        dataplane=DataPlane(host),
+        # The daemon connects their change callbacks to its own wake-up.
+        discovery=Discovery(
+            str(host.vtep), services.gossip_port, state_dir, services.gossip_tuning
+        ),
+        dns=DnsServer(
+            DnsServer.host_upstreams() if upstreams is None else upstreams, ttl=services.dns_ttl
+        ),
+        lb=LoadBalancer(host.names.lb_table),
+        health=HealthMonitor(lambda _: None),
+        options=options,
+    )

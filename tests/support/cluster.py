@@ -1,0 +1,40 @@
+"""The e2e tests' dev cluster: `ovctl dev`'s `DevCluster` plus the controls only tests use.
+
+A test crashes an agent while its tasks keep running (`kill_agent`), brings it back
+(`start_agent`), and starts its own processes in a host's namespace (`popen`), which `down()`
+then kills with everything else there. `ovctl dev` offers none of these, so they live here.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+from collections.abc import Sequence
+from typing import Any
+
+from ovctl.devcluster.cluster import DevCluster
+from ovctl.devcluster.procs import terminate_pids
+from ovctl.devcluster.shell import require_root
+
+
+class E2ECluster(DevCluster):
+    """A `DevCluster` with the test-only controls (see the module docstring)."""
+
+    def kill_agent(self, host: str) -> None:
+        """SIGKILL the host's agent only, as a crash would; its tasks keep running."""
+        self.plan.host(host)
+        terminate_pids(self._recorded_pids([f"agent-{host}"]), sig=signal.SIGKILL)
+        self._reap_children()
+
+    def start_agent(self, host: str, wait: bool = True) -> None:
+        """Start the host's agent again, with the same arguments and state dir."""
+        require_root()
+        self.plan.host(host)
+        self._start_agent(host)
+        if wait:
+            self.wait_ready([host], timeout=self.ready_timeout)
+
+    def popen(self, host: str, argv: Sequence[str], **kw: Any) -> subprocess.Popen[Any]:
+        """`subprocess.Popen` of ``argv`` in a host's (or client's) network namespace; `down()`
+        kills it if the caller did not."""
+        return subprocess.Popen(self.nsenter_argv(host, argv), **kw)
