@@ -18,7 +18,7 @@ from agent.model import DesiredState
 from proto import dispatcher_pb2 as dpb
 from proto import objects_pb2 as pb
 
-if TYPE_CHECKING:  # the kernel module pulls pyroute2 in
+if TYPE_CHECKING:  # the kernel module loads netlink and nftables code
     from agent.dataplane.kernel import ApplyResult
     from agent.session import Assignments
 

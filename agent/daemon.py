@@ -204,6 +204,7 @@ class AgentDaemon:
 
     def _on_exit(self, task_id: str, info: ExitInfo) -> None:
         self.controller.exited(task_id, info, self.clock())
+        self.logs.poke(task_id)  # its last lines go out within log_interval
         log.info("task %s exited: %s", task_id, info.error or f"exit status {info.exit_code}")
         self._wake.set()
 
@@ -542,6 +543,7 @@ class AgentDaemon:
             log.exception("task %s could not start", task_id)
             return
         self.controller.started(task_id, running.pid)
+        self.logs.poke(task_id)  # its first lines go out within log_interval
         self._watch_exit(task_id)
         log.info("started task %s (pid %d)", task_id, running.pid)
 

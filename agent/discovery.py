@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 DEFAULT_GOSSIP_PORT = 7946
 PEERS_FILE = "gossip-peers.json"
 STATUS_FILE = "gossip-status.json"
+# An unchanged status is rewritten this often, only so that its updated_ms keeps telling a
+# reader that the agent is alive (a changed one is written at once).
+STATUS_REFRESH = 30.0
 
 
 def peer_addrs(texts: Iterable[str], what: str) -> list[Addr]:
@@ -98,6 +101,11 @@ class Discovery:
         self._announced: dict[tuple[str, str], bytes] = {}
         self._decoded: dict[bytes, EndpointRecord] = {}
         self._saved_peers = b""
+        # The last status written (serialized without updated_ms) and when (monotonic).
+        self._saved_status: tuple[bytes, float] | None = None
+        # The last sync's wall-clock time, converted once per sync: converting it on every
+        # call would jitter by a millisecond and make an idle status look changed.
+        self._last_sync_ms: tuple[float, int] | None = None
         self.bad_records = 0
 
     @property
@@ -232,7 +240,10 @@ class Discovery:
             st.networks.add(network_id=net, entries=view["entries"], peers=view["peers"])
         stats = node.stats
         if stats.last_sync is not None:
-            st.last_sync_ms = int((time.time() - (time.monotonic() - stats.last_sync)) * 1000)
+            if self._last_sync_ms is None or self._last_sync_ms[0] != stats.last_sync:
+                wall = int((time.time() - (time.monotonic() - stats.last_sync)) * 1000)
+                self._last_sync_ms = (stats.last_sync, wall)
+            st.last_sync_ms = self._last_sync_ms[1]
         for reason, count in stats.dropped.items():
             st.dropped[reason] = count
         st.packets_in, st.packets_out = stats.packets_in, stats.packets_out
@@ -241,7 +252,9 @@ class Discovery:
 
     def save(self) -> None:
         """Keep the members seen alive (for a restart without managers) and a readable status
-        (for `ovnet-agent --gossip-status` while no manager can show it)."""
+        (for `ovnet-agent --gossip-status` while no manager can show it). Each file is
+        written only when its content changed (the status also every STATUS_REFRESH s, for
+        its updated_ms): an idle agent then writes nothing every few seconds."""
         if self.node is None:
             return
         peers = sorted(
@@ -250,22 +263,34 @@ class Discovery:
             if m.state in ("alive", "suspect") and m.name != self.node.name
         )
         with contextlib.suppress(OSError):
-            self.state_dir.mkdir(parents=True, exist_ok=True)
             data = json.dumps(peers).encode()
             if peers and data != self._saved_peers:
                 # Private: it tells who the cluster's members are. Durable: a restart relies on it.
-                atomic_write(self.state_dir / PEERS_FILE, data, mode=0o600, durable=True)
+                path = self.state_dir / PEERS_FILE
+                atomic_write(path, data, mode=0o600, durable=True, mkdir=True)
                 self._saved_peers = data
             st = self.status()
             if st is not None:
-                from google.protobuf import json_format
+                self._save_status(st)
 
-                atomic_write(
-                    self.state_dir / STATUS_FILE,
-                    json_format.MessageToJson(st, preserving_proto_field_name=True).encode(),
-                    mode=0o600,
-                    durable=False,  # a view for people, rewritten every few seconds
-                )
+    def _save_status(self, st: pb.GossipStatus) -> None:
+        updated_ms, st.updated_ms = st.updated_ms, 0
+        content = st.SerializeToString(deterministic=True)
+        now = time.monotonic()
+        saved = self._saved_status
+        if saved is not None and saved[0] == content and now - saved[1] < STATUS_REFRESH:
+            return
+        st.updated_ms = updated_ms
+        from google.protobuf import json_format
+
+        atomic_write(
+            self.state_dir / STATUS_FILE,
+            json_format.MessageToJson(st, preserving_proto_field_name=True).encode(),
+            mode=0o600,
+            durable=False,  # a view for people, rewritten when it changes
+            mkdir=True,
+        )
+        self._saved_status = (content, now)
 
     def _load_peers(self) -> list[Addr]:
         try:

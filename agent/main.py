@@ -200,14 +200,20 @@ def detect_vtep(managers: list[str]) -> str:
 
 def underlay_mtu(vtep: str) -> int:
     """The MTU of the interface holding the VTEP address (1500 when it cannot be found)."""
-    from pyroute2 import IPRoute
+    from agent.dataplane import nl  # not at the top: `ovnet-agent --help` needs no netlink
 
-    with IPRoute() as ipr:
-        for addr in ipr.get_addr(family=socket.AF_INET):
-            if addr.get("IFA_ADDRESS") == vtep:
-                links = ipr.get_links(addr["index"])
-                if links:
-                    return int(links[0].get("IFLA_MTU") or 1500)
+    try:
+        want = ipaddress.IPv4Address(vtep)
+    except ValueError:
+        return 1500
+    raw = nl.RawNetlink(nl.netlink_socket())
+    try:
+        for index, addrs in raw.addresses().items():
+            if any(a.ip == want for a in addrs):
+                mtu = next((lk.mtu for lk in raw.links() if lk.index == index), 0)
+                return mtu or 1500
+    finally:
+        raw.close()
     return 1500
 
 
@@ -411,8 +417,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.manager:
         print("ovnet-agent: error: --manager is required", file=sys.stderr)
         return 2
-    # Facts about the host, found before the event loop starts (pyroute2's sync API runs its
-    # own loop).
+    # Facts about the host, found before the event loop starts.
     managers = [m.strip() for m in args.manager.split(",") if m.strip()]
     try:
         for m in managers:

@@ -4,7 +4,7 @@
 that chooses the real ones: the process executor, the netlink data plane, gossip discovery,
 the embedded resolver, nftables balancing and the health monitor. Tests build the daemon with
 fakes instead (tests/unit/test_daemon.py). The imports are inside the function so that
-`ovnet-agent --help` does not load pyroute2 and the rest.
+`ovnet-agent --help` does not load netlink, nftables, gossip crypto and the rest.
 """
 
 from __future__ import annotations

@@ -30,6 +30,7 @@ import time
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
 
+from agent.dataplane import nl
 from agent.dataplane.kernel import DataPlane
 from agent.model import (
     DesiredState,
@@ -201,11 +202,15 @@ async def bench_remotes(dp: DataPlane, n: int, vteps: int) -> dict[str, object]:
 
 
 async def bench_pyroute2_gather(dp: DataPlane, n: int) -> dict[str, object]:
-    """The same requests through pyroute2 AsyncIPRoute (asyncio.gather in chunks of 500)."""
+    """The same requests through pyroute2 AsyncIPRoute (asyncio.gather in chunks of 500).
+    pyroute2 is a dev dependency only (the agent speaks rtnetlink itself: agent/dataplane/nl.py),
+    imported here, not at the top, so the rest of the benchmark does not load it."""
+    from pyroute2 import AsyncIPRoute
+
     sb = sandbox(0, False)
     await dp.reconcile(DesiredState(networks={NET.id: NET}, sandboxes={sb.task_id: sb}))
     ns = dp.names.network_ns(NET.id)
-    ipr = dp._handle(ns).ipr()
+    ipr = AsyncIPRoute(use_socket=nl.open_sockets(ns)[0])
     (link,) = await ipr.link("get", ifname="ovvx0")
     idx = link["index"]
     rem = [remote(k, 10) for k in range(n)]
@@ -219,6 +224,7 @@ async def bench_pyroute2_gather(dp: DataPlane, n: int) -> dict[str, object]:
     for lo in range(0, n, 500):
         await asyncio.gather(*(one(r) for r in rem[lo : lo + 500]))
     elapsed = time.perf_counter() - t
+    ipr.close()
     await dp.remove_all()
     return {
         "remote_endpoints": n,

@@ -1,10 +1,12 @@
 """The data plane's I/O edge: observe the kernel, apply planned ops, reconcile.
 
-`DataPlane` keeps two rtnetlink sockets per namespace it manages (made in the namespace by a
-short-lived thread, so no helper process is forked): a raw one for dumps and bulk FDB /
-neighbour programming (nl.py) and one driven by pyroute2's AsyncIPRoute for link, address and
-route changes. Handles of deleted namespaces are closed at once: an open socket would keep a
-deleted namespace, and everything in it, alive.
+`DataPlane` keeps one rtnetlink socket per namespace it manages (made in the namespace by a
+short-lived thread, so no helper process is forked), nl.RawNetlink: dumps, bulk FDB /
+neighbour programming and the link, address and route changes all go through it. Those
+requests are synchronous calls on the event loop's thread, as cheap as the send() that
+pyroute2's AsyncIPRoute used to make there (the kernel answers inside the send()); observe's
+dumps and large bulks go to a worker thread. Handles of deleted namespaces are closed at once:
+an open socket would keep a deleted namespace, and everything in it, alive.
 
 The host namespace is the one the agent runs in; tests (and the dev cluster, if it wishes) can
 point the DataPlane at a named netns instead (`host_netns`), in which case host-side sockets,
@@ -22,15 +24,12 @@ import dataclasses
 import logging
 import os
 import shutil
-import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Interface
 
-from pyroute2 import AsyncIPRoute
-
-from agent.dataplane import nl, observe
+from agent.dataplane import nl, nlmsg, observe
 from agent.dataplane.desired import allocate_gw_addresses, problems, wants_egress
 from agent.dataplane.observed import NetworkNs, Observed, SandboxNs
 from agent.dataplane.ops import (
@@ -99,28 +98,6 @@ class ApplyResult:
         return not self.failures and not self.problems
 
 
-class _Ns:
-    """Sockets into one namespace: a raw one (sync, nl.py) and a pyroute2 handle (async)."""
-
-    def __init__(self, sockets: list[socket.socket]) -> None:
-        self.raw = nl.RawNetlink(sockets[0])
-        self._spare = sockets[1]
-        self._ipr: AsyncIPRoute | None = None
-
-    def ipr(self) -> AsyncIPRoute:
-        if self._ipr is None:
-            self._ipr = AsyncIPRoute(use_socket=self._spare)
-        return self._ipr
-
-    def close(self) -> None:
-        if self._ipr is not None:
-            with contextlib.suppress(Exception):
-                self._ipr.close()
-        with contextlib.suppress(Exception):
-            self._spare.close()
-        self.raw.close()
-
-
 class DataPlane:
     """Builds and repairs the kernel objects of one host's overlay networks."""
 
@@ -128,7 +105,7 @@ class DataPlane:
         self.host = host
         self.names = host.names
         self.host_netns = host_netns
-        self._ns: dict[str | None, _Ns] = {}
+        self._ns: dict[str | None, nl.RawNetlink] = {}
         self._lock = asyncio.Lock()
         self._nft_seen: bool | None = None
         self._nft_checked = 0.0
@@ -140,10 +117,11 @@ class DataPlane:
     def sandbox_path(self, task_id: str) -> str:
         return netns_path(self.names.sandbox_ns(task_id))
 
-    def _handle(self, ns: str | None) -> _Ns:
+    def _handle(self, ns: str | None) -> nl.RawNetlink:
         h = self._ns.get(ns)
         if h is None:
-            h = _Ns(nl.open_sockets(ns if ns is not None else self.host_netns))
+            (sock,) = nl.open_sockets(ns if ns is not None else self.host_netns)
+            h = nl.RawNetlink(sock)
             self._ns[ns] = h
         return h
 
@@ -164,8 +142,8 @@ class DataPlane:
 
     async def observe(self) -> Observed:
         """A snapshot of everything with the agent's prefix (dumps run in a worker thread)."""
-        # Handles of namespaces that vanished are closed here, on the loop's thread: pyroute2
-        # keeps its transport per thread, so closing them in the worker would leak it.
+        # Handles of namespaces that vanished are closed here, before the dumps (each open
+        # socket keeps its namespace alive).
         for stale in [n for n in self._ns if n is not None and not os.path.exists(netns_path(n))]:
             self._drop(stale)
         obs = await asyncio.to_thread(self._observe_sync)
@@ -183,12 +161,12 @@ class DataPlane:
             try:
                 h = self._handle(ns)
                 if self.names.is_network_ns(ns):
-                    networks[ns] = observe.network(h.raw, self.names)
+                    networks[ns] = observe.network(h, self.names)
                 else:
-                    sandboxes[ns] = observe.sandbox(h.raw, self.names)
+                    sandboxes[ns] = observe.sandbox(h, self.names)
             except OSError as e:  # deleted meanwhile, or not a netns mount
                 log.warning("cannot observe netns %s: %s", ns, e)
-        host_links = observe.host_links(self._handle(None).raw, self.names)
+        host_links = observe.host_links(self._handle(None), self.names)
         fwd = nl.read_sysctl(self.host_netns, IP_FORWARD) == "1"
         return Observed(
             networks=networks,
@@ -297,60 +275,49 @@ class DataPlane:
     async def _apply_one(self, op: Op) -> None:
         match op:
             case CreateNetns(ns=ns):
-                socks = await asyncio.to_thread(nl.create_netns, ns, self.host_netns)
-                self._ns[ns] = _Ns(socks)
+                (sock,) = await asyncio.to_thread(nl.create_netns, ns, self.host_netns)
+                self._ns[ns] = nl.RawNetlink(sock)
             case DeleteNetns(ns=ns):
                 if self.names.is_network_ns(ns) and ns in self._ns:
                     # The kernel tears a netns down asynchronously; its VXLAN device would hold
                     # the VNI (the UDP socket is in the host ns) for a while after, so that a
                     # network re-created at once could not get it. Delete the device now.
                     with contextlib.suppress(Exception):
-                        await self._ns[ns].ipr().link("del", ifname=self.names.vxlan)
+                        self._ns[ns].call(nlmsg.link_del(self.names.vxlan))
                 self._drop(ns)
                 await asyncio.to_thread(nl.delete_netns, ns)
             case DeleteLink(ns=ns, name=name):
-                ipr = self._handle(ns).ipr()
                 try:
-                    await ipr.link("del", ifname=name)
+                    self._handle(ns).call(nlmsg.link_del(name))
                 except Exception as e:
                     if _errno(e) not in (ENODEV,):
                         raise
             case CreateBridge(ns=ns, name=name, mtu=mtu, address=addr):
-                ipr = self._handle(ns).ipr()
-                await ipr.link("add", ifname=name, kind="bridge", mtu=mtu)
-                idx = await self._index(ipr, name)
-                await ipr.addr(
-                    "add", index=idx, address=str(addr.ip), prefixlen=addr.network.prefixlen
-                )
-                await ipr.link("set", index=idx, state="up")
+                raw = self._handle(ns)
+                raw.call(nlmsg.link_add(name, "bridge", mtu))
+                idx = raw.link_index(name)
+                raw.call(nlmsg.addr(True, idx, addr))
+                raw.call(nlmsg.link_set(idx, up=True))
             case CreateVxlan():
                 await self._create_vxlan(op)
             case CreateVeth():
-                await self._create_veth(op)
+                self._create_veth(op)
             case SetLink(ns=ns, name=name, mtu=mtu, master=master, mac=mac):
-                ipr = self._handle(ns).ipr()
-                idx = await self._index(ipr, name)
-                kw: dict[str, object] = {"mtu": mtu}
-                if master is not None:
-                    kw["master"] = await self._index(ipr, master)
-                if mac is not None:
-                    kw["address"] = mac
-                await ipr.link("set", index=idx, **kw)
-                await ipr.link("set", index=idx, state="up")
+                raw = self._handle(ns)
+                idx = raw.link_index(name)
+                master_idx = raw.link_index(master) if master is not None else None
+                raw.call(nlmsg.link_set(idx, mtu=mtu, master=master_idx, mac=mac))
+                raw.call(nlmsg.link_set(idx, up=True))
             case SetAddresses(ns=ns, name=name, addresses=addrs):
-                await self._set_addresses(ns, name, addrs)
+                self._set_addresses(ns, name, addrs)
             case SetDefaultRoute(ns=ns, gateway=gw):
-                ipr = self._handle(ns).ipr()
-                if gw is None:
-                    try:
-                        await ipr.route("del", dst="0.0.0.0/0")
-                    except Exception as e:
-                        if _errno(e) not in (ESRCH, ENOENT):
-                            raise
-                else:
-                    await ipr.route("replace", dst="0.0.0.0/0", gateway=str(gw))
+                try:
+                    self._handle(ns).call(nlmsg.default_route(gw))
+                except Exception as e:
+                    if gw is not None or _errno(e) not in (ESRCH, ENOENT):
+                        raise
             case SetLoUp(ns=ns):
-                await self._handle(ns).ipr().link("set", index=1, state="up")
+                self._handle(ns).call(nlmsg.link_set(1, up=True))
             case WriteSandboxFiles(ns=ns, resolv=resolv, hosts=hosts):
                 d = self.host.etc_netns / ns
                 atomic_write(d / "resolv.conf", resolv, mkdir=True)
@@ -372,111 +339,90 @@ class DataPlane:
             case _:
                 raise TypeError(f"cannot apply {op!r}")
 
-    @staticmethod
-    async def _index(ipr: AsyncIPRoute, name: str) -> int:
-        (msg,) = await ipr.link("get", ifname=name)
-        return int(msg["index"])
-
     async def _create_vxlan(self, op: CreateVxlan) -> None:
-        host = self._handle(None).ipr()
+        """Made in the host namespace under a staging name (its UDP socket lives where it is
+        made), moved into the network's namespace, then renamed and enslaved there."""
+        host = self._handle(None)
         with contextlib.suppress(Exception):  # a staging device left by a crash
-            await host.link("del", ifname=op.staging)
+            host.call(nlmsg.link_del(op.staging))
         p = op.params
+        data = nlmsg.vxlan_data(p.vni, p.local, p.port, p.learning, p.proxy)
         for attempt in range(20):
             try:
-                await host.link(
-                    "add",
-                    ifname=op.staging,
-                    kind="vxlan",
-                    vxlan_id=p.vni,
-                    vxlan_local=str(p.local) if p.local else None,
-                    vxlan_port=p.port,
-                    vxlan_learning=int(p.learning),
-                    vxlan_proxy=int(p.proxy),
-                    mtu=op.mtu,
-                )
+                host.call(nlmsg.link_add(op.staging, "vxlan", op.mtu, data))
                 break
             except Exception as e:
                 # EEXIST: the VNI is still held by a device in a namespace being torn down.
                 if _errno(e) != EEXIST or attempt == 19:
                     raise
                 await asyncio.sleep(0.05)
-        idx = await self._index(host, op.staging)
+        idx = host.link_index(op.staging)
         fd = os.open(netns_path(op.ns), os.O_RDONLY | os.O_CLOEXEC)
         try:
-            await host.link("set", index=idx, net_ns_fd=fd)
+            host.call(nlmsg.link_set(idx, netns_fd=fd))
         except Exception:
             with contextlib.suppress(Exception):
-                await host.link("del", index=idx)
+                host.call(nlmsg.link_del(index=idx))
             raise
         finally:
             os.close(fd)
-        ipr = self._handle(op.ns).ipr()
-        idx = await self._index(ipr, op.staging)
-        master = await self._index(ipr, op.master)
-        await ipr.link("set", index=idx, ifname=op.name)
-        await ipr.link("set", index=idx, master=master, state="up")
+        raw = self._handle(op.ns)
+        idx = raw.link_index(op.staging)
+        master = raw.link_index(op.master)
+        raw.call(nlmsg.link_set(idx, name=op.name))
+        raw.call(nlmsg.link_set(idx, master=master, up=True))
 
-    async def _create_veth(self, op: CreateVeth) -> None:
-        ipr = self._handle(op.ns).ipr()
-        peer: dict[str, object] = {"ifname": op.peer_name, "mtu": op.mtu}
-        if op.peer_mac:
-            peer["address"] = op.peer_mac
+    def _create_veth(self, op: CreateVeth) -> None:
+        """The pair is made with its peer directly in `peer_ns` (named, MTU and MAC set)."""
+        raw = self._handle(op.ns)
         fd = os.open(netns_path(op.peer_ns), os.O_RDONLY | os.O_CLOEXEC)
         try:
-            peer["net_ns_fd"] = fd
-            await ipr.link("add", ifname=op.name, kind="veth", mtu=op.mtu, peer=peer)
+            peer = nlmsg.veth_peer(op.peer_name, op.mtu, op.peer_mac, fd)
+            raw.call(nlmsg.link_add(op.name, "veth", op.mtu, peer))
         finally:
             os.close(fd)
-        idx = await self._index(ipr, op.name)
-        master = await self._index(ipr, op.master)
-        await ipr.link("set", index=idx, master=master, state="up")
+        idx = raw.link_index(op.name)
+        raw.call(nlmsg.link_set(idx, master=raw.link_index(op.master), up=True))
         if op.isolated:
-            raw = self._handle(op.ns).raw
-            raw.request(lambda seq: nl.brport_isolated_msg(idx, seq))
-        inner = self._handle(op.peer_ns).ipr()
-        await inner.link("set", index=await self._index(inner, op.peer_name), state="up")
+            raw.call(nlmsg.brport_isolated(idx))
+        inner = self._handle(op.peer_ns)
+        inner.call(nlmsg.link_set(inner.link_index(op.peer_name), up=True))
 
-    async def _set_addresses(
-        self, ns: str | None, name: str, want: frozenset[IPv4Interface]
-    ) -> None:
-        ipr = self._handle(ns).ipr()
-        idx = await self._index(ipr, name)
-        have = self._handle(ns).raw.addresses().get(idx, set())
+    def _set_addresses(self, ns: str | None, name: str, want: frozenset[IPv4Interface]) -> None:
+        raw = self._handle(ns)
+        idx = raw.link_index(name)
+        have = raw.addresses().get(idx, set())
         for a in sorted(have - want):
-            await ipr.addr("del", index=idx, address=str(a.ip), prefixlen=a.network.prefixlen)
+            raw.call(nlmsg.addr(False, idx, a))
         for a in sorted(want - have):
-            await ipr.addr("add", index=idx, address=str(a.ip), prefixlen=a.network.prefixlen)
+            raw.call(nlmsg.addr(True, idx, a))
 
     async def _entries(self, ns: str, batch: Sequence[Op]) -> list[Failure]:
         """FDB/neighbour ops on one network's VXLAN device, sent in bulk on the raw socket."""
         try:
             h = self._handle(ns)
-            idx = await self._index(h.ipr(), self.names.vxlan)
+            idx = h.link_index(self.names.vxlan)
         except Exception as e:
             return [Failure(batch[0], f"{len(batch)} entries not programmed: {_error_text(e)}")]
-        rf = nl.NLM_F_REQUEST
+        rf = nlmsg.NLM_F_REQUEST
+        add_vtep = rf | nlmsg.NLM_F_CREATE | nlmsg.NLM_F_APPEND  # zero MAC: one entry per VTEP
+        add_mac = rf | nlmsg.NLM_F_CREATE | nlmsg.NLM_F_REPLACE
         msgs = []
         for op in batch:
             match op:
                 case AddFdb(mac=mac, dst=dst):
-                    flags = (
-                        rf
-                        | nl.NLM_F_CREATE
-                        | (nl.NLM_F_APPEND if mac == "00:00:00:00:00:00" else nl.NLM_F_REPLACE)
-                    )
-                    msgs.append(_msg(nl.RTM_NEWNEIGH, flags, nl.AF_BRIDGE, idx, mac, dst))
+                    flags = add_vtep if mac == "00:00:00:00:00:00" else add_mac
+                    msgs.append(_msg(nlmsg.RTM_NEWNEIGH, flags, nlmsg.AF_BRIDGE, idx, mac, dst))
                 case DelFdb(mac=mac, dst=dst):
-                    msgs.append(_msg(nl.RTM_DELNEIGH, rf, nl.AF_BRIDGE, idx, mac, dst))
+                    msgs.append(_msg(nlmsg.RTM_DELNEIGH, rf, nlmsg.AF_BRIDGE, idx, mac, dst))
                 case AddNeigh(ip=ip, mac=mac):
-                    flags = rf | nl.NLM_F_CREATE | nl.NLM_F_REPLACE
-                    msgs.append(_msg(nl.RTM_NEWNEIGH, flags, nl.AF_INET, idx, mac, ip))
+                    msgs.append(_msg(nlmsg.RTM_NEWNEIGH, add_mac, nlmsg.AF_INET, idx, mac, ip))
                 case DelNeigh(ip=ip, mac=mac):
-                    msgs.append(_msg(nl.RTM_DELNEIGH, rf, nl.AF_INET, idx, mac, ip))
+                    msgs.append(_msg(nlmsg.RTM_DELNEIGH, rf, nlmsg.AF_INET, idx, mac, ip))
         if len(msgs) > BULK_IN_THREAD:
-            errs = await asyncio.to_thread(h.raw.bulk, msgs)
+            errs = await asyncio.to_thread(h.bulk, msgs)
         else:
-            errs = h.raw.bulk(msgs)
+            errs = h.bulk(msgs)
         failures = []
         for i, err in errs:
             op = batch[i]
@@ -494,7 +440,7 @@ def _entry_ns(op: Op) -> str | None:
 
 
 def _msg(cmd: int, flags: int, family: int, idx: int, mac: str, dst: str) -> Callable[[int], bytes]:
-    return lambda seq: nl.neigh_msg(cmd, flags, family, idx, mac, dst, seq)
+    return lambda seq: nlmsg.neigh_msg(cmd, flags, family, idx, mac, dst, seq)
 
 
 def nft_ruleset(op: EnsureNft) -> str:
@@ -524,6 +470,8 @@ def _errno(e: BaseException) -> int | None:
 
 
 def _error_text(e: BaseException) -> str:
+    if isinstance(e, nl.NetlinkError):
+        return str(e)
     code = _errno(e)
     if isinstance(code, int) and code > 0:
         return nl.errno_name(code) + (f" ({e})" if str(e) else "")

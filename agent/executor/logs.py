@@ -72,6 +72,14 @@ def parse_offsets(text: str | None) -> dict[str, int]:
     return out
 
 
+def _size(path: Path) -> int | None:
+    """The file's size, None if there is no such file."""
+    try:
+        return os.stat(path).st_size
+    except FileNotFoundError:
+        return None
+
+
 class LogTailer:
     def __init__(self, state_dir: Path, *, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self.tasks_dir = Path(state_dir) / "tasks"
@@ -98,11 +106,15 @@ class LogTailer:
         has exited (exit.json present), an unterminated last line is returned too.
         """
         d = self.tasks_dir / task_id
-        final = (d / shim.EXIT_FILE).exists()
         committed = self.committed(task_id)
         reached = dict(committed)
+        # A stat first: a quiet task's files (size == what was sent) are not opened at all,
+        # and exit.json is looked for only when there is something to read. (It is looked for
+        # before reading, so that a tail read as final was really the last of the output.)
+        grown = [(s, name) for s, name in STREAMS if _size(d / name) not in (None, committed[s])]
+        final = bool(grown) and (d / shim.EXIT_FILE).exists()
         chunks: list[LogChunk] = []
-        for stream, filename in STREAMS:
+        for stream, filename in grown:
             try:
                 f = open(d / filename, "rb")  # noqa: SIM115 - closed below
             except FileNotFoundError:

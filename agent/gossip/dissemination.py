@@ -9,8 +9,12 @@ that by the node the news is about).
   instead of waiting for the next gossip tick; news arriving within eager_coalesce of the last
   push waits for the end of that pause and shares its packets.
 - Gossip ticks (every gossip_interval, to `gossip_nodes` random peers) use up the remaining
-  transmissions. The tick runs only while something is pending, so an idle node has no
-  gossip deadline at all.
+  transmissions. The tick runs only while something is pending and someone could take it (a
+  member alive, suspect or recently dead), so an idle node, and a node alone (whose own alive
+  message can never drain), has no gossip deadline at all. A tick paused for want of peers
+  resumes on its old phase when one appears: it runs exactly when it would have run had it
+  kept ticking (the skipped ticks had nobody to send to and, but for a network listing many
+  participants none of them alive, drew nothing from the rng: a simulated run is unchanged).
 - Entry broadcasts go only to participants of their network, believed alive; member news
   also goes to members recently declared dead (so a wrongly declared one refutes) and rides
   on round-robin pings and their acks (`piggyback`).
@@ -42,6 +46,9 @@ class Dissemination(Part):
         self._fresh_nets: dict[str, None] = {}
         self.exclude_next: str | None = None  # the sender of what the next flush pushes
         self._gossip_running = False
+        # When the tick paused because nobody could be gossiped to: the due time of that tick
+        # (its phase, kept when it resumes); None when it is not paused for that reason.
+        self._paused_at: float | None = None
         self._eager_at = now
         self._eager_timer = False
         self._alive_cache: tuple[int, bytes] | None = None
@@ -143,10 +150,16 @@ class Dissemination(Part):
             else:
                 self._eager_at = now + self.config.eager_coalesce
                 self._eager_push(now, {exclude} if exclude is not None else set())
-        # The gossip timer only runs while something is queued, so an idle (or left) node
-        # has no deadline at all from gossip.
-        if not self._gossip_running and self._pending():
-            self.start(now + self._rng.uniform(0, self.config.gossip_interval))
+        # The gossip timer only runs while something is queued and someone could take it,
+        # so an idle, lone (or left) node has no deadline at all from gossip. Every input
+        # ends with a flush, so the tick resumes as soon as a join, an alive message or a
+        # push-pull brings a peer.
+        if not self._gossip_running and self._pending() and self._has_peers():
+            paused_at, self._paused_at = self._paused_at, None
+            if paused_at is None:
+                self.start(now + self._rng.uniform(0, self.config.gossip_interval))
+            else:
+                self.start(self._next_phase(paused_at, now))
 
     def start(self, when: float) -> None:
         """Run the gossip tick from ``when`` on (until nothing is pending)."""
@@ -211,9 +224,32 @@ class Dissemination(Part):
     def _pending(self) -> bool:
         return bool(len(self._mq)) or any(len(q) for q in self._nq.values())
 
+    def _has_peers(self) -> bool:
+        """Could a gossip tick send anything: is any member active or recently dead?"""
+        return bool(len(self._members.active)) or bool(len(self._members.recent_dead))
+
+    def _next_phase(self, paused_at: float, now: float) -> float:
+        """The first tick time at or after ``now`` of the chain paused at ``paused_at``,
+        computed as the running tick would have (by repeated addition, so that the simulator
+        gets the very same floats)."""
+        interval = self.config.gossip_interval
+        at = paused_at + interval
+        behind = int((now - at) / interval) - 1
+        if behind > 1000:  # paused for long (a lone agent): skip most steps at once
+            at += behind * interval
+        while at < now:
+            at += interval
+        return at
+
     def _gossip_tick(self, now: float) -> None:
         if not self._pending():
             self._gossip_running = False
+            return
+        if not self._has_peers():
+            # Nobody to send to: pending news (a lone node's own alive message) cannot drain,
+            # and ticking on would only wake the driver every gossip_interval for nothing.
+            self._gossip_running = False
+            self._paused_at = now
             return
         self._timers.add(now + self.config.gossip_interval, GossipTick())
         if len(self._mq):

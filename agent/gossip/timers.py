@@ -81,7 +81,8 @@ class SuspicionDue(ProbingTimer):
 
 @dataclass(frozen=True, slots=True)
 class GossipTick(DisseminationTimer):
-    """Send pending broadcasts to random peers (runs only while something is pending)."""
+    """Send pending broadcasts to random peers (runs only while something is pending and
+    some member could take it: a lone node has none)."""
 
 
 @dataclass(frozen=True, slots=True)

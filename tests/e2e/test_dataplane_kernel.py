@@ -105,7 +105,7 @@ _loop: list[asyncio.AbstractEventLoop] = []
 
 
 def run(coro):  # type: ignore[no-untyped-def]
-    """Run on the test's loop: DataPlane's pyroute2 handles belong to the loop that made them."""
+    """Run on the test's loop: DataPlane and its handles are made and used on one loop."""
     return _loop[0].run_until_complete(asyncio.wait_for(coro, 60))
 
 

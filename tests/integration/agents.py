@@ -191,6 +191,17 @@ class AgentPool:
         for agent in self.agents:
             with contextlib.suppress(Exception):
                 agent.stop()
+
+        async def drain() -> None:
+            # Whatever an agent left behind (a daemon pass cut short, a session call) ends
+            # here, on its own loop, rather than being destroyed pending when the loop stops.
+            rest = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in rest:
+                t.cancel()
+            await asyncio.gather(*rest, return_exceptions=True)
+
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(drain(), self.loop).result(10)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
         for agent in self.agents:

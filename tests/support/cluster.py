@@ -10,15 +10,42 @@ from __future__ import annotations
 import signal
 import subprocess
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 from ovctl.devcluster.cluster import DevCluster
-from ovctl.devcluster.procs import terminate_pids
+from ovctl.devcluster.procs import tail, terminate_pids
 from ovctl.devcluster.shell import require_root
 
 
 class E2ECluster(DevCluster):
     """A `DevCluster` with the test-only controls (see the module docstring)."""
+
+    # Clusters between up() and down(): a failing test shows their daemons' last log lines
+    # (tests/e2e/conftest.py), since the logs are gone once the fixture tears the cluster down.
+    live: ClassVar[list[E2ECluster]] = []
+
+    def up(self) -> bool:
+        E2ECluster.live.append(self)
+        try:
+            return super().up()
+        except BaseException:
+            if self in E2ECluster.live:  # a failed up() may have run down() already
+                E2ECluster.live.remove(self)  # nothing of it is left to show
+            raise
+
+    def down(self) -> Any:
+        try:
+            return super().down()
+        finally:
+            if self in E2ECluster.live:
+                E2ECluster.live.remove(self)
+
+    def log_tails(self, lines: int = 30) -> str:
+        """The last ``lines`` lines of the manager's and every agent's log."""
+        parts = []
+        for daemon in ["manager", *self.hosts]:
+            parts.append(f"--- {self.prefix}{daemon} ---\n{tail(self.log_path(daemon), lines)}")
+        return "\n".join(parts)
 
     def kill_agent(self, host: str) -> None:
         """SIGKILL the host's agent only, as a crash would; its tasks keep running."""

@@ -97,6 +97,16 @@ def test_shuffled_answers_rotate_through_the_cache() -> None:
     }
 
 
+def test_every_record_comes_first_in_turn_even_with_two() -> None:
+    # Independent shuffles could all put one record first (1 in 128 with two records and 8
+    # orders); the cache keeps distinct orders, so each of the two leads every other answer.
+    for _ in range(50):
+        s = server(RR_TASKS[:2])
+        firsts = [addrs(ask(s, "rr"))[0] for _ in range(4)]
+        assert set(firsts) == {"10.0.1.1", "10.0.1.2"}
+        assert firsts[0] != firsts[1] and firsts[:2] == firsts[2:]
+
+
 def test_update_is_cheap_when_unchanged_and_invalidates_caches_when_changed() -> None:
     s = server()
     assert addrs(ask(s, "web")) == ["10.0.0.2"]

@@ -3,12 +3,17 @@ by the agent while no manager is reachable, and the assignment set kept on disk.
 
 from __future__ import annotations
 
+import json
+import random
+from pathlib import Path
+
 import pytest
 
+from agent import discovery
 from agent.controller import Local, Sandbox, decide
-from agent.discovery import peer_addrs, tuning_from_options
+from agent.discovery import Discovery, peer_addrs, tuning_from_options
 from agent.endpoints import BadRecord, EndpointRecord, local_records, remotes
-from agent.gossip import GossipTuning
+from agent.gossip import GossipNode, GossipTuning, Keyring
 from agent.session import Assignments
 from proto import dispatcher_pb2 as dpb
 from proto import objects_pb2 as pb
@@ -177,6 +182,29 @@ def test_assignment_snapshot_round_trips() -> None:
         a.gossip,
         7,
     )
+
+
+def test_gossip_status_file_is_rewritten_only_when_it_changed(tmp_path: Path) -> None:
+    d = Discovery("198.51.100.1", 7946, tmp_path)
+    node = GossipNode(
+        "n1", ("198.51.100.1", 7946), Keyring([bytes(32)]), d.config, random.Random(1), 0.0
+    )
+    d.node = node
+    d.save()
+    path = tmp_path / discovery.STATUS_FILE
+    first = path.stat().st_ino
+    assert json.loads(path.read_text())["members"][0]["node_id"] == "n1"
+    d.save()  # nothing changed but the time: not written again
+    assert path.stat().st_ino == first
+    node.join_network(0.0, "net")  # changed: written at once
+    d.save()
+    second = path.stat().st_ino
+    assert second != first and json.loads(path.read_text())["networks"][0]["network_id"] == "net"
+    saved = d._saved_status
+    assert saved is not None
+    d._saved_status = (saved[0], saved[1] - discovery.STATUS_REFRESH)  # an old write
+    d.save()  # unchanged, but its updated_ms is refreshed now and then
+    assert path.stat().st_ino != second
 
 
 def test_gossip_options_and_addresses() -> None:

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
+import pytest
+
+from agent.executor import logs
 from agent.executor.logs import LogTailer, parse_offsets, split_lines
 
 
@@ -119,6 +123,28 @@ def test_truncated_log_starts_over(tmp_path: Path) -> None:
     tailer.commit("t1")
     (d / "stdout.log").write_bytes(b"c\n")
     assert [c.data for c in tailer.read_new("t1")] == [b"c\n"]
+
+
+def test_quiet_logs_are_not_opened(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    d = _task(tmp_path)
+    (d / "stdout.log").write_bytes(b"a\n")
+    (d / "stderr.log").write_bytes(b"")
+    tailer = LogTailer(tmp_path)
+    assert [c.data for c in tailer.read_new("t1")] == [b"a\n"]
+    tailer.commit("t1")
+    opened: list[Any] = []
+
+    def spy(path: Any, *args: Any) -> Any:
+        opened.append(path)
+        return open(path, *args)
+
+    monkeypatch.setattr(logs, "open", spy, raising=False)
+    assert tailer.read_new("t1") == []  # sizes equal the committed offsets: nothing opened
+    assert opened == []
+    with open(d / "stderr.log", "ab") as f:
+        f.write(b"b\n")
+    assert [c.data for c in tailer.read_new("t1")] == [b"b\n"]
+    assert opened == [d / "stderr.log"]
 
 
 def test_missing_task_gives_nothing(tmp_path: Path) -> None:

@@ -729,6 +729,49 @@ def test_idle_cluster_sends_only_probes() -> None:
     assert names
 
 
+def _count_ticks(node: GossipNode) -> list[float]:
+    """Record the times the driver runs ``node``'s timers (each is a wake-up of its loop)."""
+    times: list[float] = []
+    tick = node.tick
+
+    def counting(now: float) -> None:
+        times.append(now)
+        tick(now)
+
+    node.tick = counting  # type: ignore[method-assign]
+    return times
+
+
+def test_lone_node_pauses_gossip_ticks_until_a_peer_appears() -> None:
+    # Alone, its own alive message stays pending (there is nobody to send it to): the gossip
+    # tick (every 0.2 s) must not run for that, only the probe tick (1 s) and the rare syncs.
+    net = Net(seed=23)
+    net.add("n0").join_network(net.now, "net")
+    net._drain("n0")
+    net.run(1.0)
+    ticks = _count_ticks(net.nodes["n0"])
+    net.run(10.0)
+    assert net.nodes["n0"].status(net.now)["pending_broadcasts"] > 0
+    assert len(ticks) <= 13, ticks  # 10 probe ticks, a reconnect and a push-pull tick
+    # A peer joins: gossip resumes on n0 and its pending news goes out.
+    net.add("n1")
+    net.call("n1", lambda n: n.join(net.now, [net.nodes["n0"].addr]))
+    joined = net.now
+    assert net.run_until_true(net.converged, 5.0), net.views()
+    net.run(1.0)
+    # Gossip ticks ran (0.2 s apart; the probe tick alone would be one per second).
+    assert sum(1 for t in ticks if joined < t <= joined + 0.5) >= 2, ticks
+    assert net.run_until_true(
+        lambda: net.nodes["n0"].status(net.now)["pending_broadcasts"] == 0, 5.0
+    )
+    # Alone again once the peer is gone for good: the ticks stop again.
+    net.kill("n1")
+    net.run(60.0)
+    del ticks[:]
+    net.run(10.0)
+    assert len(ticks) <= 13, ticks
+
+
 def test_status_is_json_and_complete() -> None:
     net = Net(seed=20)
     net.cluster(3)
