@@ -7,11 +7,13 @@ then kills with everything else there. `ovctl dev` offers none of these, so they
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import subprocess
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
+from agent.discovery import PEERS_FILE, STATUS_FILE
 from ovctl.devcluster.cluster import DevCluster
 from ovctl.devcluster.procs import tail, terminate_pids
 from ovctl.devcluster.shell import require_root
@@ -40,11 +42,17 @@ class E2ECluster(DevCluster):
             if self in E2ECluster.live:
                 E2ECluster.live.remove(self)
 
-    def log_tails(self, lines: int = 30) -> str:
-        """The last ``lines`` lines of the manager's and every agent's log."""
+    def log_tails(self, lines: int = 120) -> str:
+        """The last ``lines`` lines of the manager's and every agent's log, and each agent's
+        last saved gossip peers and status (what it believed when the test gave up: a host
+        that never relearned its endpoints shows here whether it knew any members)."""
         parts = []
         for daemon in ["manager", *self.hosts]:
             parts.append(f"--- {self.prefix}{daemon} ---\n{tail(self.log_path(daemon), lines)}")
+            for name in (PEERS_FILE, STATUS_FILE):
+                path = self.state_dir / daemon / name
+                with contextlib.suppress(OSError):
+                    parts.append(f"--- {self.prefix}{daemon} {name} ---\n{path.read_text()}")
         return "\n".join(parts)
 
     def kill_agent(self, host: str) -> None:
