@@ -49,10 +49,11 @@ class E2ECluster(DevCluster):
         parts = []
         for daemon in ["manager", *self.hosts]:
             parts.append(f"--- {self.prefix}{daemon} ---\n{tail(self.log_path(daemon), lines)}")
+        for host in self.hosts:  # an agent's state dir is <state dir>/<host> (plan.py)
             for name in (PEERS_FILE, STATUS_FILE):
-                path = self.state_dir / daemon / name
                 with contextlib.suppress(OSError):
-                    parts.append(f"--- {self.prefix}{daemon} {name} ---\n{path.read_text()}")
+                    text = (self.state_dir / host / name).read_text()
+                    parts.append(f"--- {self.prefix}{host} {name} ---\n{text}")
         return "\n".join(parts)
 
     def kill_agent(self, host: str) -> None:
