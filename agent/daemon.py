@@ -249,6 +249,14 @@ class AgentDaemon:
                 self._wake.clear()
                 try:
                     await self.step()
+                except asyncio.CancelledError:
+                    current = asyncio.current_task()
+                    if current is None or current.cancelling():
+                        raise
+                    # Something the pass awaited was cancelled under it (a gRPC call whose
+                    # channel closed): a bug to fix where it happens, never the agent's end.
+                    log.exception("agent pass interrupted by a cancelled call (retrying)")
+                    await asyncio.sleep(0.5)
                 except Exception:
                     log.exception("agent pass failed (retrying)")
                     await asyncio.sleep(0.5)

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from agent.model import DEFAULT_GWBRIDGE_SUBNET, DEFAULT_VXLAN_PORT, HostConfig, Names
 from agent.session import AgentSession
+from osutil import stackdump
 from osutil.backoff import Backoff
 from osutil.failover import Rotation
 from osutil.hostport import next_port, split_hostport
@@ -336,18 +337,30 @@ async def run(args: argparse.Namespace) -> int:
         host.underlay_mtu,
         host.names.prefix,
     )
-    runners = [asyncio.create_task(session.run()), asyncio.create_task(daemon.run())]
+    runners = [
+        asyncio.create_task(session.run(), name="session"),
+        asyncio.create_task(daemon.run(), name="daemon"),
+    ]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    stackdump.install(loop)
     waiter = asyncio.create_task(stop.wait())
     done, _ = await asyncio.wait([*runners, waiter], return_when=asyncio.FIRST_COMPLETED)
     for r in runners:
         r.cancel()
+    # Let each let go (the daemon closes its sockets and saves its gossip view).
+    await asyncio.wait(runners, timeout=10)
     for r in runners:
-        if r in done and not r.cancelled() and (exc := r.exception()) is not None:
+        if r not in done:
+            continue
+        if not r.cancelled() and (exc := r.exception()) is not None:
             raise exc
+        # Both loops run until cancelled: one that ended by itself is a bug. Say so and fail,
+        # so that systemd (Restart=on-failure) starts a fresh agent, which adopts the tasks.
+        log.error("the agent's %s loop ended by itself: exiting", r.get_name())
+        return 1
     return 0
     # Tasks keep running when the agent stops (as with Docker's live restore): a restarted
     # agent adopts them. `--cleanup` is the way to remove everything.

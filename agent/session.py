@@ -386,27 +386,46 @@ class AgentSession:
                 log.warning("heartbeat failed: %s %s", e.code().name, e.details())
 
     async def report(self, updates: Sequence[dpb.TaskStatusUpdate]) -> None:
-        """Send task states; raises grpc.aio.AioRpcError when no session is up (the caller keeps
-        the states and sends them again once `connected` is set)."""
-        if self._stub is None:
-            raise ConnectionError("no session with a manager")
-        await self._stub.UpdateTaskStatus(
-            dpb.UpdateTaskStatusRequest(
-                node_id=self.node_id, session_id=self.session_id, updates=list(updates)
-            ),
-            timeout=10,
+        """Send task states; raises grpc.aio.AioRpcError or ConnectionError when no session is
+        up (the caller keeps the states and sends them again once `connected` is set)."""
+        stub = self._session_stub()
+        await _unless_closed(
+            stub.UpdateTaskStatus(
+                dpb.UpdateTaskStatusRequest(
+                    node_id=self.node_id, session_id=self.session_id, updates=list(updates)
+                ),
+                timeout=10,
+            )
         )
 
     async def publish_logs(self, lines: Sequence[dpb.PublishLogsMessage]) -> None:
-        if self._stub is None:
-            raise ConnectionError("no session with a manager")
+        """Send task output; raises as `report` does."""
+        stub = self._session_stub()
         msgs = []
         for line in lines:
             m = dpb.PublishLogsMessage()
             m.CopyFrom(line)
             m.node_id, m.session_id = self.node_id, self.session_id
             msgs.append(m)
-        await self._stub.PublishLogs(iter(msgs), timeout=10)
+        await _unless_closed(stub.PublishLogs(iter(msgs), timeout=10))
+
+    def _session_stub(self) -> dispatcher_pb2_grpc.DispatcherStub:
+        if self._stub is None:
+            raise ConnectionError("no session with a manager")
+        return self._stub
+
+
+async def _unless_closed(call: Awaitable[object]) -> None:
+    """Await a call made for another task (the daemon's reports, its logs) on the session's
+    channel. When the session closes that channel (its manager went away) grpc cancels the
+    call, and the caller sees asyncio.CancelledError as if it had been cancelled itself: left
+    so, it would end the daemon's loop. It is a lost connection, and is said so."""
+    try:
+        await call
+    except asyncio.CancelledError:
+        if _task_cancelled():
+            raise
+        raise ConnectionError("the session with the manager closed during the call") from None
 
 
 def _task_cancelled() -> bool:

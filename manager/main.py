@@ -34,6 +34,7 @@ from manager.cluster import ManagerConfig
 from manager.server import TLS_DIRNAME, Manager, ServerOptions
 from manager.store import Store
 from manager.store.etcd import EtcdClient, EtcdTLS
+from osutil import stackdump
 from osutil.files import atomic_write
 from osutil.hostport import normalize_hostport, split_hostport
 from security import pki
@@ -321,6 +322,7 @@ async def serve(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    stackdump.install(loop)
     try:
         await mgr.start()
     except BaseException:

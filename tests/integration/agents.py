@@ -109,7 +109,9 @@ class ScriptedAgent:
 
         async def end() -> None:
             self.fakes.executor.exit(task_id, code)
-            while self.reported.get(task_id, 0) < pb.TASK_STATE_COMPLETE:
+            # Reported, or already forgotten: once the manager took the end it drops the task
+            # from the assignment set and the daemon forgets it, possibly between two polls.
+            while self.reported.get(task_id, pb.TASK_STATE_COMPLETE) < pb.TASK_STATE_COMPLETE:
                 await asyncio.sleep(0.02)
 
         run_sync(self.loop, asyncio.wait_for(end(), 20))

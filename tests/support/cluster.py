@@ -8,12 +8,15 @@ then kills with everything else there. `ovctl dev` offers none of these, so they
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import subprocess
+import time
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from agent.discovery import PEERS_FILE, STATUS_FILE
+from osutil.proc import pid_alive
 from ovctl.devcluster.cluster import DevCluster
 from ovctl.devcluster.procs import tail, terminate_pids
 from ovctl.devcluster.shell import require_root
@@ -42,10 +45,11 @@ class E2ECluster(DevCluster):
             if self in E2ECluster.live:
                 E2ECluster.live.remove(self)
 
-    def log_tails(self, lines: int = 120) -> str:
+    def log_tails(self, lines: int = 300) -> str:
         """The last ``lines`` lines of the manager's and every agent's log, and each agent's
         last saved gossip peers and status (what it believed when the test gave up: a host
         that never relearned its endpoints shows here whether it knew any members)."""
+        self._dump_stacks()
         parts = []
         for daemon in ["manager", *self.hosts]:
             parts.append(f"--- {self.prefix}{daemon} ---\n{tail(self.log_path(daemon), lines)}")
@@ -55,6 +59,19 @@ class E2ECluster(DevCluster):
                     text = (self.state_dir / host / name).read_text()
                     parts.append(f"--- {self.prefix}{host} {name} ---\n{text}")
         return "\n".join(parts)
+
+    def _dump_stacks(self) -> None:
+        """Have every live daemon log where its threads and tasks wait (SIGUSR1,
+        osutil/stackdump.py): a daemon alive but stuck shows which await holds it."""
+        keys = ["manager", *(f"agent-{h}" for h in self.hosts)]
+        sent = False
+        for pid, start in self._recorded_pids(keys).items():
+            if pid_alive(pid, start):
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGUSR1)
+                    sent = True
+        if sent:
+            time.sleep(0.5)  # each writes its dump from its event loop
 
     def kill_agent(self, host: str) -> None:
         """SIGKILL the host's agent only, as a crash would; its tasks keep running."""

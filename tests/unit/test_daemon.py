@@ -377,3 +377,39 @@ def test_wiring_hands_the_daemon_the_real_collaborators(tmp_path: Path) -> None:
         assert daemon.discovery.on_change is not None
 
     run(go())
+
+
+def test_a_call_cancelled_under_a_pass_does_not_end_the_agent(tmp_path: Path) -> None:
+    """A gRPC call whose channel closes mid-way raises CancelledError in its caller, though
+    nobody cancelled the caller. A pass hit by one is retried; the daemon's loop goes on (it
+    used to end quietly, leaving a restarted agent that never converged)."""
+
+    async def go() -> None:
+        rig = Rig(tmp_path)
+        rig.service()
+        rig.assign()
+        real = rig.session.report
+        calls = 0
+
+        async def report_once_cancelled(updates: Any) -> None:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                raise asyncio.CancelledError
+            await real(updates)
+
+        rig.session.report = report_once_cancelled  # type: ignore[method-assign]
+        runner = asyncio.create_task(rig.daemon.run())
+        assert rig.session.on_assignments is not None
+        await rig.session.on_assignments(rig.session.assignments)
+        for _ in range(300):
+            await asyncio.sleep(0.01)
+            if rig.session.states("t1"):
+                break
+        assert not runner.done(), "the daemon's loop ended"
+        assert calls >= 2 and rig.session.last("t1").state == RUN
+        runner.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await runner
+
+    run(go())
