@@ -184,6 +184,10 @@ class AgentSession:
             finally:
                 self.connected.clear()
                 await self._close()
+            if _task_cancelled():
+                # Cancelled while grpc was closing the channel, which may swallow the
+                # CancelledError: without this check the loop would go on forever.
+                raise asyncio.CancelledError
             # Named the leader: go there at once, and back off from the start if it fails.
             await asyncio.sleep(LEADER_REDIRECT_S if redirect else backoff.next())
 

@@ -10,7 +10,9 @@ an open socket would keep a deleted namespace, and everything in it, alive.
 
 The host namespace is the one the agent runs in; tests (and the dev cluster, if it wishes) can
 point the DataPlane at a named netns instead (`host_netns`), in which case host-side sockets,
-sysctls and `nft` are entered there.
+sysctls and the nftables context are made there. The gateway bridge's masquerade table goes
+through the same in-process libnftables binding as the balancers (agent/lb/nft.py): no `nft`
+process is started.
 
 Turning dumps into the planner's records is observe.py; this module keeps the handles, the
 order of applying and the netlink calls of each op.
@@ -29,32 +31,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Interface
 
-from agent.dataplane import nl, nlmsg, observe
+from agent.dataplane import nl, nlmsg, observe, ops
 from agent.dataplane.desired import allocate_gw_addresses, problems, wants_egress
 from agent.dataplane.observed import NetworkNs, Observed, SandboxNs
-from agent.dataplane.ops import (
-    AddFdb,
-    AddNeigh,
-    CreateBridge,
-    CreateNetns,
-    CreateVeth,
-    CreateVxlan,
-    DeleteLink,
-    DeleteNetns,
-    DeleteNft,
-    DelFdb,
-    DelNeigh,
-    EnsureNft,
-    Op,
-    RemoveSandboxFiles,
-    SetAddresses,
-    SetDefaultRoute,
-    SetIpForward,
-    SetLink,
-    SetLoUp,
-    WriteSandboxFiles,
-)
 from agent.dataplane.plan import plan
+from agent.lb.nft import Nft, NftError
 from agent.model import DesiredState, HostConfig
 from osutil.files import atomic_write
 from osutil.netns import netns_path
@@ -63,7 +44,8 @@ log = logging.getLogger(__name__)
 
 IP_FORWARD = "/proc/sys/net/ipv4/ip_forward"
 ENODEV, ENOENT, ESRCH, EEXIST = 19, 2, 3, 17
-# Re-check the nftables table (a process start) at most this often on a no-op reconcile.
+# Re-check the nftables table (a listing of it) at most this often on a no-op reconcile:
+# idle passes stay cheap, and a table someone deleted comes back within this time.
 NFT_RECHECK_S = 30.0
 BULK_IN_THREAD = 256
 
@@ -72,7 +54,7 @@ BULK_IN_THREAD = 256
 class Failure:
     """An op that failed, in words, with whom it affects."""
 
-    op: Op
+    op: ops.Op
     error: str
 
     @property
@@ -108,6 +90,7 @@ class DataPlane:
         self._ns: dict[str | None, nl.RawNetlink] = {}
         self._lock = asyncio.Lock()
         self._nft_seen: bool | None = None
+        self._nft_ctx: Nft | None = None  # made on first use (see `_nft`)
         self._nft_checked = 0.0
         # Each egress sandbox's gwbridge address as of the last reconcile (task ID -> IP).
         self.gw_addresses: dict[str, str] = {}
@@ -134,6 +117,9 @@ class DataPlane:
         for h in self._ns.values():
             h.close()
         self._ns.clear()
+        if self._nft_ctx is not None:
+            self._nft_ctx.close()
+            self._nft_ctx = None
 
     def _ours(self, ns: str) -> bool:
         return self.names.is_network_ns(ns) or self.names.is_sandbox_ns(ns)
@@ -177,40 +163,42 @@ class DataPlane:
         )
 
     async def _nft_present(self) -> bool:
-        rc, _ = await self._nft(["list", "table", "ip", self.names.nft_table])
-        return rc == 0
+        return await self._nft(f"list table ip {self.names.nft_table}") is None
 
-    async def _nft(self, args: list[str], stdin: str | None = None) -> tuple[int, str]:
-        argv = ["nft", *args]
-        if self.host_netns is not None:
-            argv = ["nsenter", f"--net={netns_path(self.host_netns)}", *argv]
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        _, err = await proc.communicate(stdin.encode() if stdin is not None else None)
-        return proc.returncode or 0, err.decode().strip()
+    async def _nft(self, script: str) -> str | None:
+        """Run an nft script in the host's namespace through the in-process libnftables
+        binding the balancers use (agent/lb/nft.py); None if it went through, else nft's
+        error text."""
+        if self._nft_ctx is None or not self._nft_ctx.alive():
+            if self._nft_ctx is not None:
+                self._nft_ctx.close()
+            self._nft_ctx = None
+            # Made in a thread: the context is created inside the namespace it acts in.
+            self._nft_ctx = await asyncio.to_thread(Nft, self.host_netns)
+        try:
+            await self._nft_ctx.arun(script)
+        except NftError as e:
+            return str(e)
+        return None
 
     # ---------------------------------------------------------------- apply
 
-    async def apply(self, ops: Sequence[Op]) -> ApplyResult:
-        """Apply ops in order; a failure is recorded and the ops that depend on a namespace
-        that could not be made are skipped, the rest go on. Runs of FDB/neighbour ops on one
-        network are sent in bulk."""
+    async def apply(self, todo: Sequence[ops.Op]) -> ApplyResult:
+        """Apply the ops `todo` in order; a failure is recorded and the ops that depend on a
+        namespace that could not be made are skipped, the rest go on. Runs of FDB/neighbour
+        ops on one network are sent in bulk."""
         t0 = time.perf_counter()
-        result = ApplyResult(ops=len(ops))
+        result = ApplyResult(ops=len(todo))
         broken: set[str] = set()
         i = 0
-        while i < len(ops):
-            op = ops[i]
+        while i < len(todo):
+            op = todo[i]
             entry_ns = _entry_ns(op)
             if entry_ns is not None:
                 j = i + 1
-                while j < len(ops) and _entry_ns(ops[j]) == entry_ns:
+                while j < len(todo) and _entry_ns(todo[j]) == entry_ns:
                     j += 1
-                batch = ops[i:j]
+                batch = todo[i:j]
                 if entry_ns in broken:
                     result.failures.append(
                         Failure(op, f"skipped {len(batch)} entries: netns broken")
@@ -225,7 +213,7 @@ class DataPlane:
             deps = {
                 n for n in (getattr(op, "ns", None), getattr(op, "peer_ns", None)) if n is not None
             }
-            if deps & broken and not isinstance(op, DeleteNetns):
+            if deps & broken and not isinstance(op, ops.DeleteNetns):
                 msg = f"skipped: netns {', '.join(sorted(deps & broken))} could not be made"
                 result.failures.append(Failure(op, msg))
                 continue
@@ -236,7 +224,7 @@ class DataPlane:
                 msg = _error_text(e)
                 log.warning("%s: %s failed: %s", op.owner, op.describe(), msg)
                 result.failures.append(Failure(op, msg))
-                if isinstance(op, CreateNetns):
+                if isinstance(op, ops.CreateNetns):
                     broken.add(op.ns)
         result.seconds = time.perf_counter() - t0
         return result
@@ -246,13 +234,13 @@ class DataPlane:
         async with self._lock:
             t0 = time.perf_counter()
             observed = await self.observe()
-            ops = plan(self.host, desired, observed)
+            todo = plan(self.host, desired, observed)
             # The same choice plan() made: what load balancing DNATs host-mode ports to.
             egress = [t for t, sb in desired.sandboxes.items() if wants_egress(desired, sb)]
             self.gw_addresses = {
                 t: str(a.ip) for t, a in allocate_gw_addresses(self.host, egress, observed).items()
             }
-            result = await self.apply(ops) if ops else ApplyResult()
+            result = await self.apply(todo) if todo else ApplyResult()
             result.problems = problems(desired)
             result.seconds = time.perf_counter() - t0
             return result
@@ -269,15 +257,15 @@ class DataPlane:
                     self._drop(ns)
                     nl.delete_netns(ns)
             if await self._nft_present():
-                await self._nft(["delete", "table", "ip", self.names.nft_table])
+                await self._nft(f"delete table ip {self.names.nft_table}")
             self._nft_seen = False
 
-    async def _apply_one(self, op: Op) -> None:
+    async def _apply_one(self, op: ops.Op) -> None:
         match op:
-            case CreateNetns(ns=ns):
+            case ops.CreateNetns(ns=ns):
                 (sock,) = await asyncio.to_thread(nl.create_netns, ns, self.host_netns)
                 self._ns[ns] = nl.RawNetlink(sock)
-            case DeleteNetns(ns=ns):
+            case ops.DeleteNetns(ns=ns):
                 if self.names.is_network_ns(ns) and ns in self._ns:
                     # The kernel tears a netns down asynchronously; its VXLAN device would hold
                     # the VNI (the UDP socket is in the host ns) for a while after, so that a
@@ -286,60 +274,60 @@ class DataPlane:
                         self._ns[ns].call(nlmsg.link_del(self.names.vxlan))
                 self._drop(ns)
                 await asyncio.to_thread(nl.delete_netns, ns)
-            case DeleteLink(ns=ns, name=name):
+            case ops.DeleteLink(ns=ns, name=name):
                 try:
                     self._handle(ns).call(nlmsg.link_del(name))
                 except Exception as e:
                     if _errno(e) not in (ENODEV,):
                         raise
-            case CreateBridge(ns=ns, name=name, mtu=mtu, address=addr):
+            case ops.CreateBridge(ns=ns, name=name, mtu=mtu, address=addr):
                 raw = self._handle(ns)
                 raw.call(nlmsg.link_add(name, "bridge", mtu))
                 idx = raw.link_index(name)
                 raw.call(nlmsg.addr(True, idx, addr))
                 raw.call(nlmsg.link_set(idx, up=True))
-            case CreateVxlan():
+            case ops.CreateVxlan():
                 await self._create_vxlan(op)
-            case CreateVeth():
+            case ops.CreateVeth():
                 self._create_veth(op)
-            case SetLink(ns=ns, name=name, mtu=mtu, master=master, mac=mac):
+            case ops.SetLink(ns=ns, name=name, mtu=mtu, master=master, mac=mac):
                 raw = self._handle(ns)
                 idx = raw.link_index(name)
                 master_idx = raw.link_index(master) if master is not None else None
                 raw.call(nlmsg.link_set(idx, mtu=mtu, master=master_idx, mac=mac))
                 raw.call(nlmsg.link_set(idx, up=True))
-            case SetAddresses(ns=ns, name=name, addresses=addrs):
+            case ops.SetAddresses(ns=ns, name=name, addresses=addrs):
                 self._set_addresses(ns, name, addrs)
-            case SetDefaultRoute(ns=ns, gateway=gw):
+            case ops.SetDefaultRoute(ns=ns, gateway=gw):
                 try:
                     self._handle(ns).call(nlmsg.default_route(gw))
                 except Exception as e:
                     if gw is not None or _errno(e) not in (ESRCH, ENOENT):
                         raise
-            case SetLoUp(ns=ns):
+            case ops.SetLoUp(ns=ns):
                 self._handle(ns).call(nlmsg.link_set(1, up=True))
-            case WriteSandboxFiles(ns=ns, resolv=resolv, hosts=hosts):
+            case ops.WriteSandboxFiles(ns=ns, resolv=resolv, hosts=hosts):
                 d = self.host.etc_netns / ns
                 atomic_write(d / "resolv.conf", resolv, mkdir=True)
                 atomic_write(d / "hosts", hosts)
-            case RemoveSandboxFiles(ns=ns):
+            case ops.RemoveSandboxFiles(ns=ns):
                 shutil.rmtree(self.host.etc_netns / ns, ignore_errors=True)
-            case EnsureNft():
-                rc, err = await self._nft(["-f", "-"], stdin=nft_ruleset(op))
-                if rc != 0:
-                    raise RuntimeError(f"nft -f: {err}")
+            case ops.EnsureNft():
+                err = await self._nft(nft_ruleset(op))
+                if err is not None:
+                    raise RuntimeError(f"nft: {err}")
                 self._nft_seen = True
-            case DeleteNft(table=table):
-                rc, err = await self._nft(["delete", "table", "ip", table])
+            case ops.DeleteNft(table=table):
+                err = await self._nft(f"delete table ip {table}")
                 self._nft_seen = False
-                if rc != 0 and "No such file" not in err:
+                if err is not None and "No such file" not in err:
                     raise RuntimeError(f"nft delete table: {err}")
-            case SetIpForward():
+            case ops.SetIpForward():
                 await asyncio.to_thread(nl.write_sysctl, self.host_netns, IP_FORWARD, "1")
             case _:
                 raise TypeError(f"cannot apply {op!r}")
 
-    async def _create_vxlan(self, op: CreateVxlan) -> None:
+    async def _create_vxlan(self, op: ops.CreateVxlan) -> None:
         """Made in the host namespace under a staging name (its UDP socket lives where it is
         made), moved into the network's namespace, then renamed and enslaved there."""
         host = self._handle(None)
@@ -372,7 +360,7 @@ class DataPlane:
         raw.call(nlmsg.link_set(idx, name=op.name))
         raw.call(nlmsg.link_set(idx, master=master, up=True))
 
-    def _create_veth(self, op: CreateVeth) -> None:
+    def _create_veth(self, op: ops.CreateVeth) -> None:
         """The pair is made with its peer directly in `peer_ns` (named, MTU and MAC set)."""
         raw = self._handle(op.ns)
         fd = os.open(netns_path(op.peer_ns), os.O_RDONLY | os.O_CLOEXEC)
@@ -397,7 +385,7 @@ class DataPlane:
         for a in sorted(want - have):
             raw.call(nlmsg.addr(True, idx, a))
 
-    async def _entries(self, ns: str, batch: Sequence[Op]) -> list[Failure]:
+    async def _entries(self, ns: str, batch: Sequence[ops.Op]) -> list[Failure]:
         """FDB/neighbour ops on one network's VXLAN device, sent in bulk on the raw socket."""
         try:
             h = self._handle(ns)
@@ -410,14 +398,14 @@ class DataPlane:
         msgs = []
         for op in batch:
             match op:
-                case AddFdb(mac=mac, dst=dst):
+                case ops.AddFdb(mac=mac, dst=dst):
                     flags = add_vtep if mac == "00:00:00:00:00:00" else add_mac
                     msgs.append(_msg(nlmsg.RTM_NEWNEIGH, flags, nlmsg.AF_BRIDGE, idx, mac, dst))
-                case DelFdb(mac=mac, dst=dst):
+                case ops.DelFdb(mac=mac, dst=dst):
                     msgs.append(_msg(nlmsg.RTM_DELNEIGH, rf, nlmsg.AF_BRIDGE, idx, mac, dst))
-                case AddNeigh(ip=ip, mac=mac):
+                case ops.AddNeigh(ip=ip, mac=mac):
                     msgs.append(_msg(nlmsg.RTM_NEWNEIGH, add_mac, nlmsg.AF_INET, idx, mac, ip))
-                case DelNeigh(ip=ip, mac=mac):
+                case ops.DelNeigh(ip=ip, mac=mac):
                     msgs.append(_msg(nlmsg.RTM_DELNEIGH, rf, nlmsg.AF_INET, idx, mac, ip))
         if len(msgs) > BULK_IN_THREAD:
             errs = await asyncio.to_thread(h.bulk, msgs)
@@ -426,15 +414,15 @@ class DataPlane:
         failures = []
         for i, err in errs:
             op = batch[i]
-            if isinstance(op, DelFdb | DelNeigh) and err in (ENOENT, ENODEV):
+            if isinstance(op, ops.DelFdb | ops.DelNeigh) and err in (ENOENT, ENODEV):
                 continue
             failures.append(Failure(op, nl.errno_name(err)))
         return failures
 
 
-def _entry_ns(op: Op) -> str | None:
+def _entry_ns(op: ops.Op) -> str | None:
     """The network netns of an FDB/neighbour op (None: another kind of op)."""
-    if isinstance(op, AddFdb | DelFdb | AddNeigh | DelNeigh):
+    if isinstance(op, ops.AddFdb | ops.DelFdb | ops.AddNeigh | ops.DelNeigh):
         return op.ns
     return None
 
@@ -443,7 +431,7 @@ def _msg(cmd: int, flags: int, family: int, idx: int, mac: str, dst: str) -> Cal
     return lambda seq: nlmsg.neigh_msg(cmd, flags, family, idx, mac, dst, seq)
 
 
-def nft_ruleset(op: EnsureNft) -> str:
+def nft_ruleset(op: ops.EnsureNft) -> str:
     """The whole table, replaced in one transaction (create-if-missing, delete, add)."""
     t, br = op.table, op.gwbridge
     return (

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface
 from typing import NamedTuple
 
+from agent.dataplane import ops
 from agent.dataplane.desired import (
     RESOLV_CONF,
     allocate_gw_addresses,
@@ -34,28 +35,6 @@ from agent.dataplane.desired import (
     wants_egress,
 )
 from agent.dataplane.observed import Link, NetworkNs, Observed, SandboxNs, VxlanParams
-from agent.dataplane.ops import (
-    AddFdb,
-    AddNeigh,
-    CreateBridge,
-    CreateNetns,
-    CreateVeth,
-    CreateVxlan,
-    DeleteLink,
-    DeleteNetns,
-    DeleteNft,
-    DelFdb,
-    DelNeigh,
-    EnsureNft,
-    Op,
-    RemoveSandboxFiles,
-    SetAddresses,
-    SetDefaultRoute,
-    SetIpForward,
-    SetLink,
-    SetLoUp,
-    WriteSandboxFiles,
-)
 from agent.model import DesiredState, HostConfig, Names
 
 # --------------------------------------------------------------------------------------------
@@ -63,7 +42,7 @@ from agent.model import DesiredState, HostConfig, Names
 
 
 class LinkRef(NamedTuple):
-    """A link by where it is (equal to the plain (ns, name) tuple a DeleteLink's peer is)."""
+    """A link by where it is (equal to the plain (ns, name) tuple a ops.DeleteLink's peer is)."""
 
     ns: str | None  # None: the host namespace
     name: str
@@ -110,10 +89,10 @@ class VethPair:
     mac: str | None = None  # the inner end's (None: the kernel's choice)
     isolated: bool = False
 
-    def create(self, *, with_mac: bool) -> CreateVeth:
+    def create(self, *, with_mac: bool) -> ops.CreateVeth:
         # A veth replaced because one end has the wrong kind is made without the MAC, which
-        # the inner end's SetLink then sets (as the planner always did).
-        return CreateVeth(
+        # the inner end's ops.SetLink then sets (as the planner always did).
+        return ops.CreateVeth(
             ns=self.outer_ns,
             name=self.outer,
             master=self.master,
@@ -160,11 +139,11 @@ class _Context:
 class _Removals:
     """The removal ops so far, and the links they delete (a veth's peer goes with it)."""
 
-    ops: list[Op] = field(default_factory=list)
+    todo: list[ops.Op] = field(default_factory=list)
     deleted: set[LinkRef] = field(default_factory=set)
 
-    def delete(self, op: DeleteLink) -> None:
-        self.ops.append(op)
+    def delete(self, op: ops.DeleteLink) -> None:
+        self.todo.append(op)
         self.deleted.add(LinkRef(op.ns, op.name))
         if op.peer:
             self.deleted.add(LinkRef(*op.peer))
@@ -172,22 +151,22 @@ class _Removals:
 
 @dataclass
 class _NetworkOps:
-    parents: list[Op] = field(default_factory=list)
-    stale_entries: list[Op] = field(default_factory=list)
-    new_entries: list[Op] = field(default_factory=list)
+    parents: list[ops.Op] = field(default_factory=list)
+    stale_entries: list[ops.Op] = field(default_factory=list)
+    new_entries: list[ops.Op] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------------------------
 # The planner
 
 
-def plan(host: HostConfig, desired: DesiredState, observed: Observed) -> list[Op]:
+def plan(host: HostConfig, desired: DesiredState, observed: Observed) -> list[ops.Op]:
     """The ops that turn `observed` into `desired` (see the module docstring)."""
     ctx = _context(host, desired, observed)
     removals = _removals(ctx)
     parents = _host_egress(ctx)
-    stale_entries: list[Op] = []
-    entries: list[Op] = []
+    stale_entries: list[ops.Op] = []
+    entries: list[ops.Op] = []
     for nid in sorted(desired.networks):
         net = _network(ctx, nid)
         parents += net.parents
@@ -196,7 +175,7 @@ def plan(host: HostConfig, desired: DesiredState, observed: Observed) -> list[Op
     children = [op for tid in sorted(desired.sandboxes) for op in _sandbox(ctx, tid, removals)]
     # Stale entries first (a MAC moving to another VTEP), then links/netns removals, then
     # parents, children, and the bulk of new entries last.
-    return stale_entries + removals.ops + parents + children + entries
+    return stale_entries + removals.todo + parents + children + entries
 
 
 def _context(host: HostConfig, desired: DesiredState, observed: Observed) -> _Context:
@@ -238,18 +217,20 @@ def _removals(ctx: _Context) -> _Removals:
     _unwanted_namespaces(ctx, out)
     if not ctx.any_egress:
         if ctx.observed.nft:
-            out.ops.append(DeleteNft(table=ctx.names.nft_table))
+            out.todo.append(ops.DeleteNft(table=ctx.names.nft_table))
         if ctx.names.gwbridge in ctx.observed.host_links:
-            out.ops.append(DeleteLink(ns=None, name=ctx.names.gwbridge))
+            out.todo.append(ops.DeleteLink(ns=None, name=ctx.names.gwbridge))
     return out
 
 
-def _stray_outer(ctx: _Context, ns: str | None, name: str, netid: str = "") -> DeleteLink | None:
-    """A DeleteLink for a veth outer end that is not where it belongs (None: it is)."""
+def _stray_outer(
+    ctx: _Context, ns: str | None, name: str, netid: str = ""
+) -> ops.DeleteLink | None:
+    """A ops.DeleteLink for a veth outer end that is not where it belongs (None: it is)."""
     home = ctx.homes.get(name)
     if home is not None and home.ns == ns:
         return None
-    return DeleteLink(
+    return ops.DeleteLink(
         ns=ns,
         name=name,
         peer=(home.inner_ns, home.inner) if home else None,
@@ -277,7 +258,7 @@ def _stray_outer_ends(ctx: _Context, out: _Removals) -> None:
         if name == names.gwbridge:
             continue
         if link.kind == "vxlan":
-            out.ops.append(DeleteLink(ns=None, name=name))
+            out.todo.append(ops.DeleteLink(ns=None, name=name))
             continue
         op = _stray_outer(ctx, None, name)
         if op is not None:
@@ -295,7 +276,7 @@ def _stray_inner_ends(ctx: _Context, out: _Removals) -> None:
                 continue
             outer = ctx.outer_of.get((ns, name))
             if outer is None or outer.name not in ctx.observed_links(outer.ns):
-                out.ops.append(DeleteLink(ns=ns, name=name, task_id=kept))
+                out.todo.append(ops.DeleteLink(ns=ns, name=name, task_id=kept))
                 out.deleted.add(LinkRef(ns, name))
 
 
@@ -306,30 +287,30 @@ def _unwanted_namespaces(ctx: _Context, out: _Removals) -> None:
         if ns in ctx.task_of_ns:
             continue
         if ns in obs.files:
-            out.ops.append(RemoveSandboxFiles(ns=ns))
-        out.ops.append(DeleteNetns(ns=ns))
+            out.todo.append(ops.RemoveSandboxFiles(ns=ns))
+        out.todo.append(ops.DeleteNetns(ns=ns))
     for ns in sorted(set(obs.files) - set(obs.sandboxes) - set(ctx.task_of_ns)):
-        out.ops.append(RemoveSandboxFiles(ns=ns))
+        out.todo.append(ops.RemoveSandboxFiles(ns=ns))
     for ns in sorted(obs.networks):
         if ns not in ctx.net_of_ns:
-            out.ops.append(DeleteNetns(ns=ns))
+            out.todo.append(ops.DeleteNetns(ns=ns))
 
 
 # --------------------------------------------------------------------------------------------
 # What must exist
 
 
-def _ensure_link(spec: LinkSpec, obs: Link | None, create: Op) -> list[Op]:
+def _ensure_link(spec: LinkSpec, obs: Link | None, create: ops.Op) -> list[ops.Op]:
     """Create a missing link, replace one of the wrong kind, fix MTU/master/MAC/up/addrs."""
-    out: list[Op] = []
+    out: list[ops.Op] = []
     tid, nid = spec.task_id, spec.network_id
     if obs is not None and obs.kind != spec.kind:
-        out.append(DeleteLink(ns=spec.ns, name=spec.name, task_id=tid, network_id=nid))
+        out.append(ops.DeleteLink(ns=spec.ns, name=spec.name, task_id=tid, network_id=nid))
         obs = None
     have: frozenset[IPv4Interface]
     if obs is None:
         out.append(create)
-        have = frozenset({create.address}) if isinstance(create, CreateBridge) else frozenset()
+        have = frozenset({create.address}) if isinstance(create, ops.CreateBridge) else frozenset()
     else:
         if (
             obs.mtu != spec.mtu
@@ -338,7 +319,7 @@ def _ensure_link(spec: LinkSpec, obs: Link | None, create: Op) -> list[Op]:
             or (spec.mac is not None and obs.mac != spec.mac)
         ):
             out.append(
-                SetLink(
+                ops.SetLink(
                     ns=spec.ns,
                     name=spec.name,
                     mtu=spec.mtu,
@@ -351,27 +332,29 @@ def _ensure_link(spec: LinkSpec, obs: Link | None, create: Op) -> list[Op]:
         have = obs.addresses
     if spec.addresses is not None and have != spec.addresses:
         out.append(
-            SetAddresses(
+            ops.SetAddresses(
                 ns=spec.ns, name=spec.name, addresses=spec.addresses, task_id=tid, network_id=nid
             )
         )
     return out
 
 
-def _host_egress(ctx: _Context) -> list[Op]:
+def _host_egress(ctx: _Context) -> list[ops.Op]:
     """The host namespace's part of egress: the gwbridge, forwarding, the masquerade table."""
     if not ctx.any_egress:
         return []
     host, names = ctx.host, ctx.names
     gwb = gwbridge_address(host)
     spec = LinkSpec(None, names.gwbridge, "bridge", host.underlay_mtu, addresses=frozenset({gwb}))
-    create = CreateBridge(ns=None, name=names.gwbridge, mtu=host.underlay_mtu, address=gwb)
+    create = ops.CreateBridge(ns=None, name=names.gwbridge, mtu=host.underlay_mtu, address=gwb)
     out = _ensure_link(spec, ctx.observed.host_links.get(names.gwbridge), create)
     if not ctx.observed.ip_forward:
-        out.append(SetIpForward())
+        out.append(ops.SetIpForward())
     if not ctx.observed.nft:
         out.append(
-            EnsureNft(table=names.nft_table, gwbridge=names.gwbridge, subnet=host.gwbridge_subnet)
+            ops.EnsureNft(
+                table=names.nft_table, gwbridge=names.gwbridge, subnet=host.gwbridge_subnet
+            )
         )
     return out
 
@@ -384,22 +367,22 @@ def _network(ctx: _Context, nid: str) -> _NetworkOps:
     out = _NetworkOps()
     obs_net = ctx.observed.networks.get(ns) or NetworkNs()
     if ns not in ctx.observed.networks:
-        out.parents.append(CreateNetns(ns=ns, network_id=nid))
+        out.parents.append(ops.CreateNetns(ns=ns, network_id=nid))
     gw_if = IPv4Interface(f"{net.gateway}/{net.subnet.prefixlen}")
     out.parents += _ensure_link(
         LinkSpec(ns, names.bridge, "bridge", mtu, addresses=frozenset({gw_if}), network_id=nid),
         obs_net.links.get(names.bridge),
-        CreateBridge(ns=ns, name=names.bridge, mtu=mtu, address=gw_if, network_id=nid),
+        ops.CreateBridge(ns=ns, name=names.bridge, mtu=mtu, address=gw_if, network_id=nid),
     )
     params = VxlanParams(vni=net.vni, port=host.vxlan_port, local=host.vtep)
     vx = obs_net.links.get(names.vxlan)
     if vx is not None and vx.kind == "vxlan" and vx.vxlan != params:
-        out.parents.append(DeleteLink(ns=ns, name=names.vxlan, network_id=nid))
+        out.parents.append(ops.DeleteLink(ns=ns, name=names.vxlan, network_id=nid))
         vx = None
     out.parents += _ensure_link(
         LinkSpec(ns, names.vxlan, "vxlan", mtu, master=names.bridge, network_id=nid),
         vx,
-        CreateVxlan(
+        ops.CreateVxlan(
             ns=ns,
             name=names.vxlan,
             staging=names.vxlan_staging(net.vni),
@@ -414,27 +397,27 @@ def _network(ctx: _Context, nid: str) -> _NetworkOps:
     have_neigh = obs_net.neigh if vx is not None else frozenset()
     want_fdb, want_neigh = desired_entries(host, nid, ctx.desired.remotes.get(nid, frozenset()))
     for mac, dst in sorted(have_fdb - want_fdb):
-        out.stale_entries.append(DelFdb(ns=ns, mac=mac, dst=dst, network_id=nid))
+        out.stale_entries.append(ops.DelFdb(ns=ns, mac=mac, dst=dst, network_id=nid))
     for ip, mac in sorted(have_neigh - want_neigh):
-        out.stale_entries.append(DelNeigh(ns=ns, ip=ip, mac=mac, network_id=nid))
+        out.stale_entries.append(ops.DelNeigh(ns=ns, ip=ip, mac=mac, network_id=nid))
     for mac, dst in sorted(want_fdb - have_fdb):
-        out.new_entries.append(AddFdb(ns=ns, mac=mac, dst=dst, network_id=nid))
+        out.new_entries.append(ops.AddFdb(ns=ns, mac=mac, dst=dst, network_id=nid))
     for ip, mac in sorted(want_neigh - have_neigh):
-        out.new_entries.append(AddNeigh(ns=ns, ip=ip, mac=mac, network_id=nid))
+        out.new_entries.append(ops.AddNeigh(ns=ns, ip=ip, mac=mac, network_id=nid))
     return out
 
 
-def _sandbox(ctx: _Context, tid: str, removals: _Removals) -> list[Op]:
+def _sandbox(ctx: _Context, tid: str, removals: _Removals) -> list[ops.Op]:
     """A sandbox's netns, lo, a veth per endpoint, the gwbridge leg, default route, files."""
     host, names, mtu = ctx.host, ctx.names, ctx.host.overlay_mtu
     sb = ctx.desired.sandboxes[tid]
     ns = ctx.sb_ns[tid]
-    out: list[Op] = []
+    out: list[ops.Op] = []
     obs_sb = ctx.observed.sandboxes.get(ns) or SandboxNs(lo_up=False)
     if ns not in ctx.observed.sandboxes:
-        out.append(CreateNetns(ns=ns, task_id=tid))
+        out.append(ops.CreateNetns(ns=ns, task_id=tid))
     if not obs_sb.lo_up:
-        out.append(SetLoUp(ns=ns, task_id=tid))
+        out.append(ops.SetLoUp(ns=ns, task_id=tid))
     eps = valid_endpoints(ctx.desired, sb)
     for ep in eps:
         pair = VethPair(
@@ -465,17 +448,17 @@ def _sandbox(ctx: _Context, tid: str, removals: _Removals) -> list[Op]:
         out += _veth(ctx, pair, obs_sb, removals.deleted)
         want_gw = gwbridge_address(host).ip
     if obs_sb.default_gateway != want_gw:
-        out.append(SetDefaultRoute(ns=ns, gateway=want_gw, task_id=tid))
+        out.append(ops.SetDefaultRoute(ns=ns, gateway=want_gw, task_id=tid))
     resolv, hosts = RESOLV_CONF, render_hosts(sb, eps)
     if ctx.observed.files.get(ns) != (resolv, hosts):
-        out.append(WriteSandboxFiles(ns=ns, resolv=resolv, hosts=hosts, task_id=tid))
+        out.append(ops.WriteSandboxFiles(ns=ns, resolv=resolv, hosts=hosts, task_id=tid))
     return out
 
 
-def _veth(ctx: _Context, pair: VethPair, obs_sb: SandboxNs, deleted: set[LinkRef]) -> list[Op]:
+def _veth(ctx: _Context, pair: VethPair, obs_sb: SandboxNs, deleted: set[LinkRef]) -> list[ops.Op]:
     """One veth pair: made whole when either end is missing (or deleted by this plan), else
     each end brought to what it must be."""
-    out: list[Op] = []
+    out: list[ops.Op] = []
     inner = None if (pair.inner_ns, pair.inner) in deleted else obs_sb.links.get(pair.inner)
     outer = (
         None
@@ -485,7 +468,7 @@ def _veth(ctx: _Context, pair: VethPair, obs_sb: SandboxNs, deleted: set[LinkRef
     replace = pair.create(with_mac=False)
     if inner is None or outer is None:
         if outer is not None:  # inner end gone means the pair is gone; be safe
-            out.append(DeleteLink(ns=pair.outer_ns, name=pair.outer, task_id=pair.task_id))
+            out.append(ops.DeleteLink(ns=pair.outer_ns, name=pair.outer, task_id=pair.task_id))
         out.append(pair.create(with_mac=True))
         inner = Link(kind="veth", mtu=pair.mtu, mac=pair.mac)
     else:

@@ -14,29 +14,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address
 
+from agent.dataplane import ops
 from agent.dataplane.observed import Link, NetworkNs, Observed, SandboxNs
-from agent.dataplane.ops import (
-    AddFdb,
-    AddNeigh,
-    CreateBridge,
-    CreateNetns,
-    CreateVeth,
-    CreateVxlan,
-    DeleteLink,
-    DeleteNetns,
-    DeleteNft,
-    DelFdb,
-    DelNeigh,
-    EnsureNft,
-    Op,
-    RemoveSandboxFiles,
-    SetAddresses,
-    SetDefaultRoute,
-    SetIpForward,
-    SetLink,
-    SetLoUp,
-    WriteSandboxFiles,
-)
 from agent.model import HostConfig
 
 
@@ -49,10 +28,10 @@ class _SimNs:
     gw: IPv4Address | None = None
 
 
-def simulate(host: HostConfig, observed: Observed, ops: Iterable[Op]) -> Observed:
-    """Apply `ops` to a snapshot the way the kernel applier does (pure; for tests)."""
+def simulate(host: HostConfig, observed: Observed, todo: Iterable[ops.Op]) -> Observed:
+    """Apply the ops `todo` to a snapshot the way the kernel applier does (pure; for tests)."""
     kernel = _SimKernel(host, observed)
-    for op in ops:
+    for op in todo:
         kernel.apply(op)
     return kernel.snapshot()
 
@@ -115,35 +94,35 @@ class _SimKernel:
             self.nets[ns].fdb.clear()
             self.nets[ns].neigh.clear()
 
-    def apply(self, op: Op) -> None:
+    def apply(self, op: ops.Op) -> None:
         match op:
-            case CreateNetns(ns=ns):
+            case ops.CreateNetns(ns=ns):
                 if self.names.is_network_ns(ns):
                     self.nets[ns] = _SimNs({})
                 else:
                     self.sbs[ns] = _SimNs({})
-            case DeleteNetns(ns=ns):
+            case ops.DeleteNetns(ns=ns):
                 self.nets.pop(ns, None)
                 self.sbs.pop(ns, None)
-            case SetDefaultRoute(ns=ns, gateway=gw):
+            case ops.SetDefaultRoute(ns=ns, gateway=gw):
                 self.sbs[ns].gw = gw
-            case SetLoUp(ns=ns):
+            case ops.SetLoUp(ns=ns):
                 self.sbs[ns].lo = True
-            case DeleteLink(ns=ns, name=name, peer=peer):
+            case ops.DeleteLink(ns=ns, name=name, peer=peer):
                 self.drop_link(ns, name)
                 if peer is not None:
                     with contextlib.suppress(KeyError):
                         self.drop_link(*peer)
-            case CreateBridge(ns=ns, name=name, mtu=mtu, address=addr):
+            case ops.CreateBridge(ns=ns, name=name, mtu=mtu, address=addr):
                 self.links_of(ns)[name] = Link(kind="bridge", mtu=mtu, addresses=frozenset({addr}))
-            case CreateVxlan(ns=ns, name=name, params=params, mtu=mtu, master=master):
+            case ops.CreateVxlan(ns=ns, name=name, params=params, mtu=mtu, master=master):
                 self.links_of(ns)[name] = Link(kind="vxlan", mtu=mtu, master=master, vxlan=params)
-            case CreateVeth():
+            case ops.CreateVeth():
                 self.links_of(op.ns)[op.name] = Link(kind="veth", mtu=op.mtu, master=op.master)
                 self.links_of(op.peer_ns)[op.peer_name] = Link(
                     kind="veth", mtu=op.mtu, mac=op.peer_mac
                 )
-            case SetLink(ns=ns, name=name, mtu=mtu, master=master, mac=mac):
+            case ops.SetLink(ns=ns, name=name, mtu=mtu, master=master, mac=mac):
                 links = self.links_of(ns)
                 link = replace(links[name], mtu=mtu, up=True)
                 if master is not None:
@@ -151,29 +130,29 @@ class _SimKernel:
                 if mac is not None:
                     link = replace(link, mac=mac)
                 links[name] = link
-            case SetAddresses(ns=ns, name=name, addresses=addrs):
+            case ops.SetAddresses(ns=ns, name=name, addresses=addrs):
                 links = self.links_of(ns)
                 links[name] = replace(links[name], addresses=addrs)
-            case AddFdb(ns=ns, mac=mac, dst=dst):
+            case ops.AddFdb(ns=ns, mac=mac, dst=dst):
                 self.nets[ns].fdb.add((mac, dst))
-            case DelFdb(ns=ns, mac=mac, dst=dst):
+            case ops.DelFdb(ns=ns, mac=mac, dst=dst):
                 self.nets[ns].fdb.discard((mac, dst))
-            case AddNeigh(ns=ns, ip=ip, mac=mac):
+            case ops.AddNeigh(ns=ns, ip=ip, mac=mac):
                 neigh = self.nets[ns].neigh
                 for old in [e for e in neigh if e[0] == ip]:
                     neigh.discard(old)
                 neigh.add((ip, mac))
-            case DelNeigh(ns=ns, ip=ip, mac=mac):
+            case ops.DelNeigh(ns=ns, ip=ip, mac=mac):
                 self.nets[ns].neigh.discard((ip, mac))
-            case WriteSandboxFiles(ns=ns, resolv=resolv, hosts=hosts):
+            case ops.WriteSandboxFiles(ns=ns, resolv=resolv, hosts=hosts):
                 self.files[ns] = (resolv, hosts)
-            case RemoveSandboxFiles(ns=ns):
+            case ops.RemoveSandboxFiles(ns=ns):
                 self.files.pop(ns, None)
-            case EnsureNft():
+            case ops.EnsureNft():
                 self.nft = True
-            case DeleteNft():
+            case ops.DeleteNft():
                 self.nft = False
-            case SetIpForward():
+            case ops.SetIpForward():
                 self.fwd = True
             case _:
                 raise TypeError(f"unknown op {op!r}")

@@ -24,6 +24,17 @@ from ovctl.specs.values import (
 )
 from proto import objects_pb2 as pb
 
+__all__ = [
+    "HealthOptions",
+    "ServiceChanges",
+    "ServiceOptions",
+    "apply_health",
+    "apply_node_changes",
+    "apply_service_changes",
+    "network_spec",
+    "service_spec",
+]
+
 # ---------------------------------------------------------------- network spec
 
 

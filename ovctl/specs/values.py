@@ -10,6 +10,31 @@ from typing import TypeVar, cast
 
 from proto import objects_pb2 as pb
 
+__all__ = [
+    "ENDPOINT_MODES",
+    "NODE_AVAILABILITIES",
+    "NODE_ROLES",
+    "RESTART_CONDITIONS",
+    "SpecConflict",
+    "SpecError",
+    "parse_bool",
+    "parse_cidr",
+    "parse_constraint",
+    "parse_duration",
+    "parse_env",
+    "parse_filters",
+    "parse_ip",
+    "parse_key_value",
+    "parse_network_attachment",
+    "parse_port",
+    "parse_port_ref",
+    "parse_publish",
+    "parse_scale",
+    "parse_tail",
+    "parse_task_state",
+    "parse_uint",
+]
+
 _E = TypeVar("_E")
 
 
