@@ -44,12 +44,12 @@ from agent.controller import Controller, Decision, Sandbox, desired_dataplane
 from agent.dataplane.desired import ingress_gw_address
 from agent.endpoints import EndpointRecord, local_records, node_record, remotes
 from agent.executor.api import Executor, ExitInfo, StartError, TaskSpec
+from agent.forwarding import Forwarding
 from agent.health import CheckConfig
 from agent.lb.plan import LbSpec
 from agent.logship import LogShipper
 from agent.model import INGRESS_SANDBOX, DesiredState, HostConfig
 from osutil.files import atomic_write
-from osutil.netns import run_in_netns
 from proto import dispatcher_pb2 as dpb
 from proto import objects_pb2 as pb
 
@@ -163,6 +163,7 @@ class AgentDaemon:
         self._networks: dict[str, pb.Network] = {}
         # Tasks announced as taking traffic in the last pass (a stop drains only those).
         self._serving: set[str] = set()
+        self._forwarding = Forwarding()  # in the ingress sandbox
 
     # ------------------------------------------------------------------ events
 
@@ -459,9 +460,7 @@ class AgentDaemon:
         if INGRESS_SANDBOX in desired.sandboxes and ingress_id:
             path = self.dataplane.sandbox_path(INGRESS_SANDBOX)
             try:
-                # Checked on every pass: a sandbox made again (after drift) starts with it off.
-                if run_in_netns(path, _enable_forwarding):
-                    log.info("ingress sandbox: IP forwarding switched on")
+                self._forwarding.ensure(path)
                 specs[INGRESS_SANDBOX] = (path, services.ingress_spec(ports))
                 ingress_gw = str(ingress_gw_address(self.host).ip)
             except OSError as e:
@@ -584,15 +583,3 @@ class AgentDaemon:
             log.info("task states not sent (will resend): %s", e)
             return
         self.controller.reported(reports)
-
-
-def _enable_forwarding() -> bool:
-    """Run inside the ingress sandbox, which routes between the gwbridge and the ingress
-    network; True if forwarding was off."""
-    path = "/proc/sys/net/ipv4/ip_forward"
-    with open(path) as f:
-        if f.read().strip() == "1":
-            return False
-    with open(path, "w") as f:
-        f.write("1")
-    return True

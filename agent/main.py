@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
 import ipaddress
 import logging
 import os
@@ -29,7 +30,7 @@ from osutil.backoff import Backoff
 from osutil.failover import Rotation
 from osutil.hostport import next_port, split_hostport
 from proto import objects_pb2 as pb
-from security import pki
+from security import certinfo
 from security.credentials import CREDS_DIRNAME, NodeCredentials
 from security.join import JoinError, ManagerUnreachable, join
 
@@ -47,7 +48,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     _task_args(p.add_argument_group("tasks and reconciling"))
     _discovery_args(p.add_argument_group("gossip and DNS"))
     _admin_args(p.add_argument_group("maintenance"))
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    return args
 
 
 def _cluster_args(g: argparse._ArgumentGroup) -> None:
@@ -142,6 +145,11 @@ def _discovery_args(g: argparse._ArgumentGroup) -> None:
         "gossip_nodes=3, suspicion_mult=4, push_pull_interval=30 (see agent/gossip/config.py)",
     )
     g.add_argument(
+        "--credentials-only",
+        action="store_true",
+        help=argparse.SUPPRESS,  # the agent's own start-up helper: see `_credentials_in_child`
+    )
+    g.add_argument(
         "--gossip-status",
         action="store_true",
         help="print this host's gossip view as last saved by its agent (works while every "
@@ -230,12 +238,12 @@ async def credentials(
     can help: no token, a wrong or rotated token, another cluster's CA, unusable saved files."""
     try:
         creds = NodeCredentials.load(creds_dir)
-    except pki.CertError as e:
+    except certinfo.CertError as e:
         raise CredentialsError(
             f"the credentials in {creds_dir} are unusable: {e}; remove {creds_dir} and start "
             "again with --join-token"
         ) from None
-    now = pki.utcnow()
+    now = certinfo.utcnow()
     if creds is not None and creds.not_after <= now and token:
         log.warning(
             "the certificate of node %s expired at %s: joining again with the token (as a new "
@@ -278,6 +286,37 @@ async def _join_any(rotation: Rotation, token: str) -> tuple[NodeCredentials, st
     return None
 
 
+async def _credentials_in_child(argv: list[str]) -> int:
+    """Load and check this node's credentials, or join to get them, in a child process
+    (`--credentials-only`): checking keys and signatures loads `cryptography`, 8+ MB that an
+    agent would otherwise carry for its whole life for a few milliseconds' work at start (see
+    security/certinfo.py). The child logs to the same stderr and prints any error itself;
+    its exit status is the agent's when it fails."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "agent.main", *argv, "--credentials-only",
+        stdin=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        return await proc.wait()
+    finally:
+        if proc.returncode is None:  # the agent was stopped meanwhile: so is the join
+            proc.terminate()
+
+
+def _credentials_only(args: argparse.Namespace) -> int:
+    """The child's side of `_credentials_in_child`."""
+    # Stop with the agent that started it (a join may retry for as long as no manager answers).
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    creds_dir = Path(args.state_dir) / CREDS_DIRNAME
+    try:
+        asyncio.run(credentials(creds_dir, args.join_token, args.join_addrs))
+    except CredentialsError as e:
+        print(f"ovnet-agent: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 async def run(args: argparse.Namespace) -> int:
     # Imported here so that --help stays light.
     from agent.daemon import DaemonOptions
@@ -286,11 +325,10 @@ async def run(args: argparse.Namespace) -> int:
     managers = [m.strip() for m in args.manager.split(",") if m.strip()]
     state_dir = Path(args.state_dir)
     creds_dir = state_dir / CREDS_DIRNAME
-    try:
-        creds = await credentials(creds_dir, args.join_token, args.join_addrs)
-    except CredentialsError as e:
-        print(f"ovnet-agent: error: {e}", file=sys.stderr)
-        return 2
+    rc = await _credentials_in_child(args.argv)
+    if rc != 0:
+        return rc
+    creds = NodeCredentials.read(creds_dir, verified=True)
     vtep = args.addr
     labels = dict(item.partition("=")[::2] for item in args.label)
     spec = pb.NodeSpec(
@@ -441,6 +479,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"ovnet-agent: error: --manager: {e}", file=sys.stderr)
         return 2
+    if args.credentials_only:
+        return _credentials_only(args)
     args.addr = args.addr or detect_vtep(managers)
     args.underlay_mtu = args.underlay_mtu or underlay_mtu(args.addr)
     return asyncio.run(run(args))

@@ -20,6 +20,7 @@ import contextlib
 import logging
 import random
 import re
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +34,7 @@ from osutil.files import atomic_write
 from proto import dispatcher_pb2 as dpb
 from proto import dispatcher_pb2_grpc
 from proto import objects_pb2 as pb
-from security import pki
+from security import certinfo
 from security.credentials import MANAGER_CHANNEL_OPTIONS, NodeCredentials, diagnose
 from security.join import NO_ANSWER, renew
 
@@ -43,6 +44,8 @@ _LEADER_HINT = re.compile(r"the leader is at (\S+)")
 _REMOVED = re.compile(r"\bremoved\b")
 # How soon to try the leader a follower named (it is probably up: the follower just saw it).
 LEADER_REDIRECT_S = 0.05
+# A heartbeat carries the gossip view at least this often (see `_GossipReport`).
+GOSSIP_REPORT_S = 10.0
 
 
 class SequenceGap(Exception):
@@ -232,7 +235,7 @@ class AgentSession:
 
     def _diagnose(self) -> str:
         """Log (once per new finding) why the managers may refuse this node's certificate."""
-        why = diagnose(self.credentials, pki.utcnow())
+        why = diagnose(self.credentials, certinfo.utcnow())
         if why and why != self._last_diagnosis:
             log.error("the managers may refuse this node's TLS handshake: %s", why)
         self._last_diagnosis = why
@@ -300,14 +303,14 @@ class AgentSession:
         """Renew the certificate at a random 50-80 % of its life, retrying until it works."""
         while True:
             creds = self.credentials
-            at = pki.renew_at(creds.info, self.renew_rng)
+            at = certinfo.renew_at(creds.info, self.renew_rng)
             log.info(
                 "certificate of %s valid until %s, renewal at %s",
                 self.node_id,
                 creds.not_after.isoformat(),
                 at.isoformat(),
             )
-            await asyncio.sleep(max(0.0, (at - pki.utcnow()).total_seconds()))
+            await asyncio.sleep(max(0.0, (at - certinfo.utcnow()).total_seconds()))
             backoff = Backoff(initial=0.5, maximum=self.backoff_max, jitter=0.5)
             while self.credentials is creds:
                 try:
@@ -316,7 +319,7 @@ class AgentSession:
                     if _task_cancelled():
                         raise
                     log.warning("certificate renewal interrupted (the session closed); retrying")
-                except (grpc.aio.AioRpcError, pki.CertError, ConnectionError) as e:
+                except (grpc.aio.AioRpcError, certinfo.CertError, ConnectionError) as e:
                     detail = (
                         f"{e.code().name} {e.details()}"
                         if isinstance(e, grpc.aio.AioRpcError)
@@ -374,20 +377,26 @@ class AgentSession:
         raise last
 
     async def _heartbeat(self, period_ms: int) -> None:
+        """One heartbeat per period, as Swarm's agents beat: the manager marks a node down
+        after `heartbeat_grace` (3) periods without one, so a single late beat is harmless.
+        Each beat is a gRPC call costing ~2 ms of the agent's CPU: beating twice a period
+        would be most of an idle agent's CPU at a 1 s period."""
+        report = _GossipReport()
         while True:
-            await asyncio.sleep(period_ms / 1000 / 2)
+            await asyncio.sleep(period_ms / 1000)
             stub = self._stub
             if stub is None:
                 return
             try:
                 req = dpb.HeartbeatRequest(node_id=self.node_id, session_id=self.session_id)
                 gossip = self.gossip_status() if self.gossip_status is not None else None
-                if gossip is not None:
+                if gossip is not None and report.due(gossip, time.monotonic()):
                     req.gossip.CopyFrom(gossip)
                 resp = await stub.Heartbeat(req, timeout=period_ms / 1000)
                 period_ms = resp.period_ms or period_ms
             except grpc.aio.AioRpcError as e:
                 log.warning("heartbeat failed: %s %s", e.code().name, e.details())
+                report.sent = None  # it may not have arrived: send the next one whole
 
     async def report(self, updates: Sequence[dpb.TaskStatusUpdate]) -> None:
         """Send task states; raises grpc.aio.AioRpcError or ConnectionError when no session is
@@ -417,6 +426,25 @@ class AgentSession:
         if self._stub is None:
             raise ConnectionError("no session with a manager")
         return self._stub
+
+
+class _GossipReport:
+    """When a heartbeat carries this host's gossip view (the manager keeps the last one it
+    got, for `ovctl node inspect`): when members or networks changed, else every
+    GOSSIP_REPORT_S (its counters and time move on every packet; sending them each beat
+    would cost the manager and the agent for a view people read now and then)."""
+
+    def __init__(self) -> None:
+        self.sent: tuple[bytes, float] | None = None
+
+    def due(self, st: pb.GossipStatus, now: float) -> bool:
+        shape = pb.GossipStatus(members=st.members, networks=st.networks).SerializeToString(
+            deterministic=True
+        )
+        if self.sent is not None and self.sent[0] == shape and now - self.sent[1] < GOSSIP_REPORT_S:
+            return False
+        self.sent = (shape, now)
+        return True
 
 
 async def _unless_closed(call: Awaitable[object]) -> None:

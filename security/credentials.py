@@ -14,14 +14,17 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
-from cryptography import x509
 
 from osutil.files import atomic_write, fsync_dir
-from security import pki
+from security import certinfo
+
+if TYPE_CHECKING:
+    from cryptography import x509
 
 CREDS_DIRNAME = "tls"
 CA_FILE = "ca.pem"
@@ -32,29 +35,39 @@ _PENDING = ".new"
 
 # Managers are named by their certificates' SAN, never by address (see security/pki.py).
 MANAGER_CHANNEL_OPTIONS: list[tuple[str, str]] = [
-    ("grpc.ssl_target_name_override", pki.MANAGER_SAN)
+    ("grpc.ssl_target_name_override", certinfo.MANAGER_SAN)
 ]
 
 
 @dataclass(frozen=True)
 class NodeCredentials:
-    """The cluster root, this node's certificate and its private key, all PEM."""
+    """The cluster root, this node's certificate and its private key, all PEM.
+
+    Reading who the certificate is for (`info`, `node_id`, `role`, `not_after`) needs no
+    `cryptography` (security/certinfo.py); checking that the three belong together
+    (`validate`) does, and loads it. `verified` says that check was made (by `load`, `join`,
+    `renew`, or the agent's start-up helper), so that `diagnose` need not repeat it."""
 
     root_pem: bytes
     cert_pem: bytes
     key_pem: bytes
+    verified: bool = field(default=False, compare=False, kw_only=True)
 
     @property
     def cert(self) -> x509.Certificate:
+        from security import pki
+
         return pki.load_cert(self.cert_pem)
 
     @property
     def root(self) -> x509.Certificate:
+        from security import pki
+
         return pki.load_cert(self.root_pem)
 
     @property
-    def info(self) -> pki.CertInfo:
-        return pki.info(self.cert)
+    def info(self) -> certinfo.CertInfo:
+        return certinfo.read(self.cert_pem)
 
     @property
     def node_id(self) -> str:
@@ -68,15 +81,19 @@ class NodeCredentials:
     def not_after(self) -> dt.datetime:
         return self.info.not_after
 
-    def validate(self) -> None:
-        """Raise pki.CertError unless the three parts belong together: the certificate is the
+    def validate(self) -> NodeCredentials:
+        """Raise CertError unless the three parts belong together: the certificate is the
         key's and the root signed it (its dates are not checked: an expired certificate is
-        still this node's identity, which `diagnose` reports)."""
+        still this node's identity, which `diagnose` reports). Returns them marked
+        `verified`."""
+        from security import pki
+
         cert, root, key = self.cert, self.root, pki.load_key(self.key_pem)
         if not pki.matches_key(cert, key):
             raise pki.CertError("the certificate is not for this private key")
         if not pki.signed_by(cert, root):
             raise pki.CertError("the certificate was not issued by the root CA stored with it")
+        return NodeCredentials(self.root_pem, self.cert_pem, self.key_pem, verified=True)
 
     def channel_credentials(self) -> grpc.ChannelCredentials:
         return grpc.ssl_channel_credentials(
@@ -109,11 +126,11 @@ class NodeCredentials:
             return None
         if len(present) != len(paths):
             missing = ", ".join(sorted(set(paths) - set(present)))
-            raise pki.CertError(f"{directory} is incomplete: {missing} missing")
-        creds = cls(*(paths[n].read_bytes() for n in (CA_FILE, CERT_FILE, KEY_FILE)))
+            raise certinfo.CertError(f"{directory} is incomplete: {missing} missing")
+        creds = cls.read(directory)
         try:
-            creds.validate()
-        except pki.CertError:
+            creds = creds.validate()
+        except certinfo.CertError:
             # A save interrupted between renames: finish it if the pending files fit.
             pending = _load_pending(directory, creds)
             if pending is None:
@@ -123,6 +140,13 @@ class NodeCredentials:
         for n in paths:
             (directory / (n + _PENDING)).unlink(missing_ok=True)
         return creds
+
+    @classmethod
+    def read(cls, directory: Path, *, verified: bool = False) -> NodeCredentials:
+        """The three files as they are, unchecked (`load` checks them; the agent reads what
+        its start-up helper has just loaded and checked: `verified`)."""
+        parts = (directory / n for n in (CA_FILE, CERT_FILE, KEY_FILE))
+        return cls(*(p.read_bytes() for p in parts), verified=verified)
 
 
 def _load_pending(directory: Path, current: NodeCredentials) -> NodeCredentials | None:
@@ -134,21 +158,31 @@ def _load_pending(directory: Path, current: NodeCredentials) -> NodeCredentials 
         part(CA_FILE, current.root_pem), part(CERT_FILE, current.cert_pem), current.key_pem
     )
     try:
-        cand.validate()
-    except pki.CertError:
+        return cand.validate()
+    except certinfo.CertError:
         return None
-    return cand
 
 
 def diagnose(creds: NodeCredentials | None, now: dt.datetime) -> str:
     """Why a manager might refuse this node's TLS handshake, judged from the local credentials:
-    "" when nothing is wrong with them (the cause is elsewhere: network, another cluster...)."""
+    "" when nothing is wrong with them (the cause is elsewhere: network, another cluster...).
+    Credentials already `verified` are not checked cryptographically again: an agent whose
+    manager is away diagnoses every failed attempt, and must not load `cryptography` for it."""
     if creds is None:
         return "this node has no certificate: start it with --join-token"
     try:
-        creds.validate()
-        pki.check(creds.cert, creds.root, now)
-    except pki.CertError as e:
+        if not creds.verified:
+            creds.validate()
+        ci = creds.info
+        cluster = certinfo.read(creds.root_pem).cluster_id
+        if ci.cluster_id != cluster:
+            raise certinfo.CertError(
+                f"the certificate is for cluster {ci.cluster_id!r}, not this one"
+            )
+        if ci.role not in certinfo.ROLES:
+            raise certinfo.CertError(f"the certificate names an unknown role {ci.role!r}")
+        certinfo.check_validity(ci, now)
+    except certinfo.CertError as e:
         msg = str(e)
         if "expired" in msg:
             return (

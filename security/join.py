@@ -24,14 +24,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
+from typing import TYPE_CHECKING
 
 import grpc
-from cryptography import x509
 
 from osutil.hostport import split_hostport
 from proto import ca_pb2, ca_pb2_grpc
-from security import pki, tokens
+from security import certinfo, tokens
 from security.credentials import MANAGER_CHANNEL_OPTIONS, NodeCredentials
+
+if TYPE_CHECKING:
+    from cryptography import x509
+
+# Signing and verifying (security/pki.py, i.e. `cryptography`) is imported by the functions
+# that do it, not here: an agent imports this module for its session and must not carry
+# `cryptography` until it joins or renews (see security/certinfo.py).
 
 # gRPC codes that mean "nobody answered (yet)": worth retrying, unlike every other refusal.
 NO_ANSWER = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
@@ -57,6 +64,10 @@ def _der_chain(sslobj: ssl.SSLObject) -> list[bytes]:
 async def fetch_root(join_addr: str, timeout: float) -> x509.Certificate:
     """The root CA the manager at `join_addr` presents, NOT verified: the caller must compare
     its digest with what it trusts (the join token) before using it."""
+    from cryptography import x509
+
+    from security import pki
+
     try:
         host, port = split_hostport(join_addr)
     except ValueError as e:
@@ -67,7 +78,7 @@ async def fetch_root(join_addr: str, timeout: float) -> x509.Certificate:
     ctx.set_alpn_protocols(["h2"])
     try:
         _, writer = await asyncio.wait_for(
-            asyncio.open_connection(host, port, ssl=ctx, server_hostname=pki.MANAGER_SAN),
+            asyncio.open_connection(host, port, ssl=ctx, server_hostname=certinfo.MANAGER_SAN),
             timeout,
         )
     except ssl.SSLError as e:
@@ -117,6 +128,8 @@ def _refusal(addr: str, e: grpc.aio.AioRpcError) -> Exception:
 async def join(join_addr: str, token: str, timeout: float = 10) -> NodeCredentials:
     """Join the cluster with `token` through the manager's join listener at `join_addr`.
     Raises JoinError (final) or ManagerUnreachable (try again)."""
+    from security import pki
+
     try:
         tok = tokens.parse(token)
     except tokens.TokenError as e:
@@ -140,7 +153,7 @@ async def join(join_addr: str, token: str, timeout: float = 10) -> NodeCredentia
             raise _refusal(join_addr, e) from None
     try:
         cert = pki.load_cert(resp.certificate)
-    except pki.CertError as e:
+    except certinfo.CertError as e:
         raise JoinError(f"the manager at {join_addr} sent an unusable certificate: {e}") from None
     if not pki.signed_by(cert, root):
         raise JoinError(
@@ -148,7 +161,7 @@ async def join(join_addr: str, token: str, timeout: float = 10) -> NodeCredentia
         )
     if not pki.matches_key(cert, key):
         raise JoinError(f"the manager at {join_addr} sent a certificate for another key")
-    creds = NodeCredentials(root_pem, pki.cert_pem(cert), pki.key_pem(key))
+    creds = NodeCredentials(root_pem, pki.cert_pem(cert), pki.key_pem(key), verified=True)
     if resp.node_id and resp.node_id != creds.node_id:
         raise JoinError(
             f"the manager at {join_addr} sent a certificate for {creds.node_id!r} "
@@ -163,6 +176,8 @@ async def renew(
     """A new key and certificate for the same node and role, asked over `channel` (this node's
     own mTLS channel to a manager). Raises grpc.aio.AioRpcError if the manager refuses or does
     not answer, pki.CertError if what it sends is not a certificate for this node."""
+    from security import pki
+
     key = pki.new_key()
     resp = await ca_pb2_grpc.NodeCAStub(channel).RenewNodeCertificate(
         ca_pb2.RenewNodeCertificateRequest(csr=pki.make_csr(key)), timeout=timeout
@@ -182,4 +197,4 @@ async def renew(
             f"the renewed certificate is for {new.role} {new.node_id!r}, "
             f"not {old.role} {old.node_id!r}"
         )
-    return NodeCredentials(creds.root_pem, pki.cert_pem(cert), pki.key_pem(key))
+    return NodeCredentials(creds.root_pem, pki.cert_pem(cert), pki.key_pem(key), verified=True)

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import random
-from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -29,11 +27,21 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-ROLE_MANAGER = "manager"
-ROLE_WORKER = "worker"
-ROLE_ADMIN = "admin"
-ROLES = (ROLE_MANAGER, ROLE_WORKER, ROLE_ADMIN)
-MANAGER_SAN = "ovnet-manager"
+from security import certinfo
+
+# The pure part (identity, roles, time rules) lives in certinfo, which the agent reads without
+# loading `cryptography`; pki stays the one name for all the formats.
+MANAGER_SAN = certinfo.MANAGER_SAN
+ROLE_ADMIN = certinfo.ROLE_ADMIN
+ROLE_MANAGER = certinfo.ROLE_MANAGER
+ROLE_WORKER = certinfo.ROLE_WORKER
+ROLES = certinfo.ROLES
+CertError = certinfo.CertError
+CertInfo = certinfo.CertInfo
+check_validity = certinfo.check_validity
+renew_at = certinfo.renew_at
+utcnow = certinfo.utcnow
+
 ROOT_CN = "ovnet-root-ca"
 DEFAULT_CERT_LIFETIME = dt.timedelta(days=90)
 ROOT_LIFETIME = dt.timedelta(days=20 * 365)
@@ -42,24 +50,6 @@ ROOT_LIFETIME = dt.timedelta(days=20 * 365)
 BACKDATE = dt.timedelta(minutes=5)
 
 PrivateKey = ec.EllipticCurvePrivateKey
-
-
-class CertError(ValueError):
-    """A certificate, key or CSR that cannot be used; the message says why."""
-
-
-@dataclass(frozen=True)
-class CertInfo:
-    node_id: str
-    role: str
-    cluster_id: str
-    not_before: dt.datetime
-    not_after: dt.datetime
-    serial: int
-
-
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
 
 
 def new_key() -> PrivateKey:
@@ -282,24 +272,7 @@ def check(cert: x509.Certificate, root: x509.Certificate, now: dt.datetime) -> C
     return ci
 
 
-def check_validity(ci: CertInfo, now: dt.datetime) -> None:
-    """The time part of `check`: the only part that changes for a certificate already checked
-    against the root, so a caller may cache the rest."""
-    if now < ci.not_before:
-        raise CertError(f"the certificate is not valid before {ci.not_before.isoformat()}")
-    if now >= ci.not_after:
-        raise CertError(f"the certificate expired at {ci.not_after.isoformat()}")
-
-
 def matches_key(cert: x509.Certificate, key: PrivateKey) -> bool:
     fmt = serialization.PublicFormat.SubjectPublicKeyInfo
     enc = serialization.Encoding.DER
     return cert.public_key().public_bytes(enc, fmt) == key.public_key().public_bytes(enc, fmt)
-
-
-def renew_at(ci: CertInfo, rng: random.Random | None = None) -> dt.datetime:
-    """When to renew: at a random 50-80 % of the certificate's life (as swarmkit does), so that
-    a cluster whose nodes joined together does not renew all at once."""
-    life = ci.not_after - ci.not_before
-    frac = (rng or random.SystemRandom()).uniform(0.5, 0.8)
-    return ci.not_before + life * frac

@@ -343,11 +343,14 @@ def create_netns(name: str, base: str | None, count: int = 1) -> list[socket.soc
 
 
 def read_sysctl(netns: str | None, path: str) -> str:
+    """A /proc/sys value as `netns` sees it (None: the process's own, read in the calling
+    thread, which never leaves it: no thread is made for the read every pass does)."""
+
     def read() -> str:
         with open(path) as f:
             return f.read().strip()
 
-    return run_in_netns(netns, read)
+    return read() if netns is None else run_in_netns(netns, read)
 
 
 def write_sysctl(netns: str | None, path: str, value: str) -> None:
@@ -355,7 +358,10 @@ def write_sysctl(netns: str | None, path: str, value: str) -> None:
         with open(path, "w") as f:
             f.write(value)
 
-    run_in_netns(netns, write)
+    if netns is None:
+        write()
+    else:
+        run_in_netns(netns, write)
 
 
 def errno_name(err: int) -> str:

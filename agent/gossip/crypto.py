@@ -1,5 +1,7 @@
 """Sealing gossip packets with AES-GCM under a keyring, and the replay window.
 
+The cipher is libcrypto's, through agent/gossip/aead.py (see there why not `cryptography`).
+
 Every datagram and stream frame is sealed whole: ``version (1) | nonce (12) | ciphertext |
 tag (16)``. The version byte is authenticated too (as associated data), so a packet cannot be
 re-labelled. Any key of the ring opens (the primary, keys[0], is tried first since it seals
@@ -17,9 +19,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
+from agent.gossip.aead import AesGcm, InvalidTag
 from agent.gossip.common import DecodeError
 
 SEAL_VERSION = 1
@@ -56,7 +56,7 @@ class Keyring:
         if not seen:
             raise ValueError("a keyring needs at least one key")
         self._keys = tuple(seen)
-        self._aeads = tuple(AESGCM(k) for k in self._keys)
+        self._aeads = tuple(AesGcm(k) for k in self._keys)
 
     @property
     def keys(self) -> tuple[bytes, ...]:
