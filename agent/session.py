@@ -377,13 +377,14 @@ class AgentSession:
         raise last
 
     async def _heartbeat(self, period_ms: int) -> None:
-        """One heartbeat per period, as Swarm's agents beat: the manager marks a node down
-        after `heartbeat_grace` (3) periods without one, so a single late beat is harmless.
-        Each beat is a gRPC call costing ~2 ms of the agent's CPU: beating twice a period
-        would be most of an idle agent's CPU at a 1 s period."""
+        """Two heartbeats per period: the manager marks a node down after `heartbeat_grace`
+        (3) periods without one, and a pass that holds the event loop for a while (a restart's
+        first reconcile under load) must not cost a node its READY at short periods. Each beat
+        is a gRPC call of ~2 ms of the agent's CPU, so it carries the gossip view only when
+        that changed (`_GossipReport`)."""
         report = _GossipReport()
         while True:
-            await asyncio.sleep(period_ms / 1000)
+            await asyncio.sleep(period_ms / 1000 / 2)
             stub = self._stub
             if stub is None:
                 return
