@@ -46,6 +46,8 @@ _REMOVED = re.compile(r"\bremoved\b")
 LEADER_REDIRECT_S = 0.05
 # A heartbeat carries the gossip view at least this often (see `_GossipReport`).
 GOSSIP_REPORT_S = 10.0
+# Heartbeat periods at the start of a session with two beats each (see `_heartbeat`).
+WARMUP_PERIODS = 10
 
 
 class SequenceGap(Exception):
@@ -377,14 +379,21 @@ class AgentSession:
         raise last
 
     async def _heartbeat(self, period_ms: int) -> None:
-        """Two heartbeats per period: the manager marks a node down after `heartbeat_grace`
-        (3) periods without one, and a pass that holds the event loop for a while (a restart's
-        first reconcile under load) must not cost a node its READY at short periods. Each beat
-        is a gRPC call of ~2 ms of the agent's CPU, so it carries the gossip view only when
-        that changed (`_GossipReport`)."""
+        """One heartbeat per period once the session has settled, as Swarm's agents beat: the
+        manager marks a node down after `heartbeat_grace` (3) periods without one. For its
+        first WARMUP_PERIODS periods a session beats twice per period: that is when a
+        (re)started agent builds its sandboxes, resolvers and balancers, passes that can hold
+        the event loop for a while, and a node just back must not lose its READY at a short
+        period (measured: a restarted node under CI load missed 3 beats at 300 ms). Each beat
+        is a gRPC call costing the agent ~1 ms of CPU or more (bench.footprint: twice per
+        period was two thirds of an idle agent's CPU at a 1 s period), so it carries the
+        gossip view only when that changed (`_GossipReport`)."""
         report = _GossipReport()
+        beats = 0
         while True:
-            await asyncio.sleep(period_ms / 1000 / 2)
+            warm = beats >= 2 * WARMUP_PERIODS
+            await asyncio.sleep(period_ms / 1000 / (1 if warm else 2))
+            beats += 1
             stub = self._stub
             if stub is None:
                 return
