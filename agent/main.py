@@ -55,6 +55,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def _cluster_args(g: argparse._ArgumentGroup) -> None:
     """Who this node is and how it reaches the managers."""
+    g.add_argument(
+        "--credentials-only",
+        action="store_true",
+        help=argparse.SUPPRESS,  # the agent's own start-up helper: see `_credentials_in_child`
+    )
     g.add_argument("--manager", default="", help="manager addresses host:port, comma separated")
     g.add_argument(
         "--join-token",
@@ -143,11 +148,6 @@ def _discovery_args(g: argparse._ArgumentGroup) -> None:
         metavar="NAME=VALUE",
         help="a gossip timing or limit, e.g. probe_interval=1.0, gossip_interval=0.2, "
         "gossip_nodes=3, suspicion_mult=4, push_pull_interval=30 (see agent/gossip/config.py)",
-    )
-    g.add_argument(
-        "--credentials-only",
-        action="store_true",
-        help=argparse.SUPPRESS,  # the agent's own start-up helper: see `_credentials_in_child`
     )
     g.add_argument(
         "--gossip-status",
@@ -322,6 +322,8 @@ async def run(args: argparse.Namespace) -> int:
     from agent.daemon import DaemonOptions
     from agent.wiring import Services, build_daemon
 
+    # First: SIGUSR1's default action would end the agent (see osutil/stackdump.py).
+    stackdump.install(asyncio.get_running_loop())
     managers = [m.strip() for m in args.manager.split(",") if m.strip()]
     state_dir = Path(args.state_dir)
     creds_dir = state_dir / CREDS_DIRNAME
@@ -383,7 +385,6 @@ async def run(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    stackdump.install(loop)
     waiter = asyncio.create_task(stop.wait())
     done, _ = await asyncio.wait([*runners, waiter], return_when=asyncio.FIRST_COMPLETED)
     for r in runners:
