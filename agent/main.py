@@ -14,7 +14,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ctypes
+import functools
 import ipaddress
+import json
 import logging
 import os
 import platform
@@ -22,6 +24,8 @@ import signal
 import socket
 import sys
 from pathlib import Path
+
+import grpc
 
 from agent.model import DEFAULT_GWBRIDGE_SUBNET, DEFAULT_VXLAN_PORT, HostConfig, Names
 from agent.session import AgentSession
@@ -32,7 +36,7 @@ from osutil.hostport import next_port, split_hostport
 from proto import objects_pb2 as pb
 from security import certinfo
 from security.credentials import CREDS_DIRNAME, NodeCredentials
-from security.join import JoinError, ManagerUnreachable, join
+from security.join import JoinError, ManagerUnreachable, join, renew_anywhere
 
 log = logging.getLogger("ovnet-agent")
 
@@ -59,6 +63,11 @@ def _cluster_args(g: argparse._ArgumentGroup) -> None:
         "--credentials-only",
         action="store_true",
         help=argparse.SUPPRESS,  # the agent's own start-up helper: see `_credentials_in_child`
+    )
+    g.add_argument(
+        "--renew-only",
+        action="store_true",
+        help=argparse.SUPPRESS,  # the agent's own renewal helper: see `_renew_in_child`
     )
     g.add_argument("--manager", default="", help="manager addresses host:port, comma separated")
     g.add_argument(
@@ -317,6 +326,62 @@ def _credentials_only(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _renew_in_child(
+    argv: list[str], creds: NodeCredentials, managers: list[str]
+) -> NodeCredentials:
+    """Renew the certificate in a child process (`--renew-only`), for the same reason as
+    `_credentials_in_child`: the key, the CSR and the checks of the answer need
+    `cryptography`. The credentials go in and out as JSON on its stdin and stdout; errors
+    come back as the exceptions the session retries on."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "agent.main", *argv, "--renew-only",
+        "--manager", ",".join(managers),
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        out, _ = await proc.communicate(_creds_json(creds))
+    finally:
+        if proc.returncode is None:  # the session was stopped meanwhile
+            proc.terminate()
+    if proc.returncode == _RENEW_REFUSED:
+        raise certinfo.CertError("the renewed certificate was refused (see the helper's log)")
+    if proc.returncode != 0:
+        raise ConnectionError(f"the renewal helper failed (exit status {proc.returncode})")
+    parts = json.loads(out)
+    return NodeCredentials(
+        *(p.encode() for p in (parts["root"], parts["cert"], parts["key"])), verified=True
+    )
+
+
+def _creds_json(creds: NodeCredentials) -> bytes:
+    pems = {"root": creds.root_pem, "cert": creds.cert_pem, "key": creds.key_pem}
+    return json.dumps({k: v.decode() for k, v in pems.items()}).encode()
+
+
+_RENEW_REFUSED = 4
+
+
+def _renew_only(args: argparse.Namespace) -> int:
+    """The child's side of `_renew_in_child`: the current credentials on stdin, the renewed
+    ones on stdout."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: stop with the agent
+    parts = json.loads(sys.stdin.read())
+    creds = NodeCredentials(*(parts[k].encode() for k in ("root", "cert", "key")))
+    managers = [m.strip() for m in args.manager.split(",") if m.strip()]
+    try:
+        new = asyncio.run(renew_anywhere(managers, creds))
+    except certinfo.CertError as e:
+        print(f"ovnet-agent: renewal refused: {e}", file=sys.stderr)
+        return _RENEW_REFUSED
+    except (grpc.aio.AioRpcError, ConnectionError) as e:
+        detail = f"{e.code().name} {e.details()}" if isinstance(e, grpc.aio.AioRpcError) else e
+        print(f"ovnet-agent: renewal failed: {detail}", file=sys.stderr)
+        return 3
+    sys.stdout.write(_creds_json(new).decode())
+    return 0
+
+
 async def run(args: argparse.Namespace) -> int:
     # Imported here so that --help stays light.
     from agent.daemon import DaemonOptions
@@ -352,7 +417,13 @@ async def run(args: argparse.Namespace) -> int:
         etc_netns=Path(args.etc_netns),
     )
     session = AgentSession(
-        managers, desc, spec, credentials=creds, creds_dir=creds_dir, state_dir=state_dir
+        managers,
+        desc,
+        spec,
+        credentials=creds,
+        creds_dir=creds_dir,
+        state_dir=state_dir,
+        renewer=functools.partial(_renew_in_child, args.argv),
     )
     daemon = build_daemon(
         host,
@@ -482,6 +553,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.credentials_only:
         return _credentials_only(args)
+    if args.renew_only:
+        return _renew_only(args)
     args.addr = args.addr or detect_vtep(managers)
     args.underlay_mtu = args.underlay_mtu or underlay_mtu(args.addr)
     return asyncio.run(run(args))

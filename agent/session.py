@@ -36,7 +36,7 @@ from proto import dispatcher_pb2_grpc
 from proto import objects_pb2 as pb
 from security import certinfo
 from security.credentials import MANAGER_CHANNEL_OPTIONS, NodeCredentials, diagnose
-from security.join import NO_ANSWER, renew
+from security.join import NO_ANSWER, renew, renew_anywhere
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,10 @@ LEADER_REDIRECT_S = 0.05
 GOSSIP_REPORT_S = 10.0
 # Heartbeat periods at the start of a session with two beats each (see `_heartbeat`).
 WARMUP_PERIODS = 10
+
+
+# Renews a node's credentials, asking the managers given in order (see AgentSession).
+Renewer = Callable[[NodeCredentials, list[str]], Awaitable[NodeCredentials]]
 
 
 class SequenceGap(Exception):
@@ -120,9 +124,12 @@ class AgentSession:
         on_assignments: OnAssignments | None = None,
         backoff_max: float = 5.0,
         renew_rng: random.Random | None = None,
+        renewer: Renewer | None = None,
     ) -> None:
         """`creds_dir`: where renewed credentials are saved (None: kept in memory only).
-        `state_dir`: where the node ID is written for the rest of the agent and operators."""
+        `state_dir`: where the node ID is written for the rest of the agent and operators.
+        `renewer`: renews the certificate given the managers to ask, in order (None: in this
+        process, over the session's channel when it is up)."""
         self.rotation = Rotation(managers)
         self.description = description
         self.spec = spec or pb.NodeSpec()
@@ -132,6 +139,7 @@ class AgentSession:
         self.on_assignments = on_assignments
         self.backoff_max = backoff_max
         self.renew_rng = renew_rng
+        self.renewer = renewer
         self.node_id = credentials.node_id
         self._save_node_id()
         self.session_id = ""
@@ -338,13 +346,17 @@ class AgentSession:
 
     async def _renew_once(self, creds: NodeCredentials) -> None:
         channel = self._channel if self.connected.is_set() else None
-        if channel is not None:
+        if self.renewer is not None:
+            # Making a key and CSR and checking the answer needs `cryptography`, which the
+            # agent leaves to a helper process (agent/main.py `--renew-only`).
+            new = await self.renewer(creds, list(self.rotation.order()))
+        elif channel is not None:
             new = await renew(channel, creds)
         else:
             # No session (yet): renewal must not wait for one, or a certificate can lapse while
             # the session is down, and then no session can ever be opened with it. Any manager
             # renews, so ask each in turn over a channel of the renewal's own.
-            new = await self._renew_anywhere(creds)
+            new = await renew_anywhere(list(self.rotation.order()), creds)
         if self.creds_dir is not None:
             try:
                 new.save(self.creds_dir)
@@ -361,22 +373,6 @@ class AgentSession:
         )
         if self._call is not None:
             self._call.cancel()  # `_session` sees the new credentials and ends quietly
-
-    async def _renew_anywhere(self, creds: NodeCredentials) -> NodeCredentials:
-        last: Exception | None = None
-        for addr in list(self.rotation.order()):
-            channel = grpc.aio.secure_channel(
-                addr, creds.channel_credentials(), options=MANAGER_CHANNEL_OPTIONS
-            )
-            try:
-                return await renew(channel, creds, timeout=5)
-            except grpc.aio.AioRpcError as e:
-                last = e
-            finally:
-                await channel.close()
-        if last is None:
-            raise ConnectionError("no manager to renew the certificate with")
-        raise last
 
     async def _heartbeat(self, period_ms: int) -> None:
         """One heartbeat per period once the session has settled, as Swarm's agents beat: the

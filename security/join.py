@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import grpc
@@ -198,3 +199,23 @@ async def renew(
             f"not {old.role} {old.node_id!r}"
         )
     return NodeCredentials(creds.root_pem, pki.cert_pem(cert), pki.key_pem(key), verified=True)
+
+
+async def renew_anywhere(addrs: Sequence[str], creds: NodeCredentials) -> NodeCredentials:
+    """`renew` over a channel of its own to each manager in turn, until one answers: for when
+    no session is up (a certificate must not lapse while waiting for one) and for the agent's
+    renewal helper process. Raises the last refusal, or ConnectionError with no address."""
+    last: Exception | None = None
+    for addr in addrs:
+        channel = grpc.aio.secure_channel(
+            addr, creds.channel_credentials(), options=MANAGER_CHANNEL_OPTIONS
+        )
+        try:
+            return await renew(channel, creds, timeout=5)
+        except grpc.aio.AioRpcError as e:
+            last = e
+        finally:
+            await channel.close()
+    if last is None:
+        raise ConnectionError("no manager to renew the certificate with")
+    raise last

@@ -134,6 +134,15 @@ def test_renewal_and_key_rotation_drop_no_request(ov: Overlay) -> None:
     print(f"\nserials seen {serials}\ngossip primaries seen {len(primaries)}")
     print(f"VIP {vip_tally}\nmesh {mesh_tally}")
     assert all(len(s) >= 3 for s in serials.values()), serials  # renewed at least twice
+    # Renewing went through the agents' helper process: none of them maps `cryptography`.
+    for host in dev.hosts:
+        pid = dev.pid(host)
+        assert pid is not None
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            assert b"agent.main" in f.read()  # the agent itself, not a launcher
+        with open(f"/proc/{pid}/maps") as f:
+            maps = f.read()
+        assert "cryptography" not in maps, f"{host}'s agent loaded cryptography"
     assert len(primaries) >= 5, f"only {len(primaries)} gossip keys in {2 * CERT_LIFETIME_S} s"
     # Every node is still READY with a session (its renewed certificate is accepted).
     assert {n["status"]["state"] for n in ov.nodes().values()} == {"NODE_STATE_READY"}
