@@ -312,11 +312,15 @@ async def _credentials_in_child(argv: list[str]) -> int:
             proc.terminate()
 
 
+def _die_with_parent() -> None:
+    """A helper process gets SIGTERM when the agent that started it ends (PR_SET_PDEATHSIG)."""
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
+
+
 def _credentials_only(args: argparse.Namespace) -> int:
     """The child's side of `_credentials_in_child`."""
-    # Stop with the agent that started it (a join may retry for as long as no manager answers).
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    # A join may retry for as long as no manager answers: it must not outlive the agent.
+    _die_with_parent()
     creds_dir = Path(args.state_dir) / CREDS_DIRNAME
     try:
         asyncio.run(credentials(creds_dir, args.join_token, args.join_addrs))
@@ -364,8 +368,7 @@ _RENEW_REFUSED = 4
 def _renew_only(args: argparse.Namespace) -> int:
     """The child's side of `_renew_in_child`: the current credentials on stdin, the renewed
     ones on stdout."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: stop with the agent
+    _die_with_parent()
     parts = json.loads(sys.stdin.read())
     creds = NodeCredentials(*(parts[k].encode() for k in ("root", "cert", "key")))
     managers = [m.strip() for m in args.manager.split(",") if m.strip()]

@@ -15,6 +15,7 @@ import functools
 import os
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -138,10 +139,9 @@ def test_renewal_and_key_rotation_drop_no_request(ov: Overlay) -> None:
     for host in dev.hosts:
         pid = dev.pid(host)
         assert pid is not None
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            assert b"agent.main" in f.read()  # the agent itself, not a launcher
-        with open(f"/proc/{pid}/maps") as f:
-            maps = f.read()
+        proc = Path(f"/proc/{pid}")
+        assert b"agent.main" in (proc / "cmdline").read_bytes()  # the agent, not a launcher
+        maps = (proc / "maps").read_text()
         assert "cryptography" not in maps, f"{host}'s agent loaded cryptography"
     assert len(primaries) >= 5, f"only {len(primaries)} gossip keys in {2 * CERT_LIFETIME_S} s"
     # Every node is still READY with a session (its renewed certificate is accepted).
