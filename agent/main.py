@@ -295,21 +295,30 @@ async def _join_any(rotation: Rotation, token: str) -> tuple[NodeCredentials, st
     return None
 
 
+async def _helper(argv: list[str], *extra: str, stdin: bytes | None = None) -> tuple[int, bytes]:
+    """Run this agent's command line again with `extra` (a helper mode) in a child process:
+    its exit status and what it wrote on stdout (its stderr is the agent's log)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "agent.main", *argv, *extra,
+        stdin=asyncio.subprocess.DEVNULL if stdin is None else asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        out, _ = await proc.communicate(stdin)
+    finally:
+        if proc.returncode is None:  # the agent was stopped meanwhile: so is its helper
+            proc.terminate()
+    return proc.returncode or 0, out
+
+
 async def _credentials_in_child(argv: list[str]) -> int:
     """Load and check this node's credentials, or join to get them, in a child process
     (`--credentials-only`): checking keys and signatures loads `cryptography`, 8+ MB that an
     agent would otherwise carry for its whole life for a few milliseconds' work at start (see
     security/certinfo.py). The child logs to the same stderr and prints any error itself;
     its exit status is the agent's when it fails."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "agent.main", *argv, "--credentials-only",
-        stdin=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        return await proc.wait()
-    finally:
-        if proc.returncode is None:  # the agent was stopped meanwhile: so is the join
-            proc.terminate()
+    rc, _ = await _helper(argv, "--credentials-only")
+    return rc
 
 
 def _die_with_parent() -> None:
@@ -337,29 +346,24 @@ async def _renew_in_child(
     `_credentials_in_child`: the key, the CSR and the checks of the answer need
     `cryptography`. The credentials go in and out as JSON on its stdin and stdout; errors
     come back as the exceptions the session retries on."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "agent.main", *argv, "--renew-only",
-        "--manager", ",".join(managers),
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    try:
-        out, _ = await proc.communicate(_creds_json(creds))
-    finally:
-        if proc.returncode is None:  # the session was stopped meanwhile
-            proc.terminate()
-    if proc.returncode == _RENEW_REFUSED:
-        raise certinfo.CertError("the renewed certificate was refused (see the helper's log)")
-    if proc.returncode != 0:
-        raise ConnectionError(f"the renewal helper failed (exit status {proc.returncode})")
-    parts = json.loads(out)
-    return NodeCredentials(
-        *(p.encode() for p in (parts["root"], parts["cert"], parts["key"])), verified=True
+    rc, out = await _helper(
+        argv, "--renew-only", "--manager", ",".join(managers), stdin=_creds_json(creds)
     )
+    if rc == _RENEW_REFUSED:
+        raise certinfo.CertError("the renewed certificate was refused (see the helper's log)")
+    if rc != 0:
+        raise ConnectionError(f"the renewal helper failed (exit status {rc})")
+    return _creds_from_json(out, verified=True)
 
 
 def _creds_json(creds: NodeCredentials) -> bytes:
     pems = {"root": creds.root_pem, "cert": creds.cert_pem, "key": creds.key_pem}
     return json.dumps({k: v.decode() for k, v in pems.items()}).encode()
+
+
+def _creds_from_json(data: bytes, *, verified: bool = False) -> NodeCredentials:
+    parts = json.loads(data)
+    return NodeCredentials(*(parts[k].encode() for k in ("root", "cert", "key")), verified=verified)
 
 
 _RENEW_REFUSED = 4
@@ -369,8 +373,7 @@ def _renew_only(args: argparse.Namespace) -> int:
     """The child's side of `_renew_in_child`: the current credentials on stdin, the renewed
     ones on stdout."""
     _die_with_parent()
-    parts = json.loads(sys.stdin.read())
-    creds = NodeCredentials(*(parts[k].encode() for k in ("root", "cert", "key")))
+    creds = _creds_from_json(sys.stdin.buffer.read())
     managers = [m.strip() for m in args.manager.split(",") if m.strip()]
     try:
         new = asyncio.run(renew_anywhere(managers, creds))

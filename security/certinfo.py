@@ -141,6 +141,16 @@ def _time(der: bytes, tag: int, start: int, end: int) -> dt.datetime:
     return when.replace(tzinfo=dt.UTC)
 
 
+def check_claims(ci: CertInfo, cluster_id: str, now: dt.datetime) -> None:
+    """What pki.check asks of a certificate besides its signature: that it is for this
+    cluster, names a known role and is valid at `now` (CertError saying what is wrong)."""
+    if ci.cluster_id != cluster_id:
+        raise CertError(f"the certificate is for cluster {ci.cluster_id!r}, not this one")
+    if ci.role not in ROLES:
+        raise CertError(f"the certificate names an unknown role {ci.role!r}")
+    check_validity(ci, now)
+
+
 def check_validity(ci: CertInfo, now: dt.datetime) -> None:
     """The time part of pki.check: the only part that changes for a certificate already
     checked against the root, so a caller may cache the rest."""

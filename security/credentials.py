@@ -173,15 +173,7 @@ def diagnose(creds: NodeCredentials | None, now: dt.datetime) -> str:
     try:
         if not creds.verified:
             creds.validate()
-        ci = creds.info
-        cluster = certinfo.read(creds.root_pem).cluster_id
-        if ci.cluster_id != cluster:
-            raise certinfo.CertError(
-                f"the certificate is for cluster {ci.cluster_id!r}, not this one"
-            )
-        if ci.role not in certinfo.ROLES:
-            raise certinfo.CertError(f"the certificate names an unknown role {ci.role!r}")
-        certinfo.check_validity(ci, now)
+        certinfo.check_claims(creds.info, certinfo.read(creds.root_pem).cluster_id, now)
     except certinfo.CertError as e:
         msg = str(e)
         if "expired" in msg:

@@ -264,11 +264,7 @@ def check(cert: x509.Certificate, root: x509.Certificate, now: dt.datetime) -> C
     if not signed_by(cert, root):
         raise CertError("the certificate was not issued by this cluster's root CA")
     ci = info(cert)
-    if ci.cluster_id != cluster_id_of(root):
-        raise CertError(f"the certificate is for cluster {ci.cluster_id!r}, not this one")
-    if ci.role not in ROLES:
-        raise CertError(f"the certificate names an unknown role {ci.role!r}")
-    check_validity(ci, now)
+    certinfo.check_claims(ci, cluster_id_of(root), now)
     return ci
 
 

@@ -172,7 +172,6 @@ class DataPlane:
         if self._nft_ctx is None or not self._nft_ctx.alive():
             if self._nft_ctx is not None:
                 self._nft_ctx.close()
-            self._nft_ctx = None
             # Made in a thread: the context is created inside the namespace it acts in.
             self._nft_ctx = await asyncio.to_thread(Nft, self.host_netns)
         try:

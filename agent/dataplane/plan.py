@@ -42,7 +42,7 @@ from agent.model import DesiredState, HostConfig, Names
 
 
 class LinkRef(NamedTuple):
-    """A link by where it is (equal to the plain (ns, name) tuple a ops.DeleteLink's peer is)."""
+    """A link by where it is (equal to the plain (ns, name) tuple a DeleteLink op's peer is)."""
 
     ns: str | None  # None: the host namespace
     name: str
@@ -91,7 +91,7 @@ class VethPair:
 
     def create(self, *, with_mac: bool) -> ops.CreateVeth:
         # A veth replaced because one end has the wrong kind is made without the MAC, which
-        # the inner end's ops.SetLink then sets (as the planner always did).
+        # the inner end's SetLink op then sets (as the planner always did).
         return ops.CreateVeth(
             ns=self.outer_ns,
             name=self.outer,
@@ -226,7 +226,7 @@ def _removals(ctx: _Context) -> _Removals:
 def _stray_outer(
     ctx: _Context, ns: str | None, name: str, netid: str = ""
 ) -> ops.DeleteLink | None:
-    """A ops.DeleteLink for a veth outer end that is not where it belongs (None: it is)."""
+    """A DeleteLink op for a veth outer end that is not where it belongs (None: it is)."""
     home = ctx.homes.get(name)
     if home is not None and home.ns == ns:
         return None

@@ -18,7 +18,6 @@ import ctypes
 from typing import Any
 
 TAG_SIZE = 16
-_EVP_CTRL_GCM_SET_IVLEN = 0x9
 _EVP_CTRL_GCM_GET_TAG = 0x10
 _EVP_CTRL_GCM_SET_TAG = 0x11
 
