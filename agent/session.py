@@ -388,7 +388,13 @@ class AgentSession:
         beats = 0
         while True:
             warm = beats >= 2 * WARMUP_PERIODS
-            await asyncio.sleep(period_ms / 1000 / (1 if warm else 2))
+            wait = period_ms / 1000 / (1 if warm else 2)
+            start = time.monotonic()
+            await asyncio.sleep(wait)
+            late = time.monotonic() - start - wait
+            if late > period_ms / 1000:
+                # The manager may already have judged this node; say why it went quiet.
+                log.warning("heartbeat %.2f s late: the agent's event loop was blocked", late)
             beats += 1
             stub = self._stub
             if stub is None:

@@ -4,6 +4,7 @@ and the gossip reports heartbeats carry (kept in the leader's memory, served by 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
@@ -253,6 +254,72 @@ def test_heartbeat_gossip_report_is_kept_and_served_by_get_node() -> None:
     state.apply(batch, 5)
     d._on_commit(batch)
     assert d.gossip_status("me") is None
+
+
+# ---------------------------------------------------------------- liveness
+
+
+def _monitored(period_ms: int) -> tuple[Dispatcher, list[Batch]]:
+    """A dispatcher whose commits are recorded and applied, at a short heartbeat period."""
+    d, _, _ = make_dispatcher(node("me", 1))
+    commits: list[Batch] = []
+
+    async def commit(batch: Batch) -> None:
+        commits.append(batch)
+        d.state.apply(batch, len(commits) + 1)
+
+    cluster: Any = d.cluster  # the SimpleNamespace make_dispatcher built
+    cluster.config = ManagerConfig(heartbeat_period_ms=period_ms)
+    cluster.lock = asyncio.Lock()
+    cluster.commit = commit
+    d.period_ms = period_ms
+    d.sessions["me"] = _Session(session_id="s", node_id="me")
+    return d, commits
+
+
+def _downed(commits: list[Batch]) -> list[str]:
+    return [
+        n.meta.id
+        for b in commits
+        for _kind, n in b.puts
+        if isinstance(n, pb.Node) and n.status.state == pb.NODE_STATE_DOWN
+    ]
+
+
+def test_a_silent_node_is_marked_down_after_the_grace() -> None:
+    d, commits = _monitored(100)  # grace: 3 x 100 ms
+
+    async def scenario() -> None:
+        monitor = asyncio.create_task(d._monitor())
+        await asyncio.sleep(0.6)
+        monitor.cancel()
+
+    asyncio.run(scenario())
+    assert _downed(commits) == ["me"]
+    assert "me" not in d.sessions
+
+
+def test_the_managers_own_stall_is_not_held_against_a_node() -> None:
+    """The node beats every 50 ms; the manager's loop then stands still for 1 s (ten times the
+    grace), so its monitor wakes up before it has read the heartbeats that came meanwhile."""
+    d, commits = _monitored(100)
+    beat = dpb.HeartbeatRequest(node_id="me", session_id="s")
+
+    async def scenario() -> None:
+        monitor = asyncio.create_task(d._monitor())
+        for _ in range(4):
+            await d.heartbeat(beat)
+            await asyncio.sleep(0.05)
+        time.sleep(1.0)  # the loop is blocked
+        await asyncio.sleep(0)  # the monitor runs before the heartbeat that waited
+        for _ in range(8):
+            await d.heartbeat(beat)
+            await asyncio.sleep(0.05)
+        monitor.cancel()
+
+    asyncio.run(scenario())
+    assert _downed(commits) == []
+    assert "me" in d.sessions
 
 
 # ---------------------------------------------------------------- keyrings
