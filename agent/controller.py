@@ -29,11 +29,13 @@ from agent.model import (
     INGRESS_SANDBOX,
     DesiredState,
     HostConfig,
+    IpsecKey,
     LocalEndpoint,
     NetworkConfig,
     RemoteEndpoint,
     SandboxConfig,
 )
+from proto import dispatcher_pb2 as dpb
 from proto import objects_pb2 as pb
 
 
@@ -472,6 +474,7 @@ def desired_dataplane(
     endpoints: Mapping[str, Iterable[RemoteEndpoint]],
     sandboxes: Iterable[str],
     ingress: tuple[pb.Network, str] | None = None,
+    ipsec_keys: tuple[IpsecKey, ...] = (),
 ) -> tuple[DesiredState, dict[str, str]]:
     """The data plane for `sandboxes` (task IDs), and for each task that cannot have one, why.
     `endpoints` holds, per network, the endpoints other hosts announced (through gossip).
@@ -500,6 +503,10 @@ def desired_dataplane(
                 )
                 break
             config = network_config(net)
+            if config.encrypted and host.ipsec_unavailable:
+                # Never in clear: the task fails here, saying why (`ovctl service ps`).
+                problems[task_id] = f"{host.ipsec_unavailable}: network {net.spec.name} needs IPsec"
+                break
             configs.append(config)
             legs.append(
                 LocalEndpoint(
@@ -548,7 +555,15 @@ def desired_dataplane(
         )
         for net_id in nets
     }
-    return DesiredState(networks=nets, sandboxes=boxes, remotes=remotes), problems
+    desired = DesiredState(networks=nets, sandboxes=boxes, remotes=remotes, ipsec_keys=ipsec_keys)
+    return desired, problems
+
+
+def ipsec_keys(cfg: dpb.IpsecConfig | None) -> tuple[IpsecKey, ...]:
+    """The ring the manager sent (primary first); none before the first session."""
+    if cfg is None:
+        return ()
+    return tuple(IpsecKey(tag=k.lamport_time, key=k.key) for k in cfg.keys)
 
 
 def network_config(net: pb.Network) -> NetworkConfig:

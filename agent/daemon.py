@@ -40,7 +40,7 @@ from agent.collaborators import (
     Resolver,
     Session,
 )
-from agent.controller import Controller, Decision, Sandbox, desired_dataplane
+from agent.controller import Controller, Decision, Sandbox, desired_dataplane, ipsec_keys
 from agent.dataplane.desired import ingress_gw_address
 from agent.endpoints import EndpointRecord, local_records, node_record, remotes
 from agent.executor.api import Executor, ExitInfo, StartError, TaskSpec
@@ -343,7 +343,13 @@ class AgentDaemon:
             if d.sandboxes == built:
                 break  # the kernel already holds exactly these
             desired, problems = desired_dataplane(
-                self.host, p.known, self._networks, remote_eps, d.sandboxes, p.ingress
+                self.host,
+                p.known,
+                self._networks,
+                remote_eps,
+                d.sandboxes,
+                p.ingress,
+                ipsec_keys(self.session.assignments.ipsec.get("ipsec")),
             )
             result = await self.dataplane.reconcile(desired)
             built = d.sandboxes
@@ -351,7 +357,7 @@ class AgentDaemon:
                 log.warning("data plane: %s", f)
             for text in result.problems:
                 log.warning("data plane input: %s", text)
-            why = {**failed_sandboxes(result, desired), **problems}
+            why = {**failed_sandboxes(result, desired), **result.unbuilt, **problems}
             if not self.controller.sandboxes_built(d.sandboxes, desired.sandboxes, why):
                 break
         return d, desired

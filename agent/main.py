@@ -27,6 +27,7 @@ from pathlib import Path
 
 import grpc
 
+from agent.dataplane.xfrm import esp_unavailable
 from agent.model import DEFAULT_GWBRIDGE_SUBNET, DEFAULT_VXLAN_PORT, HostConfig, Names
 from agent.session import AgentSession
 from osutil import stackdump
@@ -414,6 +415,12 @@ async def run(args: argparse.Namespace) -> int:
         agent_version="0.3.0",
         gossip_port=args.gossip_port,
     )
+    ipsec_unavailable = esp_unavailable()
+    if ipsec_unavailable:
+        # Said once here and shown by `ovctl node inspect`; each task on an encrypted network
+        # placed on this host fails with it.
+        log.warning("encrypted networks cannot run here: %s", ipsec_unavailable)
+        desc.unavailable["ipsec"] = ipsec_unavailable
     host = HostConfig(
         vtep=ipaddress.IPv4Address(vtep),
         underlay_mtu=args.underlay_mtu,
@@ -421,6 +428,7 @@ async def run(args: argparse.Namespace) -> int:
         gwbridge_subnet=ipaddress.IPv4Network(args.gwbridge_subnet),
         names=Names(args.netns_prefix),
         etc_netns=Path(args.etc_netns),
+        ipsec_unavailable=ipsec_unavailable,
     )
     session = AgentSession(
         managers,

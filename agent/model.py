@@ -17,6 +17,9 @@ from pathlib import Path
 
 # Headers VXLAN adds on the underlay: outer IPv4 (20) + UDP (8) + VXLAN (8) + inner Ethernet (14).
 VXLAN_OVERHEAD = 50
+# ESP in transport mode around the VXLAN packet: SPI, sequence, 8-byte IV, padding and trailer
+# (up to 4 + 2), 16-byte ICV; the MTU is then rounded down to a multiple of 4.
+ESP_OVERHEAD = 26
 DEFAULT_VXLAN_PORT = 4789
 # The host-local bridge that gives sandboxes a way out (Docker's docker_gwbridge). Its subnet
 # only ever exists in the host's namespace; each host may use the same one.
@@ -92,6 +95,8 @@ class Names:
     # In the host's namespace.
     gwbridge: str = "ovgw0"
     nft_table: str = "ovnet"
+    # Carried by every xfrm SA and policy the agent makes (reqid is what xfrm has for a tag).
+    xfrm_reqid: int = 0x6F76_0001
     # The load-balancing table, in the host, the ingress sandbox and every task sandbox.
     lb_table: str = "ovnet-lb"
 
@@ -171,9 +176,38 @@ class HostConfig:
     # `ip netns exec` bind-mounts them over /etc for the task (iproute2's convention).
     etc_netns: Path = Path("/etc/netns")
 
+    # Why this host cannot encrypt ("" if it can), found when the agent starts: tasks on an
+    # encrypted network fail here rather than run in clear.
+    ipsec_unavailable: str = ""
+
     @property
     def overlay_mtu(self) -> int:
         return self.underlay_mtu - VXLAN_OVERHEAD
+
+    @property
+    def encrypted_vxlan_port(self) -> int:
+        """Encrypted networks' VXLAN port: their own, so that IPsec policies (which match
+        ports, not VNIs) select exactly their traffic (see agent/dataplane/ipsec.py)."""
+        return self.vxlan_port + 1
+
+    def network_mtu(self, net: NetworkConfig) -> int:
+        """The MTU of a network's bridge, VXLAN device and veths (1450 plain, 1424 encrypted
+        on a 1500 underlay)."""
+        if not net.encrypted:
+            return self.overlay_mtu
+        return (self.underlay_mtu - VXLAN_OVERHEAD - ESP_OVERHEAD) // 4 * 4
+
+    def network_vxlan_port(self, net: NetworkConfig) -> int:
+        return self.encrypted_vxlan_port if net.encrypted else self.vxlan_port
+
+
+@dataclass(frozen=True)
+class IpsecKey:
+    """One key of the IPsec ring the manager sends; `tag` (its Lamport time) is the same on
+    every host, so both ends of a pair derive the same SPIs (agent/dataplane/ipsec.py)."""
+
+    tag: int
+    key: bytes = field(repr=False)
 
 
 @dataclass(frozen=True)
@@ -185,3 +219,14 @@ class DesiredState:
     sandboxes: dict[str, SandboxConfig] = field(default_factory=dict)
     # Per network ID: endpoints on other hosts (never this host's own).
     remotes: dict[str, frozenset[RemoteEndpoint]] = field(default_factory=dict)
+    # The IPsec ring, primary first (used only with an encrypted network here).
+    ipsec_keys: tuple[IpsecKey, ...] = ()
+
+    def encrypted_peers(self) -> frozenset[IPv4Address]:
+        """VTEPs this host sends encrypted networks' traffic to (each needs SAs)."""
+        return frozenset(
+            r.vtep
+            for nid, net in self.networks.items()
+            if net.encrypted
+            for r in self.remotes.get(nid, ())
+        )

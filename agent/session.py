@@ -67,6 +67,8 @@ class Assignments:
     gossip: dict[str, dpb.GossipConfig] = field(default_factory=dict)
     # One item: this node itself (its ingress address is in its attachments).
     node: dict[str, pb.Node] = field(default_factory=dict)
+    # One item, ID "ipsec": the keyring of encrypted networks' data path.
+    ipsec: dict[str, dpb.IpsecConfig] = field(default_factory=dict)
     seq: int = 0
 
     def snapshot(self) -> dpb.AssignmentsMessage:
@@ -86,6 +88,7 @@ class Assignments:
             "service": self.services,
             "gossip": self.gossip,
             "node": self.node,
+            "ipsec": self.ipsec,
         }
 
     def apply(self, msg: dpb.AssignmentsMessage) -> None:

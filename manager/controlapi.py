@@ -122,7 +122,22 @@ class ControlAPI:
                 raise
         if spec.ingress:
             self._kick(None)  # every node gets its address on it
-        return cpb.CreateNetworkResponse(network=net)
+        return cpb.CreateNetworkResponse(network=net, warnings=self._network_warnings(net))
+
+    def _network_warnings(self, net: pb.Network) -> list[str]:
+        """What will not work yet on a network just created: an encrypted one with no Ready
+        node able to encrypt (each agent says at registration whether its kernel can)."""
+        if not net.spec.encrypted:
+            return []
+        ready = [n for n in self.state.nodes.values() if n.status.state == pb.NODE_STATE_READY]
+        if any("ipsec" not in n.description.unavailable for n in ready):
+            return []
+        reasons = sorted({n.description.unavailable["ipsec"] for n in ready})
+        why = f" ({'; '.join(reasons)})" if reasons else " (no node is Ready)"
+        return [
+            f"no Ready node can encrypt{why}: tasks on network {net.spec.name!r} will fail "
+            "until a node that can joins"
+        ]
 
     async def get_network(self, req: cpb.GetNetworkRequest) -> cpb.GetNetworkResponse:
         return cpb.GetNetworkResponse(network=self.state.resolve("networks", req.network_ref))

@@ -34,7 +34,7 @@ from google.protobuf.message import Message
 from manager.cluster import Cluster, new_id, now_ms
 from manager.errors import InvalidArgument, NotFound
 from manager.ingress import ingress_network, node_attachment_changes, publishes_ingress
-from manager.keymanager import GOSSIP, KeyManager
+from manager.keymanager import GOSSIP, IPSEC, KeyManager
 from manager.logbroker import LogBroker
 from manager.store import Batch, Store
 from proto import control_pb2 as cpb
@@ -62,12 +62,14 @@ _ITEM_FIELD = {
     "services": "service",
     "gossip": "gossip",
     "nodes": "node",
+    "ipsec": "ipsec",
 }
 # Kinds whose commits may change some session's set (gossip seeds follow nodes' state and
 # addresses).
 _WATCHED = {"tasks", "networks", "services", "nodes"}
 
 GOSSIP_KEY: Key = ("gossip", "gossip")
+IPSEC_KEY: Key = ("ipsec", "ipsec")
 # Seeds per node: enough that a join survives a few dead seeds, few enough that the
 # GossipConfig stays small and each node is a seed of only ~this many others.
 SEED_COUNT = 5
@@ -132,8 +134,22 @@ def gossip_config(keys: Sequence[bytes], seeds: Sequence[dpb.GossipPeer]) -> dpb
     """A session's gossip item, versioned by a digest of its content (the session diff compares
     versions, and this item has no etcd revision): it is sent again only when it changes."""
     msg = dpb.GossipConfig(meta=pb.Meta(id=GOSSIP_KEY[1]), keys=keys, seeds=seeds)
+    msg.meta.version = _content_version(msg)
+    return msg
+
+
+def _content_version(msg: Message) -> int:
+    """A digest of the message as its version (63 bits: the field is a uint64 compared for
+    equality only), for items that have no etcd revision."""
     digest = hashlib.blake2b(msg.SerializeToString(deterministic=True), digest_size=8).digest()
-    msg.meta.version = int.from_bytes(digest, "big") >> 1
+    return int.from_bytes(digest, "big") >> 1
+
+
+def ipsec_config(ring: pb.Keyring) -> dpb.IpsecConfig:
+    """A session's IPsec item (the whole keyring: agents need each key's tag), versioned by a
+    digest of its content like `gossip_config`."""
+    msg = dpb.IpsecConfig(meta=pb.Meta(id=IPSEC_KEY[1]), keys=ring.keys)
+    msg.meta.version = _content_version(msg)
     return msg
 
 
@@ -190,12 +206,14 @@ class Dispatcher:
 
     def assignment_set(self, node_id: str, ring: SeedRing | None = None) -> dict[Key, Message]:
         """Tasks on the node, the services and networks they use, the gossip keys and
-        seeds (`ring`: built once per round for every session), the node itself, and with an
+        seeds (`ring`: built once per round for every session), the IPsec keyring (every node
+        gets it: a task on an encrypted network can land anywhere), the node itself, and with an
         ingress address the ingress network and every service publishing on it."""
         if ring is None:
             ring = SeedRing.build(self.state.nodes.values())
         items: dict[Key, Message] = {
-            GOSSIP_KEY: gossip_config(self.keys.keys(GOSSIP), ring.seeds(node_id))
+            GOSSIP_KEY: gossip_config(self.keys.keys(GOSSIP), ring.seeds(node_id)),
+            IPSEC_KEY: ipsec_config(self.keys.keyring(IPSEC)),
         }
         me = self.state.nodes.get(node_id)
         if me is not None:
@@ -310,10 +328,13 @@ class Dispatcher:
                 continue
             async with self.cluster.lock:
                 batch = Batch()
+                now = time.monotonic()
                 for cur in stale:
                     node = self.state.nodes.get(cur.meta.id)
                     if node is None or node.status.state != pb.NODE_STATE_READY:
                         continue
+                    if now - self.last_seen.get(node.meta.id, now) <= grace:
+                        continue  # a session opened or a beat came while waiting for the lock
                     down = pb.Node()
                     down.CopyFrom(node)
                     down.status.state = pb.NODE_STATE_DOWN

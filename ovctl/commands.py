@@ -125,6 +125,8 @@ def network_create(stub: Stub, args: argparse.Namespace) -> int:
         labels=args.label or [],
     )
     resp = stub.CreateNetwork(cpb.CreateNetworkRequest(spec=spec))
+    for warning in resp.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     print(resp.network.meta.id)
     return 0
 

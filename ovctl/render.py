@@ -433,6 +433,7 @@ def node_pretty(
         f"Platform:         {d.platform or '-'}",
         f"Agent version:    {d.agent_version or '-'}",
         f"Labels:           {labels or '-'}",
+        *(f"Unavailable:      {k}: {v}" for k, v in sorted(d.unavailable.items())),
         "",
         gossip_text(gossip, now_ms, hostnames, networks),
     ]

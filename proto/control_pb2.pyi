@@ -15,10 +15,12 @@ class CreateNetworkRequest(_message.Message):
     def __init__(self, spec: _Optional[_Union[_objects_pb2.NetworkSpec, _Mapping]] = ...) -> None: ...
 
 class CreateNetworkResponse(_message.Message):
-    __slots__ = ("network",)
+    __slots__ = ("network", "warnings")
     NETWORK_FIELD_NUMBER: _ClassVar[int]
+    WARNINGS_FIELD_NUMBER: _ClassVar[int]
     network: _objects_pb2.Network
-    def __init__(self, network: _Optional[_Union[_objects_pb2.Network, _Mapping]] = ...) -> None: ...
+    warnings: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, network: _Optional[_Union[_objects_pb2.Network, _Mapping]] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GetNetworkRequest(_message.Message):
     __slots__ = ("network_ref",)

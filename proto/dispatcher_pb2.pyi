@@ -67,21 +67,31 @@ class GossipConfig(_message.Message):
     seeds: _containers.RepeatedCompositeFieldContainer[GossipPeer]
     def __init__(self, meta: _Optional[_Union[_objects_pb2.Meta, _Mapping]] = ..., keys: _Optional[_Iterable[bytes]] = ..., seeds: _Optional[_Iterable[_Union[GossipPeer, _Mapping]]] = ...) -> None: ...
 
+class IpsecConfig(_message.Message):
+    __slots__ = ("meta", "keys")
+    META_FIELD_NUMBER: _ClassVar[int]
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    meta: _objects_pb2.Meta
+    keys: _containers.RepeatedCompositeFieldContainer[_objects_pb2.EncryptionKey]
+    def __init__(self, meta: _Optional[_Union[_objects_pb2.Meta, _Mapping]] = ..., keys: _Optional[_Iterable[_Union[_objects_pb2.EncryptionKey, _Mapping]]] = ...) -> None: ...
+
 class Assignment(_message.Message):
-    __slots__ = ("action", "task", "network", "service", "gossip", "node")
+    __slots__ = ("action", "task", "network", "service", "gossip", "node", "ipsec")
     ACTION_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     NETWORK_FIELD_NUMBER: _ClassVar[int]
     SERVICE_FIELD_NUMBER: _ClassVar[int]
     GOSSIP_FIELD_NUMBER: _ClassVar[int]
     NODE_FIELD_NUMBER: _ClassVar[int]
+    IPSEC_FIELD_NUMBER: _ClassVar[int]
     action: AssignmentAction
     task: _objects_pb2.Task
     network: _objects_pb2.Network
     service: _objects_pb2.Service
     gossip: GossipConfig
     node: _objects_pb2.Node
-    def __init__(self, action: _Optional[_Union[AssignmentAction, str]] = ..., task: _Optional[_Union[_objects_pb2.Task, _Mapping]] = ..., network: _Optional[_Union[_objects_pb2.Network, _Mapping]] = ..., service: _Optional[_Union[_objects_pb2.Service, _Mapping]] = ..., gossip: _Optional[_Union[GossipConfig, _Mapping]] = ..., node: _Optional[_Union[_objects_pb2.Node, _Mapping]] = ...) -> None: ...
+    ipsec: IpsecConfig
+    def __init__(self, action: _Optional[_Union[AssignmentAction, str]] = ..., task: _Optional[_Union[_objects_pb2.Task, _Mapping]] = ..., network: _Optional[_Union[_objects_pb2.Network, _Mapping]] = ..., service: _Optional[_Union[_objects_pb2.Service, _Mapping]] = ..., gossip: _Optional[_Union[GossipConfig, _Mapping]] = ..., node: _Optional[_Union[_objects_pb2.Node, _Mapping]] = ..., ipsec: _Optional[_Union[IpsecConfig, _Mapping]] = ...) -> None: ...
 
 class AssignmentsMessage(_message.Message):
     __slots__ = ("type", "changes", "applies_to", "results_in")

@@ -406,18 +406,27 @@ class NodeSpec(_message.Message):
     def __init__(self, labels: _Optional[_Mapping[str, str]] = ..., role: _Optional[_Union[NodeRole, str]] = ..., availability: _Optional[_Union[NodeAvailability, str]] = ...) -> None: ...
 
 class NodeDescription(_message.Message):
-    __slots__ = ("hostname", "addr", "platform", "agent_version", "gossip_port")
+    __slots__ = ("hostname", "addr", "platform", "agent_version", "gossip_port", "unavailable")
+    class UnavailableEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
     ADDR_FIELD_NUMBER: _ClassVar[int]
     PLATFORM_FIELD_NUMBER: _ClassVar[int]
     AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     GOSSIP_PORT_FIELD_NUMBER: _ClassVar[int]
+    UNAVAILABLE_FIELD_NUMBER: _ClassVar[int]
     hostname: str
     addr: str
     platform: str
     agent_version: str
     gossip_port: int
-    def __init__(self, hostname: _Optional[str] = ..., addr: _Optional[str] = ..., platform: _Optional[str] = ..., agent_version: _Optional[str] = ..., gossip_port: _Optional[int] = ...) -> None: ...
+    unavailable: _containers.ScalarMap[str, str]
+    def __init__(self, hostname: _Optional[str] = ..., addr: _Optional[str] = ..., platform: _Optional[str] = ..., agent_version: _Optional[str] = ..., gossip_port: _Optional[int] = ..., unavailable: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class NodeStatus(_message.Message):
     __slots__ = ("state", "message", "last_heartbeat_ms")

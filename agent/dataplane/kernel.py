@@ -35,6 +35,7 @@ from agent.dataplane import nl, nlmsg, observe, ops
 from agent.dataplane.desired import allocate_gw_addresses, problems, wants_egress
 from agent.dataplane.observed import NetworkNs, Observed, SandboxNs
 from agent.dataplane.plan import plan
+from agent.dataplane.xfrm import IpsecTables
 from agent.lb.nft import Nft, NftError
 from agent.model import DesiredState, HostConfig
 from osutil.files import atomic_write
@@ -74,6 +75,9 @@ class ApplyResult:
     problems: list[str] = field(default_factory=list)
     ops: int = 0
     seconds: float = 0.0
+    # Sandboxes left out of this reconcile, and why (encrypted networks whose IPsec could
+    # not be set up: never built without it).
+    unbuilt: dict[str, str] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -94,6 +98,7 @@ class DataPlane:
         self._nft_checked = 0.0
         # Each egress sandbox's gwbridge address as of the last reconcile (task ID -> IP).
         self.gw_addresses: dict[str, str] = {}
+        self._ipsec = IpsecTables(host, host_netns)
 
     # ---------------------------------------------------------------- handles
 
@@ -229,10 +234,12 @@ class DataPlane:
         return result
 
     async def reconcile(self, desired: DesiredState) -> ApplyResult:
-        """observe + plan + apply, one at a time."""
+        """observe + plan + apply, one at a time; IPsec's additions before everything else
+        and its removals after (agent/dataplane/xfrm.py), so nothing goes out in clear."""
         async with self._lock:
             t0 = time.perf_counter()
             observed = await self.observe()
+            desired, unbuilt = await self._ipsec.prepare(desired)
             todo = plan(self.host, desired, observed)
             # The same choice plan() made: what load balancing DNATs host-mode ports to.
             egress = [t for t, sb in desired.sandboxes.items() if wants_egress(desired, sb)]
@@ -240,7 +247,9 @@ class DataPlane:
                 t: str(a.ip) for t, a in allocate_gw_addresses(self.host, egress, observed).items()
             }
             result = await self.apply(todo) if todo else ApplyResult()
+            await self._ipsec.finish()
             result.problems = problems(desired)
+            result.unbuilt = unbuilt
             result.seconds = time.perf_counter() - t0
             return result
 
@@ -249,7 +258,9 @@ class DataPlane:
         async with self._lock:
             self._nft_seen = None
             observed = await self.observe()
+            await self._ipsec.prepare(DesiredState())
             await self.apply(plan(self.host, DesiredState(), observed))
+            await self._ipsec.finish()
             # Whatever is left (e.g. a netns that could not be read) goes too.
             for ns in nl.list_netns():
                 if self._ours(ns):

@@ -361,8 +361,9 @@ def _host_egress(ctx: _Context) -> list[ops.Op]:
 
 def _network(ctx: _Context, nid: str) -> _NetworkOps:
     """A network's netns, bridge and VXLAN device, and its FDB / neighbour entries."""
-    host, names, mtu = ctx.host, ctx.names, ctx.host.overlay_mtu
+    host, names = ctx.host, ctx.names
     net = ctx.desired.networks[nid]
+    mtu = host.network_mtu(net)
     ns = ctx.net_ns[nid]
     out = _NetworkOps()
     obs_net = ctx.observed.networks.get(ns) or NetworkNs()
@@ -374,7 +375,7 @@ def _network(ctx: _Context, nid: str) -> _NetworkOps:
         obs_net.links.get(names.bridge),
         ops.CreateBridge(ns=ns, name=names.bridge, mtu=mtu, address=gw_if, network_id=nid),
     )
-    params = VxlanParams(vni=net.vni, port=host.vxlan_port, local=host.vtep)
+    params = VxlanParams(vni=net.vni, port=host.network_vxlan_port(net), local=host.vtep)
     vx = obs_net.links.get(names.vxlan)
     if vx is not None and vx.kind == "vxlan" and vx.vxlan != params:
         out.parents.append(ops.DeleteLink(ns=ns, name=names.vxlan, network_id=nid))
@@ -409,7 +410,7 @@ def _network(ctx: _Context, nid: str) -> _NetworkOps:
 
 def _sandbox(ctx: _Context, tid: str, removals: _Removals) -> list[ops.Op]:
     """A sandbox's netns, lo, a veth per endpoint, the gwbridge leg, default route, files."""
-    host, names, mtu = ctx.host, ctx.names, ctx.host.overlay_mtu
+    host, names = ctx.host, ctx.names
     sb = ctx.desired.sandboxes[tid]
     ns = ctx.sb_ns[tid]
     out: list[ops.Op] = []
@@ -424,7 +425,7 @@ def _sandbox(ctx: _Context, tid: str, removals: _Removals) -> list[ops.Op]:
             outer_ns=ctx.net_ns[ep.network_id],
             outer=names.veth_outer(tid, ep.index),
             master=names.bridge,
-            mtu=mtu,
+            mtu=host.network_mtu(ctx.desired.networks[ep.network_id]),
             inner_ns=ns,
             inner=names.sandbox_if(ep.index),
             address=ep.address,

@@ -102,8 +102,7 @@ def test_renewal_and_key_rotation_drop_no_request(ov: Overlay) -> None:
     )
     wait_for(
         "mesh port of rot",
-        lambda: load(ov, client_argv(ov, "rotout"), dev.host_addr("h2"), 18090, 3)["failures"]
-        == 0,
+        lambda: load(ov, client_argv(ov, "rotout"), dev.host_addr("h2"), 18090, 3)["failures"] == 0,
     )
     serials: dict[str, set[int]] = {h: {s} for h, s in agent_serials(dev).items()}
     primaries = {gossip_primary(dev)}

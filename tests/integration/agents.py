@@ -50,12 +50,15 @@ class ScriptedAgent:
         role: int = pb.NODE_ROLE_WORKER,
         *,
         credentials: NodeCredentials,
+        unavailable: dict[str, str] | None = None,
     ) -> None:
         self.loop = loop
         self.hostname = hostname
         self.session = AgentSession(
             managers,
-            pb.NodeDescription(hostname=hostname, addr="198.51.100.1"),
+            pb.NodeDescription(
+                hostname=hostname, addr="198.51.100.1", unavailable=unavailable or {}
+            ),
             pb.NodeSpec(labels=labels or {}, role=role),  # type: ignore[arg-type]
             credentials=credentials,
             backoff_max=0.5,

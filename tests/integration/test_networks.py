@@ -11,7 +11,9 @@ import pytest
 
 from proto import control_pb2 as cpb
 from proto import objects_pb2 as pb
+from tests.integration.agents import AgentPool
 from tests.integration.conftest import ManagerCluster
+from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -166,3 +168,28 @@ def test_pool_exhausted(etcd, spawn_process) -> None:  # type: ignore[no-untyped
         cluster.ovctl("network", "create", "c")
     finally:
         cluster.close()
+
+
+def test_creating_an_encrypted_network_warns_when_no_ready_node_can_encrypt(
+    managers: ManagerCluster, agents: AgentPool
+) -> None:
+    """Each agent says at registration whether its kernel can do ESP; `network create --opt
+    encrypted` is not refused (a node that can may join later) but says so."""
+    why = "this host's kernel cannot encrypt (no ESP support)"
+    host = agents.add(managers.addrs, "noesp", unavailable={"ipsec": why})
+    wait_for("registration", lambda: host.node_id)
+    wait_for("Ready", lambda: "Ready" in managers.ovctl("node", "ls").stdout)
+    out = managers.ovctl("network", "create", "--opt", "encrypted", "sec1")
+    assert out.returncode == 0 and len(out.stdout.strip()) == 25
+    assert out.stderr.strip() == (
+        f"warning: no Ready node can encrypt ({why}): tasks on network 'sec1' will fail "
+        "until a node that can joins"
+    )
+    pretty = managers.ovctl("node", "inspect", "--pretty", "noesp").stdout
+    assert f"Unavailable:      ipsec: {why}" in pretty
+    # A plain network is no concern; nor is an encrypted one once a node can encrypt.
+    assert managers.ovctl("network", "create", "plain1").stderr == ""
+    able = agents.add(managers.addrs, "esp")
+    wait_for("registration", lambda: able.node_id)
+    wait_for("both Ready", lambda: managers.ovctl("node", "ls").stdout.count("Ready") == 2)
+    assert managers.ovctl("network", "create", "--opt", "encrypted", "sec2").stderr == ""

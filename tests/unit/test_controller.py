@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 
 from agent.controller import Controller, Local, Sandbox, decide, desired_dataplane, exit_status
+from agent.dataplane.xfrm import NO_ESP
 from agent.executor.api import ExitInfo
 from agent.model import HostConfig, RemoteEndpoint
 from proto import objects_pb2 as pb
@@ -158,6 +159,25 @@ def test_desired_dataplane_builds_networks_only_for_local_sandboxes() -> None:
     desired, _ = desired_dataplane(host, tasks, networks, eps, {"t1"})
     assert set(desired.networks) == {"n1", "n2"} and desired.sandboxes["t1"].egress is True
     assert [e.index for e in desired.sandboxes["t1"].endpoints] == [0, 1]
+
+
+def test_a_host_that_cannot_encrypt_builds_nothing_for_a_task_on_an_encrypted_network() -> None:
+    tasks = {
+        "t1": task("t1", nets=(("n1", "10.0.1.5/24"), ("sec", "10.0.2.5/24"))),
+        "t2": task("t2", nets=(("n1", "10.0.1.6/24"),)),
+    }
+    secret = net("sec", "10.0.2.0/24")
+    secret.spec.encrypted = True
+    networks = {"n1": net("n1"), "sec": secret}
+    vtep = ipaddress.IPv4Address("198.51.100.11")
+    unable = HostConfig(vtep=vtep, ipsec_unavailable=NO_ESP)
+    desired, problems = desired_dataplane(unable, tasks, networks, {}, {"t1", "t2"})
+    assert set(desired.sandboxes) == {"t2"} and set(desired.networks) == {"n1"}
+    assert problems == {
+        "t1": "this host's kernel cannot encrypt (no ESP support): network sec needs IPsec"
+    }
+    desired, problems = desired_dataplane(HostConfig(vtep=vtep), tasks, networks, {}, {"t1"})
+    assert problems == {} and desired.networks["sec"].encrypted
 
 
 # ---------------------------------------------------------------------- Controller's events

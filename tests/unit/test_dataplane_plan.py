@@ -280,6 +280,21 @@ def test_internal_network_has_no_egress_and_no_default_route() -> None:
     assert "ovgw0" not in obs3.host_links
 
 
+def test_an_encrypted_network_has_its_own_vxlan_port_and_room_for_esp() -> None:
+    enc = replace(net(2), encrypted=True)
+    d = desired([sandbox("t1", [(1, 2), (2, 2)])], [net(1), enc], {})
+    _, obs = converge(d)
+    plain_links = obs.networks[NAMES.network_ns("net1")].links
+    enc_links = obs.networks[NAMES.network_ns("net2")].links
+    plain_vx, enc_vx = plain_links["ovvx0"].vxlan, enc_links["ovvx0"].vxlan
+    assert plain_vx is not None and plain_vx.port == 4789
+    assert enc_vx is not None and enc_vx.port == 4790
+    assert plain_links["ovbr0"].mtu == 1450
+    assert {enc_links[n].mtu for n in ("ovbr0", "ovvx0", NAMES.veth_outer("t1", 1))} == {1424}
+    sb = obs.sandboxes[NAMES.sandbox_ns("t1")].links
+    assert (sb["eth0"].mtu, sb["eth1"].mtu) == (1450, 1424)
+
+
 def test_egress_false_means_no_gw_leg() -> None:
     _, obs = converge(desired([sandbox("t1", [(1, 2)], egress=False)], [net(1)], {}))
     assert "gw0" not in obs.sandboxes[NAMES.sandbox_ns("t1")].links

@@ -15,6 +15,7 @@ from manager.cluster import ManagerConfig
 from manager.controlapi import ControlAPI
 from manager.dispatcher import (
     GOSSIP_KEY,
+    IPSEC_KEY,
     SEED_COUNT,
     Dispatcher,
     SeedRing,
@@ -160,6 +161,15 @@ class FakeKeys:
         assert subsystem == "gossip"
         return list(self.ring)
 
+    def keyring(self, subsystem: str) -> pb.Keyring:
+        assert subsystem == "ipsec"
+        return pb.Keyring(
+            keys=[
+                pb.EncryptionKey(key=k, lamport_time=len(self.ring) - i)
+                for i, k in enumerate(self.ring)
+            ]
+        )
+
     def subscribe(self, listener: Callable[[], None]) -> None:
         self.listeners.append(listener)
 
@@ -230,6 +240,21 @@ def test_a_new_keyring_is_pushed_to_every_session() -> None:
     for s in sessions:
         (item,) = gossip_changes(d._diff(s, complete=False))
         assert list(item.gossip.keys) == [KEY2, KEY1]
+
+
+def test_the_ipsec_keyring_goes_to_every_session_with_its_tags() -> None:
+    d, _, keys = make_dispatcher(node("me", 1), node("a", 2))
+    sess = _Session(session_id="s", node_id="me")
+    first = d._diff(sess, complete=True)
+    assert first is not None
+    (item,) = [c.ipsec for c in first.assignments.changes if c.WhichOneof("item") == "ipsec"]
+    assert item.meta.id == "ipsec" and [(k.key, k.lamport_time) for k in item.keys] == [(KEY1, 1)]
+    assert d._diff(sess, complete=False) is None
+    keys.rotate([KEY2, KEY1])
+    msg = d._diff(sess, complete=False)
+    assert msg is not None
+    (item,) = [c.ipsec for c in msg.assignments.changes if c.WhichOneof("item") == "ipsec"]
+    assert [(k.key, k.lamport_time) for k in item.keys] == [(KEY2, 2), (KEY1, 1)]
 
 
 def test_heartbeat_gossip_report_is_kept_and_served_by_get_node() -> None:
@@ -384,12 +409,18 @@ def test_assignment_set_has_the_node_the_ingress_network_and_every_publishing_se
     b.create("services", pb.Service(meta=pb.Meta(id="quiet"), spec=pb.ServiceSpec(name="quiet")))
     state.apply(b, 2)
     items = d.assignment_set("me")
-    assert set(items) == {GOSSIP_KEY, ("nodes", "me"), ("networks", "ing"), ("services", "web")}
+    assert set(items) == {
+        GOSSIP_KEY,
+        IPSEC_KEY,
+        ("nodes", "me"),
+        ("networks", "ing"),
+        ("services", "web"),
+    }
     assert list(items[("nodes", "me")].attachments[0].addresses) == ["10.0.0.2/24"]  # type: ignore[attr-defined]
     # A node without an ingress address gets only itself (and gossip): no mesh to build.
-    assert set(d.assignment_set("bare")) == {GOSSIP_KEY, ("nodes", "bare")}
+    assert set(d.assignment_set("bare")) == {GOSSIP_KEY, IPSEC_KEY, ("nodes", "bare")}
     # An unknown node (registration racing removal) gets no node item.
-    assert set(d.assignment_set("ghost")) == {GOSSIP_KEY}
+    assert set(d.assignment_set("ghost")) == {GOSSIP_KEY, IPSEC_KEY}
 
 
 def test_node_item_is_resent_on_change_and_mesh_items_removed_with_the_address() -> None:
