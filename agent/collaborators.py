@@ -30,6 +30,7 @@ class Session(Protocol):
     node_id: str
     on_assignments: Callable[[Assignments], Awaitable[None]] | None
     gossip_status: Callable[[], pb.GossipStatus | None] | None
+    ipsec_status: Callable[[], pb.IpsecStatus | None] | None
 
     @property
     def unreachable(self) -> bool: ...
@@ -47,6 +48,8 @@ class DataPlane(Protocol):
     def sandbox_path(self, task_id: str) -> str: ...
 
     async def reconcile(self, desired: DesiredState) -> ApplyResult: ...
+
+    def ipsec_status(self) -> pb.IpsecStatus | None: ...
 
     async def close(self) -> None: ...
 

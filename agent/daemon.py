@@ -154,6 +154,7 @@ class AgentDaemon:
         health.on_change = lambda _: self._wake.set()
         session.on_assignments = self._on_assignments
         session.gossip_status = discovery.status
+        session.ipsec_status = dataplane.ipsec_status
         self._stopping: dict[str, asyncio.Task[None]] = {}
         # One waiter per watched task, for its exit (`Executor.wait`).
         self._waiters: dict[str, asyncio.Task[None]] = {}

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from google.protobuf.message import Message
 
 from osutil.backoff import Backoff
 from osutil.failover import Rotation
@@ -44,8 +45,8 @@ _LEADER_HINT = re.compile(r"the leader is at (\S+)")
 _REMOVED = re.compile(r"\bremoved\b")
 # How soon to try the leader a follower named (it is probably up: the follower just saw it).
 LEADER_REDIRECT_S = 0.05
-# A heartbeat carries the gossip view at least this often (see `_GossipReport`).
-GOSSIP_REPORT_S = 10.0
+# A heartbeat carries each report (gossip view, IPsec) at least this often (see `_Report`).
+REPORT_S = 10.0
 # Heartbeat periods at the start of a session with two beats each (see `_heartbeat`).
 WARMUP_PERIODS = 10
 
@@ -154,6 +155,7 @@ class AgentSession:
         self.renewals = 0
         # What the heartbeat carries about this host's gossip view (for `ovctl node inspect`).
         self.gossip_status: Callable[[], pb.GossipStatus | None] | None = None
+        self.ipsec_status: Callable[[], pb.IpsecStatus | None] | None = None
         self._channel: grpc.aio.Channel | None = None
         self._stub: dispatcher_pb2_grpc.DispatcherStub | None = None
         self._call: Any = None
@@ -386,8 +388,8 @@ class AgentSession:
         period (measured: a restarted node under CI load missed 3 beats at 300 ms). Each beat
         is a gRPC call costing the agent ~1 ms of CPU or more (bench.footprint: twice per
         period was two thirds of an idle agent's CPU at a 1 s period), so it carries the
-        gossip view only when that changed (`_GossipReport`)."""
-        report = _GossipReport()
+        gossip view and the IPsec report only when they changed (`_Report`)."""
+        reports = {"gossip": gossip_report(), "ipsec": ipsec_report()}
         beats = 0
         while True:
             warm = beats >= 2 * WARMUP_PERIODS
@@ -404,14 +406,20 @@ class AgentSession:
                 return
             try:
                 req = dpb.HeartbeatRequest(node_id=self.node_id, session_id=self.session_id)
-                gossip = self.gossip_status() if self.gossip_status is not None else None
-                if gossip is not None and report.due(gossip, time.monotonic()):
-                    req.gossip.CopyFrom(gossip)
+                views = {
+                    "gossip": self.gossip_status() if self.gossip_status is not None else None,
+                    "ipsec": self.ipsec_status() if self.ipsec_status is not None else None,
+                }
+                now = time.monotonic()
+                for field_name, view in views.items():
+                    if view is not None and reports[field_name].due(view, now):
+                        getattr(req, field_name).CopyFrom(view)
                 resp = await stub.Heartbeat(req, timeout=period_ms / 1000)
                 period_ms = resp.period_ms or period_ms
             except grpc.aio.AioRpcError as e:
                 log.warning("heartbeat failed: %s %s", e.code().name, e.details())
-                report.sent = None  # it may not have arrived: send the next one whole
+                for r in reports.values():
+                    r.sent = None  # it may not have arrived: send the next one whole
 
     async def report(self, updates: Sequence[dpb.TaskStatusUpdate]) -> None:
         """Send task states; raises grpc.aio.AioRpcError or ConnectionError when no session is
@@ -443,23 +451,32 @@ class AgentSession:
         return self._stub
 
 
-class _GossipReport:
-    """When a heartbeat carries this host's gossip view (the manager keeps the last one it
-    got, for `ovctl node inspect`): when members or networks changed, else every
-    GOSSIP_REPORT_S (its counters and time move on every packet; sending them each beat
-    would cost the manager and the agent for a view people read now and then)."""
+class _Report:
+    """When a heartbeat carries one of this host's reports (the manager keeps the last one it
+    got, for `ovctl node inspect`): when its shape changed, else every REPORT_S (a gossip
+    view's counters and time move on every packet; sending them each beat would cost the
+    manager and the agent for a view people read now and then)."""
 
-    def __init__(self) -> None:
+    def __init__(self, shape: Callable[[Any], Message]) -> None:
+        self.shape = shape
         self.sent: tuple[bytes, float] | None = None
 
-    def due(self, st: pb.GossipStatus, now: float) -> bool:
-        shape = pb.GossipStatus(members=st.members, networks=st.networks).SerializeToString(
-            deterministic=True
-        )
-        if self.sent is not None and self.sent[0] == shape and now - self.sent[1] < GOSSIP_REPORT_S:
+    def due(self, st: Message, now: float) -> bool:
+        shape = self.shape(st).SerializeToString(deterministic=True)
+        if self.sent is not None and self.sent[0] == shape and now - self.sent[1] < REPORT_S:
             return False
         self.sent = (shape, now)
         return True
+
+
+def gossip_report() -> _Report:
+    """The gossip view's shape: its members and networks."""
+    return _Report(lambda st: pb.GossipStatus(members=st.members, networks=st.networks))
+
+
+def ipsec_report() -> _Report:
+    """An IPsec report changes only on transitions: all of it is its shape."""
+    return _Report(lambda st: st)
 
 
 async def _unless_closed(call: Awaitable[object]) -> None:

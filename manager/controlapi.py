@@ -23,6 +23,7 @@ from manager.ingress import (
 )
 from manager.logbroker import LogBroker
 from manager.scheduler import parse_constraints
+from manager.state import ClusterState
 from manager.store import Batch, Store
 from manager.validation import check_labels, check_service_spec, normalize_network_spec
 from proto import control_pb2 as cpb
@@ -81,14 +82,16 @@ class ControlAPI:
         kick: Any,
         gossip_status: Callable[[str], pb.GossipStatus | None] | None = None,
         ca: CertificateAuthority | None = None,
+        ipsec_status: Callable[[str], pb.IpsecStatus | None] | None = None,
     ) -> None:
-        """`gossip_status(node_id)`: the latest gossip report of a node's agent (the
-        dispatcher keeps them in memory). `ca`: the cluster CA, for join tokens."""
+        """`gossip_status(node_id)`, `ipsec_status(node_id)`: the latest reports of a node's
+        agent (the dispatcher keeps them in memory). `ca`: the cluster CA, for join tokens."""
         self.cluster = cluster
         self.state = cluster.state
         self.logs = logs
         self._kick = kick
         self._gossip_status = gossip_status or (lambda _node_id: None)
+        self._ipsec_status = ipsec_status or (lambda _node_id: None)
         self.ca = ca
 
     # ------------------------------------------------------------------ networks
@@ -140,7 +143,10 @@ class ControlAPI:
         ]
 
     async def get_network(self, req: cpb.GetNetworkRequest) -> cpb.GetNetworkResponse:
-        return cpb.GetNetworkResponse(network=self.state.resolve("networks", req.network_ref))
+        net: pb.Network = self.state.resolve("networks", req.network_ref)
+        return cpb.GetNetworkResponse(
+            network=net, ipsec=ipsec_links(net, self.state, self._ipsec_status, now_ms())
+        )
 
     async def list_networks(self, req: cpb.ListNetworksRequest) -> cpb.ListNetworksResponse:
         nets = _filtered(self.state.networks.values(), lambda n: n.spec.name, req)
@@ -368,7 +374,11 @@ class ControlAPI:
 
     async def get_node(self, req: cpb.GetNodeRequest) -> cpb.GetNodeResponse:
         node: pb.Node = self.state.resolve("nodes", req.node_ref)
-        return cpb.GetNodeResponse(node=node, gossip=self._gossip_status(node.meta.id))
+        return cpb.GetNodeResponse(
+            node=node,
+            gossip=self._gossip_status(node.meta.id),
+            ipsec=self._ipsec_status(node.meta.id),
+        )
 
     async def list_nodes(self, req: cpb.ListNodesRequest) -> cpb.ListNodesResponse:
         nodes = _filtered(self.state.nodes.values(), lambda n: n.description.hostname, req)
@@ -430,3 +440,42 @@ class ControlAPI:
                 f"`ovctl cluster join-token {req.role} --rotate`"
             )
         return cpb.GetJoinTokenResponse(role=req.role, token=token)
+
+
+def ipsec_links(
+    net: pb.Network,
+    state: ClusterState,
+    report: Callable[[str], pb.IpsecStatus | None],
+    now_ms: int,
+) -> list[cpb.IpsecLink]:
+    """For an encrypted network, each host with a running task on it, on ESP from each other
+    such host, as its agent last reported (see IpsecLink)."""
+    if not net.spec.encrypted:
+        return []
+    on_net = sorted(
+        {
+            t.node_id
+            for t in state.tasks.values()
+            if t.status.state == pb.TASK_STATE_RUNNING
+            and any(a.network_id == net.meta.id for a in t.networks)
+        }
+    )
+    nodes = [state.nodes[n] for n in on_net if n in state.nodes]
+    out: list[cpb.IpsecLink] = []
+    for node in nodes:
+        rep = report(node.meta.id)
+        by_addr = {p.addr: p for p in rep.peers} if rep is not None else {}
+        for peer in nodes:
+            if peer is node:
+                continue
+            name = peer.description.hostname
+            seen = by_addr.get(peer.description.addr)
+            if seen is None:
+                state_text = "no report"
+            elif seen.silent_since_ms == 0:
+                state_text = "ok"
+            else:
+                silent_s = max(0, now_ms - seen.silent_since_ms) // 1000
+                state_text = f"no ESP from {name} for {silent_s} s"
+            out.append(cpb.IpsecLink(node=node.description.hostname, peer=name, state=state_text))
+    return out

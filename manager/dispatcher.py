@@ -176,6 +176,8 @@ class Dispatcher:
         # Each node's latest gossip report: observation, kept in memory only (a write per
         # heartbeat would be the cost of storing it); a new leader starts without any.
         self.gossip: dict[str, pb.GossipStatus] = {}
+        # The same for IPsec reports (agents with encrypted networks).
+        self.ipsec: dict[str, pb.IpsecStatus] = {}
         self._dirty = asyncio.Event()
         # (state revision, IDs of services publishing through the routing mesh)
         self._mesh_services: tuple[int, list[str]] = (-1, [])
@@ -188,6 +190,7 @@ class Dispatcher:
         for kind, obj_id in batch.deletes:
             if kind == "nodes":
                 self.gossip.pop(obj_id, None)
+                self.ipsec.pop(obj_id, None)
         if any(k in _WATCHED for k, _ in batch.puts) or any(
             k in _WATCHED for k, _ in batch.deletes
         ):
@@ -437,11 +440,17 @@ class Dispatcher:
         self.last_seen[req.node_id] = time.monotonic()
         if req.HasField("gossip"):
             self.gossip[req.node_id] = req.gossip
+        if req.HasField("ipsec"):
+            self.ipsec[req.node_id] = req.ipsec
         return dpb.HeartbeatResponse(period_ms=self.period_ms)
 
     def gossip_status(self, node_id: str) -> pb.GossipStatus | None:
         """The node's latest gossip report to this leader, if any."""
         return self.gossip.get(node_id)
+
+    def ipsec_status(self, node_id: str) -> pb.IpsecStatus | None:
+        """The node's latest IPsec report to this leader, if any."""
+        return self.ipsec.get(node_id)
 
     async def update_task_status(
         self, req: dpb.UpdateTaskStatusRequest

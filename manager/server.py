@@ -95,6 +95,7 @@ class Leadership:
             self.logs,
             self.reconciler.kick,
             gossip_status=self.dispatcher.gossip_status,
+            ipsec_status=self.dispatcher.ipsec_status,
             ca=ca,
         )
         self.tasks = [

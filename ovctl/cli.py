@@ -290,6 +290,9 @@ def _network_verbs(group: argparse.ArgumentParser, verb: _Verb) -> None:
     _listing_options(p, "name=PREFIX or label=K[=V], repeatable")
     p = verb(sub, "inspect", commands.network_inspect, "show networks as JSON")
     _inspect_options(p)
+    p.add_argument(
+        "--pretty", action="store_true", help="human-readable, with the state of IPsec per host"
+    )
     p.add_argument("refs", nargs="+", metavar="NETWORK")
     p = verb(sub, "rm", commands.network_rm, "remove networks", "remove")
     p.add_argument("refs", nargs="+", metavar="NETWORK")

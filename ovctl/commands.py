@@ -142,9 +142,18 @@ def network_ls(stub: Stub, args: argparse.Namespace) -> int:
 
 
 def network_inspect(stub: Stub, args: argparse.Namespace) -> int:
-    return _inspect(
-        args.refs, lambda ref: stub.GetNetwork(cpb.GetNetworkRequest(network_ref=ref)).network
+    """JSON (each Network; an encrypted one with its hosts' view of ESP under "ipsec"), or
+    with --pretty the human form."""
+    found: list[cpb.GetNetworkResponse] = []
+    code = _each(
+        args.refs,
+        lambda ref: found.append(stub.GetNetwork(cpb.GetNetworkRequest(network_ref=ref))),
     )
+    if args.pretty:
+        print("\n\n".join(render.network_pretty(r) for r in found))
+    else:
+        print(json.dumps([render.network_inspect_dict(r) for r in found], indent=4))
+    return code
 
 
 def network_rm(stub: Stub, args: argparse.Namespace) -> int:
@@ -354,7 +363,9 @@ def node_inspect(stub: Stub, args: argparse.Namespace) -> int:
         nets = stub.ListNetworks(cpb.ListNetworksRequest()).networks
         networks = {n.meta.id: n.spec.name for n in nets}
         now = int(time.time() * 1000)
-        texts = [render.node_pretty(r.node, r.gossip, now, hostnames, networks) for r in found]
+        texts = [
+            render.node_pretty(r.node, r.gossip, now, hostnames, networks, r.ipsec) for r in found
+        ]
         print("\n\n".join(texts))
     return code
 

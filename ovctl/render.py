@@ -412,8 +412,10 @@ def node_pretty(
     now_ms: int,
     hostnames: Mapping[str, str],
     networks: Mapping[str, str],
+    ipsec: pb.IpsecStatus | None = None,
 ) -> str:
-    """`node inspect --pretty`: the node as docker prints it, then its gossip view."""
+    """`node inspect --pretty`: the node as docker prints it, then its IPsec and gossip
+    views."""
     d = node.description
     labels = ", ".join(f"{k}={v}" for k, v in sorted(node.spec.labels.items()))
     status = enum_label(pb.NodeState, node.status.state)
@@ -434,10 +436,26 @@ def node_pretty(
         f"Agent version:    {d.agent_version or '-'}",
         f"Labels:           {labels or '-'}",
         *(f"Unavailable:      {k}: {v}" for k, v in sorted(d.unavailable.items())),
+        *ipsec_lines(ipsec, now_ms),
         "",
         gossip_text(gossip, now_ms, hostnames, networks),
     ]
     return "\n".join(lines)
+
+
+def ipsec_lines(st: pb.IpsecStatus | None, now_ms: int) -> list[str]:
+    """The node's view of ESP from each peer host, and the cleartext its kernel refused."""
+    if st is None or not (st.peers or st.cleartext_dropped_in or st.cleartext_blocked_out):
+        return []
+    lines = [
+        f"IPsec:            cleartext refused: {st.cleartext_dropped_in} in, "
+        f"{st.cleartext_blocked_out} out"
+    ]
+    for p in st.peers:
+        silent = max(0, now_ms - p.silent_since_ms) // 1000
+        state = "ok" if not p.silent_since_ms else f"no ESP for {silent} s"
+        lines.append(f"  ESP from {p.addr}: {state}")
+    return lines
 
 
 def ingress_address(node: pb.Node) -> str:
@@ -445,6 +463,43 @@ def ingress_address(node: pb.Node) -> str:
     return ", ".join(a for att in node.attachments for a in att.addresses)
 
 
+def network_inspect_dict(resp: control_pb2.GetNetworkResponse) -> dict[str, Any]:
+    """`network inspect` JSON: the Network, plus for an encrypted one "ipsec": each host's
+    view of ESP from each other host on it."""
+    out = to_dict(resp.network)
+    if resp.network.spec.encrypted:
+        out["ipsec"] = [to_dict(link) for link in resp.ipsec]
+    return out
+
+
+def network_pretty(resp: control_pb2.GetNetworkResponse) -> str:
+    """`network inspect --pretty`."""
+    net = resp.network
+    s = net.spec
+    options = {
+        "encrypted": s.encrypted,
+        "internal": s.internal,
+        "attachable": s.attachable,
+        "ingress": s.ingress,
+    }
+    flags = [name for name, on in options.items() if on]
+    lines = [
+        f"ID:         {net.meta.id}",
+        f"Name:       {s.name}",
+        f"Subnet:     {net.subnet}",
+        f"Gateway:    {net.gateway}",
+        f"VNI:        {net.vni}",
+        f"Options:    {', '.join(flags) or '-'}",
+    ]
+    if s.encrypted:
+        lines.append(
+            "IPsec:" + ("" if resp.ipsec else "      - (fewer than two hosts run tasks on it)")
+        )
+        lines += [f"  {link.node} <- {link.peer}: {link.state}" for link in resp.ipsec]
+    return "\n".join(lines)
+
+
 def node_inspect_dict(resp: control_pb2.GetNodeResponse) -> dict[str, Any]:
-    """`node inspect` JSON: the Node object, plus its agent's gossip report under "gossip"."""
-    return {**to_dict(resp.node), "gossip": to_dict(resp.gossip)}
+    """`node inspect` JSON: the Node object, plus its agent's gossip report under "gossip"
+    and its IPsec report under "ipsec"."""
+    return {**to_dict(resp.node), "gossip": to_dict(resp.gossip), "ipsec": to_dict(resp.ipsec)}

@@ -29,10 +29,22 @@ class GetNetworkRequest(_message.Message):
     def __init__(self, network_ref: _Optional[str] = ...) -> None: ...
 
 class GetNetworkResponse(_message.Message):
-    __slots__ = ("network",)
+    __slots__ = ("network", "ipsec")
     NETWORK_FIELD_NUMBER: _ClassVar[int]
+    IPSEC_FIELD_NUMBER: _ClassVar[int]
     network: _objects_pb2.Network
-    def __init__(self, network: _Optional[_Union[_objects_pb2.Network, _Mapping]] = ...) -> None: ...
+    ipsec: _containers.RepeatedCompositeFieldContainer[IpsecLink]
+    def __init__(self, network: _Optional[_Union[_objects_pb2.Network, _Mapping]] = ..., ipsec: _Optional[_Iterable[_Union[IpsecLink, _Mapping]]] = ...) -> None: ...
+
+class IpsecLink(_message.Message):
+    __slots__ = ("node", "peer", "state")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    PEER_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    peer: str
+    state: str
+    def __init__(self, node: _Optional[str] = ..., peer: _Optional[str] = ..., state: _Optional[str] = ...) -> None: ...
 
 class ListNetworksRequest(_message.Message):
     __slots__ = ("name_prefixes", "labels")
@@ -199,12 +211,14 @@ class GetNodeRequest(_message.Message):
     def __init__(self, node_ref: _Optional[str] = ...) -> None: ...
 
 class GetNodeResponse(_message.Message):
-    __slots__ = ("node", "gossip")
+    __slots__ = ("node", "gossip", "ipsec")
     NODE_FIELD_NUMBER: _ClassVar[int]
     GOSSIP_FIELD_NUMBER: _ClassVar[int]
+    IPSEC_FIELD_NUMBER: _ClassVar[int]
     node: _objects_pb2.Node
     gossip: _objects_pb2.GossipStatus
-    def __init__(self, node: _Optional[_Union[_objects_pb2.Node, _Mapping]] = ..., gossip: _Optional[_Union[_objects_pb2.GossipStatus, _Mapping]] = ...) -> None: ...
+    ipsec: _objects_pb2.IpsecStatus
+    def __init__(self, node: _Optional[_Union[_objects_pb2.Node, _Mapping]] = ..., gossip: _Optional[_Union[_objects_pb2.GossipStatus, _Mapping]] = ..., ipsec: _Optional[_Union[_objects_pb2.IpsecStatus, _Mapping]] = ...) -> None: ...
 
 class ListNodesRequest(_message.Message):
     __slots__ = ("name_prefixes", "labels")

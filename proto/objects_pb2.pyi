@@ -503,6 +503,24 @@ class GossipStatus(_message.Message):
     bytes_out: int
     def __init__(self, updated_ms: _Optional[int] = ..., members: _Optional[_Iterable[_Union[GossipMember, _Mapping]]] = ..., networks: _Optional[_Iterable[_Union[GossipNetworkView, _Mapping]]] = ..., last_sync_ms: _Optional[int] = ..., dropped: _Optional[_Mapping[str, int]] = ..., packets_in: _Optional[int] = ..., packets_out: _Optional[int] = ..., bytes_in: _Optional[int] = ..., bytes_out: _Optional[int] = ...) -> None: ...
 
+class IpsecPeer(_message.Message):
+    __slots__ = ("addr", "silent_since_ms")
+    ADDR_FIELD_NUMBER: _ClassVar[int]
+    SILENT_SINCE_MS_FIELD_NUMBER: _ClassVar[int]
+    addr: str
+    silent_since_ms: int
+    def __init__(self, addr: _Optional[str] = ..., silent_since_ms: _Optional[int] = ...) -> None: ...
+
+class IpsecStatus(_message.Message):
+    __slots__ = ("peers", "cleartext_dropped_in", "cleartext_blocked_out")
+    PEERS_FIELD_NUMBER: _ClassVar[int]
+    CLEARTEXT_DROPPED_IN_FIELD_NUMBER: _ClassVar[int]
+    CLEARTEXT_BLOCKED_OUT_FIELD_NUMBER: _ClassVar[int]
+    peers: _containers.RepeatedCompositeFieldContainer[IpsecPeer]
+    cleartext_dropped_in: int
+    cleartext_blocked_out: int
+    def __init__(self, peers: _Optional[_Iterable[_Union[IpsecPeer, _Mapping]]] = ..., cleartext_dropped_in: _Optional[int] = ..., cleartext_blocked_out: _Optional[int] = ...) -> None: ...
+
 class EncryptionKey(_message.Message):
     __slots__ = ("key", "lamport_time", "created_at_ms")
     KEY_FIELD_NUMBER: _ClassVar[int]

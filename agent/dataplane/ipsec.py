@@ -241,3 +241,33 @@ def batch_line(op: XfrmOp, reqid: int) -> str:
 
 def _selector(p: Policy) -> str:
     return f"src {p.src} dst {p.dst} proto udp dport {p.port} dir {p.direction}"
+
+
+# ESP from a peer is reported missing after this long without any (keepalives go every
+# KEEPALIVE_S, so a healthy peer's count grows at least that often).
+KEEPALIVE_S = 3.0
+SILENT_AFTER_S = 10.0
+
+
+class EspWatch:
+    """Per peer, when ESP from it last arrived: the packet count of its inbound SAs grew
+    (sans-IO: the caller reads the counters and the clocks). A new peer, or an SA replaced by a
+    rotation (its count starts again), counts as an arrival: it gets a full SILENT_AFTER_S."""
+
+    def __init__(self) -> None:
+        # peer -> (packets in as last read, monotonic time it last grew, wall ms of that)
+        self._seen: dict[IPv4Address, tuple[int, float, int]] = {}
+
+    def update(
+        self, packets_in: dict[IPv4Address, int], now: float, now_ms: int
+    ) -> dict[IPv4Address, int]:
+        """Each peer's `silent_since_ms` (0: ESP arrives) after reading `packets_in`."""
+        out: dict[IPv4Address, int] = {}
+        for peer, count in packets_in.items():
+            prev = self._seen.get(peer)
+            if prev is None or count != prev[0]:
+                prev = self._seen[peer] = (count, now, now_ms)
+            out[peer] = prev[2] if now - prev[1] >= SILENT_AFTER_S else 0
+        for gone in self._seen.keys() - packets_in.keys():
+            del self._seen[gone]
+        return out

@@ -40,6 +40,7 @@ from agent.lb.nft import Nft, NftError
 from agent.model import DesiredState, HostConfig
 from osutil.files import atomic_write
 from osutil.netns import netns_path
+from proto import objects_pb2 as pb
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +119,11 @@ class DataPlane:
         if h is not None:
             h.close()
 
+    def ipsec_status(self) -> pb.IpsecStatus | None:
+        return self._ipsec.status()
+
     async def close(self) -> None:
+        await self._ipsec.close()
         for h in self._ns.values():
             h.close()
         self._ns.clear()

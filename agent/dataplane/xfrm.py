@@ -6,8 +6,11 @@ XFRM API, so this uses iproute2's `ip xfrm` (text output; changes in one `ip -ba
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
+import re
+import socket
 import subprocess
 import time
 from collections.abc import Sequence
@@ -16,8 +19,10 @@ from ipaddress import IPv4Address, IPv4Network
 from agent.dataplane.ipsec import (
     AEAD,
     ICV_BITS,
+    KEEPALIVE_S,
     SA,
     SA_KEY_BYTES,
+    EspWatch,
     Policy,
     XfrmOp,
     XfrmTables,
@@ -27,8 +32,11 @@ from agent.dataplane.ipsec import (
     stages,
 )
 from agent.model import DesiredState, HostConfig
+from proto import objects_pb2 as pb
 
 log = logging.getLogger(__name__)
+
+KEEPALIVE = bytes(8)
 
 NO_ESP = "this host's kernel cannot encrypt (no ESP support)"
 NO_AEAD = f"this host's kernel cannot encrypt (no {AEAD} for ESP)"
@@ -131,6 +139,26 @@ def parse_states(text: str, reqid: int) -> frozenset[SA]:
     return frozenset(out)
 
 
+_PACKETS = re.compile(r"^(\d+)\(packets\)$")
+
+
+def parse_packets_in(text: str, reqid: int, local: IPv4Address) -> dict[IPv4Address, int]:
+    """Packets decrypted per peer (summed over its inbound SAs to `local`), from the "lifetime
+    current: N(bytes), M(packets)" lines of `ip -s xfrm state list`."""
+    out: dict[IPv4Address, int] = {}
+    for w in _records(text):
+        if _after(w, "reqid") != str(reqid) or _after(w, "dst") != str(local):
+            continue
+        src = _after(w, "src")
+        if "current:" not in w or src is None:
+            continue
+        counts = [m.group(1) for m in map(_PACKETS.match, w[w.index("current:") :]) if m]
+        if counts:
+            peer = IPv4Address(src)
+            out[peer] = out.get(peer, 0) + int(counts[0])
+    return out
+
+
 def parse_policies(text: str, reqid: int) -> frozenset[Policy]:
     """Policies whose template carries `reqid`, from `ip xfrm policy list`."""
     out: set[Policy] = set()
@@ -180,6 +208,10 @@ class IpsecTables:
         self._applied: XfrmTables | None = None  # None: unknown (start, or after an error)
         self._checked = 0.0
         self._late: list[XfrmOp] = []
+        self._esp = EspWatch()
+        self._silent: dict[IPv4Address, int] = {}
+        self._status: pb.IpsecStatus | None = None
+        self._watch: asyncio.Task[None] | None = None
 
     def wanted(self, desired: DesiredState) -> XfrmTables:
         return desired_tables(
@@ -208,11 +240,91 @@ class IpsecTables:
             if early:
                 await asyncio.to_thread(apply, early, self.reqid, self.netns)
             self._applied = want
+            if want.sas and self._watch is None and self.netns is None:
+                # (In a named netns, tests only, the keepalive socket would be elsewhere.)
+                self._watch = asyncio.create_task(self.watch(), name="ipsec-watch")
         except XfrmError as e:
             self._applied, self._late = None, []
             log.warning("IPsec: %s", e)
             return _without_encrypted(desired, f"IPsec setup failed: {e}")
         return desired, {}
+
+    def status(self) -> pb.IpsecStatus | None:
+        """The latest IPsec report (None on a host without encrypted peers)."""
+        return self._status
+
+    def _peers(self) -> list[IPv4Address]:
+        applied = self._applied or XfrmTables()
+        return sorted(
+            p.dst.network_address
+            for p in applied.policies
+            if p.direction == "out" and p.action == "allow"
+        )
+
+    async def watch(self) -> None:
+        """Every KEEPALIVE_S: a keepalive to each peer through its SA (so ESP from a healthy
+        peer never stops, task traffic or not), then ESP per peer and the kernel's cleartext
+        counters read into `status`. A peer silent for SILENT_AFTER_S is logged (and
+        reported: `ovctl network inspect`); so is its recovery."""
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.setblocking(False)
+        try:
+            while True:
+                await asyncio.sleep(KEEPALIVE_S)
+                peers = self._peers()
+                if not peers:
+                    self._status = None
+                    continue
+                port = self.host.encrypted_vxlan_port
+                for peer in peers:
+                    # A VXLAN header without the I flag: the peer's VXLAN socket drops it
+                    # once decrypted. Refused here (no SA yet: the block policy) is fine.
+                    with contextlib.suppress(OSError):
+                        sock.sendto(KEEPALIVE, (str(peer), port))
+                try:
+                    text = await asyncio.to_thread(
+                        _ip, ["-s", "xfrm", "state", "list", "reqid", str(self.reqid)], None
+                    )
+                except XfrmError as e:
+                    log.warning("IPsec: cannot read SA counters: %s", e)
+                    continue
+                counts = parse_packets_in(text, self.reqid, self.host.vtep)
+                silent = self._esp.update(
+                    {p: counts.get(p, 0) for p in peers}, time.monotonic(), int(time.time() * 1000)
+                )
+                self._log_changes(silent)
+                stats = _xfrm_stats()
+                self._status = pb.IpsecStatus(
+                    peers=[
+                        pb.IpsecPeer(addr=str(p), silent_since_ms=since)
+                        for p, since in sorted(silent.items())
+                    ],
+                    cleartext_dropped_in=stats.get("XfrmInTmplMismatch", 0),
+                    cleartext_blocked_out=stats.get("XfrmOutPolBlock", 0),
+                )
+        finally:
+            sock.close()
+
+    def _log_changes(self, silent: dict[IPv4Address, int]) -> None:
+        for peer, since in silent.items():
+            was = self._silent.get(peer, 0)
+            if since and not was:
+                log.warning(
+                    "IPsec: no ESP from %s for %d s (ESP blocked or NATed on the way, or the "
+                    "peer is missing its SAs)",
+                    peer,
+                    (time.time() * 1000 - since) // 1000,
+                )
+            elif was and not since:
+                log.info("IPsec: ESP from %s arrives again", peer)
+        self._silent = silent
+
+    async def close(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
+            self._watch = None
 
     async def finish(self) -> None:
         """Stage 2: what `prepare` left for after the VXLAN devices changed."""
@@ -241,3 +353,17 @@ def _without_encrypted(desired: DesiredState, why: str) -> tuple[DesiredState, d
         ),
         {tid: why for tid in dropped},
     )
+
+
+def _xfrm_stats() -> dict[str, int]:
+    """This namespace's xfrm counters (/proc/net/xfrm_stat); empty if it cannot be read."""
+    out: dict[str, int] = {}
+    try:
+        with open("/proc/net/xfrm_stat") as f:
+            for line in f:
+                name, _, value = line.partition(" ")
+                with contextlib.suppress(ValueError):
+                    out[name.strip()] = int(value)
+    except OSError:
+        pass
+    return out

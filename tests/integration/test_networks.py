@@ -68,6 +68,12 @@ def test_create_ls_inspect_rm(managers: ManagerCluster) -> None:
     )
     inspected = managers.ovctl_json("network", "inspect", "front")
     assert isinstance(inspected, list) and inspected[0]["meta"]["id"] == net_id
+    # Encrypted, with no task on it yet: no host pairs to report on.
+    assert inspected[0]["ipsec"] == []
+    pretty = managers.ovctl("network", "inspect", "--pretty", "front").stdout
+    assert "Options:    encrypted, attachable" in pretty
+    assert "IPsec:      - (fewer than two hosts run tasks on it)" in pretty
+    assert "ipsec" not in managers.ovctl_json("network", "inspect", "back")[0]
     # An ID prefix works as a reference too.
     assert managers.ovctl_json("network", "inspect", net_id[:8])[0]["spec"]["name"] == "front"
 

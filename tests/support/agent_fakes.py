@@ -132,6 +132,7 @@ class FakeSession:
         self.unreachable = False
         self.on_assignments: Callable[[Assignments], Awaitable[None]] | None = None
         self.gossip_status: Callable[[], pb.GossipStatus | None] | None = None
+        self.ipsec_status: Callable[[], pb.IpsecStatus | None] | None = None
         self.reports: list[dpb.TaskStatusUpdate] = []
 
     async def report(self, updates: Sequence[dpb.TaskStatusUpdate]) -> None:
@@ -162,6 +163,9 @@ class FakeDataPlane:
         self.sandboxes = set(desired.sandboxes)
         self.events.append((time.monotonic(), "sandboxes", frozenset(self.sandboxes)))
         return ApplyResult()
+
+    def ipsec_status(self) -> pb.IpsecStatus | None:
+        return None
 
     async def close(self) -> None:
         pass

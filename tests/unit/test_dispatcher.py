@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from manager.cluster import ManagerConfig
-from manager.controlapi import ControlAPI
+from manager.controlapi import ControlAPI, ipsec_links
 from manager.dispatcher import (
     GOSSIP_KEY,
     IPSEC_KEY,
@@ -31,6 +31,7 @@ from proto import control_pb2 as cpb
 from proto import dispatcher_pb2 as dpb
 from proto import objects_pb2 as pb
 
+RUNNING, ASSIGNED = pb.TASK_STATE_RUNNING, pb.TASK_STATE_ASSIGNED
 KEY1 = bytes(range(32))
 KEY2 = bytes(range(1, 33))
 
@@ -526,3 +527,45 @@ def test_same_state_reports_carry_health_and_ready_time() -> None:
     report(state=pb.TASK_STATE_RUNNING, health=pb.TASK_HEALTH_HEALTHY, timestamp_ms=950)
     stored = state.tasks["t1"].status
     assert stored.state == pb.TASK_STATE_FAILED and stored.err.startswith("unhealthy")
+
+
+def test_network_inspect_shows_each_hosts_view_of_esp_from_the_others() -> None:
+    d, state, _ = make_dispatcher(node("a", 1), node("b", 2), node("c", 3))
+    sec = pb.Network(meta=pb.Meta(id="sec"), spec=pb.NetworkSpec(name="sec", encrypted=True))
+    plain = pb.Network(meta=pb.Meta(id="plain"), spec=pb.NetworkSpec(name="plain"))
+    b = Batch().create("networks", sec).create("networks", plain)
+    for tid, nid, st in (("t1", "a", RUNNING), ("t2", "b", RUNNING), ("t3", "c", ASSIGNED)):
+        b.create(
+            "tasks",
+            pb.Task(
+                meta=pb.Meta(id=tid),
+                node_id=nid,
+                status=pb.TaskStatus(state=st),
+                networks=[pb.NetworkAttachment(network_id="sec")],
+            ),
+        )
+    state.apply(b, 2)
+    d.sessions["a"] = _Session(session_id="s", node_id="a")
+    d.sessions["b"] = _Session(session_id="s", node_id="b")
+    now = 100_000
+    reports = {
+        "a": pb.IpsecStatus(peers=[pb.IpsecPeer(addr="198.51.100.2")]),
+        "b": pb.IpsecStatus(
+            peers=[pb.IpsecPeer(addr="198.51.100.1", silent_since_ms=now - 12_400)],
+            cleartext_dropped_in=3,
+        ),
+    }
+    for nid, rep in reports.items():
+        asyncio.run(d.heartbeat(dpb.HeartbeatRequest(node_id=nid, session_id="s", ipsec=rep)))
+    links = ipsec_links(sec, state, d.ipsec_status, now)
+    assert [(x.node, x.peer, x.state) for x in links] == [
+        ("a", "b", "ok"),
+        ("b", "a", "no ESP from a for 12 s"),
+    ]
+    assert ipsec_links(plain, state, d.ipsec_status, now) == []
+    # c (its task not running) is left out; a host with no word yet says so.
+    del d.ipsec["a"]
+    assert ipsec_links(sec, state, d.ipsec_status, now)[0].state == "no report"
+    api = ControlAPI(d.cluster, d.logs, lambda _s: None, ipsec_status=d.ipsec_status)
+    resp = asyncio.run(api.get_node(cpb.GetNodeRequest(node_ref="b")))
+    assert resp.ipsec.cleartext_dropped_in == 3

@@ -16,6 +16,7 @@ from agent.dataplane.ipsec import (
     AddSA,
     DeletePolicy,
     DeleteSA,
+    EspWatch,
     Policy,
     SetPolicy,
     XfrmOp,
@@ -215,3 +216,18 @@ def test_the_block_policy_line() -> None:
         "xfrm policy update src 0.0.0.0/0 dst 0.0.0.0/0 proto udp dport 4790 dir out "
         "priority 2000 action block tmpl proto esp reqid 7 mode transport"
     )
+
+
+def test_esp_watch_reports_a_peer_silent_only_after_the_threshold_and_until_esp_comes() -> None:
+    w = EspWatch()
+    assert w.update({B: 5}, now=100.0, now_ms=1_000) == {B: 0}  # new: a full grace
+    assert w.update({B: 9}, now=103.0, now_ms=4_000) == {B: 0}
+    assert w.update({B: 9}, now=112.9, now_ms=13_900) == {B: 0}
+    # 10 s without growth: silent since the last arrival, a stable value.
+    assert w.update({B: 9, C: 0}, now=113.0, now_ms=14_000) == {B: 4_000, C: 0}
+    assert w.update({B: 9, C: 0}, now=120.0, now_ms=21_000) == {B: 4_000, C: 0}
+    # ESP again (or an SA replaced: its count starts over): fine at once.
+    assert w.update({B: 1, C: 0}, now=121.0, now_ms=22_000) == {B: 0, C: 0}
+    # A peer that goes away is forgotten; back later, it starts fresh.
+    assert w.update({C: 0}, now=130.0, now_ms=31_000) == {C: 14_000}
+    assert w.update({B: 9, C: 0}, now=131.0, now_ms=32_000)[B] == 0

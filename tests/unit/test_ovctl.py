@@ -1538,3 +1538,32 @@ def test_join_token_refusals_are_printed(
     assert run(addr, "cluster", "join-token", "worker") == 1
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err == f"Error: {details}\n"
+
+
+def test_node_pretty_shows_esp_per_peer_and_refused_cleartext() -> None:
+    st = pb.IpsecStatus(
+        peers=[
+            pb.IpsecPeer(addr="198.51.100.2"),
+            pb.IpsecPeer(addr="198.51.100.3", silent_since_ms=40_000),
+        ],
+        cleartext_dropped_in=2,
+    )
+    text = render.node_pretty(pb.Node(), pb.GossipStatus(), 52_500, {}, {}, st)
+    assert "IPsec:            cleartext refused: 2 in, 0 out" in text
+    assert "  ESP from 198.51.100.2: ok" in text
+    assert "  ESP from 198.51.100.3: no ESP for 12 s" in text
+    assert "IPsec" not in render.node_pretty(pb.Node(), pb.GossipStatus(), 0, {}, {})
+
+
+def test_network_pretty_lists_each_host_pair() -> None:
+    resp = cpb.GetNetworkResponse(
+        network=pb.Network(spec=pb.NetworkSpec(name="sec", encrypted=True), vni=4097),
+        ipsec=[
+            cpb.IpsecLink(node="h1", peer="h2", state="ok"),
+            cpb.IpsecLink(node="h2", peer="h1", state="no ESP from h1 for 12 s"),
+        ],
+    )
+    text = render.network_pretty(resp)
+    assert "Options:    encrypted" in text
+    assert "  h1 <- h2: ok\n  h2 <- h1: no ESP from h1 for 12 s" in text
+    assert render.network_inspect_dict(resp)["ipsec"][1]["state"] == "no ESP from h1 for 12 s"

@@ -49,7 +49,7 @@ def test_a_cancelled_caller_is_still_cancelled() -> None:
 
 
 def test_the_gossip_view_rides_a_heartbeat_when_it_changed_or_every_report_period() -> None:
-    from agent.session import GOSSIP_REPORT_S, _GossipReport
+    from agent.session import REPORT_S, gossip_report
     from proto import objects_pb2 as pb
 
     def view(members: int, packets: int) -> pb.GossipStatus:
@@ -58,11 +58,11 @@ def test_the_gossip_view_rides_a_heartbeat_when_it_changed_or_every_report_perio
             st.members.add(node_id=f"n{i}", addr=f"198.51.100.{i + 1}:7946", state="alive")
         return st
 
-    r = _GossipReport()
+    r = gossip_report()
     assert r.due(view(2, 1), 0.0), "the first beat carries it"
     assert not r.due(view(2, 50), 1.0), "only counters moved"
     assert r.due(view(3, 60), 2.0), "a member joined"
-    assert not r.due(view(3, 70), 2.0 + GOSSIP_REPORT_S - 0.1)
-    assert r.due(view(3, 80), 2.0 + GOSSIP_REPORT_S), "refreshed every report period"
+    assert not r.due(view(3, 70), 2.0 + REPORT_S - 0.1)
+    assert r.due(view(3, 80), 2.0 + REPORT_S), "refreshed every report period"
     r.sent = None  # a beat failed
-    assert r.due(view(3, 90), 2.0 + GOSSIP_REPORT_S + 1)
+    assert r.due(view(3, 90), 2.0 + REPORT_S + 1)
