@@ -4,10 +4,11 @@
 # scripts/test.sh runs this before every test run.
 #
 #   1. Debian packages: etcd (server and client), nftables, iproute2, util-linux (nsenter),
-#      tcpdump, iperf3, dnsperf and dnsmasq-base (e2e tests and benchmarks), and what a venv with
-#      C extensions needs. Debian's etcd service is stopped and disabled right after we install
-#      it: the tests start their own etcd on free loopback ports, and a system etcd on 2379
-#      would only get in the way.
+#      tcpdump, iperf3, dnsperf and dnsmasq-base (e2e tests and benchmarks), user-mode-linux and
+#      kmod (tests/uml: a kernel with ESP, its modules loaded with modprobe; iptables-legacy
+#      blocks ESP there), and what a venv with C extensions needs. Debian's etcd service is stopped and disabled right after we
+#      install it: the tests start their own etcd on free loopback ports, and a system etcd on
+#      2379 would only get in the way.
 #   2. .venv in the repository, made with the python3 on PATH (3.11 or newer), with
 #      `pip install -e '.[dev]'`. A stamp file holding a hash of pyproject.toml and the
 #      interpreter's version skips the pip step when nothing changed.
@@ -21,7 +22,7 @@ venv="$root/.venv"
 stamp="$venv/.ovnet-install-stamp"
 python=${PYTHON:-python3}
 
-packages=(etcd-server etcd-client nftables iproute2 util-linux tcpdump iperf3 dnsperf dnsmasq-base python3-venv python3-dev gcc)
+packages=(etcd-server etcd-client nftables iproute2 util-linux tcpdump iperf3 dnsperf dnsmasq-base user-mode-linux kmod iptables python3-venv python3-dev gcc)
 
 say() { printf 'install.sh: %s\n' "$*"; }
 die() { printf 'install.sh: error: %s\n' "$*" >&2; exit 1; }

@@ -129,13 +129,14 @@ def parse_states(text: str, reqid: int) -> frozenset[SA]:
     protocol, another algorithm) is not the agent's and is left out."""
     out: set[SA] = set()
     for w in _records(text):
-        if _after(w, "proto") != "esp" or _after(w, "reqid") != str(reqid):
+        if _after(w, "proto") != "esp" or (_after(w, "reqid") or "").split("(")[0] != str(reqid):
             continue
         src, dst, spi, alg = _after(w, "src"), _after(w, "dst"), _after(w, "spi"), _after(w, "aead")
         key = _after(w, alg) if alg == AEAD else None
         if not (src and dst and spi and key and key.startswith("0x")):
             continue
-        out.add(SA(IPv4Address(src), IPv4Address(dst), int(spi, 16), bytes.fromhex(key[2:])))
+        spi_hex = spi.split("(")[0]
+        out.add(SA(IPv4Address(src), IPv4Address(dst), int(spi_hex, 16), bytes.fromhex(key[2:])))
     return frozenset(out)
 
 
@@ -147,7 +148,8 @@ def parse_packets_in(text: str, reqid: int, local: IPv4Address) -> dict[IPv4Addr
     current: N(bytes), M(packets)" lines of `ip -s xfrm state list`."""
     out: dict[IPv4Address, int] = {}
     for w in _records(text):
-        if _after(w, "reqid") != str(reqid) or _after(w, "dst") != str(local):
+        # With -s, ip prints "reqid 4097(0x00001001)" and "spi 0x00001001(4097)".
+        if (_after(w, "reqid") or "").split("(")[0] != str(reqid) or _after(w, "dst") != str(local):
             continue
         src = _after(w, "src")
         if "current:" not in w or src is None:

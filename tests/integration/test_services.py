@@ -201,14 +201,15 @@ def test_spread_drain_and_node_down(managers: ManagerCluster, agents: AgentPool)
 
     # Drain: host0's task moves away and keeps its slot.
     managers.ovctl("node", "update", "--availability", "drain", "host0")
-    wait_for(
+    moved = wait_for(
         "tasks moved off the drained node",
         lambda: (
-            len(running(managers, "web")) == 3
-            and all(t.node_id != hosts[0].node_id for t in running(managers, "web"))
+            len(ts := running(managers, "web")) == 3
+            and all(t.node_id != hosts[0].node_id for t in ts)
+            and ts
         ),
     )
-    assert sorted(t.slot for t in running(managers, "web")) == [1, 2, 3]
+    assert sorted(t.slot for t in moved) == [1, 2, 3]
     wait_for("drained node's assignments emptied", lambda: not hosts[0].task_ids)
 
     # A host dies: it is marked down and its task is rescheduled on the survivor.
@@ -316,28 +317,25 @@ def test_update_replaces_tasks_only_when_the_task_spec_changes(
         "sleep",
         "1d",
     )
-    first = {
-        t.meta.id
-        for t in wait_for(
-            "2 running",
-            lambda: len(running(managers, "api")) == 2 and running(managers, "api"),
-        )
-    }
+    two = wait_for("2 running", lambda: len(ts := running(managers, "api")) == 2 and ts)
+    first = {t.meta.id for t in two}
     # Scaling is not a task change: the running tasks stay.
     managers.ovctl("service", "update", "--replicas", "3", "api")
     wait_for("3 running", lambda: len(running(managers, "api")) == 3)
     assert first <= {t.meta.id for t in running(managers, "api")}
     # An environment change replaces every task, one slot at a time, keeping slot numbers.
     managers.ovctl("service", "update", "--env-add", "V=2", "api")
-    wait_for(
+    # One snapshot per check: two reads could pass on an old task still running in the
+    # first and the new ones only in the second.
+    now = wait_for(
         "all tasks on the new spec",
         lambda: (
-            len(running(managers, "api")) == 3
-            and all("V=2" in t.spec.env for t in running(managers, "api"))
+            len(ts := running(managers, "api")) == 3
+            and all("V=2" in t.spec.env for t in ts)
+            and ts
         ),
         timeout=20,
     )
-    now = running(managers, "api")
     assert sorted(t.slot for t in now) == [1, 2, 3]
     assert not first & {t.meta.id for t in now}
     assert all(t.spec_version == 2 for t in now)

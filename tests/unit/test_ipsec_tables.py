@@ -134,3 +134,44 @@ def test_a_host_that_cannot_encrypt_never_touches_xfrm(kernel: FakeKernel) -> No
     tables = xfrm.IpsecTables(HostConfig(vtep=HOST.vtep, ipsec_unavailable=xfrm.NO_ESP))
     asyncio.run(tables.prepare(desired()))
     assert kernel.observed == 0 and kernel.batches == []
+
+
+# What iproute2 6.1 prints on the user-mode kernel (tests/uml measured it), for the parsers.
+STATES = """src 198.51.100.2 dst 198.51.100.1
+\tproto esp spi 0x00001001 reqid 1870004225 mode transport
+\treplay-window 64
+\taead rfc4106(gcm(aes)) 0x{key} 128
+\tanti-replay context: seq 0x0, oseq 0x4, bitmap 0x00000000
+\tsel src 0.0.0.0/0 dst 0.0.0.0/0
+src 198.51.100.3 dst 198.51.100.1
+\tproto esp spi 0x00002002 reqid 7 mode transport
+\treplay-window 64
+\taead rfc4106(gcm(aes)) 0x{key} 128
+"""
+STATS = """src 198.51.100.2 dst 198.51.100.1
+\tproto esp spi 0x00001001(4097) reqid 1870004225(0x6f760001) mode transport
+\treplay-window 64 seq 0x00000000 flag  (0x00000000)
+\taead rfc4106(gcm(aes)) 0x{key} (288 bits) 128
+\tlifetime config:
+\t  limit: soft (INF)(bytes), hard (INF)(bytes)
+\t  limit: soft (INF)(packets), hard (INF)(packets)
+\tlifetime current:
+\t  352(bytes), 4(packets)
+\t  add 2026-12-04 05:00:00 use 2026-12-04 05:00:01
+\tstats:
+\t  replay-window 0 replay 0 failed 0
+src 198.51.100.1 dst 198.51.100.2
+\tproto esp spi 0x00001002(4098) reqid 1870004225(0x6f760001) mode transport
+\tlifetime current:
+\t  88(bytes), 1(packets)
+"""
+
+
+def test_states_and_counters_are_read_from_ip_xfrm_text() -> None:
+    key = "ab" * 36
+    sas = xfrm.parse_states(STATES.format(key=key), 0x6F76_0001)
+    assert [(str(s.src), s.spi, s.key) for s in sas] == [
+        ("198.51.100.2", 0x1001, bytes.fromhex(key))
+    ]
+    counts = xfrm.parse_packets_in(STATS.format(key=key), 0x6F76_0001, HOST.vtep)
+    assert counts == {PEER: 4}
