@@ -183,7 +183,11 @@ class DataPlane:
             if self._nft_ctx is not None:
                 self._nft_ctx.close()
             # Made in a thread: the context is created inside the namespace it acts in.
-            self._nft_ctx = await asyncio.to_thread(Nft, self.host_netns)
+            try:
+                self._nft_ctx = await asyncio.to_thread(Nft, self.host_netns)
+            except NftError as e:
+                self._nft_ctx = None
+                return str(e)  # no nftables here: what needs it fails, saying so
         try:
             await self._nft_ctx.arun(script)
         except NftError as e:

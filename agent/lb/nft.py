@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import socket
 import subprocess
 import threading
 from typing import Any
@@ -88,6 +89,20 @@ def libnftables_available() -> bool:
     return _load_lib() is not None
 
 
+NETLINK_NETFILTER = 12
+
+
+def _require_nfnetlink() -> None:
+    """NftError unless this namespace's kernel speaks nfnetlink. libnftables, asked for a
+    context where it cannot open its netlink socket, prints "Unable to initialize Netlink
+    socket" and exits the whole process (measured in user-mode Linux without nfnetlink): the
+    agent must find out first, and carry on without nftables."""
+    try:
+        socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER).close()
+    except OSError as e:
+        raise NftError(f"this kernel has no nftables (nfnetlink: {e.strerror})") from None
+
+
 class Nft:
     """One nftables context acting in one network namespace (None: the caller's)."""
 
@@ -114,6 +129,7 @@ class Nft:
 
     def _new_ctx(self, lib: ctypes.CDLL) -> int:
         def make() -> int:
+            _require_nfnetlink()
             with _lib_lock:
                 ctx = lib.nft_ctx_new(0)
                 if not ctx:
