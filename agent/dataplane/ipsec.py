@@ -244,15 +244,18 @@ def _selector(p: Policy) -> str:
 
 
 # ESP from a peer is reported missing after this long without any (keepalives go every
-# KEEPALIVE_S, so a healthy peer's count grows at least that often).
-KEEPALIVE_S = 3.0
-SILENT_AFTER_S = 10.0
+# KEEPALIVE_S, so a healthy peer's count grows at least that often: four missed in a row).
+# With the watch's tick and a heartbeat, `network inspect` shows it within ~12 s (the issue
+# asks for 15; measured in UML by tests/uml/test_encrypted_cluster.py).
+KEEPALIVE_S = 2.0
+SILENT_AFTER_S = 8.0
 
 
 class EspWatch:
     """Per peer, when ESP from it last arrived: the packet count of its inbound SAs grew
-    (sans-IO: the caller reads the counters and the clocks). A new peer, or an SA replaced by a
-    rotation (its count starts again), counts as an arrival: it gets a full SILENT_AFTER_S."""
+    (sans-IO: the caller reads the counters and the clocks). A new peer gets a full
+    SILENT_AFTER_S. A count that went down (a rotation removed an SA) is only a new baseline,
+    not an arrival: rotations must not hide a peer whose ESP stopped."""
 
     def __init__(self) -> None:
         # peer -> (packets in as last read, monotonic time it last grew, wall ms of that)
@@ -265,8 +268,10 @@ class EspWatch:
         out: dict[IPv4Address, int] = {}
         for peer, count in packets_in.items():
             prev = self._seen.get(peer)
-            if prev is None or count != prev[0]:
+            if prev is None or count > prev[0]:
                 prev = self._seen[peer] = (count, now, now_ms)
+            elif count < prev[0]:
+                prev = self._seen[peer] = (count, prev[1], prev[2])
             out[peer] = prev[2] if now - prev[1] >= SILENT_AFTER_S else 0
         for gone in self._seen.keys() - packets_in.keys():
             del self._seen[gone]

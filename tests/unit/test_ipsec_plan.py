@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from agent.dataplane.ipsec import (
     SA_KEY_BYTES,
+    SILENT_AFTER_S,
     AddSA,
     DeletePolicy,
     DeleteSA,
@@ -219,15 +220,20 @@ def test_the_block_policy_line() -> None:
 
 
 def test_esp_watch_reports_a_peer_silent_only_after_the_threshold_and_until_esp_comes() -> None:
-    w = EspWatch()
-    assert w.update({B: 5}, now=100.0, now_ms=1_000) == {B: 0}  # new: a full grace
-    assert w.update({B: 9}, now=103.0, now_ms=4_000) == {B: 0}
-    assert w.update({B: 9}, now=112.9, now_ms=13_900) == {B: 0}
-    # 10 s without growth: silent since the last arrival, a stable value.
-    assert w.update({B: 9, C: 0}, now=113.0, now_ms=14_000) == {B: 4_000, C: 0}
-    assert w.update({B: 9, C: 0}, now=120.0, now_ms=21_000) == {B: 4_000, C: 0}
-    # ESP again (or an SA replaced: its count starts over): fine at once.
-    assert w.update({B: 1, C: 0}, now=121.0, now_ms=22_000) == {B: 0, C: 0}
+    w, s = EspWatch(), SILENT_AFTER_S
+
+    def at(t: float, counts: dict[IPv4Address, int]) -> dict[IPv4Address, int]:
+        return w.update(counts, now=t, now_ms=int(t * 1000))
+
+    assert at(100.0, {B: 5}) == {B: 0}  # new: a full grace
+    assert at(103.0, {B: 9}) == {B: 0}
+    assert at(103.0 + s - 0.1, {B: 9}) == {B: 0}
+    # SILENT_AFTER_S without growth: silent since the last arrival, a stable value.
+    assert at(103.0 + s, {B: 9, C: 0}) == {B: 103_000, C: 0}
+    assert at(110.0 + s, {B: 9, C: 0}) == {B: 103_000, C: 0}
+    # A rotation removed an SA (the count went down): still silent; then ESP: fine at once.
+    assert at(110.2 + s, {B: 2, C: 0}) == {B: 103_000, C: 0}
+    assert at(110.5 + s, {B: 3, C: 0}) == {B: 0, C: 0}
     # A peer that goes away is forgotten; back later, it starts fresh.
-    assert w.update({C: 0}, now=130.0, now_ms=31_000) == {C: 14_000}
-    assert w.update({B: 9, C: 0}, now=131.0, now_ms=32_000)[B] == 0
+    assert at(104.0 + 2 * s, {C: 0}) == {C: int((103.0 + s) * 1000)}
+    assert at(105.0 + 2 * s, {B: 9, C: 0})[B] == 0
