@@ -1,1 +1,1 @@
-"""Tests inside user-mode-linux (tests/support/uml.py): encrypted overlays with real ESP."""
+"""Tests inside user-mode-linux (bench/uml.py): encrypted overlays with real ESP."""

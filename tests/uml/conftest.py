@@ -10,7 +10,7 @@ import os
 
 import pytest
 
-from tests.support import uml
+from bench import uml
 
 
 @pytest.fixture(autouse=True)

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import uml
+from bench import uml
 
 pytestmark = pytest.mark.slow
 

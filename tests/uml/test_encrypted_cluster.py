@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import uml
+from bench import uml
 
 pytestmark = pytest.mark.slow
 

@@ -3,7 +3,7 @@
 
 Inside one UML instance: hosts h1 (198.51.100.1) and h2 (.2) are network namespaces on a
 bridge (the underlay), h3 (.3) is a stranger on it. In h1 and h2 runs the real DataPlane with
-its IPsec stage (tests/uml/dataplane_host.py, a JSON file standing in for the manager and
+its IPsec stage (bench/uml_host.py, a JSON file standing in for the manager and
 gossip): one task each on an encrypted network and on a plain one. Checked:
 
 - tasks talk across hosts on both networks; on the wire the encrypted network is ESP only (no
@@ -32,46 +32,22 @@ from typing import Any
 import pytest
 
 from agent.dataplane.ipsec import spi_for
-from agent.model import Names, endpoint_mac
-from tests.support import uml
+from agent.model import endpoint_mac
+from bench import uml
+from bench.uml_host import ADDR, BED, H1, H2, pair_config, sandbox
 
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
-H1, H2, H3 = "198.51.100.1", "198.51.100.2", "198.51.100.3"
-SEC = {"id": "sec", "vni": 4097, "subnet": "10.99.0.0/24", "encrypted": True}
-PLAIN = {"id": "plain", "vni": 4098, "subnet": "10.98.0.0/24", "encrypted": False}
-ADDR = {("h1", "sec"): "10.99.0.11", ("h2", "sec"): "10.99.0.12"}
-ADDR |= {("h1", "plain"): "10.98.0.11", ("h2", "plain"): "10.98.0.12"}
+H3 = "198.51.100.3"  # a stranger on the underlay
 KEYS = [(tag, secrets.token_hex(32)) for tag in (1, 2, 3)]
 # The manager's rotation: step 1 adds a key (accepted only), step 2 makes it primary.
 RINGS = [[0], [0, 1], [1, 0], [1, 0, 2], [2, 1]]
 ROTATION_SENDS = 400
 
 
-def sandbox(host: str) -> str:
-    return Names(f"{host}-").sandbox_ns(f"task{host}")
-
-
 def config(host: str, gen: int) -> str:
-    me, peer = (H1, H2) if host == "h1" else (H2, H1)
-    other = "h2" if host == "h1" else "h1"
-    return json.dumps(
-        {
-            "gen": gen,
-            "me": me,
-            "prefix": f"{host}-",
-            "keys": [KEYS[i] for i in RINGS[gen - 1]],
-            "networks": [SEC, PLAIN],
-            "tasks": [
-                {
-                    "id": f"task{host}",
-                    "nets": [[n, f"{ADDR[host, n]}/24"] for n in ("sec", "plain")],
-                }
-            ],
-            "remotes": [[n, ADDR[other, n], peer] for n in ("sec", "plain")],
-        }
-    )
+    return pair_config(host, gen, [KEYS[i] for i in RINGS[gen - 1]])
 
 
 def vxlan_packet(vni: int, dst: str, src: str, port: int, payload: bytes) -> bytes:
@@ -88,35 +64,7 @@ def vxlan_packet(vni: int, dst: str, src: str, port: int, payload: bytes) -> byt
     return struct.pack("!II", 0x08000000, vni << 8) + eth + b"\x08\x00" + bytes(ip) + udp
 
 
-SCRIPT = r"""
-set -euo pipefail
-ip link add br0 type bridge
-ip link set br0 up
-for i in 1 2 3; do
-    ip netns add h$i
-    ip link add v$i type veth peer name eth0 netns h$i
-    ip link set v$i master br0 up
-    ip -n h$i link set lo up
-    ip -n h$i link set eth0 up
-    ip -n h$i addr add 198.51.100.$i/28 dev eth0
-done
-setcfg() { cp h$1-g$2.json h$1.tmp && mv h$1.tmp h$1.json; }
-waitgen() {
-    for _ in $(seq 300); do [ -e out$1/applied-$2 ] && return 0; sleep 0.1; done
-    echo "TIMEOUT h$1 gen $2"; cat out$1/log; return 1
-}
-xstat() { echo "$1 $(ip netns exec h2 cat /proc/net/xfrm_stat | tr -s ' \t\n' ' ')"; }
-for h in 1 2; do
-    mkdir out$h
-    setcfg $h 1
-    # nsenter, not `ip netns exec`: the namespaces the data plane names must be mounted
-    # where everyone sees them, not in a mount namespace of the exec's own.
-    (cd "$REPO" && nsenter --net=/run/netns/h$h env PYTHONPATH="$REPO" \
-        "$PY" -m tests.uml.dataplane_host "$UML_IO/h$h.json" "$UML_IO/out$h" \
-        >"$UML_IO/out$h/log" 2>&1) &
-done
-waitgen 1 1
-waitgen 2 1
+SCRIPT = BED + r"""
 echo "APPLIED $(cat out1/applied-1) $(cat out2/applied-1)"
 echo "STATES1 $(ip -n h1 -s xfrm state | tr '\n' ' ')"
 echo "PROBE basic $($UML_TOOLS probe "$SPEC_BASIC")"
