@@ -28,6 +28,7 @@ from pathlib import Path
 import grpc
 
 from agent.dataplane.xfrm import esp_unavailable
+from agent.lb.nft import nftables_unavailable
 from agent.model import DEFAULT_GWBRIDGE_SUBNET, DEFAULT_VXLAN_PORT, HostConfig, Names
 from agent.session import AgentSession
 from osutil import stackdump
@@ -421,6 +422,9 @@ async def run(args: argparse.Namespace) -> int:
         # placed on this host fails with it.
         log.warning("encrypted networks cannot run here: %s", ipsec_unavailable)
         desc.unavailable["ipsec"] = ipsec_unavailable
+    if nft_missing := nftables_unavailable():
+        log.warning("%s", nft_missing)
+        desc.unavailable["nftables"] = nft_missing
     host = HostConfig(
         vtep=ipaddress.IPv4Address(vtep),
         underlay_mtu=args.underlay_mtu,

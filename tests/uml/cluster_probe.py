@@ -54,6 +54,9 @@ def main() -> None:
         dev.up()
         out["up_s"] = round(time.monotonic() - started, 1)
         ov = Overlay(dev)
+        out["unavailable"] = ov.json("node", "inspect", "h1")[0]["description"].get(
+            "unavailable", {}
+        )
         ov.ovctl(
             "network", "create", "--opt", "encrypted", "--internal", "--subnet",
             "10.99.0.0/24", "sec",
