@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import ctypes
 import os
+import subprocess
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -91,3 +92,18 @@ def netns_inode(netns: str) -> tuple[int, int] | None:
     except FileNotFoundError:
         return None
     return st.st_dev, st.st_ino
+
+
+def error_in_new_netns(argv: Sequence[str], timeout: float = 10.0) -> str:
+    """Run `argv` in a network namespace of its own (`unshare --net`: gone with the process,
+    so a probe of what the kernel can do leaves nothing in this host's tables); what it said
+    on failure, in one line ("" if it succeeded). OSError if it could not be run at all."""
+    try:
+        res = subprocess.run(
+            ["unshare", "--net", *argv], capture_output=True, text=True, timeout=timeout
+        )
+    except subprocess.TimeoutExpired as e:
+        raise OSError(f"{argv[0]} did not finish in {timeout:g} s") from e
+    if res.returncode == 0:
+        return ""
+    return " ".join(res.stderr.split()) or f"exit {res.returncode}"

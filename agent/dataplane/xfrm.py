@@ -32,6 +32,7 @@ from agent.dataplane.ipsec import (
     stages,
 )
 from agent.model import DesiredState, HostConfig
+from osutil.netns import error_in_new_netns
 from proto import objects_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -64,12 +65,12 @@ def esp_unavailable() -> str:
 
 def _add_state(algorithm: tuple[str, ...]) -> str:
     """Add a transport-mode ESP SA in a throwaway namespace; the error ("" on success)."""
-    cmd = ["unshare", "--net", "ip", "xfrm", "state", "add", *_PROBE_SA, "mode", "transport"]
     try:
-        res = subprocess.run([*cmd, *algorithm], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired) as e:
+        return error_in_new_netns(
+            ["ip", "xfrm", "state", "add", *_PROBE_SA, "mode", "transport", *algorithm]
+        )
+    except OSError as e:
         return str(e)
-    return "" if res.returncode == 0 else (" ".join(res.stderr.split()) or f"exit {res.returncode}")
 
 
 class XfrmError(Exception):

@@ -110,15 +110,11 @@ def nftables_unavailable() -> str:
     """Why this host cannot have the agent's nftables tables ("" if it can): an IPv4 table
     added in a throwaway namespace (`unshare --net nft`, nothing left behind). Kernels built
     without nf_tables for ip (Debian's user-mode-linux) say "Operation not supported"."""
-    cmd = ["unshare", "--net", "nft", "add", "table", "ip", "ovnet-probe"]
     try:
-        res = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired) as e:
+        err = osutil.netns.error_in_new_netns(["nft", "add", "table", "ip", "ovnet-probe"])
+    except OSError as e:
         return f"cannot check for nftables ({e}): {NO_NFT_USES}"
-    if res.returncode == 0:
-        return ""
-    err = " ".join(res.stderr.split()) or f"exit {res.returncode}"
-    return f"this host's kernel has no nftables for IPv4 (nft: {err}): {NO_NFT_USES}"
+    return f"this host's kernel has no nftables for IPv4 (nft: {err}): {NO_NFT_USES}" if err else ""
 
 
 class Nft:
