@@ -13,7 +13,7 @@ import re
 import socket
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from ipaddress import IPv4Address, IPv4Network
 
 from agent.dataplane.ipsec import (
@@ -253,7 +253,7 @@ class IpsecTables:
         return desired, {}
 
     def status(self) -> pb.IpsecStatus | None:
-        """The latest IPsec report (None on a host without encrypted peers)."""
+        """The latest IPsec report (None on a host that never had encrypted peers)."""
         return self._status
 
     def _peers(self) -> list[IPv4Address]:
@@ -265,48 +265,53 @@ class IpsecTables:
         )
 
     async def watch(self) -> None:
-        """Every KEEPALIVE_S: a keepalive to each peer through its SA (so ESP from a healthy
-        peer never stops, task traffic or not), then ESP per peer and the kernel's cleartext
-        counters read into `status`. A peer silent for SILENT_AFTER_S is logged (and
-        reported: `ovctl network inspect`); so is its recovery."""
+        """Every KEEPALIVE_S, `check` (until closed)."""
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         sock.setblocking(False)
         try:
             while True:
                 await asyncio.sleep(KEEPALIVE_S)
-                peers = self._peers()
-                if not peers:
-                    self._status = None
-                    continue
-                port = self.host.encrypted_vxlan_port
-                for peer in peers:
-                    # A VXLAN header without the I flag: the peer's VXLAN socket drops it
-                    # once decrypted. Refused here (no SA yet: the block policy) is fine.
-                    with contextlib.suppress(OSError):
-                        sock.sendto(KEEPALIVE, (str(peer), port))
-                try:
-                    text = await asyncio.to_thread(
-                        _ip, ["-s", "xfrm", "state", "list", "reqid", str(self.reqid)], None
-                    )
-                except XfrmError as e:
-                    log.warning("IPsec: cannot read SA counters: %s", e)
-                    continue
-                counts = parse_packets_in(text, self.reqid, self.host.vtep)
-                silent = self._esp.update(
-                    {p: counts.get(p, 0) for p in peers}, time.monotonic(), int(time.time() * 1000)
-                )
-                self._log_changes(silent)
-                stats = _xfrm_stats()
-                self._status = pb.IpsecStatus(
-                    peers=[
-                        pb.IpsecPeer(addr=str(p), silent_since_ms=since)
-                        for p, since in sorted(silent.items())
-                    ],
-                    cleartext_dropped_in=stats.get("XfrmInTmplMismatch", 0),
-                    cleartext_blocked_out=stats.get("XfrmOutPolBlock", 0),
-                )
+                await self.check(sock.sendto)
         finally:
             sock.close()
+
+    async def check(self, sendto: Callable[[bytes, tuple[str, int]], object]) -> None:
+        """A keepalive to each peer through its SA (so ESP from a healthy peer never stops,
+        task traffic or not), then ESP per peer and the kernel's cleartext counters read into
+        `status`. A peer silent for SILENT_AFTER_S is logged (and reported: `ovctl network
+        inspect`); so is its recovery. Once no encrypted network has a peer here the report
+        still goes out, with no peers: the manager keeps a node's last report, which must not
+        go on showing peers this host no longer has."""
+        peers = self._peers()
+        counts: dict[IPv4Address, int] = {}
+        if peers:
+            port = self.host.encrypted_vxlan_port
+            for peer in peers:
+                # A VXLAN header without the I flag: the peer's VXLAN socket drops it once
+                # decrypted. Refused here (no SA yet: the block policy) is fine.
+                with contextlib.suppress(OSError):
+                    sendto(KEEPALIVE, (str(peer), port))
+            try:
+                text = await asyncio.to_thread(
+                    _ip, ["-s", "xfrm", "state", "list", "reqid", str(self.reqid)], None
+                )
+            except XfrmError as e:
+                log.warning("IPsec: cannot read SA counters: %s", e)
+                return
+            counts = parse_packets_in(text, self.reqid, self.host.vtep)
+        silent = self._esp.update(
+            {p: counts.get(p, 0) for p in peers}, time.monotonic(), int(time.time() * 1000)
+        )
+        self._log_changes(silent)
+        stats = _xfrm_stats()
+        self._status = pb.IpsecStatus(
+            peers=[
+                pb.IpsecPeer(addr=str(p), silent_since_ms=since)
+                for p, since in sorted(silent.items())
+            ],
+            cleartext_dropped_in=stats.get("XfrmInTmplMismatch", 0),
+            cleartext_blocked_out=stats.get("XfrmOutPolBlock", 0),
+        )
 
     def _log_changes(self, silent: dict[IPv4Address, int]) -> None:
         for peer, since in silent.items():

@@ -175,3 +175,32 @@ def test_states_and_counters_are_read_from_ip_xfrm_text() -> None:
     ]
     counts = xfrm.parse_packets_in(STATS.format(key=key), 0x6F76_0001, HOST.vtep)
     assert counts == {PEER: 4}
+
+
+def test_the_report_keeps_its_peers_current_and_goes_out_empty_once_none_are_left(
+    kernel: FakeKernel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The manager keeps a node's last report: once the host's last encrypted network is gone
+    it must get one without peers, not keep showing the old peer (ok, or silent and growing)."""
+    sent: list[tuple[bytes, tuple[str, int]]] = []
+    monkeypatch.setattr(xfrm, "_ip", lambda args, netns, stdin=None: STATS.format(key="ab" * 36))
+    # A named netns: prepare starts no watch loop of its own; the test runs its checks.
+    tables = xfrm.IpsecTables(HOST, netns="test")
+
+    async def scenario() -> None:
+        await tables.prepare(desired())
+        await tables.finish()
+        await tables.check(lambda data, to: sent.append((data, to)))
+        st = tables.status()
+        assert st is not None and [(p.addr, p.silent_since_ms) for p in st.peers] == [
+            (str(PEER), 0)
+        ]
+        assert sent == [(xfrm.KEEPALIVE, (str(PEER), HOST.encrypted_vxlan_port))]
+        await tables.prepare(desired(encrypted=False))
+        await tables.finish()
+        await tables.check(lambda data, to: sent.append((data, to)))
+        st = tables.status()
+        assert st is not None and list(st.peers) == []
+        assert len(sent) == 1  # no keepalive to a host that is no longer a peer
+
+    asyncio.run(scenario())
