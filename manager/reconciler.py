@@ -21,7 +21,7 @@ from manager.errors import OvnetError, Unavailable
 from manager.ingress import ingress_network, node_attachment_changes, publishes_ingress
 from manager.logbroker import LogBroker
 from manager.orchestrator import NewTask, reconcile_removed_service, reconcile_service
-from manager.scheduler import schedule
+from manager.scheduler import schedule, service_needs
 from manager.store import Batch, Store
 from proto import objects_pb2 as pb
 
@@ -187,12 +187,13 @@ class Reconciler:
         if not pending:
             return
         preset = [t for t in pending if t.node_id]
-        result = schedule(
-            [t for t in pending if not t.node_id],
-            list(state.nodes.values()),
-            running,
-            state.services,
-        )
+        unplaced = [t for t in pending if not t.node_id]
+        needs = {
+            sid: service_needs(state.services[sid], state.networks)
+            for sid in {t.service_id for t in unplaced}
+            if sid in state.services
+        }
+        result = schedule(unplaced, list(state.nodes.values()), running, state.services, needs)
         updates = []
         for t in preset:
             updates.append(_assigned(t, t.node_id, now))

@@ -9,6 +9,12 @@ fewest tasks overall, then node id, so equal inputs always give equal answers), 
 spread strategy does. A task that fits nowhere stays pending with a message saying why, in the
 shape Docker users know: "no suitable node (1 node not available; 2 nodes not satisfying
 constraints)".
+
+A node whose agent said it cannot provide something a service needs (NodeDescription's
+`unavailable`, e.g. "ipsec" for a service on an encrypted network) is passed over while any
+other node can take the task. Only when none can does the task go to such a node anyway: its
+agent then fails it with the precise reason ("this host's kernel cannot encrypt ...: network
+NET needs IPsec", shown by `service ps`), which says more than a pending task would.
 """
 
 from __future__ import annotations
@@ -165,7 +171,11 @@ class _Pool:
 
 
 def _pool(
-    service: pb.Service, nodes: Sequence[pb.Node], overall: Counter[str], mine: Counter[str]
+    service: pb.Service,
+    nodes: Sequence[pb.Node],
+    overall: Counter[str],
+    mine: Counter[str],
+    needs: frozenset[str],
 ) -> _Pool | str:
     placement = service.spec.placement
     try:
@@ -174,6 +184,7 @@ def _pool(
         return e.message
     limit = placement.max_replicas_per_node
     pool = _Pool([], limit, 0, 0, 0)
+    lacking: list[tuple[int, int, str]] = []
     for node in nodes:
         node_id = node.meta.id
         if (
@@ -185,8 +196,12 @@ def _pool(
             pool.not_matching += 1
         elif limit and mine[node_id] >= limit:
             pool.full += 1
+        elif needs.intersection(node.description.unavailable):
+            lacking.append((mine[node_id], overall[node_id], node_id))
         else:
             pool.heap.append((mine[node_id], overall[node_id], node_id))
+    if not pool.heap:
+        pool.heap = lacking
     heapq.heapify(pool.heap)
     return pool
 
@@ -196,8 +211,12 @@ def schedule(
     nodes: Sequence[pb.Node],
     running: Sequence[pb.Task],
     services: Mapping[str, pb.Service],
+    needs: Mapping[str, frozenset[str]] | None = None,
 ) -> SchedulingResult:
     """Place `pending` tasks (in the order given) on `nodes`.
+
+    `needs`: per service id, what its tasks need of a node, by the names nodes use in
+    `unavailable` (`service_needs`); nodes lacking it are used only when no other can be.
 
     `running` are the tasks already placed and not finished: they count towards spreading and
     max_replicas_per_node. Each service's constraints are parsed once per call; a service whose
@@ -220,7 +239,8 @@ def schedule(
             if service is None:
                 pool = f"service {service_id} no longer exists"
             else:
-                pool = _pool(service, nodes, overall, per_service[service_id])
+                wants = (needs or {}).get(service_id, frozenset())
+                pool = _pool(service, nodes, overall, per_service[service_id], wants)
             pools[service_id] = pool
         if isinstance(pool, str):
             result.unschedulable[task.meta.id] = pool
@@ -231,3 +251,13 @@ def schedule(
         else:
             result.assignments[task.meta.id] = node_id
     return result
+
+
+def service_needs(service: pb.Service, networks: Mapping[str, pb.Network]) -> frozenset[str]:
+    """What the service's tasks need of a node, named as NodeDescription.unavailable names it:
+    "ipsec" when one of its networks is encrypted."""
+    encrypted = any(
+        (net := networks.get(att.target)) is not None and net.spec.encrypted
+        for att in service.spec.networks
+    )
+    return frozenset({"ipsec"}) if encrypted else frozenset()

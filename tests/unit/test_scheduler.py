@@ -7,7 +7,13 @@ from collections import Counter
 import pytest
 
 from manager.errors import InvalidArgument
-from manager.scheduler import Constraint, node_is_eligible, parse_constraints, schedule
+from manager.scheduler import (
+    Constraint,
+    node_is_eligible,
+    parse_constraints,
+    schedule,
+    service_needs,
+)
 from proto import objects_pb2 as pb
 
 
@@ -205,6 +211,35 @@ def test_constraints_restrict_placement() -> None:
     svc = service("web", "node.labels.zone==a", "node.hostname!=edge", "node.role==worker")
     result = schedule(pending("web", 3), nodes, [], {"web": svc})
     assert set(result.assignments.values()) == {"n1"}
+
+
+def test_nodes_lacking_what_a_service_needs_are_used_only_when_no_other_can_be() -> None:
+    no_esp = {"ipsec": "this host's kernel cannot encrypt (no ESP support)"}
+    nodes = [node("n1"), node("n2"), node("n3")]
+    nodes[1].description.unavailable.update(no_esp)
+    services = {"sec": service("sec"), "plain": service("plain")}
+    needs = {"sec": frozenset({"ipsec"}), "plain": frozenset[str]()}
+    result = schedule(pending("sec", 4) + pending("plain", 3), nodes, [], services, needs)
+    placed = Counter((t.split("-")[0], n) for t, n in result.assignments.items())
+    assert placed == {("sec", "n1"): 2, ("sec", "n3"): 2,
+                      ("plain", "n1"): 1, ("plain", "n2"): 1, ("plain", "n3"): 1}
+    # No node can encrypt: the tasks go anyway, and their agents fail them saying why.
+    for n in nodes:
+        n.description.unavailable.update(no_esp)
+    result = schedule(pending("sec", 3), nodes, [], services, needs)
+    assert sorted(result.assignments.values()) == ["n1", "n2", "n3"]
+
+
+def test_a_service_on_an_encrypted_network_needs_ipsec() -> None:
+    nets = {
+        "n-sec": pb.Network(meta=pb.Meta(id="n-sec"), spec=pb.NetworkSpec(encrypted=True)),
+        "n-plain": pb.Network(meta=pb.Meta(id="n-plain"), spec=pb.NetworkSpec()),
+    }
+    svc = service("web")
+    svc.spec.networks.add(target="n-plain")
+    assert service_needs(svc, nets) == frozenset()
+    svc.spec.networks.add(target="n-sec")
+    assert service_needs(svc, nets) == {"ipsec"}
 
 
 def test_max_replicas_per_node() -> None:
