@@ -159,6 +159,9 @@ class AgentDaemon:
         # One waiter per watched task, for its exit (`Executor.wait`).
         self._waiters: dict[str, asyncio.Task[None]] = {}
         self._assigned = asyncio.Event()
+        # Set after the first whole pass: tasks adopted, data plane, resolvers and balancers
+        # built. Until then the host is not serving yet (what systemd's READY=1 waits for).
+        self.passed = asyncio.Event()
         self.logs = LogShipper(executor, session, self.options.log_interval)
         # Networks of the tasks this host still holds, as last assigned.
         self._networks: dict[str, pb.Network] = {}
@@ -251,6 +254,7 @@ class AgentDaemon:
                 self._wake.clear()
                 try:
                     await self.step()
+                    self.passed.set()
                 except asyncio.CancelledError:
                     current = asyncio.current_task()
                     if current is None or current.cancelling():
@@ -268,6 +272,16 @@ class AgentDaemon:
             logs.cancel()
             keeper.cancel()
             await self.close()
+
+    def status_line(self) -> str:
+        """One line for systemd's STATUS= (`systemctl status ovnet-agent`)."""
+        gossip = self.discovery.status()
+        members = len(gossip.members) if gossip is not None else 0
+        manager = "no manager reachable" if self.session.unreachable else "manager connected"
+        return (
+            f"{len(self.controller.running())} tasks, {len(self._networks)} networks, "
+            f"{members} gossip members, {manager}"
+        )
 
     async def close(self) -> None:
         """Let go of everything, leaving the tasks running (a restarted agent adopts them)."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import ctypes
 import functools
 import ipaddress
@@ -24,6 +25,7 @@ import signal
 import socket
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 
@@ -35,12 +37,18 @@ from osutil import stackdump
 from osutil.backoff import Backoff
 from osutil.failover import Rotation
 from osutil.hostport import next_port, split_hostport
+from osutil.sdnotify import Notifier
 from proto import objects_pb2 as pb
 from security import certinfo
 from security.credentials import CREDS_DIRNAME, NodeCredentials
 from security.join import JoinError, ManagerUnreachable, join, renew_anywhere
 
+if TYPE_CHECKING:
+    from agent.daemon import AgentDaemon
+
 log = logging.getLogger("ovnet-agent")
+# How often systemd's STATUS= line is refreshed (sent only when its text changed).
+STATUS_EVERY_S = 2.0
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -469,6 +477,7 @@ async def run(args: argparse.Namespace) -> int:
     runners = [
         asyncio.create_task(session.run(), name="session"),
         asyncio.create_task(daemon.run(), name="daemon"),
+        asyncio.create_task(_tell_systemd(daemon), name="systemd"),
     ]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -492,6 +501,27 @@ async def run(args: argparse.Namespace) -> int:
     return 0
     # Tasks keep running when the agent stops (as with Docker's live restore): a restarted
     # agent adopts them. `--cleanup` is the way to remove everything.
+
+
+async def _tell_systemd(daemon: AgentDaemon) -> None:
+    """READY=1 once the first pass is done (a restarted agent has adopted its tasks: an
+    upgrade moves to the next host only then), then a STATUS= line kept current. A fresh
+    agent that reaches no manager has nothing to serve and would never pass: it is ready
+    (saying so in its status) once every manager was tried, rather than timing out and being
+    restarted by systemd over and over while the managers are down."""
+    systemd = Notifier()
+    if not systemd.enabled:
+        await asyncio.Event().wait()  # a loop like the others: it ends when cancelled
+    while not daemon.passed.is_set() and not daemon.session.unreachable:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(daemon.passed.wait(), 0.5)
+    systemd.ready(daemon.status_line())
+    try:
+        while True:
+            await asyncio.sleep(STATUS_EVERY_S)
+            systemd.status(daemon.status_line())
+    finally:
+        systemd.stopping()
 
 
 async def cleanup(args: argparse.Namespace) -> None:

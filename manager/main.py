@@ -37,6 +37,7 @@ from manager.store.etcd import EtcdClient, EtcdTLS
 from osutil import stackdump
 from osutil.files import atomic_write
 from osutil.hostport import normalize_hostport, split_hostport
+from osutil.sdnotify import Notifier
 from security import pki
 
 DEFAULT_STATE_DIR = Path("/var/lib/ovnet/manager")
@@ -283,6 +284,10 @@ def write_admin_credentials(
         atomic_write(context, f"managers: [{advertise}]\n", mode=0o644, durable=True)
 
 
+# How often systemd's STATUS= line is refreshed (sent only when its text changed).
+STATUS_EVERY_S = 2.0
+
+
 async def serve(args: argparse.Namespace) -> None:
     for flag, value in (
         ("--listen", args.listen),
@@ -323,6 +328,7 @@ async def serve(args: argparse.Namespace) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     stackdump.install(loop)
+    systemd = Notifier()
     try:
         await mgr.start()
     except BaseException:
@@ -334,7 +340,13 @@ async def serve(args: argparse.Namespace) -> None:
         file=sys.stderr,
         flush=True,
     )
-    await stop.wait()
+    # Serving from here (followers forward to the leader), so ready even before an election.
+    systemd.ready(mgr.status_line())
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), STATUS_EVERY_S)
+        systemd.status(mgr.status_line())
+    systemd.stopping()
     await mgr.stop()
 
 

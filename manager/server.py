@@ -48,6 +48,7 @@ from manager.store.etcd import EtcdClient, EtcdTLS
 from osutil.hostport import next_port
 from proto import control_pb2 as cpb
 from proto import control_pb2_grpc
+from proto import objects_pb2 as pb
 from security import pki
 from security.credentials import MANAGER_CHANNEL_OPTIONS, NodeCredentials
 
@@ -189,6 +190,22 @@ class Manager:
         if self._leader_channel is not None:
             await self._leader_channel[2].close()
         await self.etcd.close()
+
+    def status_line(self) -> str:
+        """One line for systemd's STATUS= (`systemctl status ovnet-manager`): this manager's
+        role and, on the leader, how the cluster stands."""
+        if self.leading is not None:
+            state = self.leading.cluster.state
+            ready = sum(n.status.state == pb.NODE_STATE_READY for n in state.nodes.values())
+            running = sum(t.status.state == pb.TASK_STATE_RUNNING for t in state.tasks.values())
+            return (
+                f"leader, {ready} of {len(state.nodes)} nodes ready, "
+                f"{len(state.services)} services, {running} tasks running"
+            )
+        leader = self.election.leader_id
+        if not leader:
+            return "no leader elected yet"
+        return f"follower, leader {leader} at {self.leader_addr() or '?'}"
 
     async def _load_ca(self) -> CertificateAuthority:
         """The CA from etcd, waiting for etcd if it is not up yet (as the election does)."""
