@@ -28,8 +28,8 @@ VENV_BIN = "/opt/ovnet/.venv/bin/"
 
 # unit name -> (role that installs it, env file it reads, variable holding the arguments)
 SERVICES = {
-    "ovnet-manager": ("manager", "/etc/ovnet/manager.env", "OVNET_MANAGER_ARGS"),
-    "ovnet-agent": ("agent", "/etc/ovnet/agent.env", "OVNET_AGENT_ARGS"),
+    "ovnet-manager": ("ovnet_manager", "/etc/ovnet/manager.env", "OVNET_MANAGER_ARGS"),
+    "ovnet-agent": ("ovnet_agent", "/etc/ovnet/agent.env", "OVNET_AGENT_ARGS"),
 }
 
 
@@ -109,7 +109,7 @@ def test_site_playbook_uses_existing_roles() -> None:
     for play in plays:
         for role in play["roles"]:
             used.add(role if isinstance(role, str) else role["role"])
-    assert used == {"common", "etcd", "manager", "agent"}
+    assert used == {"ovnet_common", "etcd", "ovnet_manager", "ovnet_agent"}
     for role in used:
         assert (ROLES / role / "tasks" / "main.yml").is_file()
 
@@ -155,7 +155,9 @@ def test_role_installs_the_shipped_unit_and_its_env_file(service: str) -> None:
     assert {"name": service, "enabled": True, "state": "started"}.items() <= started[0].items()
 
 
-@pytest.mark.parametrize(("role", "module"), [("manager", "manager.main"), ("agent", "agent.main")])
+@pytest.mark.parametrize(
+    ("role", "module"), [("ovnet_manager", "manager.main"), ("ovnet_agent", "agent.main")]
+)
 def test_env_templates_only_pass_flags_the_daemon_accepts(
     role: str, module: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -173,30 +175,32 @@ def test_manager_gets_the_ca_key_as_a_credential_at_the_path_its_flags_name() ->
     a copy (LoadCredential), which must be where --ca-key-file points."""
     service = _unit(ROOT / "packaging/systemd/ovnet-manager.service")["Service"]
     name, _, source = service["LoadCredential"].partition(":")
-    args = (ROLES / "manager" / "templates" / "manager.env.j2").read_text()
+    args = (ROLES / "ovnet_manager" / "templates" / "manager.env.j2").read_text()
     assert f"--ca-key-file /run/credentials/ovnet-manager.service/{name} " in args
     defaults = _yaml(ANSIBLE / "group_vars" / "all.yml")
     assert source == defaults["ovnet_ca_key_file"]
     assert f"--state-dir /var/lib/{service['StateDirectory']} " in args.replace(
         "{{ ovnet_manager_state_dir }}",
-        _yaml(ROLES / "manager" / "defaults" / "main.yml")["ovnet_manager_state_dir"],
+        _yaml(ROLES / "ovnet_manager" / "defaults" / "main.yml")["ovnet_manager_state_dir"],
     )
     kek_copy = [
         t["ansible.builtin.copy"]
-        for t in _role_tasks("manager")
+        for t in _role_tasks("ovnet_manager")
         if t.get("ansible.builtin.copy", {}).get("dest") == "{{ ovnet_ca_key_file }}"
     ]
     assert [c["mode"] for c in kek_copy] == ["0600"]
 
 
 def test_cluster_is_initialized_once_and_agents_join_with_the_worker_token() -> None:
-    (init,) = [t for t in _role_tasks("manager") if "init" in t.get("name", "").lower()]
+    (init,) = [t for t in _role_tasks("ovnet_manager") if "init" in t.get("name", "").lower()]
     argv = init["ansible.builtin.command"]["argv"]
-    assert argv[:2] == ["{{ ovnet_root }}/.venv/bin/ovnet-manager", "init"]
+    assert "[ovnet_root ~ '/.venv/bin/ovnet-manager', 'init'," in argv
     assert init["when"] == "inventory_hostname == ovnet_first_manager"
     assert "already initialized" in init["failed_when"]
-    (token,) = [t for t in _role_tasks("agent") if "register" in t]
-    assert token["register"] == "ovnet_worker_token"
+    (token,) = [
+        t for t in _role_tasks("ovnet_agent") if t.get("register") == "ovnet_agent_worker_token"
+    ]
+    assert token["register"] == "ovnet_agent_worker_token"
     assert token["ansible.builtin.command"]["argv"][-4:] == [
         "cluster",
         "join-token",
@@ -205,9 +209,25 @@ def test_cluster_is_initialized_once_and_agents_join_with_the_worker_token() -> 
     ]
     (env,) = [
         t["ansible.builtin.template"]
-        for t in _role_tasks("agent")
+        for t in _role_tasks("ovnet_agent")
         if "ansible.builtin.template" in t
     ]
     assert env["mode"] == "0600"  # it holds the token
-    text = (ROLES / "agent" / "templates" / env["src"]).read_text()
-    assert 'OVNET_JOIN_TOKEN="{{ ovnet_worker_token.stdout | trim }}"' in text
+    text = (ROLES / "ovnet_agent" / "templates" / env["src"]).read_text()
+    assert 'OVNET_JOIN_TOKEN="{{ ovnet_agent_worker_token.stdout | trim }}"' in text
+
+
+VENV = ROOT / ".venv" / "bin"
+
+
+@pytest.mark.skipif(not (VENV / "ansible-lint").exists(), reason="ansible-lint not in .venv")
+def test_playbook_passes_syntax_check_and_ansible_lint_production() -> None:
+    """ansible-lint's strictest profile, offline (no Galaxy here); nothing is skipped."""
+    for argv in (
+        [str(VENV / "ansible-playbook"), "--syntax-check", "-i", "inventory.example.ini",
+         "site.yml"],
+        [str(VENV / "ansible-lint"), "--offline", "--profile", "production", "--format=pep8",
+         "--nocolor", "site.yml"],
+    ):  # fmt: skip
+        res = subprocess.run(argv, cwd=ANSIBLE, capture_output=True, text=True, check=False)
+        assert res.returncode == 0, f"{argv[0]}:\n{res.stdout}{res.stderr}"
