@@ -475,9 +475,11 @@ def desired_dataplane(
     sandboxes: Iterable[str],
     ingress: tuple[pb.Network, str] | None = None,
     ipsec_keys: tuple[IpsecKey, ...] = (),
+    keep_remotes: bool = False,
 ) -> tuple[DesiredState, dict[str, str]]:
     """The data plane for `sandboxes` (task IDs), and for each task that cannot have one, why.
-    `endpoints` holds, per network, the endpoints other hosts announced (through gossip).
+    `endpoints` holds, per network, the endpoints other hosts announced (through gossip);
+    `keep_remotes`: it may be incomplete (see DesiredState).
     `ingress` (the ingress network and this node's address on it) adds the host's ingress
     sandbox, the routing mesh's end here, built whether or not a local task publishes.
 
@@ -555,7 +557,13 @@ def desired_dataplane(
         )
         for net_id in nets
     }
-    desired = DesiredState(networks=nets, sandboxes=boxes, remotes=remotes, ipsec_keys=ipsec_keys)
+    desired = DesiredState(
+        networks=nets,
+        sandboxes=boxes,
+        remotes=remotes,
+        ipsec_keys=ipsec_keys,
+        keep_remotes=keep_remotes,
+    )
     return desired, problems
 
 

@@ -112,6 +112,17 @@ class Discovery:
     def running(self) -> bool:
         return self.node is not None
 
+    @property
+    def synced(self) -> bool:
+        """Whether this host's view of the records is whole: gossip runs and has exchanged full
+        state with a peer at least once, or has no peer to ask (a one-host cluster)."""
+        node = self.node
+        if node is None:
+            return False
+        if node.stats.last_sync is not None:
+            return True
+        return not self._seeds and all(m.name == node.name for m in node.members())
+
     async def configure(self, node_id: str, cfg: dpb.GossipConfig | None) -> None:
         """Start gossip once the node has an ID and a keyring; follow key and seed changes."""
         if cfg is None or not cfg.keys or not node_id:

@@ -164,13 +164,22 @@ class HealthMonitor:
     def watched(self) -> set[str]:
         return set(self._loops)
 
-    def watch(self, task_id: str, config: CheckConfig, netns: str, addr: str) -> None:
+    def watch(
+        self, task_id: str, config: CheckConfig, netns: str, addr: str, healthy_since: float = 0.0
+    ) -> None:
+        """Check the task from now on. `healthy_since` (monotonic; 0: unknown) carries a
+        HEALTHY verdict over from before: a restarted agent adopting a task that was healthy
+        must not take it out of every balancer until its first check (the routing mesh would
+        refuse connections meanwhile); the next failures count as usual."""
         ident = (config, netns, addr)
         cur = self._loops.get(task_id)
         if cur is not None and cur[0] == ident:
             return
         self.unwatch(task_id)
-        self._states[task_id] = HealthState(config, started=time.monotonic())
+        state = HealthState(config, started=time.monotonic())
+        if healthy_since:
+            state.health, state.healthy_since = pb.TASK_HEALTH_HEALTHY, healthy_since
+        self._states[task_id] = state
         self._loops[task_id] = (
             ident,
             asyncio.create_task(self._loop(task_id, config, netns, addr)),

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import ctypes
 import functools
 import ipaddress
@@ -25,30 +24,25 @@ import signal
 import socket
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import grpc
 
 from agent.dataplane.xfrm import esp_unavailable
 from agent.lb.nft import nftables_unavailable
 from agent.model import DEFAULT_GWBRIDGE_SUBNET, DEFAULT_VXLAN_PORT, HostConfig, Names
+from agent.readiness import tell_systemd
 from agent.session import AgentSession
 from osutil import stackdump
 from osutil.backoff import Backoff
 from osutil.failover import Rotation
 from osutil.hostport import next_port, split_hostport
-from osutil.sdnotify import Notifier
 from proto import objects_pb2 as pb
 from security import certinfo
 from security.credentials import CREDS_DIRNAME, NodeCredentials
 from security.join import JoinError, ManagerUnreachable, join, renew_anywhere
 
-if TYPE_CHECKING:
-    from agent.daemon import AgentDaemon
-
 log = logging.getLogger("ovnet-agent")
-# How often systemd's STATUS= line is refreshed (sent only when its text changed).
-STATUS_EVERY_S = 2.0
+
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -398,6 +392,28 @@ def _renew_only(args: argparse.Namespace) -> int:
     return 0
 
 
+def _describe(args: argparse.Namespace) -> pb.NodeDescription:
+    """What the agent registers about this host, with what its kernel cannot do (probed once,
+    in throwaway namespaces): said in the log and shown by `ovctl node inspect`."""
+    desc = pb.NodeDescription(
+        hostname=args.hostname,
+        addr=args.addr,
+        platform=f"{platform.system()}/{platform.machine()}",
+        agent_version="0.3.0",
+        gossip_port=args.gossip_port,
+    )
+    ipsec_unavailable = esp_unavailable()
+    if ipsec_unavailable:
+        # Said once here and shown by `ovctl node inspect`; each task on an encrypted network
+        # placed on this host fails with it.
+        log.warning("encrypted networks cannot run here: %s", ipsec_unavailable)
+        desc.unavailable["ipsec"] = ipsec_unavailable
+    if nft_missing := nftables_unavailable():
+        log.warning("%s", nft_missing)
+        desc.unavailable["nftables"] = nft_missing
+    return desc
+
+
 async def run(args: argparse.Namespace) -> int:
     # Imported here so that --help stays light.
     from agent.daemon import DaemonOptions
@@ -417,22 +433,8 @@ async def run(args: argparse.Namespace) -> int:
     spec = pb.NodeSpec(
         labels=labels, role=pb.NODE_ROLE_MANAGER if args.role == "manager" else pb.NODE_ROLE_WORKER
     )
-    desc = pb.NodeDescription(
-        hostname=args.hostname,
-        addr=vtep,
-        platform=f"{platform.system()}/{platform.machine()}",
-        agent_version="0.3.0",
-        gossip_port=args.gossip_port,
-    )
-    ipsec_unavailable = esp_unavailable()
-    if ipsec_unavailable:
-        # Said once here and shown by `ovctl node inspect`; each task on an encrypted network
-        # placed on this host fails with it.
-        log.warning("encrypted networks cannot run here: %s", ipsec_unavailable)
-        desc.unavailable["ipsec"] = ipsec_unavailable
-    if nft_missing := nftables_unavailable():
-        log.warning("%s", nft_missing)
-        desc.unavailable["nftables"] = nft_missing
+    desc = _describe(args)
+    ipsec_unavailable = desc.unavailable.get("ipsec", "")
     host = HostConfig(
         vtep=ipaddress.IPv4Address(vtep),
         underlay_mtu=args.underlay_mtu,
@@ -477,7 +479,7 @@ async def run(args: argparse.Namespace) -> int:
     runners = [
         asyncio.create_task(session.run(), name="session"),
         asyncio.create_task(daemon.run(), name="daemon"),
-        asyncio.create_task(_tell_systemd(daemon), name="systemd"),
+        asyncio.create_task(tell_systemd(daemon), name="systemd"),
     ]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -501,27 +503,6 @@ async def run(args: argparse.Namespace) -> int:
     return 0
     # Tasks keep running when the agent stops (as with Docker's live restore): a restarted
     # agent adopts them. `--cleanup` is the way to remove everything.
-
-
-async def _tell_systemd(daemon: AgentDaemon) -> None:
-    """READY=1 once the first pass is done (a restarted agent has adopted its tasks: an
-    upgrade moves to the next host only then), then a STATUS= line kept current. A fresh
-    agent that reaches no manager has nothing to serve and would never pass: it is ready
-    (saying so in its status) once every manager was tried, rather than timing out and being
-    restarted by systemd over and over while the managers are down."""
-    systemd = Notifier()
-    if not systemd.enabled:
-        await asyncio.Event().wait()  # a loop like the others: it ends when cancelled
-    while not daemon.passed.is_set() and not daemon.session.unreachable:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(daemon.passed.wait(), 0.5)
-    systemd.ready(daemon.status_line())
-    try:
-        while True:
-            await asyncio.sleep(STATUS_EVERY_S)
-            systemd.status(daemon.status_line())
-    finally:
-        systemd.stopping()
 
 
 async def cleanup(args: argparse.Namespace) -> None:

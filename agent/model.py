@@ -221,6 +221,10 @@ class DesiredState:
     remotes: dict[str, frozenset[RemoteEndpoint]] = field(default_factory=dict)
     # The IPsec ring, primary first (used only with an encrypted network here).
     ipsec_keys: tuple[IpsecKey, ...] = ()
+    # True while `remotes` may be incomplete (a restarted agent before gossip has synced): the
+    # remote entries and IPsec peers already in the kernel stay, only additions are made, so
+    # traffic to other hosts does not stop while the view fills in.
+    keep_remotes: bool = False
 
     def encrypted_peers(self) -> frozenset[IPv4Address]:
         """VTEPs this host sends encrypted networks' traffic to (each needs SAs)."""

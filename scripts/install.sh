@@ -6,9 +6,11 @@
 #   1. Debian packages: etcd (server and client), nftables, iproute2, util-linux (nsenter),
 #      tcpdump, iperf3, dnsperf and dnsmasq-base (e2e tests and benchmarks), user-mode-linux and
 #      kmod (tests/uml: a kernel with ESP, its modules loaded with modprobe; iptables-legacy
-#      blocks ESP there), and what a venv with C extensions needs. Debian's etcd service is stopped and disabled right after we
-#      install it: the tests start their own etcd on free loopback ports, and a system etcd on
-#      2379 would only get in the way.
+#      blocks ESP there), debootstrap and systemd-container (tests/nodes: booted Debian 12
+#      nodes under systemd-nspawn, their rootfs made by debootstrap), openssh-client (Ansible
+#      reaches those nodes by SSH), and what a venv with C extensions needs. Debian's etcd
+#      service is stopped and disabled right after we install it: the tests start their own
+#      etcd on free loopback ports, and a system etcd on 2379 would only get in the way.
 #   2. .venv in the repository, made with the python3 on PATH (3.11 or newer), with
 #      `pip install -e '.[dev]'`. A stamp file holding a hash of pyproject.toml and the
 #      interpreter's version skips the pip step when nothing changed.
@@ -22,7 +24,7 @@ venv="$root/.venv"
 stamp="$venv/.ovnet-install-stamp"
 python=${PYTHON:-python3}
 
-packages=(etcd-server etcd-client nftables iproute2 util-linux tcpdump iperf3 dnsperf dnsmasq-base user-mode-linux kmod iptables python3-venv python3-dev gcc)
+packages=(etcd-server etcd-client nftables iproute2 util-linux tcpdump iperf3 dnsperf dnsmasq-base user-mode-linux kmod iptables debootstrap systemd-container openssh-client python3-venv python3-dev gcc)
 
 say() { printf 'install.sh: %s\n' "$*"; }
 die() { printf 'install.sh: error: %s\n' "$*" >&2; exit 1; }
@@ -59,8 +61,8 @@ install_debian_packages() {
         say "Debian packages present: ${packages[*]}"
         return
     fi
-    [[ $(id -u) -eq 0 ]] || die "missing Debian packages (${missing[*]}); run as root, \
-e.g. sudo bash scripts/install.sh"
+    [[ $(id -u) -eq 0 ]] || die "missing Debian packages (${missing[*]}): run this \
+as root (a fresh Debian 12 has no sudo: log in as root, or su -)"
     say "installing Debian packages: ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update

@@ -3,8 +3,8 @@
 # (mypy), then runs pytest with the arguments given (default: the whole suite, quietly).
 # CI calls it through .ci/run with CI=true. Run from any directory:
 #
-#   sudo bash scripts/test.sh                      # everything
-#   sudo bash scripts/test.sh tests/unit -x        # arguments go to pytest
+#   bash scripts/test.sh                   # everything (as root)
+#   bash scripts/test.sh tests/unit -x     # arguments go to pytest
 #
 # Exits non-zero if any step fails; pytest's "no tests collected" (exit 5) is a failure too,
 # since a run that tested nothing must not pass.

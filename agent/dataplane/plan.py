@@ -397,10 +397,11 @@ def _network(ctx: _Context, nid: str) -> _NetworkOps:
     have_fdb = obs_net.fdb if vx is not None else frozenset()
     have_neigh = obs_net.neigh if vx is not None else frozenset()
     want_fdb, want_neigh = desired_entries(host, nid, ctx.desired.remotes.get(nid, frozenset()))
-    for mac, dst in sorted(have_fdb - want_fdb):
-        out.stale_entries.append(ops.DelFdb(ns=ns, mac=mac, dst=dst, network_id=nid))
-    for ip, mac in sorted(have_neigh - want_neigh):
-        out.stale_entries.append(ops.DelNeigh(ns=ns, ip=ip, mac=mac, network_id=nid))
+    if not ctx.desired.keep_remotes:
+        for mac, dst in sorted(have_fdb - want_fdb):
+            out.stale_entries.append(ops.DelFdb(ns=ns, mac=mac, dst=dst, network_id=nid))
+        for ip, mac in sorted(have_neigh - want_neigh):
+            out.stale_entries.append(ops.DelNeigh(ns=ns, ip=ip, mac=mac, network_id=nid))
     for mac, dst in sorted(want_fdb - have_fdb):
         out.new_entries.append(ops.AddFdb(ns=ns, mac=mac, dst=dst, network_id=nid))
     for ip, mac in sorted(want_neigh - have_neigh):

@@ -243,6 +243,10 @@ class IpsecTables:
             if early:
                 await asyncio.to_thread(apply, early, self.reqid, self.netns)
             self._applied = want
+            if desired.keep_remotes and self._late:
+                # Peers may only be missing from an incomplete view: keep their SAs, and look
+                # again once the view is whole.
+                self._late, self._applied = [], None
             if want.sas and self._watch is None and self.netns is None:
                 # (In a named netns, tests only, the keepalive socket would be elsewhere.)
                 self._watch = asyncio.create_task(self.watch(), name="ipsec-watch")

@@ -175,6 +175,8 @@ class FakeDiscovery:
     def __init__(self, events: Events) -> None:
         self.events = events
         self.on_change: Callable[[], None] | None = None
+        # Gossip has synced (the daemon keeps the kernel's balancers until it has).
+        self.synced = True
         self.announced: dict[str, bool] = {}  # task ID -> enabled
         self.left: bool | None = None
 
@@ -253,7 +255,14 @@ class FakeHealth:
     def watched(self) -> set[str]:
         return set(self._watched)
 
-    def watch(self, task_id: str, config: CheckConfig, netns: str, addr: str) -> None:
+    def watch(
+        self, task_id: str, config: CheckConfig, netns: str, addr: str, healthy_since: float = 0.0
+    ) -> None:
+        if task_id not in self._watched and healthy_since:
+            # As the real checker: a verdict carried over until the first check.
+            self.states[task_id] = HealthState(
+                config, started=0.0, health=pb.TASK_HEALTH_HEALTHY, healthy_since=healthy_since
+            )
         self._watched.add(task_id)
 
     def unwatch(self, task_id: str) -> None:

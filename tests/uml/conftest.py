@@ -6,18 +6,12 @@ which installs user-mode-linux and kmod, so its absence there is a broken setup.
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
 from bench import uml
+from tests.support.beds import require
 
 
 @pytest.fixture(autouse=True)
 def _require_uml() -> None:
-    reason = uml.available()
-    if reason is None:
-        return
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{reason}; scripts/install.sh should have installed it")
-    pytest.skip(f"{reason}; run scripts/install.sh as root")
+    require(uml.available(), "user-mode-linux cannot start here")

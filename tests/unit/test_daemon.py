@@ -17,12 +17,13 @@ from typing import Any
 
 import pytest
 
+from agent import daemon as daemon_mod
 from agent.daemon import DaemonOptions
 from agent.executor.api import Adopted, ExitInfo, Running
 from agent.health import CheckConfig, HealthState
 from agent.session import Assignments
 from proto import objects_pb2 as pb
-from tests.support.agent_fakes import Fakes, FakeSession
+from tests.support.agent_fakes import FakeBalancer, Fakes, FakeSession
 
 RUN = pb.TASK_STATE_RUNNING
 
@@ -317,6 +318,60 @@ def test_adoption_after_an_agent_restart(tmp_path: Path) -> None:
         await settle()
         await rig.daemon.step()
         assert rig.session.last("t1").state == pb.TASK_STATE_FAILED
+
+    run(go())
+
+
+def test_an_adopted_healthy_task_stays_healthy_until_its_first_check(tmp_path: Path) -> None:
+    """A restarted agent carries the manager's HEALTHY verdict over for the tasks it adopts
+    (else each would leave every balancer until its first check: the routing mesh refused a
+    connection during a rolling agent upgrade); a task it did not adopt gets no such credit."""
+
+    async def go() -> None:
+        rig = Rig(tmp_path, adopted={"t1": Adopted("t1", running=Running(4242))})
+        rig.service()
+        check = pb.HealthCheck(command=["true"], retries=1)
+        for tid in ("t1", "t2"):
+            t = rig.assign(tid, state=RUN, check=check)
+            t.status.health = pb.TASK_HEALTH_HEALTHY
+            t.status.ready_ms = rig.clock.ms - 60_000
+        rig.daemon._adopt()
+        await rig.daemon.step()
+        carried = rig.health.state("t1")
+        assert carried is not None and carried.health == pb.TASK_HEALTH_HEALTHY
+        assert abs((time.monotonic() - carried.healthy_since) - 60) < 5
+        assert rig.health.state("t2") is None
+        assert rig.discovery.announced["t1"] is True
+
+    run(go())
+
+
+def test_the_kernel_balancers_stay_until_gossip_has_synced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A restarted agent knows no records before gossip syncs: rewriting the balancers then
+    would leave published ports with no backend (refused). It waits, up to VIEW_WARMUP_S."""
+
+    async def go() -> None:
+        rig = Rig(tmp_path)
+        rig.service()
+        rig.assign(state=RUN)
+        rig.discovery.synced = False
+        lb = rig.daemon.lb
+        assert isinstance(lb, FakeBalancer)
+        await rig.daemon.step()
+        assert lb.specs == {}, "balancers touched before gossip synced"
+        rig.discovery.synced = True
+        await rig.daemon.step()
+        assert "host" in lb.specs
+        # Without gossip at all (no manager yet): after the warm-up, what is known goes.
+        late = Rig(tmp_path / "late")
+        late.service()
+        late.assign(state=RUN)
+        late.discovery.synced = False
+        monkeypatch.setattr(daemon_mod, "VIEW_WARMUP_S", 0.0)
+        await late.daemon.step()
+        assert isinstance(late.daemon.lb, FakeBalancer) and "host" in late.daemon.lb.specs
 
     run(go())
 

@@ -21,6 +21,7 @@ from agent.dataplane.ops import (
     DeleteLink,
     DeleteNetns,
     DelFdb,
+    DelNeigh,
     EnsureNft,
     Op,
     SetAddresses,
@@ -184,20 +185,33 @@ def test_drift_deleted_fdb_entry_is_restored() -> None:
     assert ops == [AddFdb(ns=ns, mac=entry[0], dst=entry[1], network_id="net1")]
 
 
-def test_drift_stale_fdb_entry_is_removed() -> None:
+def _with_stale_fdb_entry() -> tuple[Observed, str, tuple[str, str]]:
+    """FULL converged, plus an FDB entry on net1 that nothing wants."""
     _, obs = converge(FULL)
     ns = NAMES.network_ns("net1")
     stale = ("02:42:0a:01:01:63", "198.51.100.99")
-    drifted = replace(
-        obs,
-        networks={
-            **obs.networks,
-            ns: replace(obs.networks[ns], fdb=obs.networks[ns].fdb | {stale}),
-        },
+    net = obs.networks[ns]
+    return (
+        replace(obs, networks={**obs.networks, ns: replace(net, fdb=net.fdb | {stale})}),
+        ns,
+        stale,
     )
+
+
+def test_drift_stale_fdb_entry_is_removed() -> None:
+    drifted, ns, stale = _with_stale_fdb_entry()
     assert plan(HOST, FULL, drifted) == [
         DelFdb(ns=ns, mac=stale[0], dst=stale[1], network_id="net1")
     ]
+
+
+def test_an_incomplete_view_adds_remote_entries_but_removes_none() -> None:
+    """keep_remotes (a restarted agent before gossip synced): what is in the kernel stays."""
+    drifted, _, _ = _with_stale_fdb_entry()
+    assert plan(HOST, replace(FULL, keep_remotes=True), drifted) == []
+    _, obs = converge(FULL)
+    empty_view = replace(FULL, remotes={}, keep_remotes=True)
+    assert not [op for op in plan(HOST, empty_view, obs) if isinstance(op, (DelFdb, DelNeigh))]
 
 
 def test_drift_deleted_veth_is_recreated() -> None:

@@ -5,6 +5,7 @@ and a failed setup leaving encrypted networks unbuilt rather than in clear."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Sequence
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
@@ -202,5 +203,25 @@ def test_the_report_keeps_its_peers_current_and_goes_out_empty_once_none_are_lef
         st = tables.status()
         assert st is not None and list(st.peers) == []
         assert len(sent) == 1  # no keepalive to a host that is no longer a peer
+
+    asyncio.run(scenario())
+
+
+def test_an_incomplete_view_keeps_the_peers_sas(kernel: FakeKernel) -> None:
+    """keep_remotes (a restarted agent before gossip synced): a peer missing from the view
+    keeps its SAs and policies; once the view is whole, its absence counts."""
+    tables = xfrm.IpsecTables(HOST, netns="test")
+
+    async def scenario() -> None:
+        await tables.prepare(desired())
+        await tables.finish()
+        full = kernel.tables
+        assert full.sas
+        await tables.prepare(dataclasses.replace(desired(), remotes={}, keep_remotes=True))
+        await tables.finish()
+        assert kernel.tables == full
+        await tables.prepare(dataclasses.replace(desired(), remotes={}))
+        await tables.finish()
+        assert not kernel.tables.sas
 
     asyncio.run(scenario())

@@ -126,7 +126,8 @@ def test_templates_and_handlers_referenced_by_tasks_exist() -> None:
     for path in sorted(ROLES.glob("*/handlers/main.yml")):
         for handler in _yaml(path):
             handlers.add(handler["name"])
-            handlers.add(handler.get("listen", handler["name"]))
+            listen = handler.get("listen", [])
+            handlers.update([listen] if isinstance(listen, str) else listen)
     for path in _all_task_files():
         role_dir = path.parents[1]
         for task in _yaml(path):

@@ -1,0 +1,1 @@
+"""Booted Debian 12 nodes (systemd-nspawn) for tests that need real systemd: Ansible, units."""
