@@ -85,6 +85,11 @@ class ApplyResult:
         return not self.failures and not self.problems
 
 
+def route_localnet_path(bridge: str) -> str:
+    """The gwbridge's route_localnet sysctl (see ops.SetRouteLocalnet)."""
+    return f"/proc/sys/net/ipv4/conf/{bridge}/route_localnet"
+
+
 class DataPlane:
     """Builds and repairs the kernel objects of one host's overlay networks."""
 
@@ -164,16 +169,23 @@ class DataPlane:
                 log.warning("cannot observe netns %s: %s", ns, e)
         host_links = observe.host_links(self._handle(None), self.names)
         fwd = nl.read_sysctl(self.host_netns, IP_FORWARD) == "1"
+        localnet = (
+            self.names.gwbridge in host_links
+            and nl.read_sysctl(self.host_netns, route_localnet_path(self.names.gwbridge)) == "1"
+        )
         return Observed(
             networks=networks,
             sandboxes=sandboxes,
             host_links=host_links,
             ip_forward=fwd,
+            route_localnet=localnet,
             files=observe.sandbox_files(self.host.etc_netns, self.names),
         )
 
     async def _nft_present(self) -> bool:
-        return await self._nft(f"list table ip {self.names.nft_table}") is None
+        """The table is there, and current: a table an older agent made, without the
+        from_loopback chain, counts as absent and is replaced whole."""
+        return await self._nft(f"list chain ip {self.names.nft_table} from_loopback") is None
 
     async def _nft(self, script: str) -> str | None:
         """Run an nft script in the host's namespace through the in-process libnftables
@@ -343,6 +355,9 @@ class DataPlane:
                     raise RuntimeError(f"nft delete table: {err}")
             case ops.SetIpForward():
                 await asyncio.to_thread(nl.write_sysctl, self.host_netns, IP_FORWARD, "1")
+            case ops.SetRouteLocalnet(bridge=bridge):
+                path = route_localnet_path(bridge)
+                await asyncio.to_thread(nl.write_sysctl, self.host_netns, path, "1")
             case _:
                 raise TypeError(f"cannot apply {op!r}")
 
@@ -460,6 +475,12 @@ def nft_ruleset(op: ops.EnsureNft) -> str:
         "  chain postrouting {\n"
         "    type nat hook postrouting priority srcnat; policy accept;\n"
         f'    ip saddr {op.subnet} oifname != "{br}" masquerade\n'
+        "  }\n"
+        # Host connections to 127.0.0.1 DNATed to a published port's target behind the
+        # gwbridge (see ops.SetRouteLocalnet): answers must come back to a real address.
+        "  chain from_loopback {\n"
+        "    type nat hook postrouting priority srcnat; policy accept;\n"
+        f'    ip saddr 127.0.0.0/8 oifname "{br}" masquerade\n'
         "  }\n"
         "  chain forward {\n"
         "    type filter hook forward priority filter; policy accept;\n"

@@ -69,4 +69,6 @@ class Observed:
     host_links: Mapping[str, Link] = field(default_factory=dict)
     nft: bool = False
     ip_forward: bool = False
+    # net.ipv4.conf.<gwbridge>.route_localnet (False while there is no gwbridge).
+    route_localnet: bool = False
     files: Mapping[str, tuple[str, str]] = field(default_factory=dict)

@@ -180,3 +180,13 @@ class DeleteNft(Op):
 @dataclass(frozen=True, kw_only=True)
 class SetIpForward(Op):
     pass
+
+
+@dataclass(frozen=True, kw_only=True)
+class SetRouteLocalnet(Op):
+    """route_localnet on the gwbridge: a connection from the host to 127.0.0.1 on a published
+    port is DNATed to an address behind the gwbridge, and the kernel drops packets with a
+    loopback source on any other interface unless this is set (they are masqueraded to the
+    gwbridge's address on the way out: the table's from_loopback chain)."""
+
+    bridge: str

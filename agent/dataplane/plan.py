@@ -350,6 +350,8 @@ def _host_egress(ctx: _Context) -> list[ops.Op]:
     out = _ensure_link(spec, ctx.observed.host_links.get(names.gwbridge), create)
     if not ctx.observed.ip_forward:
         out.append(ops.SetIpForward())
+    if not ctx.observed.route_localnet:
+        out.append(ops.SetRouteLocalnet(bridge=names.gwbridge))
     if not ctx.observed.nft:
         out.append(
             ops.EnsureNft(

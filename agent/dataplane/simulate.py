@@ -50,6 +50,13 @@ class _SimKernel:
         }
         self.hostl: dict[str, Link] = dict(observed.host_links)
         self.nft, self.fwd = observed.nft, observed.ip_forward
+        # Bridges with route_localnet set: the sysctl goes with its bridge (the gwbridge, the
+        # only bridge among the host's links).
+        self.localnet = (
+            {name for name, link in self.hostl.items() if link.kind == "bridge"}
+            if observed.route_localnet
+            else set()
+        )
         self.files = dict(observed.files)
 
     def snapshot(self) -> Observed:
@@ -65,6 +72,7 @@ class _SimKernel:
             host_links=self.hostl,
             nft=self.nft,
             ip_forward=self.fwd,
+            route_localnet=bool(self.localnet),
             files=self.files,
         )
 
@@ -81,6 +89,8 @@ class _SimKernel:
         links = self.links_of(ns)
         if links.pop(name, None) is None:
             return
+        if ns is None:
+            self.localnet.discard(name)
         for other in links:
             if links[other].master == name:
                 links[other] = replace(links[other], master=None)
@@ -154,5 +164,8 @@ class _SimKernel:
                 self.nft = False
             case ops.SetIpForward():
                 self.fwd = True
+            case ops.SetRouteLocalnet(bridge=bridge):
+                if bridge in self.hostl:
+                    self.localnet.add(bridge)
             case _:
                 raise TypeError(f"unknown op {op!r}")

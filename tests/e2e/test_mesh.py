@@ -250,6 +250,11 @@ def test_published_port_answers_on_every_host(ov: Overlay) -> None:
         assert got["failures"] == 0, got["errors"]
         assert set(got["answers"]) == ingress_ips
         assert min(got["answers"].values()) >= 30, got["answers"]
+        # On the host itself too, at 127.0.0.1 as at its own address (as in Swarm).
+        for local_addr in ("127.0.0.1", addr):
+            got = load(ov, ov.dev.nsenter_argv(host, []), local_addr, 18080, 60)
+            assert got["failures"] == 0, (host, local_addr, got["errors"])
+            assert set(got["answers"]) == ingress_ips, (host, local_addr, got["answers"])
 
 
 def test_host_mode_keeps_the_client_address(ov: Overlay) -> None:
