@@ -8,9 +8,11 @@
 #      kmod (tests/uml: a kernel with ESP, its modules loaded with modprobe; iptables-legacy
 #      blocks ESP there), debootstrap and systemd-container (tests/nodes: booted Debian 12
 #      nodes under systemd-nspawn, their rootfs made by debootstrap), openssh-client (Ansible
-#      reaches those nodes by SSH), and what a venv with C extensions needs. Debian's etcd
-#      service is stopped and disabled right after we install it: the tests start their own
-#      etcd on free loopback ports, and a system etcd on 2379 would only get in the way.
+#      reaches those nodes by SSH), podman, runc and busybox-static (bench/images.py: a
+#      private podman and a locally built test image), and what a venv with C extensions
+#      needs. Debian's etcd service is stopped and disabled right after we install it: the
+#      tests start their own etcd on free loopback ports, and a system etcd on 2379 would only
+#      get in the way.
 #   2. .venv in the repository, made with the python3 on PATH (3.11 or newer), with
 #      `pip install -e '.[dev]'`. A stamp file holding a hash of pyproject.toml and the
 #      interpreter's version skips the pip step when nothing changed.
@@ -24,7 +26,7 @@ venv="$root/.venv"
 stamp="$venv/.ovnet-install-stamp"
 python=${PYTHON:-python3}
 
-packages=(etcd-server etcd-client nftables iproute2 util-linux tcpdump iperf3 dnsperf dnsmasq-base user-mode-linux kmod iptables debootstrap systemd-container openssh-client python3-venv python3-dev gcc)
+packages=(etcd-server etcd-client nftables iproute2 util-linux tcpdump iperf3 dnsperf dnsmasq-base user-mode-linux kmod iptables debootstrap systemd-container openssh-client podman runc busybox-static python3-venv python3-dev gcc)
 
 say() { printf 'install.sh: %s\n' "$*"; }
 die() { printf 'install.sh: error: %s\n' "$*" >&2; exit 1; }
