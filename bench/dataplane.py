@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import platform
 import shutil
@@ -42,6 +41,7 @@ from agent.model import (
     SandboxConfig,
     endpoint_mac,
 )
+from bench import write_results
 
 PFX = f"ovb{os.getpid()}-"
 HOST_NS = f"{PFX}h"
@@ -273,8 +273,7 @@ def main() -> int:
         r = asyncio.run(main_async(args))
     finally:
         teardown()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(r, indent=2) + "\n")
+    write_results(args.out, r)
     for key in ("endpoint_creation", "endpoint_creation_with_egress"):
         e = r[key]
         assert isinstance(e, dict)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import platform
 import re
@@ -38,6 +37,7 @@ from dnslib import QTYPE, DNSRecord
 from agent.dns.server import DnsServer
 from agent.endpoints import EndpointRecord
 from agent.netns import socket_in_netns
+from bench import write_results
 
 PFX = f"ovb{os.getpid()}-dns"
 NS_OURS = f"{PFX}o"
@@ -322,8 +322,7 @@ def main() -> None:
         f"p99 {o['latency']['p99_ms']:.3f} ms (goal <= 1): "
         f"{'met' if result['goal']['met'] else 'NOT met'}"
     )
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
+    write_results(args.json, result)
     print(f"wrote {args.json}")
 
 

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bench import uml
+from bench import uml, write_results
 from bench.uml_host import ADDR, BED, pair_config, sandbox
 
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "encryption.json"
@@ -83,8 +83,7 @@ def main() -> None:
         f"UML: plain {max(res['plain_mbit_s']):.0f} Mbit/s, encrypted "
         f"{max(res['encrypted_mbit_s']):.0f} Mbit/s: encrypted / plain = {res['ratio_best']}"
     )
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(res, indent=2) + "\n")
+    write_results(args.json, res)
     print(f"wrote {args.json}")
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.model import Names
+from bench import write_results
 from ovctl.devcluster.cluster import DevCluster
 
 HOSTS = 5
@@ -142,8 +143,7 @@ def run(rounds: int, out: Path) -> dict[str, Any]:
           f"{max(restore):9.2f}")  # fmt: skip
     print(f"{'Serf 0.9.4, 10 agents: SIGKILL detected':44}{'5.3-6.5 s':>18}")
     print(f"{'Docker Swarm: SIGKILLed host still in DNS':44}{'13.1-13.6 s':>18}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_results(out, result)
     print(f"\nwritten to {out}")
     return result
 

@@ -25,7 +25,6 @@ with 10 agents on this machine (detection 5.3-6.5 s, event spread 0.15-0.40 s) a
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import random
@@ -39,6 +38,7 @@ from typing import Any
 from agent.gossip import simwatch
 from agent.gossip.config import GossipTuning
 from agent.gossip.sim import NetConfig, Simulator
+from bench import write_results
 
 NET = "bench"
 FRACTIONS = (0.5, 0.99, 0.9999)
@@ -328,8 +328,7 @@ def main() -> int:
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(r, indent=2) + "\n")
+    write_results(args.out, r)
     print_table(r)
     print(f"\nwall time {r['wall_s']} s; results written to {args.out}")
     return 0

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import platform
 import statistics
@@ -28,6 +27,7 @@ from typing import cast
 
 import grpc
 
+from bench import write_results
 from osutil.hostport import join_hostport
 from ovctl.devcluster.etcd import EtcdServer
 from ovctl.devcluster.procs import LOOPBACK, ManagedProcess, free_ports
@@ -179,8 +179,7 @@ def run(n: int, clients: int, out: Path) -> dict[str, object]:
         converged = time.perf_counter() - t0
         channel.close()
     result = report(n, clients, elapsed, converged, latencies)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_results(out, result)
     return result
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 from agent.lb.balancer import LoadBalancer
 from agent.lb.nft import Nft, libnftables_available
 from agent.lb.plan import LbSpec, LbState, render_full, render_update
+from bench import write_results
 
 NS = f"ovb{os.getpid()}-nft"
 TABLE = "ovnet-lb"
@@ -193,8 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         f"goals: add one <= {GOAL_ADD_MS} ms: {'met' if ok_add else 'MISSED'}; "
         f"full <= {GOAL_FULL_MS} ms: {'met' if ok_full else 'MISSED'}"
     )
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(results, indent=2) + "\n")
+    write_results(args.json, results)
     print(f"wrote {args.json}")
     return 0
 

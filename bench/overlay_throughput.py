@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.model import Names
+from bench import write_results
 from ovctl.devcluster.cluster import DevCluster
 
 HAND_VNI = 99
@@ -136,8 +137,7 @@ def run(seconds: int, repeat: int, out: Path) -> dict[str, object]:
         print(f"hand-built VXLAN:           {med['hand_vxlan']:6.2f} Gbit/s")
         print(f"ovnet task -> task:         {med['ovnet']:6.2f} Gbit/s")
         print(f"ovnet / hand-built VXLAN:   {report['ratio_to_hand_vxlan']:.2f} (goal >= 0.9)")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(report, indent=2) + "\n")
+        write_results(out, report)
         print(f"wrote {out}")
         return report
     finally:
