@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from agent.endpoints import EndpointRecord
+from agent.executor.api import Exec
 from agent.health import CheckConfig, HealthState
 from agent.lb.plan import LbSpec
 from agent.model import DesiredState
@@ -117,7 +118,13 @@ class HealthChecker(Protocol):
     def watched(self) -> set[str]: ...
 
     def watch(
-        self, task_id: str, config: CheckConfig, netns: str, addr: str, healthy_since: float = 0.0
+        self,
+        task_id: str,
+        config: CheckConfig,
+        netns: str,
+        addr: str,
+        healthy_since: float = 0.0,
+        via: Exec | None = None,
     ) -> None: ...
 
     def unwatch(self, task_id: str) -> None: ...

@@ -94,7 +94,14 @@ def failed_sandboxes(result: ApplyResult, desired: DesiredState) -> dict[str, st
 def task_spec(task: pb.Task, netns: str) -> TaskSpec:
     """What the executor needs of an assigned task, in the sandbox `netns`."""
     spec = task.spec
-    return TaskSpec(task.meta.id, tuple(spec.command), tuple(spec.env), spec.workdir or "/", netns)
+    return TaskSpec(
+        task.meta.id,
+        tuple(spec.command),
+        tuple(spec.env),
+        spec.workdir or "/",
+        netns,
+        image=spec.image,
+    )
 
 
 @dataclass(frozen=True)
@@ -591,7 +598,9 @@ class AgentDaemon:
                 known = task.status
                 if known.health == pb.TASK_HEALTH_HEALTHY and known.ready_ms:
                     since = now_mono - max(0, now_wall - known.ready_ms) / 1000
-            self.health.watch(tid, config, self.dataplane.sandbox_path(tid), addr, since)
+            path = self.dataplane.sandbox_path(tid)
+            via = self.executor.exec_in(tid, path) if config.command else None
+            self.health.watch(tid, config, path, addr, since, via)
             watched.add(tid)
             st = self.health.state(tid)
             if st is None:

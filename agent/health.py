@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from agent.executor.api import Exec
 from proto import objects_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -99,14 +100,14 @@ class HealthState:
         return self.health != before
 
 
-async def run_command(netns: str, argv: tuple[str, ...], timeout: float) -> tuple[bool, str]:
-    """Run argv inside the sandbox's network namespace; (exit status 0, what it said)."""
+async def run_command(via: Exec, argv: tuple[str, ...], timeout: float) -> tuple[bool, str]:
+    """Run argv inside the task (`via`: how its executor enters it: nsenter for a process,
+    podman exec for a container); (exit status 0, what it said)."""
     try:
         proc = await asyncio.create_subprocess_exec(
-            "nsenter",
-            f"--net={netns}",
-            "--",
+            *via.prefix,
             *argv,
+            env=None if via.env is None else dict(via.env),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
@@ -165,13 +166,21 @@ class HealthMonitor:
         return set(self._loops)
 
     def watch(
-        self, task_id: str, config: CheckConfig, netns: str, addr: str, healthy_since: float = 0.0
+        self,
+        task_id: str,
+        config: CheckConfig,
+        netns: str,
+        addr: str,
+        healthy_since: float = 0.0,
+        via: Exec | None = None,
     ) -> None:
         """Check the task from now on. `healthy_since` (monotonic; 0: unknown) carries a
         HEALTHY verdict over from before: a restarted agent adopting a task that was healthy
         must not take it out of every balancer until its first check (the routing mesh would
-        refuse connections meanwhile); the next failures count as usual."""
-        ident = (config, netns, addr)
+        refuse connections meanwhile); the next failures count as usual. `via` is how a check
+        command enters the task (default: nsenter into `netns`, as for a process task)."""
+        via = via or Exec(("nsenter", f"--net={netns}", "--"))
+        ident = (config, netns, addr, via)
         cur = self._loops.get(task_id)
         if cur is not None and cur[0] == ident:
             return
@@ -182,7 +191,7 @@ class HealthMonitor:
         self._states[task_id] = state
         self._loops[task_id] = (
             ident,
-            asyncio.create_task(self._loop(task_id, config, netns, addr)),
+            asyncio.create_task(self._loop(task_id, config, netns, addr, via)),
         )
 
     def unwatch(self, task_id: str) -> None:
@@ -199,13 +208,15 @@ class HealthMonitor:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
 
-    async def _loop(self, task_id: str, config: CheckConfig, netns: str, addr: str) -> None:
+    async def _loop(
+        self, task_id: str, config: CheckConfig, netns: str, addr: str, via: Exec
+    ) -> None:
         await asyncio.sleep(FIRST_CHECK_DELAY)
         while True:
             t0 = time.monotonic()
             try:
                 if config.command:
-                    ok, text = await run_command(netns, config.command, config.timeout)
+                    ok, text = await run_command(via, config.command, config.timeout)
                 else:
                     ok, text = await tcp_connect(netns, addr, config.tcp_port, config.timeout)
             except asyncio.CancelledError:

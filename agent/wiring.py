@@ -1,10 +1,10 @@
 """Building the agent's daemon with its real collaborators.
 
 `AgentDaemon` is handed everything it works with (see agent/daemon.py); this is the one place
-that chooses the real ones: the process executor, the netlink data plane, gossip discovery,
-the embedded resolver, nftables balancing and the health monitor. Tests build the daemon with
-fakes instead (tests/unit/test_daemon.py). The imports are inside the function so that
-`ovnet-agent --help` does not load netlink, nftables, gossip crypto and the rest.
+that chooses the real ones: the process and container executors, the netlink data plane,
+gossip discovery, the embedded resolver, nftables balancing and the health monitor. Tests
+build the daemon with fakes instead (tests/unit/test_daemon.py). The imports are inside the
+function so that `ovnet-agent --help` does not load netlink, nftables, gossip crypto and the rest.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from agent.model import HostConfig
 if TYPE_CHECKING:
     from agent.collaborators import Session
     from agent.daemon import AgentDaemon, DaemonOptions
+    from agent.executor.container import Podman
     from agent.gossip import GossipTuning
 
 
@@ -38,13 +39,14 @@ def build_daemon(
     state_dir: Path,
     services: Services,
     options: DaemonOptions,
+    podman: Podman | None = None,
 ) -> AgentDaemon:
     """The daemon with its real collaborators. Call it from the running event loop."""
     from agent.daemon import AgentDaemon
     from agent.dataplane.kernel import DataPlane
     from agent.discovery import Discovery
     from agent.dns.server import DnsServer
-    from agent.executor import ProcessExecutor
+    from agent.executor import ContainerExecutor, ExecutorRouter, Podman, ProcessExecutor
     from agent.health import HealthMonitor
     from agent.lb.balancer import LoadBalancer
 
@@ -53,7 +55,10 @@ def build_daemon(
         host,
         session,
         state_dir,
-        executor=ProcessExecutor(state_dir),
+        executor=ExecutorRouter(
+            ProcessExecutor(state_dir),
+            ContainerExecutor(state_dir, podman or Podman(), host.names.prefix),
+        ),
         dataplane=DataPlane(host),
         # The daemon connects their change callbacks to its own wake-up.
         discovery=Discovery(

@@ -33,14 +33,30 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.executor.container import Podman as AgentPodman
+
 CACHE = Path("/var/cache/ovnet-tests/podman")
 BUSYBOX = Path("/bin/busybox")
 # Bump when the image's content or layout changes (it is part of the tag).
-IMAGE_VERSION = 2
+IMAGE_VERSION = 3
 IMAGE_NAME = "localhost/ovnet-test-httpd"
-# The page the image serves at / (httpd -h /www): content that exists only in the image.
+# The page the image serves at / (httpd -h /www), and at /page.html from its own command:
+# content that exists only in the image.
 PAGE = "ovnet test image: this page exists only in the image\n"
-APPLETS = ("sh", "httpd", "sleep", "wget", "cat", "echo", "hostname", "nc")
+APPLETS = ("sh", "httpd", "sleep", "wget", "cat", "echo", "hostname", "nc", "kill")
+# The image's own command: httpd on port 8080 serving /who, where / runs a CGI script that
+# answers "CONTAINER-HOSTNAME CLIENT-ADDRESS" (the shape tests/e2e/loadclient.py counts by
+# replica), /page.html is PAGE and /release the image's release. PID 1 is a shell that ends
+# httpd on SIGTERM and exits 0 (a PID 1 that does not handle SIGTERM ignores it).
+PORT = 8080
+SERVE = f"""#!/bin/sh
+httpd -f -p 0.0.0.0:{PORT} -h /who &
+trap 'kill $!; exit 0' TERM
+wait
+"""
+WHO_CGI = """#!/bin/sh
+printf 'Content-Type: text/plain\\r\\n\\r\\n%s %s\\n' "$(hostname)" "$REMOTE_ADDR"
+"""
 
 CONTAINERS_CONF = """\
 # Written by bench/images.py: podman for ovnet's tests, apart from the machine's own setup.
@@ -70,14 +86,34 @@ class Podman:
     def conf(self) -> Path:
         return self.home / "containers.conf"
 
-    def argv(self, *args: str) -> list[str]:
+    def config(self) -> AgentPodman:
+        """The same podman as the agent's executor describes it (what its --containers-conf,
+        --podman-root, --podman-runroot and --podman-storage-driver say), with no pulls: no
+        registry is reachable here, and an image missing from the store is an error at once."""
+        self.home.mkdir(parents=True, exist_ok=True)
+        if not self.conf.exists() or self.conf.read_text() != CONTAINERS_CONF:
+            self.conf.write_text(CONTAINERS_CONF)
+        return AgentPodman(
+            containers_conf=str(self.conf),
+            root=str(self.home / "root"),
+            runroot=str(self.home / "run"),
+            storage_driver="vfs",
+            pull="never",
+        )
+
+    def agent_args(self) -> list[str]:
+        """The agent's command-line flags for this podman."""
+        c = self.config()
         return [
-            "podman",
-            "--root", str(self.home / "root"),
-            "--runroot", str(self.home / "run"),
-            "--storage-driver", "vfs",
-            *args,
+            "--containers-conf", c.containers_conf,
+            "--podman-root", c.root,
+            "--podman-runroot", c.runroot,
+            "--podman-storage-driver", c.storage_driver,
+            "--image-pull", c.pull,
         ]  # fmt: skip
+
+    def argv(self, *args: str) -> list[str]:
+        return self.config().argv(*args)
 
     def env(self) -> dict[str, str]:
         return {**os.environ, "CONTAINERS_CONF": str(self.conf)}
@@ -85,9 +121,6 @@ class Podman:
     def run(
         self, *args: str, check: bool = True, timeout: float = 120
     ) -> subprocess.CompletedProcess[str]:
-        self.home.mkdir(parents=True, exist_ok=True)
-        if not self.conf.exists() or self.conf.read_text() != CONTAINERS_CONF:
-            self.conf.write_text(CONTAINERS_CONF)
         res = subprocess.run(
             self.argv(*args),
             env=self.env(),
@@ -101,9 +134,11 @@ class Podman:
         return res
 
 
-def image_tag() -> str:
-    """The test image's name:tag, a hash of what goes into it."""
-    h = hashlib.sha256(f"{IMAGE_VERSION}\0{PAGE}\0{','.join(APPLETS)}\0".encode())
+def image_tag(release: int = 1) -> str:
+    """The test image's name:tag, a hash of what goes into it. Releases differ only in the
+    /who/release file: a second tag to roll a service to."""
+    parts = (IMAGE_VERSION, PAGE, ",".join(APPLETS), SERVE, WHO_CGI, release)
+    h = hashlib.sha256("\0".join(map(str, parts)).encode())
     h.update(BUSYBOX.read_bytes())
     return f"{IMAGE_NAME}:{h.hexdigest()[:12]}"
 
@@ -116,10 +151,10 @@ def _lock(path: Path) -> Iterator[None]:
         yield
 
 
-def ensure_image(podman: Podman | None = None) -> str:
+def ensure_image(podman: Podman | None = None, release: int = 1) -> str:
     """The test image in ``podman``'s store (imported if missing); its name:tag."""
     podman = podman or Podman()
-    tag = image_tag()
+    tag = image_tag(release)
     with _lock(podman.home / "build.lock"):
         if podman.run("image", "exists", tag, check=False).returncode == 0:
             return tag
@@ -131,12 +166,21 @@ def ensure_image(podman: Podman | None = None) -> str:
                 (root / "bin" / applet).symlink_to("busybox")
             (root / "www").mkdir()
             (root / "www" / "index.html").write_text(PAGE)
+            (root / "who" / "cgi-bin").mkdir(parents=True)
+            (root / "who" / "page.html").write_text(PAGE)
+            (root / "who" / "release").write_text(f"{release}\n")
+            for path, text in (
+                (root / "who/cgi-bin/index.cgi", WHO_CGI),
+                (root / "bin/serve", SERVE),
+            ):
+                path.write_text(text)
+                path.chmod(0o755)
             archive = Path(tmp) / "rootfs.tar"
             subprocess.run(
                 ["tar", "-C", str(root), "--owner=0", "--group=0", "-cf", str(archive), "."],
                 check=True,
             )
-            podman.run("import", "--change", "CMD=/bin/sh", str(archive), tag)
+            podman.run("import", "--change", 'CMD ["/bin/serve"]', str(archive), tag)
     return tag
 
 

@@ -63,6 +63,7 @@ def task_spec_of(spec: pb.ServiceSpec) -> tuple[Any, ...]:
     the routing mesh (its tasks then hold an address on the ingress network); which ports it
     publishes is not, as agents read those from the service."""
     return (
+        spec.image,
         tuple(spec.command),
         tuple(spec.env),
         spec.workdir,

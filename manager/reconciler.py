@@ -220,6 +220,7 @@ class Reconciler:
             slot=nt.slot,
             node_id=nt.node_id,
             spec=pb.TaskSpec(
+                image=spec.image,
                 command=spec.command,
                 env=spec.env,
                 workdir=spec.workdir,

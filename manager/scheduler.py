@@ -255,9 +255,12 @@ def schedule(
 
 def service_needs(service: pb.Service, networks: Mapping[str, pb.Network]) -> frozenset[str]:
     """What the service's tasks need of a node, named as NodeDescription.unavailable names it:
-    "ipsec" when one of its networks is encrypted."""
+    "ipsec" when one of its networks is encrypted, "containers" when it runs an image."""
     encrypted = any(
         (net := networks.get(att.target)) is not None and net.spec.encrypted
         for att in service.spec.networks
     )
-    return frozenset({"ipsec"}) if encrypted else frozenset()
+    needs = {"ipsec"} if encrypted else set()
+    if service.spec.image:
+        needs.add("containers")
+    return frozenset(needs)

@@ -19,6 +19,17 @@ _NETWORK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _SERVICE_NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?$")
 _LABEL_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-/]*$")
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# An image reference as the distribution spec (and podman) read it: [HOST[:PORT]/]PATH[:TAG]
+# [@DIGEST], the path in lower case. Checked here so that a typo is refused at create time
+# rather than failing every task on every node.
+_IMAGE_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+_IMAGE_HOST = rf"(?:{_IMAGE_LABEL}(?:\.{_IMAGE_LABEL})*(?::[0-9]+)?/)?"
+_IMAGE_PATH = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*"
+_IMAGE_REF = re.compile(
+    rf"^{_IMAGE_HOST}{_IMAGE_PATH}(?::[A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}})?"
+    r"(?:@[a-z0-9]+(?:[+._-][a-z0-9]+)*:[0-9a-fA-F]{32,})?$"
+)
+MAX_IMAGE_REF = 255
 
 TRUE_WORDS = {"", "true", "1", "yes", "on"}
 FALSE_WORDS = {"false", "0", "no", "off"}
@@ -40,6 +51,15 @@ def check_name(kind: str, name: str, *, dns: bool = False) -> None:
             else "letters, digits, '_', '.' and '-', starting with a letter or digit"
         )
         raise InvalidArgument(f"invalid {kind} name {name!r}: use {allowed}")
+
+
+def check_image(ref: str) -> None:
+    """An image reference podman can resolve: refused here, named, when it cannot be one."""
+    if len(ref) > MAX_IMAGE_REF or not _IMAGE_REF.match(ref):
+        raise InvalidArgument(
+            f"invalid image reference {ref[:80]!r}: use [HOST[:PORT]/]NAME[:TAG][@DIGEST] with "
+            "NAME in lower case, e.g. localhost/web:1 or docker.io/library/nginx:1.25"
+        )
 
 
 def check_labels(kind: str, labels: dict[str, str]) -> None:
@@ -73,10 +93,14 @@ def check_service_spec(spec: pb.ServiceSpec) -> None:
     where that state lives: the control API, the allocator and the scheduler)."""
     check_name("service", spec.name, dns=True)
     check_labels("service", dict(spec.labels))
-    if not spec.command or not spec.command[0]:
+    if spec.image:
+        check_image(spec.image)
+        if spec.command and not spec.command[0]:
+            raise InvalidArgument(f"service {spec.name!r} has an empty command word first")
+    elif not spec.command or not spec.command[0]:
         raise InvalidArgument(
-            f"service {spec.name!r} has no command: give one after '--', e.g. "
-            "ovctl service create --name web -- python3 -m http.server 80"
+            f"service {spec.name!r} has no command and no image: give an image (--image) or a "
+            "command after '--', e.g. ovctl service create --name web -- python3 -m http.server 80"
         )
     for item in spec.env:
         key, sep, _ = item.partition("=")

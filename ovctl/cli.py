@@ -19,7 +19,7 @@ ovctl service create --name NAME [--network NET[,alias=A]]... [--replicas N | --
                      [--update-parallelism N] [--update-delay 10s]
                      [--health-cmd STRING | --health-tcp PORT] [--health-interval 1s]
                      [--health-timeout 1s] [--health-retries N] [--health-start-period 0s]
-                     -- CMD [ARG...]
+                     [--image IMAGE] [-- CMD [ARG...]]   # a command, an image, or both
 ovctl service ls [-q] [--filter name=X] [--format table|json]
 ovctl service ps SERVICE... [-q] [--filter desired-state=running] [--filter node=N] [--format ..]
 ovctl service inspect [--pretty] SERVICE...      ovctl service rm SERVICE...
@@ -30,7 +30,8 @@ ovctl service update [--replicas N] [--env-add K=V] [--env-rm K] [--publish-add 
                      [--update-parallelism N] [--update-delay D] [--restart-condition C] ...
                      [--health-cmd STRING | --health-tcp PORT | --no-healthcheck]
                      [--health-interval D] [--health-timeout D] [--health-retries N]
-                     [--health-start-period D] [--command] SERVICE [-- CMD ARG...]
+                     [--health-start-period D] [--image IMAGE] [--command] SERVICE
+                     [-- CMD ARG...]
 ovctl service logs [--tail N|all] SERVICE
 
 ovctl node ls [-q] [--filter name=X] [--format table|json]
@@ -359,6 +360,9 @@ def _service_verbs(group: argparse.ArgumentParser, verb: _Verb) -> None:
     p.add_argument("-e", "--env", action="append", metavar="K=V")
     p.add_argument("-w", "--workdir", metavar="DIR")
     p.add_argument("-l", "--label", action="append", metavar="K[=V]")
+    p.add_argument(
+        "--image", metavar="IMAGE", help="run the tasks as containers of this image (podman)"
+    )
     _restart_and_update_options(p)
     p.add_argument("command", nargs="*", metavar="CMD", help="the command; put it after --")
 
@@ -398,6 +402,7 @@ def _service_verbs(group: argparse.ArgumentParser, verb: _Verb) -> None:
     p.add_argument("--network-rm", action="append", metavar="NET")
     p.add_argument("--label-add", action="append", metavar="K[=V]")
     p.add_argument("--label-rm", action="append", metavar="K")
+    p.add_argument("--image", metavar="IMAGE", help="roll the tasks to this image")
     health = _restart_and_update_options(p)
     health.add_argument(
         "--no-healthcheck", action="store_true", help="remove the service's health check"

@@ -171,6 +171,7 @@ def service_create(stub: Stub, args: argparse.Namespace) -> int:
     options = specs.ServiceOptions(
         name=args.name,
         command=[*args.command, *args.trailing],
+        image=args.image,
         networks=args.network or [],
         replicas=args.replicas,
         mode=args.mode,
@@ -300,6 +301,7 @@ def service_update(stub: Stub, args: argparse.Namespace) -> int:
         restart_max_attempts=args.restart_max_attempts,
         restart_window_ms=args.restart_window,
         command=list(args.trailing) if args.command else None,
+        image=args.image,
         label_add=args.label_add or [],
         label_rm=args.label_rm or [],
         health=_health_options(args),

@@ -179,7 +179,12 @@ def down(args: argparse.Namespace) -> int:
             print(
                 f"dev cluster {args.prefix} removed in {took:.1f}s: {t.processes} process(es), "
                 f"{len(t.netns)} namespace(s), {len(t.links)} link(s), {len(t.paths)} path(s)"
+                + (f", containers of {len(t.containers_of)} host(s)" if t.containers_of else "")
             )
+        for problem in t.problems:
+            error(problem)
+        if t.problems:
+            return 1
         return 0
 
     return _run(action)

@@ -152,7 +152,7 @@ def network_table(networks: Iterable[pb.Network]) -> str:
 
 # ---------------------------------------------------------------- services
 
-SERVICE_HEADERS = ("ID", "NAME", "MODE", "REPLICAS", "PORTS", "COMMAND")
+SERVICE_HEADERS = ("ID", "NAME", "MODE", "REPLICAS", "IMAGE", "PORTS", "COMMAND")
 
 
 def service_mode(spec: pb.ServiceSpec) -> str:
@@ -165,6 +165,7 @@ def service_row(s: pb.Service, running: int, desired: int) -> list[str]:
         s.spec.name,
         service_mode(s.spec),
         f"{running}/{desired}",
+        s.spec.image or "-",
         ", ".join(port_text(p) for p in service_ports(s)),
         shlex.join(s.spec.command),
     ]
@@ -193,7 +194,8 @@ def service_pretty(s: pb.Service) -> str:
         f"Name:             {spec.name}",
         f"Mode:             {mode}",
         f"Spec version:     {s.spec_version}",
-        f"Command:          {shlex.join(spec.command)}",
+        f"Image:            {spec.image or '- (process tasks)'}",
+        f"Command:          {shlex.join(spec.command) or '(the image default)'}",
         f"Ports:            {ports or '-'}",
         f"Virtual IPs:      {vips or '-'}",
         f"Update:           parallelism {update.parallelism or 'all'}, delay {update.delay_ms} ms",

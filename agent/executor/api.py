@@ -13,7 +13,8 @@ Every method is called from the event loop's thread. Task IDs are the manager's.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from agent.executor.logs import LogChunk
@@ -33,6 +34,17 @@ class TaskSpec:
     env: tuple[str, ...] = ()  # "KEY=VALUE" items
     workdir: str = "/"
     netns: str = ""  # the name of the task's sandbox network namespace (under /run/netns)
+    # An OCI image: the task runs as a container of it (empty command: the image's own).
+    image: str = ""
+
+
+@dataclass(frozen=True)
+class Exec:
+    """How to run a command inside a running task (its health check): the words to put before
+    the command's argv, and the environment they need (None: the agent's own)."""
+
+    prefix: tuple[str, ...]
+    env: Mapping[str, str] | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -118,6 +130,10 @@ class Executor(Protocol):
 
     async def terminate(self, task_id: str) -> ExitInfo | None:
         """Stop the task now, without grace."""
+        ...
+
+    def exec_in(self, task_id: str, netns_path: str) -> Exec:
+        """How a command runs inside the task (`netns_path`: its sandbox's namespace file)."""
         ...
 
     def remove(self, task_id: str) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from agent.executor.api import Adopted, ExitInfo, Running, StartError, TaskSpec
+from agent.executor.api import Adopted, Exec, ExitInfo, Running, StartError, TaskSpec
 from agent.executor.logs import LogChunk, LogTailer
 from agent.executor.runner import Runner
 
@@ -66,6 +66,11 @@ class ProcessExecutor:
 
     async def terminate(self, task_id: str) -> ExitInfo | None:
         return await self.runner.stop(task_id, 0.0)
+
+    def exec_in(self, task_id: str, netns_path: str) -> Exec:
+        """A process task shares the host's filesystem: entering its network namespace is
+        entering the task (nsenter, not `ip netns exec`, which remounts /sys)."""
+        return Exec(("nsenter", f"--net={netns_path}", "--"))
 
     def remove(self, task_id: str) -> None:
         self.runner.remove(task_id)

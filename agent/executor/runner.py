@@ -143,6 +143,9 @@ def check_command(argv: Sequence[str], path: str) -> str:
 
 class Runner:
     """Runs each task as ``ip netns exec <netns> <argv...>`` under a shim; see the module doc.
+    With `enter_netns=False` the argv runs as given (podman, which joins the container to the
+    sandbox itself, and must not run under `ip netns exec`: it remounts /sys, where podman
+    finds the cgroups).
 
     `on_exit(task_id, info)` is called on the event loop, once, for every exit this runner
     observes while watching (including tasks it stops). Exits that happened while nothing
@@ -157,6 +160,7 @@ class Runner:
         python: str = sys.executable,
         netns_dir: Path = Path("/run/netns"),
         ip: str | None = None,
+        enter_netns: bool = True,
     ) -> None:
         self.state_dir = Path(state_dir)
         self.tasks_dir = self.state_dir / "tasks"
@@ -164,6 +168,7 @@ class Runner:
         self.python = python
         self.netns_dir = Path(netns_dir)
         self.ip = ip or shutil.which("ip", path=f"{os.environ.get('PATH', '')}:{DEFAULT_PATH}")
+        self.enter_netns = enter_netns
         self._watched: dict[str, _Watched] = {}
         self._starting: dict[str, asyncio.Future[int]] = {}
 
@@ -287,15 +292,20 @@ class Runner:
         """What can be checked before anything runs: iproute2, the namespace, the environment,
         the command and the working directory; StartError with the first reason it can't start,
         else the task's full environment."""
-        if self.ip is None:
-            raise StartError("the 'ip' command (iproute2) is not installed on this host")
-        if not netns or "/" in netns or not (self.netns_dir / netns).exists():
-            raise StartError(f"network namespace {netns!r} does not exist")
+        if self.enter_netns:
+            if self.ip is None:
+                raise StartError("the 'ip' command (iproute2) is not installed on this host")
+            self.check_netns(netns)
         full_env = build_env(env)
         check_command(argv, full_env["PATH"])
         if not os.path.isdir(workdir or "/"):
             raise StartError(f"working directory {workdir!r} does not exist")
         return full_env
+
+    def check_netns(self, netns: str) -> None:
+        """StartError unless `netns` names a network namespace under the netns directory."""
+        if not netns or "/" in netns or not (self.netns_dir / netns).exists():
+            raise StartError(f"network namespace {netns!r} does not exist")
 
     async def start(
         self, task_id: str, argv: Sequence[str], env: Sequence[str], workdir: str, netns: str
@@ -347,7 +357,6 @@ class Runner:
         netns: str,
     ) -> int:
         full_env = self.check(argv, env, workdir, netns)
-        assert self.ip is not None  # checked
         task_dir.mkdir(parents=True, exist_ok=True)
         for name in (shim.SHIM_FILE, shim.EXIT_FILE):
             (task_dir / name).unlink(missing_ok=True)
@@ -360,7 +369,10 @@ class Runner:
         err = os.open(task_dir / shim.STDERR_FILE, flags, 0o640)
         r, wfd = os.pipe2(os.O_CLOEXEC)
         cmd = [self.python, "-I", "-S", str(SHIM_PATH), str(task_dir), str(wfd), "--"]
-        cmd += [self.ip, "netns", "exec", netns, *argv]
+        if self.enter_netns:
+            assert self.ip is not None  # checked
+            cmd += [self.ip, "netns", "exec", netns]
+        cmd += argv
         try:
             popen = subprocess.Popen(
                 cmd,

@@ -104,8 +104,40 @@ def ip_netns_exec_failure(exit_code: int | None, stderr_head: bytes) -> str | No
     return None
 
 
+def podman_failure(exit_code: int | None, stderr_head: bytes) -> str | None:
+    """If this exit of `podman run` is podman's own failure, podman's message; else None.
+
+    podman exits 125 when it fails itself (image not known, a bad option, a pull that failed),
+    126 when the command in the image cannot be invoked and 127 when it is not there, and says
+    why on stderr as "Error: ...". The container's own exit statuses pass through unchanged.
+    """
+    if exit_code not in (125, 126, 127):
+        return None
+    for line in reversed(stderr_head.split(b"\n")):
+        if line.startswith(b"Error: "):
+            return "podman: " + line[len(b"Error: ") :].decode(errors="replace").strip()
+    return None
+
+
+def _is_podman(argv0: str) -> bool:
+    return os.path.basename(argv0) == "podman"
+
+
+def startup_failure(argv0: str, exit_code: int | None, stderr_head: bytes) -> str | None:
+    """Why the task never ran, read from how its launcher (podman, or `ip netns exec`)
+    failed; None when the exit is the task's own."""
+    if _is_podman(argv0):
+        return podman_failure(exit_code, stderr_head)
+    return ip_netns_exec_failure(exit_code, stderr_head)
+
+
 def exit_record(
-    status: int, elapsed_s: float, stderr_head: bytes, *, now_ms: int | None = None
+    status: int,
+    elapsed_s: float,
+    stderr_head: bytes,
+    *,
+    now_ms: int | None = None,
+    argv0: str = "ip",
 ) -> dict[str, object]:
     """The contents of exit.json for a wait status (pure, so it can be tested without a child)."""
     if os.WIFSIGNALED(status):
@@ -113,8 +145,8 @@ def exit_record(
     else:
         code, sig = os.WEXITSTATUS(status), None
     error = None
-    if elapsed_s < STARTUP_WINDOW_S:
-        error = ip_netns_exec_failure(code, stderr_head)
+    if elapsed_s < STARTUP_WINDOW_S or _is_podman(argv0):
+        error = startup_failure(argv0, code, stderr_head)
     return {
         "exit_code": code,
         "signal": sig,
@@ -273,15 +305,21 @@ def main(args: list[str]) -> int:
     elapsed = time.monotonic() - started
     _end_the_rest(task_pid)
 
+    # `ip netns exec` fails before the task writes anything: the start of this run's stderr.
+    # podman may fail after a long pull, or a while after the start: its message ends it.
+    podman = _is_podman(argv[0])
     head = b""
-    if elapsed < STARTUP_WINDOW_S:
+    if podman or elapsed < STARTUP_WINDOW_S:
         try:
             with open(os.path.join(task_dir, STDERR_FILE), "rb") as f:
-                f.seek(stderr_start)
+                end = f.seek(0, os.SEEK_END)
+                f.seek(max(stderr_start, end - 4096) if podman else stderr_start)
                 head = f.read(4096)
         except OSError:
             pass
-    write_json_atomic(os.path.join(task_dir, EXIT_FILE), exit_record(status, elapsed, head))
+    write_json_atomic(
+        os.path.join(task_dir, EXIT_FILE), exit_record(status, elapsed, head, argv0=argv[0])
+    )
     return 0
 
 

@@ -525,6 +525,24 @@ class DevCluster(RecordedCluster):
             "context_file": self._state.get("context_file"),
         }
 
+    def _remove_containers(self, teardown: Teardown) -> None:
+        """Containers of image tasks outlive their processes in podman's store (`podman run
+        --rm` was killed with the rest): each agent that ran one (a containers/ dir in its
+        state) removes its own with `ovnet-agent --cleanup`, run with its recorded arguments
+        (its podman store and prefix) while its namespace still exists."""
+        for host in self.plan.hosts:
+            rec = self._state.get("procs", {}).get(f"agent-{host.name}")
+            if rec and (self.state_dir / host.name / "containers").is_dir():
+                res = subprocess.run(
+                    [*rec["argv"], "--cleanup"], capture_output=True, text=True, timeout=300,
+                    check=False, env=daemon_env(), cwd=self.state_dir,
+                )  # fmt: skip
+                if res.returncode == 0:
+                    teardown.containers_of.append(host.name)
+                else:
+                    err = res.stderr.strip()[-500:]
+                    teardown.problems.append(f"removing the containers of {host.name}: {err}")
+
     def down(self) -> Teardown:
         """Remove everything this cluster made; works on a half-built cluster, from another
         process (through the state file) and without a state file (by the prefix). Idempotent.
@@ -550,6 +568,7 @@ class DevCluster(RecordedCluster):
             teardown.processes += len(terminate_pids(pids, grace=3.0 if attempt == 0 else 0.5))
         teardown.processes += len(terminate_pids(self._recorded_pids(["etcd"])))
         self._reap_children()
+        self._remove_containers(teardown)
         # Links first (deleting a veth takes its peer along at once), then the namespaces.
         links = [n for n in list_links() if plan.owns(n)]
         ip_batch([f"link del {n}" for n in links], force=True)

@@ -417,6 +417,10 @@ class Teardown:
     """What `down()` removed."""
 
     processes: int = 0
+    # Hosts whose agent ran image tasks and removed their containers (`--cleanup`).
+    containers_of: list[str] = field(default_factory=list)
+    # What could not be removed, said (teardown goes on regardless).
+    problems: list[str] = field(default_factory=list)
     netns: list[str] = field(default_factory=list)
     links: list[str] = field(default_factory=list)
     paths: list[str] = field(default_factory=list)

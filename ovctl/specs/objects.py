@@ -133,6 +133,7 @@ class ServiceOptions:
 
     name: str
     command: list[str]
+    image: str | None = None
     networks: list[pb.NetworkAttachmentConfig] = field(default_factory=list)
     replicas: int | None = None
     mode: str | None = None
@@ -155,11 +156,16 @@ class ServiceOptions:
 def service_spec(o: ServiceOptions) -> pb.ServiceSpec:
     """Sub-messages are only set when the user gave one of their options, so the manager's
     defaults (e.g. a restart delay) apply to everything left out."""
-    if not o.command:
-        raise SpecError("a service needs a command: put it after --, e.g. -- sleep infinity")
+    if not o.command and not o.image:
+        raise SpecError(
+            "a service needs an image (--image) or a command: put it after --, "
+            "e.g. -- sleep infinity"
+        )
     if o.mode == "global" and o.replicas is not None:
         raise SpecError("--replicas cannot be used with --mode global")
     spec = pb.ServiceSpec(name=o.name, command=o.command, networks=o.networks)
+    if o.image:
+        spec.image = o.image
     if o.mode == "global":
         getattr(spec, "global").SetInParent()  # `global` is a Python keyword
     else:
@@ -240,6 +246,7 @@ class ServiceChanges:
     restart_max_attempts: int | None = None
     restart_window_ms: int | None = None
     command: list[str] | None = None
+    image: str | None = None
     label_add: list[str] = field(default_factory=list)
     label_rm: list[str] = field(default_factory=list)
     health: HealthOptions = field(default_factory=HealthOptions)
@@ -269,8 +276,12 @@ def apply_service_changes(current: pb.ServiceSpec, c: ServiceChanges) -> pb.Serv
         spec, c.restart_condition, c.restart_delay_ms, c.restart_max_attempts, c.restart_window_ms
     )
     apply_health(spec, c.health, clear=c.no_healthcheck)
+    if c.image is not None:
+        if not c.image:
+            raise SpecError("--image needs an image reference, e.g. --image localhost/web:2")
+        spec.image = c.image
     if c.command is not None:
-        if not c.command:
+        if not c.command and not spec.image:
             raise SpecError("--command needs the new command after --")
         del spec.command[:]
         spec.command.extend(c.command)

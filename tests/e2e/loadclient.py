@@ -24,7 +24,7 @@ def one(host: str, port: int) -> tuple[str, str]:
         while chunk := s.recv(4096):
             data += chunk
     head, _, body = data.partition(b"\r\n\r\n")
-    if not head.startswith(b"HTTP/1.0 200"):
+    if not head.startswith((b"HTTP/1.0 200", b"HTTP/1.1 200")):
         raise OSError(f"bad answer {head[:40]!r}")
     server, peer = body.decode().split()
     return server, peer

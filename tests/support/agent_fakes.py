@@ -23,7 +23,7 @@ from agent.collaborators import Session
 from agent.daemon import AgentDaemon, DaemonOptions
 from agent.dataplane.kernel import ApplyResult
 from agent.endpoints import EndpointRecord
-from agent.executor.api import Adopted, ExitInfo, Running, StartError, TaskSpec
+from agent.executor.api import Adopted, Exec, ExitInfo, Running, StartError, TaskSpec
 from agent.executor.logs import LogChunk
 from agent.health import CheckConfig, HealthState
 from agent.lb.plan import LbSpec
@@ -92,6 +92,9 @@ class FakeExecutor:
         info = ExitInfo(code, sig, error)
         self.exits[task_id].set_result(info)
         return info
+
+    def exec_in(self, task_id: str, netns_path: str) -> Exec:
+        return Exec(("nsenter", f"--net={netns_path}", "--"))
 
     async def shutdown(self, task_id: str, timeout: float) -> ExitInfo | None:
         self._event("stop", task_id)
@@ -256,7 +259,13 @@ class FakeHealth:
         return set(self._watched)
 
     def watch(
-        self, task_id: str, config: CheckConfig, netns: str, addr: str, healthy_since: float = 0.0
+        self,
+        task_id: str,
+        config: CheckConfig,
+        netns: str,
+        addr: str,
+        healthy_since: float = 0.0,
+        via: Exec | None = None,
     ) -> None:
         if task_id not in self._watched and healthy_since:
             # As the real checker: a verdict carried over until the first check.

@@ -29,6 +29,14 @@ class E2ECluster(DevCluster):
     # (tests/e2e/conftest.py), since the logs are gone once the fixture tears the cluster down.
     live: ClassVar[list[E2ECluster]] = []
 
+    def __init__(
+        self, *args: Any, host_agent_args: dict[str, list[str]] | None = None, **kw: Any
+    ) -> None:
+        super().__init__(*args, **kw)
+        # Arguments one host's agent gets after everyone's (`agent_args`): a host made
+        # different (e.g. without podman). argparse keeps the last value of an option.
+        self.host_agent_args = dict(host_agent_args or {})
+
     def up(self) -> bool:
         E2ECluster.live.append(self)
         try:
@@ -72,6 +80,13 @@ class E2ECluster(DevCluster):
                     sent = True
         if sent:
             time.sleep(0.5)  # each writes its dump from its event loop
+
+    def _agent_argv(self, host: str) -> list[str]:
+        argv = super()._agent_argv(host)
+        extra = self.host_agent_args.get(host, [])
+        if extra and argv[-len(extra) :] != extra:
+            argv += extra
+        return argv
 
     def kill_agent(self, host: str) -> None:
         """SIGKILL the host's agent only, as a crash would; its tasks keep running."""

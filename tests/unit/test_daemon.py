@@ -409,7 +409,7 @@ def test_wiring_hands_the_daemon_the_real_collaborators(tmp_path: Path) -> None:
     """The factory builds without root or sockets; the daemon hooks their callbacks."""
     from agent.discovery import Discovery
     from agent.dns.server import DnsServer
-    from agent.executor import ProcessExecutor
+    from agent.executor import ContainerExecutor, ExecutorRouter, Podman, ProcessExecutor
     from agent.health import HealthMonitor
     from agent.lb.balancer import LoadBalancer
     from agent.model import HostConfig, Names
@@ -423,8 +423,14 @@ def test_wiring_hands_the_daemon_the_real_collaborators(tmp_path: Path) -> None:
             tmp_path,
             Services(gossip_port=7946, dns_upstreams=[]),
             DaemonOptions(drain_delay=1.5),
+            Podman(binary="/opt/podman", root="/tmp/x"),
         )
-        assert isinstance(daemon.executor, ProcessExecutor)
+        router = daemon.executor
+        assert isinstance(router, ExecutorRouter)
+        assert isinstance(router.processes, ProcessExecutor)
+        assert isinstance(router.containers, ContainerExecutor)
+        assert router.containers.podman.root == "/tmp/x"
+        assert router.containers.container_name("t1") == "zz-c-t1"
         assert isinstance(daemon.discovery, Discovery) and isinstance(daemon.dns, DnsServer)
         assert isinstance(daemon.lb, LoadBalancer) and isinstance(daemon.health, HealthMonitor)
         assert daemon.options.drain_delay == 1.5

@@ -259,7 +259,7 @@ def test_service_spec_global_and_errors() -> None:
     assert spec.WhichOneof("mode") == "global"
     with pytest.raises(specs.SpecError, match="--replicas cannot be used with --mode global"):
         specs.service_spec(specs.ServiceOptions(name="g", command=["x"], mode="global", replicas=2))
-    with pytest.raises(specs.SpecError, match="needs a command"):
+    with pytest.raises(specs.SpecError, match=r"needs an image \(--image\) or a command"):
         specs.service_spec(specs.ServiceOptions(name="g", command=[]))
     with pytest.raises(specs.SpecError, match="expected KEY=VALUE"):
         specs.service_spec(specs.ServiceOptions(name="g", command=["x"], env=["A"]))
@@ -460,7 +460,7 @@ def test_service_table() -> None:
     assert lines[0].split()[:4] == ["ID", "NAME", "MODE", "REPLICAS"]
     assert lines[1].split()[1:4] == ["mon", "global", "0/2"]
     assert lines[1].endswith("   sh -c 'echo hi'")
-    assert lines[2].split()[1:5] == ["web", "replicated", "2/3", "*:30000->80/tcp"]
+    assert lines[2].split()[1:6] == ["web", "replicated", "2/3", "-", "*:30000->80/tcp"]
 
 
 def _task(
@@ -1220,7 +1220,15 @@ def test_host_from_environment(
     servicer.answers["ListServices"] = cpb.ListServicesResponse()
     monkeypatch.setenv("OVCTL_HOST", addr)
     assert cli.main(["service", "ls"]) == 0
-    assert capsys.readouterr().out.split() == ["ID", "NAME", "MODE", "REPLICAS", "PORTS", "COMMAND"]
+    assert capsys.readouterr().out.split() == [
+        "ID",
+        "NAME",
+        "MODE",
+        "REPLICAS",
+        "IMAGE",
+        "PORTS",
+        "COMMAND",
+    ]
 
 
 # ---------------------------------------------------------------- health checks, ingress

@@ -1,0 +1,258 @@
+"""The second `Executor`: each task an OCI container (podman + runc) joined to its sandbox.
+
+A container task is run the way a process task is: under the same shim (runner.py, shim.py),
+whose child is an attached ``podman run`` rather than ``ip netns exec``. So everything the
+shim gives process tasks holds for containers too: the agent can die and come back (the shim,
+podman and the container live on; a new agent adopts the shim, so the container keeps its ID
+and is not restarted), the exit status is podman's, which is the container's, and the output
+goes straight into the task's log files (``--log-driver passthrough``: conmon hands the
+container the shim's files, so nothing passes through the agent or podman on the way).
+
+What differs is kept here:
+- the container joins the sandbox the agent built (``--network ns:/run/netns/<sandbox>``), so
+  the data plane, DNS at 127.0.0.11 (``--dns``), VIPs and the routing mesh need nothing new;
+- a stop is ``podman stop -t N`` (the image's stop signal, SIGKILL after N s): a signal to the
+  attached ``podman run`` reaches the container's PID 1, which ignores SIGTERM unless it
+  handles it (a PID 1 has no default signal actions);
+- podman's own failures (image not known, command not in the image) end the run with 125-127
+  and "Error: ..." on stderr: the shim turns them into start failures with podman's message;
+- commands inside the task (health checks) are ``podman exec``;
+- containers carry the agent's prefix in their name and a label, so that ``--cleanup`` finds
+  them even when their task directory is gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent.executor.api import Exec, ExitInfo, Running, StartError, TaskSpec
+from agent.executor.process import ProcessExecutor
+from agent.executor.runner import DEFAULT_PATH, Runner
+
+log = logging.getLogger(__name__)
+
+# The label every container of an agent carries: its prefix (Names.prefix), for the sweep.
+OWNER_LABEL = "io.ovnet.owner"
+TASK_LABEL = "io.ovnet.task"
+# Seconds a podman command of the agent's own (stop, kill, rm, ps) may take.
+PODMAN_TIMEOUT_S = 60.0
+# How long a stopped container's attached `podman run` may take to exit after `podman stop`.
+EXIT_AFTER_STOP_S = 15.0
+PULL_POLICIES = ("missing", "never", "always", "newer")
+
+
+@dataclass(frozen=True)
+class Podman:
+    """How the agent runs podman: the binary, and the configuration and storage it was told to
+    use (the command line's --podman, --containers-conf, --podman-root, --podman-runroot,
+    --podman-storage-driver; empty: podman's own defaults, e.g. /etc/containers and
+    /var/lib/containers, so that `podman load` on the host makes an image usable)."""
+
+    binary: str = "podman"
+    containers_conf: str = ""
+    root: str = ""
+    runroot: str = ""
+    storage_driver: str = ""
+    pull: str = "missing"
+
+    def path(self) -> str | None:
+        """The podman executable, or None when this host has none."""
+        if "/" in self.binary:
+            return self.binary if os.access(self.binary, os.X_OK) else None
+        return shutil.which(self.binary, path=f"{os.environ.get('PATH', '')}:{DEFAULT_PATH}")
+
+    def unavailable(self) -> str:
+        """Why this host cannot run containers ("" when it can), as NodeDescription says it."""
+        if self.path() is None:
+            return f"podman not found ({self.binary!r}): install podman and runc to run images"
+        if self.containers_conf and not os.path.isfile(self.containers_conf):
+            return f"podman configuration {self.containers_conf} does not exist"
+        return ""
+
+    def argv(self, *args: str) -> list[str]:
+        out = [self.path() or self.binary]
+        for flag, value in (
+            ("--root", self.root),
+            ("--runroot", self.runroot),
+            ("--storage-driver", self.storage_driver),
+        ):
+            if value:
+                out += [flag, value]
+        return [*out, *args]
+
+    def env(self) -> dict[str, str]:
+        """What podman needs of its environment (and nothing else of the agent's)."""
+        env = {"PATH": os.environ.get("PATH") or DEFAULT_PATH, "HOME": "/root"}
+        if self.containers_conf:
+            env["CONTAINERS_CONF"] = self.containers_conf
+        return env
+
+    def env_items(self) -> list[str]:
+        """`env` as "K=V" items, for the runner (which adds PATH and HOME itself)."""
+        return [f"{k}={v}" for k, v in self.env().items() if k not in ("PATH", "HOME")]
+
+
+def run_argv(
+    podman: Podman, spec: TaskSpec, name: str, owner: str, netns_dir: Path = Path("/run/netns")
+) -> list[str]:
+    """The attached `podman run` of one task (pure)."""
+    args = [
+        "run",
+        "--rm",
+        "--name", name,
+        "--label", f"{OWNER_LABEL}={owner}",
+        "--label", f"{TASK_LABEL}={spec.task_id}",
+        "--network", f"ns:{netns_dir / spec.netns}",
+        # The sandbox's resolver, as process tasks get it through /etc/netns.
+        "--dns", "127.0.0.11",
+        "--dns-option", "ndots:0",
+        "--log-driver", "passthrough",
+        "--pull", podman.pull,
+    ]  # fmt: skip
+    for item in spec.env:
+        args += ["--env", item]
+    if spec.workdir and spec.workdir != "/":
+        args += ["--workdir", spec.workdir]
+    return podman.argv(*args, spec.image, *spec.command)
+
+
+class ContainerExecutor(ProcessExecutor):
+    """Tasks as containers (see the module docstring); state lives under
+    ``<state_dir>/containers``; container names are ``<prefix>c-<task ID>``."""
+
+    def __init__(
+        self,
+        state_dir: Path,
+        podman: Podman,
+        prefix: str,
+        *,
+        netns_dir: Path = Path("/run/netns"),
+    ) -> None:
+        root = Path(state_dir) / "containers"
+        runner = Runner(root, lambda _t, _i: None, netns_dir=netns_dir, enter_netns=False)
+        super().__init__(root, runner=runner)
+        self.podman = podman
+        self.prefix = prefix
+        self.netns_dir = Path(netns_dir)
+        self._background: set[asyncio.Task[None]] = set()
+
+    def container_name(self, task_id: str) -> str:
+        return f"{self.prefix}c-{task_id}"
+
+    # ------------------------------------------------------------------ life cycle
+
+    async def prepare(self, spec: TaskSpec) -> None:
+        """What can be known before podman runs: podman is here, the sandbox exists, the
+        environment entries are well formed. Whether the image exists is podman's to say."""
+        if not spec.image:
+            raise StartError(f"task {spec.task_id} has no image")
+        if why := self.podman.unavailable():
+            raise StartError(why)
+        self.runner.check_netns(spec.netns)
+        for item in spec.env:
+            key, sep, _ = item.partition("=")
+            if not sep or not key or "\0" in item:
+                raise StartError(f"invalid environment entry {item!r}: expected KEY=VALUE")
+        self._specs[spec.task_id] = spec
+
+    async def start(self, task_id: str) -> Running:
+        spec = self._specs.get(task_id)
+        if spec is None:
+            raise StartError(f"task {task_id} was not prepared")
+        self._expect_exit(task_id)
+        argv = run_argv(
+            self.podman, spec, self.container_name(task_id), self.prefix, self.netns_dir
+        )
+        pid = await self.runner.start(task_id, argv, self.podman.env_items(), "/", spec.netns)
+        return Running(pid)
+
+    async def shutdown(self, task_id: str, timeout: float) -> ExitInfo | None:
+        """`podman stop -t N`: the image's stop signal, SIGKILL after N s (whole seconds, as
+        podman takes them); the attached `podman run` then exits with the container's status."""
+        return await self._end(task_id, ("stop", "-t", str(math.ceil(max(0.0, timeout)))), timeout)
+
+    async def terminate(self, task_id: str) -> ExitInfo | None:
+        return await self._end(task_id, ("kill", "--signal", "KILL"), 0.0)
+
+    async def _end(self, task_id: str, verb: tuple[str, ...], timeout: float) -> ExitInfo | None:
+        if task_id not in self.runner.running():
+            # Not watched, or still starting: the runner waits for a start in flight.
+            return await self.runner.stop(task_id, timeout)
+        fut = self._exits.get(task_id)
+        rc, err = await self._podman(*verb, self.container_name(task_id))
+        if rc == 0 and fut is not None:
+            try:
+                return await asyncio.wait_for(asyncio.shield(fut), EXIT_AFTER_STOP_S)
+            except TimeoutError:
+                log.warning("task %s: podman run did not end after podman %s", task_id, verb[0])
+        elif rc != 0:
+            # No such container yet (podman run still pulling or creating), or podman failing:
+            # what reaches `podman run` itself (its signal proxy, then its process group) ends it.
+            log.info("task %s: podman %s: %s", task_id, verb[0], err or f"exit {rc}")
+        return await self.runner.stop(task_id, timeout)
+
+    def exec_in(self, task_id: str, netns_path: str) -> Exec:
+        argv = self.podman.argv("exec", self.container_name(task_id))
+        return Exec(tuple(argv), self.podman.env())
+
+    def remove(self, task_id: str) -> None:
+        """The task's directory, and its container if `podman run --rm` could not remove it
+        (podman killed with its process group, say): in the background, as podman takes a
+        while and the pass that removes must not wait."""
+        super().remove(task_id)
+        self._in_background(self._podman("rm", "--force", "--ignore", self.container_name(task_id)))
+
+    async def sweep(self) -> list[str]:
+        """Remove every container carrying this agent's prefix (for `--cleanup`, once every
+        task was stopped); the names removed."""
+        if self.podman.path() is None:
+            return []
+        owned = f"label={OWNER_LABEL}={self.prefix}"
+        rc, out = await self._podman("ps", "--all", "--filter", owned, "--format", "{{.Names}}")
+        names = out.split() if rc == 0 else []
+        for name in names:
+            await self._podman("rm", "--force", "--ignore", name)
+        return names
+
+    async def drain_background(self) -> None:
+        """Wait for the removals started in the background (tests, cleanup)."""
+        while self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+
+    # ------------------------------------------------------------------ podman
+
+    def _in_background(self, coro: object) -> None:
+        task = asyncio.ensure_future(coro)  # type: ignore[call-overload]
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _podman(self, *args: str, env: Mapping[str, str] | None = None) -> tuple[int, str]:
+        """Run one podman command of the agent's own; (exit status, its output or error)."""
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *self.podman.argv(*args),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                env=dict(env or self.podman.env()),
+            )
+        except OSError as e:
+            return 127, f"cannot run podman: {e}"
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(), PODMAN_TIMEOUT_S)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+            return 124, f"podman {args[0]} did not finish within {PODMAN_TIMEOUT_S:.0f} s"
+        if proc.returncode != 0:
+            return proc.returncode or 1, err.decode(errors="replace").strip()
+        return 0, out.decode(errors="replace")
