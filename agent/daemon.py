@@ -411,8 +411,9 @@ class AgentDaemon:
             self.controller.restarting(task_id)
             log.info("restarting task %s in place (no manager reachable)", task_id)
             await self._start(tasks[task_id])
-        for task_id in d.start:
-            await self._start(tasks[task_id])
+        # Concurrently: a container's start waits for podman to create it (~0.2 s), and a
+        # host's starts should not queue behind each other.
+        await asyncio.gather(*(self._start(tasks[task_id]) for task_id in d.start))
         for task_id in d.stop:
             if task_id not in self._stopping:
                 # Only a task that was taking traffic needs to drain (decided now: this pass's
@@ -519,8 +520,9 @@ class AgentDaemon:
                 ingress_gw = str(ingress_gw_address(self.host).ip)
             except OSError as e:
                 log.warning("ingress sandbox: cannot enable forwarding: %s", e)
+        local = [t for tid, t in tasks.items() if tid in self.controller.local]
         host_ports = services.host_mode_ports(
-            records, self.session.node_id, self.dataplane.gw_addresses
+            local, self.session.assignments.services, self._serving, self.dataplane.gw_addresses
         )
         specs["host"] = (None, services.host_spec(ports, ingress_gw, host_ports))
 
@@ -584,6 +586,10 @@ class AgentDaemon:
         watched = set()
         for tid, lo in list(self.controller.local.items()):
             task = tasks.get(tid)
+            if tid in self._stopping:
+                # Drained and on its way out: a check failing now (its container already
+                # gone, say) is no verdict on it, and must not turn its stop into a failure.
+                continue
             if not lo.pid or task is None or tid not in desired.sandboxes:
                 self.controller.not_checked(tid, now_wall, serving=False)
                 continue

@@ -8,7 +8,7 @@ Three kinds of namespaces get a table (see agent/lb):
   on the ingress network, anywhere in the cluster, masqueraded to this host's ingress address
   so that replies come back through here (the routing mesh);
 * the host itself: each ingress-mode port → the ingress sandbox, and each host-mode port of a
-  local task → that task, with the client's address kept.
+  local task → that task, with the client's address kept (from the host's own tasks).
 
 Everything comes from gossip records (which include this host's own), so the tables keep
 following the tasks while every manager is down; the services of the assignment set only add
@@ -18,7 +18,7 @@ published ports that have no task at all yet, so that those fail fast instead of
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 
 from agent.endpoints import EndpointRecord
 from agent.lb.plan import LbSpec, PortTarget
@@ -102,22 +102,30 @@ def host_spec(
 
 
 def host_mode_ports(
-    records: Iterable[EndpointRecord], node_id: str, gw_addresses: Mapping[str, str]
+    tasks: Iterable[pb.Task],
+    services: Mapping[str, pb.Service],
+    serving: Collection[str],
+    gw_addresses: Mapping[str, str],
 ) -> dict[tuple[str, int], PortTarget]:
-    """Host-mode ports of this host's enabled tasks → their gwbridge addresses (a task without
-    one, on internal networks only, cannot be published)."""
+    """Host-mode ports of the tasks running on this host → the gwbridge addresses of those
+    `serving` (a task without one, on internal networks only, cannot be published).
+
+    From the host's own tasks and their services (which the agent keeps while every manager
+    is down), not from gossip records: a task on no overlay network at all (`ovctl run -p`)
+    has no record, and its port must open all the same."""
     targets: dict[tuple[str, int], int] = {}
     backends: dict[tuple[str, int], set[str]] = defaultdict(set)
-    for rec in records:
-        if rec.node_id != node_id or not rec.is_task:
+    for task in tasks:
+        svc = services.get(task.service_id)
+        if svc is None:
             continue
-        gw = gw_addresses.get(rec.task_id)
-        for p in rec.ports:
-            if p.mode != "host" or not p.published:
+        gw = gw_addresses.get(task.meta.id)
+        for p in svc.endpoint.ports:
+            if p.publish_mode != pb.PUBLISH_MODE_HOST or not p.published_port:
                 continue
-            key = (p.protocol, p.published)
-            targets[key] = p.target
+            key = (_PROTO_NAMES.get(p.protocol, "tcp"), p.published_port)
+            targets[key] = p.target_port
             backends.setdefault(key, set())
-            if rec.enabled and gw:
+            if task.meta.id in serving and gw:
                 backends[key].add(gw)
     return {k: PortTarget(targets[k], tuple(sorted(backends[k]))) for k in targets}

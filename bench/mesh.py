@@ -70,7 +70,8 @@ def ask(netns: str, addr: str, port: int) -> str | None:
         while chunk := s.recv(4096):
             data += chunk
         head, _, body = data.partition(b"\r\n\r\n")
-        return body.split()[0].decode() if head.startswith(b"HTTP/1.0 200") and body else None
+        ok = head.startswith((b"HTTP/1.0 200", b"HTTP/1.1 200"))  # busybox httpd says 1.1
+        return body.split()[0].decode() if ok and body else None
     except OSError:
         return None
     finally:

@@ -9,12 +9,20 @@ refused request leaves nothing behind. When the caller's etcd commit fails after
 hands back what it got (`release_network`, `release_endpoint`, `release_task`,
 `release_attachments`). A node's address on the ingress network comes from `allocate_task` too
 (it is one attachment, like a task's) and is restored from `Node.attachments`.
+
+Published ports are the whole cluster's (the routing mesh takes them on every node; a
+host-mode port of a service may land on any node), except the host-mode ports of a standalone
+task (`ServiceSpec.standalone`, `ovctl run -p`), which are its node's alone: the same port may
+be mapped on two nodes, never twice on one, nor where the cluster publishes it.
+
+It stays whole (over 600 lines): every allocating call takes subnets, VNIs, addresses and
+ports under one all-or-nothing undo log; split, the transaction would span modules.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -111,6 +119,16 @@ def _usable(net: ipaddress.IPv4Network) -> tuple[int, int]:
     return int(net.network_address) + 1, int(net.broadcast_address) - 1
 
 
+def _node_of(spec: pb.ServiceSpec) -> str:
+    """The node a standalone task's host-mode ports belong to ("": not standalone)."""
+    return spec.standalone.node_id if spec.HasField("standalone") else ""
+
+
+def _on_node(node: str, port: pb.PortConfig) -> str:
+    """The node whose port this is: a standalone task's host-mode ports are its node's."""
+    return node if port.publish_mode == pb.PUBLISH_MODE_HOST else ""
+
+
 def _port_label(key: _PortKey) -> str:
     return f"{key[1]}/{_PROTOCOLS[key[0]]}"
 
@@ -122,6 +140,8 @@ class Allocator:
         subnet_size: int = 24,
         vni_range: tuple[int, int] = (4096, 16_777_215),
         port_range: tuple[int, int] = (30000, 32767),
+        host_port_range: tuple[int, int] = (32768, 60999),
+        node_name: Callable[[str], str] = str,
     ) -> None:
         if not _MIN_PREFIX <= subnet_size <= _MAX_PREFIX:
             raise ValueError(f"subnet_size must be between {_MIN_PREFIX} and {_MAX_PREFIX}")
@@ -140,8 +160,13 @@ class Allocator:
         self._vnis = CursorPool(*vni_range)
         self._ports = {proto: CursorPool(*port_range) for proto in _PROTOCOLS}
         self._port_owners: dict[_PortKey, str] = {}
-        # Only for messages: a conflict should name the service the user knows.
+        # Standalone tasks' host-mode ports: (protocol, port) -> {node ID: service ID}. An
+        # automatic one comes from `host_port_range` (Linux's ephemeral range, as Docker's -p).
+        self._node_ports: dict[_PortKey, dict[str, str]] = {}
+        self._host_range = host_port_range
+        # Only for messages: a conflict should name the service and node the user knows.
         self._service_names: dict[str, str] = {}
+        self._node_name = node_name
 
     # ------------------------------------------------------------------ restore
 
@@ -170,9 +195,13 @@ class Allocator:
                 restored.append(net)
         for svc in services:
             self._service_names[svc.meta.id] = svc.spec.name
+            svc_node = _node_of(svc.spec)
             for port in svc.endpoint.ports:
                 if port.published_port and port.protocol in _PROTOCOLS:
                     key = (port.protocol, port.published_port)
+                    if on_node := _on_node(svc_node, port):
+                        self._node_ports.setdefault(key, {}).setdefault(on_node, svc.meta.id)
+                        continue
                     self._port_owners.setdefault(key, svc.meta.id)
                     self._ports[port.protocol].used.add(port.published_port, port.published_port)
             for vip in svc.endpoint.virtual_ips:
@@ -399,7 +428,8 @@ class Allocator:
         endpoint_spec = spec.endpoint
         if endpoint_spec.mode not in (pb.ENDPOINT_MODE_VIP, pb.ENDPOINT_MODE_DNSRR):
             raise InvalidArgument(f"unknown endpoint mode {endpoint_spec.mode}")
-        self._check_ports(service_id, endpoint_spec.ports)
+        node = _node_of(spec)
+        self._check_ports(service_id, endpoint_spec.ports, node)
         nets = self._attached(network_ids)
         explicit: set[_PortKey] = {
             (p.protocol, p.published_port) for p in endpoint_spec.ports if p.published_port
@@ -412,14 +442,22 @@ class Allocator:
         endpoint.ports.extend(endpoint_spec.ports)
         with all_or_nothing() as undo:
             # Explicit ports first, so that an automatic one cannot take a port asked for later.
-            for key in explicit:
-                self._claim_port(service_id, key, undo)
+            for port in endpoint_spec.ports:
+                if port.published_port:
+                    key = (port.protocol, port.published_port)
+                    self._claim_port(service_id, key, undo, _on_node(node, port))
             for filled in endpoint.ports:
-                if not filled.published_port:
-                    kept = reusable.get((filled.protocol, filled.target_port))
-                    filled.published_port = (
-                        kept.pop(0) if kept else self._next_port(service_id, filled.protocol, undo)
+                if filled.published_port:
+                    continue
+                kept = reusable.get((filled.protocol, filled.target_port))
+                if kept:
+                    filled.published_port = kept.pop(0)
+                elif on_node := _on_node(node, filled):
+                    filled.published_port = self._next_node_port(
+                        service_id, on_node, filled.protocol, undo
                     )
+                else:
+                    filled.published_port = self._next_port(service_id, filled.protocol, undo)
             if endpoint_spec.mode == pb.ENDPOINT_MODE_VIP:
                 for net in nets:
                     addr = old_vips.get(net.id)
@@ -428,7 +466,7 @@ class Allocator:
                     endpoint.virtual_ips.add(network_id=net.id, addr=addr)
         return endpoint
 
-    def _check_ports(self, service_id: str, ports: Iterable[pb.PortConfig]) -> None:
+    def _check_ports(self, service_id: str, ports: Iterable[pb.PortConfig], node: str) -> None:
         seen: set[_PortKey] = set()
         for port in ports:
             if port.protocol not in _PROTOCOLS:
@@ -457,11 +495,21 @@ class Allocator:
             seen.add(key)
             owner = self._port_owners.get(key)
             if owner is not None and owner != service_id:
-                name = self._service_names.get(owner)
-                who = f"{name!r} ({owner})" if name else owner
                 raise FailedPrecondition(
-                    f"port {_port_label(key)} is already published by service {who}"
+                    f"port {_port_label(key)} is already published by service {self._who(owner)}"
                 )
+            held = {n: s for n, s in self._node_ports.get(key, {}).items() if s != service_id}
+            on_node = _on_node(node, port)
+            holder_node = on_node if on_node in held else ("" if on_node else next(iter(held), ""))
+            if holder_node:
+                raise FailedPrecondition(
+                    f"port {_port_label(key)} on node {self._node_name(holder_node)} is already "
+                    f"taken by {self._who(held[holder_node])}"
+                )
+
+    def _who(self, service_id: str) -> str:
+        name = self._service_names.get(service_id)
+        return f"{name!r} ({service_id})" if name else service_id
 
     def _reusable_auto_ports(
         self, service_id: str, old: pb.Endpoint, explicit: set[_PortKey]
@@ -481,7 +529,13 @@ class Allocator:
                 reusable.setdefault((got.protocol, got.target_port), []).append(got.published_port)
         return reusable
 
-    def _claim_port(self, service_id: str, key: _PortKey, undo: Undo) -> None:
+    def _claim_port(self, service_id: str, key: _PortKey, undo: Undo, node: str = "") -> None:
+        if node:
+            holders = self._node_ports.setdefault(key, {})
+            if node not in holders:
+                holders[node] = service_id
+                undo.append(lambda: holders.pop(node))
+            return
         if self._port_owners.get(key) == service_id:
             return
         self._port_owners[key] = service_id
@@ -501,7 +555,25 @@ class Allocator:
         undo.append(lambda: self._port_owners.pop(key))
         return port
 
+    def _next_node_port(self, service_id: str, node: str, protocol: int, undo: Undo) -> int:
+        """The first port of the host range free on `node` and not published cluster-wide."""
+        lo, hi = self._host_range
+        for port in range(lo, hi + 1):
+            key = (protocol, port)
+            if key not in self._port_owners and node not in self._node_ports.get(key, {}):
+                self._claim_port(service_id, key, undo, node)
+                return port
+        raise ResourceExhausted(
+            f"no free {_PROTOCOLS[protocol]} port left on node {self._node_name(node)} in "
+            f"{lo}-{hi}: remove tasks that map ports there, or map an explicit port"
+        )
+
     def _release_port(self, service_id: str, key: _PortKey) -> None:
+        holders = self._node_ports.get(key, {})
+        for node in [n for n, s in holders.items() if s == service_id]:
+            del holders[node]
+        if not holders:
+            self._node_ports.pop(key, None)
         if self._port_owners.get(key) == service_id:
             del self._port_owners[key]
             self._ports[key[0]].used.remove(key[1], key[1])

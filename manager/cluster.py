@@ -52,7 +52,9 @@ class Cluster:
         self.config = config
         self.lock = asyncio.Lock()
         self.allocator = Allocator(
-            pools=config.default_pools, subnet_size=config.default_subnet_size
+            pools=config.default_pools,
+            subnet_size=config.default_subnet_size,
+            node_name=self._node_name,
         )
         self.allocator.restore(
             state.networks.values(),
@@ -61,6 +63,10 @@ class Cluster:
             state.nodes.values(),
         )
         self._listeners: list[Listener] = []
+
+    def _node_name(self, node_id: str) -> str:
+        node = self.state.nodes.get(node_id)
+        return node.description.hostname if node is not None else node_id
 
     @classmethod
     async def load(cls, store: Store, config: ManagerConfig) -> Cluster:

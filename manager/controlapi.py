@@ -23,6 +23,7 @@ from manager.ingress import (
 )
 from manager.logbroker import LogBroker
 from manager.scheduler import parse_constraints
+from manager.standalone import prepare_standalone
 from manager.state import ClusterState
 from manager.store import Batch, Store
 from manager.validation import check_labels, check_service_spec, normalize_network_spec
@@ -252,7 +253,11 @@ class ControlAPI:
             network_ids = self._resolve_service_spec(spec)
             existing = self.state.names["services"].get(spec.name)
             if existing is not None:
-                raise AlreadyExists(f"service {spec.name!r} already exists (ID {existing})")
+                standalone = self.state.services[existing].spec.HasField("standalone")
+                what = "task" if standalone else "service"
+                raise AlreadyExists(f"{what} {spec.name!r} already exists (ID {existing})")
+            if spec.HasField("standalone"):
+                prepare_standalone(spec, self.state)
             svc_id = new_id()
             endpoint = self.cluster.allocator.allocate_service(svc_id, spec, network_ids)
             now = now_ms()
@@ -314,6 +319,11 @@ class ControlAPI:
                     f"service {cur.spec.name!r} is {cur.spec.WhichOneof('mode')}; its mode "
                     "cannot be changed"
                 )
+            if spec.standalone != cur.spec.standalone:
+                raise InvalidArgument(
+                    f"{cur.spec.name!r} is a standalone task on its node: remove it and run a "
+                    "new one rather than move it or make it a service"
+                )
             network_ids = self._resolve_service_spec(spec)
             endpoint = self.cluster.allocator.reallocate_service(cur, spec, network_ids)
             svc = pb.Service()
@@ -344,9 +354,25 @@ class ControlAPI:
 
     async def service_logs(self, req: cpb.ServiceLogsRequest) -> AsyncIterator[cpb.LogLine]:
         svc: pb.Service = self.state.resolve("services", req.service_ref)
-        task_ids = {t.meta.id for t in self.state.service_tasks(svc.meta.id)}
-        for line in self.logs.lines(task_ids, int(req.tail)):
-            yield line
+        # Subscribed before the kept lines are read: nothing published meanwhile is missed
+        # (the loop is single-threaded: no line lands between the two).
+        follower = None
+        if req.follow:
+
+            def of_service(line: cpb.LogLine) -> bool:
+                task = self.state.tasks.get(line.task_id)
+                return task is not None and task.service_id == svc.meta.id
+
+            follower = self.logs.follow(of_service)
+        try:
+            task_ids = {t.meta.id for t in self.state.service_tasks(svc.meta.id)}
+            for line in self.logs.lines(task_ids, int(req.tail)):
+                yield line
+            while follower is not None:
+                yield await follower.queue.get()
+        finally:
+            if follower is not None:
+                self.logs.unfollow(follower)
 
     # ------------------------------------------------------------------ tasks
 

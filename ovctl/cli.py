@@ -32,7 +32,12 @@ ovctl service update [--replicas N] [--env-add K=V] [--env-rm K] [--publish-add 
                      [--health-interval D] [--health-timeout D] [--health-retries N]
                      [--health-start-period D] [--image IMAGE] [--command] SERVICE
                      [-- CMD ARG...]
-ovctl service logs [--tail N|all] SERVICE
+ovctl service logs [--tail N|all] [-f] SERVICE
+
+ovctl run [-d] [--name NAME] [--node HOST] [--network NET]... [-p [HOSTPORT:]PORT[/PROTO]]...
+          [--image IMAGE] [--env K=V]... [--workdir DIR] [--restart C] [-- CMD ARG...]
+ovctl ps [-a] [-q] [--format table|json]     ovctl rm [-f] NAME|ID...
+ovctl logs [-f] NAME|ID
 
 ovctl node ls [-q] [--filter name=X] [--format table|json]
 ovctl node inspect [--pretty] NODE...
@@ -140,7 +145,7 @@ from typing import Any, NoReturn
 
 import grpc
 
-from ovctl import commands, dev, specs
+from ovctl import commands, dev, specs, standalone
 from ovctl.client import (
     DEFAULT_ADDR,
     ConfigError,
@@ -245,6 +250,7 @@ def build_parser(
     _network_verbs(groups.add_parser("network", help="manage networks"), verb)
     _service_verbs(groups.add_parser("service", help="manage services"), verb)
     _node_verbs(groups.add_parser("node", help="manage nodes"), verb)
+    standalone.add_verbs(groups, verb, _arg)
     cluster = groups.add_parser("cluster", help="cluster-wide information")
     sub = cluster.add_subparsers(dest="verb", required=True, metavar="VERB")
     p = verb(sub, "info", commands.cluster_info, "show the managers and which one leads")
@@ -420,6 +426,7 @@ def _service_verbs(group: argparse.ArgumentParser, verb: _Verb) -> None:
         metavar="N|all",
         help="only the last N lines of each task (default all)",
     )
+    p.add_argument("-f", "--follow", action="store_true", help="go on printing new output")
     p.add_argument("ref", metavar="SERVICE")
 
 

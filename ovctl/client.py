@@ -253,6 +253,8 @@ class FailoverStub:
         self._diagnose = diagnose
         self._channels: dict[str, grpc.Channel] = {}
         self._rotation = Rotation(self.addrs)
+        # Server streams in flight, for `cancel_streams` (from another thread).
+        self._calls: set[Any] = set()
 
     @property
     def current_addr(self) -> str:
@@ -290,23 +292,34 @@ class FailoverStub:
 
     def _stream(self, method: str, request: Message) -> Iterator[Any]:
         last = ""
+        # A followed stream (`logs -f`) lasts as long as the user wants, not the call timeout.
+        timeout = None if getattr(request, "follow", False) else self.timeout
         for addr in list(self._rotation.order()):
-            call = getattr(self._stub(addr), method)(request, timeout=self.timeout)
+            call = getattr(self._stub(addr), method)(request, timeout=timeout)
+            self._calls.add(call)
             try:
-                first = next(call)
-            except StopIteration:
+                try:
+                    first = next(call)
+                except StopIteration:
+                    self._rotation.succeeded(addr)
+                    return
+                except grpc.RpcError as e:
+                    if e.code() != grpc.StatusCode.UNAVAILABLE:
+                        raise
+                    last = e.details() or str(e)
+                    continue
                 self._rotation.succeeded(addr)
+                yield first
+                yield from call
                 return
-            except grpc.RpcError as e:
-                if e.code() != grpc.StatusCode.UNAVAILABLE:
-                    raise
-                last = e.details() or str(e)
-                continue
-            self._rotation.succeeded(addr)
-            yield first
-            yield from call
-            return
+            finally:
+                self._calls.discard(call)
         raise self._unreachable(last)
+
+    def cancel_streams(self) -> None:
+        """End every stream in flight (their iterators raise CANCELLED); thread-safe."""
+        for call in list(self._calls):
+            call.cancel()
 
     def close(self) -> None:
         for channel in self._channels.values():

@@ -211,6 +211,10 @@ def service_ls(stub: Stub, args: argparse.Namespace) -> int:
     resp = stub.ListServices(
         cpb.ListServicesRequest(name_prefixes=f.get("name", []), labels=f.get("label", []))
     )
+    # Standalone tasks are `ovctl ps`'s.
+    services = [s for s in resp.services if not s.spec.HasField("standalone")]
+    del resp.services[:]
+    resp.services.extend(services)
     return _print_listing(
         args, resp.services, lambda s: s.spec.name, lambda: render.service_table(resp)
     )
@@ -330,7 +334,8 @@ def _network_names(stub: Stub, ref: str) -> frozenset[str]:
 
 def service_logs(stub: Stub, args: argparse.Namespace) -> int:
     hostnames = _hostnames(stub)
-    for line in stub.ServiceLogs(cpb.ServiceLogsRequest(service_ref=args.ref, tail=args.tail)):
+    request = cpb.ServiceLogsRequest(service_ref=args.ref, tail=args.tail, follow=args.follow)
+    for line in stub.ServiceLogs(request):
         out = sys.stderr if line.stream == "stderr" else sys.stdout
         for text in render.log_lines(line, hostnames):
             print(text, file=out, flush=True)

@@ -204,6 +204,48 @@ def service_pretty(s: pb.Service) -> str:
     return "\n".join(lines)
 
 
+# ---------------------------------------------------------------- standalone tasks
+
+STANDALONE_HEADERS = ("ID", "NAME", "IMAGE", "COMMAND", "NODE", "STATUS", "PORTS")
+
+
+def mapped_port_text(port: pb.PortConfig) -> str:
+    """`0.0.0.0:8081->80/tcp`, as `docker ps` shows a mapping (`?` until allocated)."""
+    published = str(port.published_port) if port.published_port else "?"
+    return f"0.0.0.0:{published}->{port.target_port}/{enum_word(pb.Protocol, port.protocol)}"
+
+
+def standalone_table(
+    services: Iterable[pb.Service],
+    latest: Mapping[str, pb.Task],
+    hostnames: Mapping[str, str],
+    now_ms: int,
+) -> str:
+    """`ovctl ps`: one line per standalone task, its latest run's state (and error)."""
+    rows = []
+    for s in services:
+        task = latest.get(s.meta.id)
+        if task is None:
+            status = "Pending (no task yet)"
+        else:
+            status = current_state(task.status, now_ms)
+            if task.status.err:
+                status += f": {task.status.err}"
+        node = s.spec.standalone.node_id
+        rows.append(
+            [
+                short_id(s.meta.id),
+                s.spec.name,
+                s.spec.image or "-",
+                shlex.join(s.spec.command) or "(image default)",
+                hostnames.get(node, node),
+                status,
+                ", ".join(mapped_port_text(p) for p in service_ports(s)),
+            ]
+        )
+    return table(STANDALONE_HEADERS, rows)
+
+
 # ---------------------------------------------------------------- tasks
 
 TASK_HEADERS = ("ID", "NAME", "NODE", "DESIRED STATE", "CURRENT STATE", "ERROR", "ADDRESSES")

@@ -153,12 +153,14 @@ class RemoveServiceResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class ServiceLogsRequest(_message.Message):
-    __slots__ = ("service_ref", "tail")
+    __slots__ = ("service_ref", "tail", "follow")
     SERVICE_REF_FIELD_NUMBER: _ClassVar[int]
     TAIL_FIELD_NUMBER: _ClassVar[int]
+    FOLLOW_FIELD_NUMBER: _ClassVar[int]
     service_ref: str
     tail: int
-    def __init__(self, service_ref: _Optional[str] = ..., tail: _Optional[int] = ...) -> None: ...
+    follow: bool
+    def __init__(self, service_ref: _Optional[str] = ..., tail: _Optional[int] = ..., follow: _Optional[bool] = ...) -> None: ...
 
 class LogLine(_message.Message):
     __slots__ = ("task_id", "task_name", "node_id", "stream", "timestamp_ms", "data")

@@ -253,7 +253,7 @@ class HealthCheck(_message.Message):
     def __init__(self, command: _Optional[_Iterable[str]] = ..., tcp_port: _Optional[int] = ..., interval_ms: _Optional[int] = ..., timeout_ms: _Optional[int] = ..., retries: _Optional[int] = ..., start_period_ms: _Optional[int] = ...) -> None: ...
 
 class ServiceSpec(_message.Message):
-    __slots__ = ("name", "labels", "command", "env", "workdir", "networks", "replicated", "endpoint", "placement", "restart_policy", "update_config", "health_check", "image")
+    __slots__ = ("name", "labels", "command", "env", "workdir", "networks", "replicated", "endpoint", "placement", "restart_policy", "update_config", "health_check", "image", "standalone")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -275,6 +275,7 @@ class ServiceSpec(_message.Message):
     UPDATE_CONFIG_FIELD_NUMBER: _ClassVar[int]
     HEALTH_CHECK_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
+    STANDALONE_FIELD_NUMBER: _ClassVar[int]
     name: str
     labels: _containers.ScalarMap[str, str]
     command: _containers.RepeatedScalarFieldContainer[str]
@@ -288,7 +289,14 @@ class ServiceSpec(_message.Message):
     update_config: UpdateConfig
     health_check: HealthCheck
     image: str
-    def __init__(self, name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., command: _Optional[_Iterable[str]] = ..., env: _Optional[_Iterable[str]] = ..., workdir: _Optional[str] = ..., networks: _Optional[_Iterable[_Union[NetworkAttachmentConfig, _Mapping]]] = ..., replicated: _Optional[_Union[ReplicatedService, _Mapping]] = ..., endpoint: _Optional[_Union[EndpointSpec, _Mapping]] = ..., placement: _Optional[_Union[Placement, _Mapping]] = ..., restart_policy: _Optional[_Union[RestartPolicy, _Mapping]] = ..., update_config: _Optional[_Union[UpdateConfig, _Mapping]] = ..., health_check: _Optional[_Union[HealthCheck, _Mapping]] = ..., image: _Optional[str] = ..., **kwargs) -> None: ...
+    standalone: Standalone
+    def __init__(self, name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., command: _Optional[_Iterable[str]] = ..., env: _Optional[_Iterable[str]] = ..., workdir: _Optional[str] = ..., networks: _Optional[_Iterable[_Union[NetworkAttachmentConfig, _Mapping]]] = ..., replicated: _Optional[_Union[ReplicatedService, _Mapping]] = ..., endpoint: _Optional[_Union[EndpointSpec, _Mapping]] = ..., placement: _Optional[_Union[Placement, _Mapping]] = ..., restart_policy: _Optional[_Union[RestartPolicy, _Mapping]] = ..., update_config: _Optional[_Union[UpdateConfig, _Mapping]] = ..., health_check: _Optional[_Union[HealthCheck, _Mapping]] = ..., image: _Optional[str] = ..., standalone: _Optional[_Union[Standalone, _Mapping]] = ..., **kwargs) -> None: ...
+
+class Standalone(_message.Message):
+    __slots__ = ("node_id",)
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    def __init__(self, node_id: _Optional[str] = ...) -> None: ...
 
 class VirtualIP(_message.Message):
     __slots__ = ("network_id", "addr")

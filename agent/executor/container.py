@@ -9,6 +9,10 @@ goes straight into the task's log files (``--log-driver passthrough``: conmon ha
 container the shim's files, so nothing passes through the agent or podman on the way).
 
 What differs is kept here:
+- the image is pulled, if missing, while the task is prepared (as swarmkit's PREPARING), not
+  by `podman run`; a start returns once podman has created the container (its `--pidfile`
+  appears), so that a task reported RUNNING has a container to check (`podman exec`), and its
+  PID is the container's main process;
 - the container joins the sandbox the agent built (``--network ns:/run/netns/<sandbox>``), so
   the data plane, DNS at 127.0.0.11 (``--dns``), VIPs and the routing mesh need nothing new;
 - a stop is ``podman stop -t N`` (the image's stop signal, SIGKILL after N s): a signal to the
@@ -29,13 +33,15 @@ import logging
 import math
 import os
 import shutil
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.executor.api import Exec, ExitInfo, Running, StartError, TaskSpec
+from agent.executor.api import Adopted, Exec, ExitInfo, Running, StartError, TaskSpec
 from agent.executor.process import ProcessExecutor
 from agent.executor.runner import DEFAULT_PATH, Runner
+from agent.executor.shim import podman_message
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +52,11 @@ TASK_LABEL = "io.ovnet.task"
 PODMAN_TIMEOUT_S = 60.0
 # How long a stopped container's attached `podman run` may take to exit after `podman stop`.
 EXIT_AFTER_STOP_S = 15.0
+# How long a start waits for podman to create the container (the image is local by then).
+CREATE_TIMEOUT_S = 60.0
+# Seconds a missing image may take to pull.
+PULL_TIMEOUT_S = 600.0
+PIDFILE = "container.pid"
 PULL_POLICIES = ("missing", "never", "always", "newer")
 
 
@@ -101,13 +112,19 @@ class Podman:
 
 
 def run_argv(
-    podman: Podman, spec: TaskSpec, name: str, owner: str, netns_dir: Path = Path("/run/netns")
+    podman: Podman,
+    spec: TaskSpec,
+    name: str,
+    owner: str,
+    netns_dir: Path = Path("/run/netns"),
+    pidfile: Path | None = None,
 ) -> list[str]:
     """The attached `podman run` of one task (pure)."""
     args = [
         "run",
         "--rm",
         "--name", name,
+        *(["--pidfile", str(pidfile)] if pidfile is not None else []),
         "--label", f"{OWNER_LABEL}={owner}",
         "--label", f"{TASK_LABEL}={spec.task_id}",
         "--network", f"ns:{netns_dir / spec.netns}",
@@ -150,8 +167,9 @@ class ContainerExecutor(ProcessExecutor):
     # ------------------------------------------------------------------ life cycle
 
     async def prepare(self, spec: TaskSpec) -> None:
-        """What can be known before podman runs: podman is here, the sandbox exists, the
-        environment entries are well formed. Whether the image exists is podman's to say."""
+        """What can be known before podman runs (podman is here, the sandbox exists, the
+        environment entries are well formed), and the image, pulled if missing unless the
+        pull policy is "never" (then `podman run` says it is not known)."""
         if not spec.image:
             raise StartError(f"task {spec.task_id} has no image")
         if why := self.podman.unavailable():
@@ -161,18 +179,59 @@ class ContainerExecutor(ProcessExecutor):
             key, sep, _ = item.partition("=")
             if not sep or not key or "\0" in item:
                 raise StartError(f"invalid environment entry {item!r}: expected KEY=VALUE")
+        if self.podman.pull != "never":
+            rc, _ = await self._podman("image", "exists", spec.image)
+            if rc != 0:
+                log.info("task %s: pulling %s", spec.task_id, spec.image)
+                rc, err = await self._podman("pull", "--quiet", spec.image, timeout=PULL_TIMEOUT_S)
+                if rc != 0:
+                    raise StartError(podman_message(err) or f"podman pull {spec.image}: exit {rc}")
         self._specs[spec.task_id] = spec
 
     async def start(self, task_id: str) -> Running:
         spec = self._specs.get(task_id)
         if spec is None:
             raise StartError(f"task {task_id} was not prepared")
+        if task_id in self.runner.running():
+            return Running(self._container_pid(task_id) or self.runner.running()[task_id])
         self._expect_exit(task_id)
+        pidfile = self.runner.task_dir(task_id) / PIDFILE
+        pidfile.unlink(missing_ok=True)
         argv = run_argv(
-            self.podman, spec, self.container_name(task_id), self.prefix, self.netns_dir
+            self.podman, spec, self.container_name(task_id), self.prefix, self.netns_dir, pidfile
         )
         pid = await self.runner.start(task_id, argv, self.podman.env_items(), "/", spec.netns)
-        return Running(pid)
+        return Running(await self._created(task_id) or pid)
+
+    async def _created(self, task_id: str) -> int:
+        """The container's PID once podman has created it; 0 if `podman run` ended first
+        (its exit says why) or took longer than CREATE_TIMEOUT_S."""
+        deadline = time.monotonic() + CREATE_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if pid := self._container_pid(task_id):
+                return pid
+            fut = self._exits.get(task_id)
+            if task_id not in self.runner.running() or (fut is not None and fut.done()):
+                return 0
+            await asyncio.sleep(0.02)
+        log.warning("task %s: podman has not created its container after %.0f s", task_id,
+                    CREATE_TIMEOUT_S)  # fmt: skip
+        return 0
+
+    def _container_pid(self, task_id: str) -> int:
+        try:
+            text = (self.runner.task_dir(task_id) / PIDFILE).read_text().strip()
+        except OSError:
+            return 0
+        return int(text) if text.isdigit() else 0
+
+    def adopt(self) -> dict[str, Adopted]:
+        """As for processes; a running container reports its own PID (podman's pidfile)."""
+        found = super().adopt()
+        for task_id, adopted in found.items():
+            if adopted.running is not None and (pid := self._container_pid(task_id)):
+                found[task_id] = Adopted(task_id, running=Running(pid))
+        return found
 
     async def shutdown(self, task_id: str, timeout: float) -> ExitInfo | None:
         """`podman stop -t N`: the image's stop signal, SIGKILL after N s (whole seconds, as
@@ -234,7 +293,9 @@ class ContainerExecutor(ProcessExecutor):
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def _podman(self, *args: str, env: Mapping[str, str] | None = None) -> tuple[int, str]:
+    async def _podman(
+        self, *args: str, env: Mapping[str, str] | None = None, timeout: float = PODMAN_TIMEOUT_S
+    ) -> tuple[int, str]:
         """Run one podman command of the agent's own; (exit status, its output or error)."""
         try:
             proc = await asyncio.create_subprocess_exec(
@@ -247,12 +308,12 @@ class ContainerExecutor(ProcessExecutor):
         except OSError as e:
             return 127, f"cannot run podman: {e}"
         try:
-            out, err = await asyncio.wait_for(proc.communicate(), PODMAN_TIMEOUT_S)
+            out, err = await asyncio.wait_for(proc.communicate(), timeout)
         except TimeoutError:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
             await proc.wait()
-            return 124, f"podman {args[0]} did not finish within {PODMAN_TIMEOUT_S:.0f} s"
+            return 124, f"podman {args[0]} did not finish within {timeout:.0f} s"
         if proc.returncode != 0:
             return proc.returncode or 1, err.decode(errors="replace").strip()
         return 0, out.decode(errors="replace")

@@ -113,9 +113,15 @@ def podman_failure(exit_code: int | None, stderr_head: bytes) -> str | None:
     """
     if exit_code not in (125, 126, 127):
         return None
-    for line in reversed(stderr_head.split(b"\n")):
-        if line.startswith(b"Error: "):
-            return "podman: " + line[len(b"Error: ") :].decode(errors="replace").strip()
+    return podman_message(stderr_head.decode(errors="replace"))
+
+
+def podman_message(stderr: str) -> str | None:
+    """podman's own words on a failure ("podman: WHY"), from the last "Error: WHY" line of
+    its stderr; None when it said none."""
+    for line in reversed(stderr.split("\n")):
+        if line.startswith("Error: "):
+            return "podman: " + line[len("Error: ") :].strip()
     return None
 
 

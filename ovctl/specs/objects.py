@@ -26,12 +26,14 @@ from proto import objects_pb2 as pb
 
 __all__ = [
     "HealthOptions",
+    "RunOptions",
     "ServiceChanges",
     "ServiceOptions",
     "apply_health",
     "apply_node_changes",
     "apply_service_changes",
     "network_spec",
+    "run_spec",
     "service_spec",
 ]
 
@@ -189,6 +191,39 @@ def service_spec(o: ServiceOptions) -> pb.ServiceSpec:
     )
     _apply_update_config(spec, o.update_parallelism, o.update_delay_ms)
     apply_health(spec, o.health)
+    return spec
+
+
+@dataclass
+class RunOptions:
+    """What `ovctl run` was given (a standalone task, see manager/standalone.py)."""
+
+    name: str
+    command: list[str]
+    image: str | None = None
+    node: str | None = None
+    networks: list[pb.NetworkAttachmentConfig] = field(default_factory=list)
+    ports: list[pb.PortConfig] = field(default_factory=list)
+    env: list[str] = field(default_factory=list)
+    workdir: str | None = None
+    restart_condition: str | None = None
+
+
+def run_spec(o: RunOptions) -> pb.ServiceSpec:
+    """The spec of a standalone task; the manager picks the node when none is given."""
+    if not o.command and not o.image:
+        raise SpecError("ovctl run needs an image (--image) or a command after --")
+    spec = pb.ServiceSpec(name=o.name, command=o.command, networks=o.networks)
+    spec.replicated.replicas = 1
+    spec.standalone.SetInParent()
+    spec.standalone.node_id = o.node or ""
+    if o.image:
+        spec.image = o.image
+    spec.env.extend(parse_env(e) for e in o.env)
+    if o.workdir:
+        spec.workdir = o.workdir
+    spec.endpoint.ports.extend(o.ports)
+    _apply_restart(spec, o.restart_condition, None, None, None)
     return spec
 
 

@@ -25,6 +25,7 @@ __all__ = [
     "parse_filters",
     "parse_ip",
     "parse_key_value",
+    "parse_mapping",
     "parse_network_attachment",
     "parse_port",
     "parse_port_ref",
@@ -195,6 +196,35 @@ def parse_publish(text: str) -> pb.PortConfig:
     port = pb.PortConfig(target_port=parse_port(m["target"], "target port"))
     if m["published"] is not None:
         port.published_port = parse_port(m["published"], "published port")
+    if m["proto"] is not None:
+        port.protocol = choice(_PROTOCOLS, m["proto"], "protocol")
+    return port
+
+
+_MAPPING = re.compile(
+    r"^(?:(?:(?P<ip>[^:/]*):)?(?P<published>[^:/]+):)?(?P<target>[^:/]+)(?:/(?P<proto>[^:/]+))?$"
+)
+
+
+def parse_mapping(text: str) -> pb.PortConfig:
+    """An `ovctl run -p` value, as `docker run -p`: "8081:80[/udp]" maps the node's port 8081
+    to the task's 80, "80" picks a free node port. Host mode: the task's node only."""
+    m = _MAPPING.match(text.strip())
+    if m is None:
+        raise SpecError(
+            f"invalid port mapping {text!r}: expected HOSTPORT:PORT[/tcp|udp] or PORT[/tcp|udp]"
+        )
+    if m["ip"] is not None:
+        raise SpecError(
+            f"port mapping {text!r} binds one address of the node: not supported yet; "
+            f"map every address of it with {m['published']}:{m['target']}"
+        )
+    port = pb.PortConfig(
+        target_port=parse_port(m["target"], "container port"),
+        publish_mode=pb.PUBLISH_MODE_HOST,
+    )
+    if m["published"] is not None:
+        port.published_port = parse_port(m["published"], "host port")
     if m["proto"] is not None:
         port.protocol = choice(_PROTOCOLS, m["proto"], "protocol")
     return port

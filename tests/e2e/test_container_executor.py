@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Coroutine, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -146,7 +147,11 @@ def test_a_container_task_serves_logs_is_checked_stopped_and_removed(
         await ex.prepare(spec)
         t0 = time.monotonic()
         running = await ex.start("c1")
-        assert running.pid > 0
+        # RUNNING means the container exists: its PID is the container's main process.
+        assert running.pid > 0 and (state_dir / "containers/tasks/c1/container.pid").exists()
+        assert (
+            os.stat(f"/proc/{running.pid}/ns/net").st_ino == os.stat(f"/run/netns/{netns}").st_ino
+        )
         await until("the page", lambda: get(netns, "http://127.0.0.1:8080/") == images.PAGE)
         serving_s = time.monotonic() - t0
         info = inspect(podman, f"{PREFIX}c-c1")
@@ -242,6 +247,13 @@ def test_podman_failures_fail_the_task_with_podmans_message(
         info = await ex.wait("u3")
         assert info is not None and not info.start_failed and info.error == "exit status 7"
 
+        # With pulls allowed, a missing image is pulled while the task is prepared: here no
+        # registry answers (localhost:443 refuses), and podman's words say so.
+        pulling = ContainerExecutor(state_dir, replace(podman, pull="missing"), PREFIX)
+        with pytest.raises(StartError, match=r"^podman: .*localhost/ovnet-nope:1"):
+            await pulling.prepare(
+                TaskSpec("u6", (), (), "/", netns, image="localhost/ovnet-nope:1")
+            )
         missing = ContainerExecutor(state_dir, Podman(binary="/nonexistent/podman"), PREFIX)
         with pytest.raises(StartError, match="podman not found"):
             await missing.prepare(TaskSpec("u4", (), (), "/", netns, image=tag))

@@ -64,7 +64,9 @@ def bed() -> Iterator[Bed]:
         hosts=4,
         # Shared with test_mesh and others: modules of one run go one after another.
         subnet="198.51.100.192/27",
-        manager_args=["--heartbeat-period", "0.5", "--heartbeat-grace", "3"],
+        # A killed agent's node must not be declared down (and its tasks moved) before the
+        # agent is back: what is tested here is adoption, on a loaded CI machine too.
+        manager_args=["--heartbeat-period", "0.5", "--heartbeat-grace", "15"],
         die_with_parent=True,
         host_agent_args={"h4": ["--podman", "/nonexistent/podman"]},
     )

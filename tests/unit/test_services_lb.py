@@ -84,15 +84,21 @@ def test_a_published_port_with_no_task_yet_comes_from_the_service() -> None:
 
 
 def test_host_sends_ingress_ports_to_the_ingress_sandbox_and_host_ports_to_local_tasks() -> None:
-    host_ports = (PortRecord("", "tcp", 8080, 19090, "host"),)
-    records = [
-        rec(APP, "10.1.0.3", "t1", ports=host_ports, node="me"),
-        rec(OTHER, "10.2.0.3", "t1", ports=host_ports, node="me"),  # same task, 2nd network
-        rec(APP, "10.1.0.4", "t2", ports=host_ports, node="me", enabled=False),
-        rec(APP, "10.1.0.5", "t3", ports=host_ports, node="other"),
-    ]
-    hm = host_mode_ports(records, "me", {"t1": "172.18.0.5", "t2": "172.18.0.6"})
+    svc = pb.Service(meta=pb.Meta(id="s-web"))
+    svc.endpoint.ports.add(
+        target_port=8080, published_port=19090, publish_mode=pb.PUBLISH_MODE_HOST
+    )
+    svc.endpoint.ports.add(target_port=80, published_port=18080)  # the mesh's, not here
+    tasks = [pb.Task(meta=pb.Meta(id=t), service_id="s-web") for t in ("t1", "t2", "t3")]
+    tasks.append(pb.Task(meta=pb.Meta(id="t4"), service_id="gone"))
+    # t1 serves; t2 is draining (not serving); t3 has no gwbridge leg (internal networks only).
+    gw = {"t1": "172.18.0.5", "t2": "172.18.0.6", "t4": "172.18.0.8"}
+    hm = host_mode_ports(tasks, {"s-web": svc}, {"t1", "t3", "t4"}, gw)
     assert hm == {("tcp", 19090): PortTarget(8080, ("172.18.0.5",))}
+    # A port whose tasks all stopped serving stays, with no backend (refused, not hanging).
+    assert host_mode_ports(tasks[1:2], {"s-web": svc}, set(), gw) == {
+        ("tcp", 19090): PortTarget(8080, ())
+    }
     spec = host_spec([("tcp", 18080)], "172.18.0.2", hm)
     assert spec.ports == {
         ("tcp", 18080): PortTarget(18080, ("172.18.0.2",)),

@@ -1,0 +1,186 @@
+"""F9 end to end: standalone tasks (`ovctl run`, `ps`, `rm`, `logs`) on three netns hosts.
+
+Seed 000 first: three containers on h1, each serving port 80 from its own container, mapped to
+h1's ports 8081, 8082 and 8083 and reached from a client namespace on the underlay; a fourth
+mapping of 8081 on h1 is refused naming its holder and creates nothing. Then what `docker run`
+users expect around it: the same port on another node, a port picked for `-p 80`, names on an
+attachable network, the refusals, attached runs with their exit status and output.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from bench import images
+from tests.e2e.overlay import Overlay, TaskView, wait_for
+from tests.e2e.test_containers import Bed
+from tests.e2e.test_mesh import SLEEPER, client_argv, dns, load
+from tests.support.beds import require
+from tests.support.cluster import E2ECluster
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.slow,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces and podman"),
+]
+
+# The image's httpd on port 80 instead of its own command's 8080 (a command given after --
+# replaces the image's), ending on SIGTERM.
+ON_80 = ["/bin/sh", "-c", "httpd -f -p 0.0.0.0:80 -h /who & trap 'kill $!; exit 0' TERM; wait"]
+
+
+@pytest.fixture(scope="module")
+def bed() -> Iterator[Bed]:
+    require(images.available(), "podman cannot run here")
+    podman = images.Podman()
+    tags = (images.ensure_image(podman, 1), images.ensure_image(podman, 2))
+    dev = E2ECluster(
+        name_prefix=f"ovr{os.getpid() % 100000}-",
+        hosts=3,
+        # Shared with test_mesh and others: modules of one run go one after another.
+        subnet="198.51.100.192/27",
+        manager_args=["--heartbeat-period", "0.5", "--heartbeat-grace", "3"],
+        die_with_parent=True,
+    )
+    dev.agent_args = [
+        "--reconcile-interval", "1", "--stop-timeout", "5", "--drain-delay", "1",
+        *podman.agent_args(),
+    ]  # fmt: skip
+    try:
+        dev.up()
+        yield Bed(Overlay(dev), podman, tags)
+    finally:
+        dev.down()
+        left = podman.run(
+            "ps", "-a", "--filter", f"name=^{dev.name_prefix}", "--format", "{{.Names}}"
+        ).stdout.split()
+        assert not left, f"containers left after ovctl dev down: {left}"
+
+
+def run_d(bed: Bed, name: str, *args: str, cmd: list[str] = ON_80) -> str:
+    """`ovctl run -d` of the test image; the ID it printed."""
+    out = bed.ov.ovctl("run", "-d", "--name", name, "--image", bed.tags[0], *args, "--", *cmd)
+    return out.stdout.strip()
+
+
+def ps(ov: Overlay, *args: str) -> dict[str, list[str]]:
+    """`ovctl ps` rows by name (the table's columns split on runs of 2+ spaces)."""
+    lines = ov.ovctl("ps", *args).stdout.splitlines()
+    rows = [[c.strip() for c in line.split("  ") if c.strip()] for line in lines[1:]]
+    return {r[1]: r for r in rows}
+
+
+def running(ov: Overlay, name: str) -> TaskView:
+    return ov.running(name, 1, timeout=60)[0]
+
+
+def test_seed_000_three_containers_on_one_host_each_behind_its_own_port(bed: Bed) -> None:
+    ov = bed.ov
+    ids = [run_d(bed, f"web{n}", "--node", "h1", "-p", f"808{n}:80") for n in (1, 2, 3)]
+    assert all(len(i) == 25 for i in ids), ids
+    for n in (1, 2, 3):
+        assert running(ov, f"web{n}").host == "h1"
+    where = client_argv(ov, "outside")
+    me = ov.dev.clients["outside"].addr
+    h1 = ov.dev.host_addr("h1")
+    answered: dict[int, str] = {}
+    for n in (1, 2, 3):
+        port = 8080 + n
+        wait_for(f"{h1}:{port}", lambda p=port: load(ov, where, h1, p, 1)["failures"] == 0)  # type: ignore[misc]
+        got = load(ov, where, h1, port, 20)
+        assert got["failures"] == 0, got["errors"]
+        assert len(got["answers"]) == 1, f"port {port} reaches one container: {got['answers']}"
+        assert set(got["peers"]) == {me}, "the client's own address reaches the container"
+        answered[port] = next(iter(got["answers"]))
+        # On h1 itself, at 127.0.0.1 too.
+        local = load(ov, ov.dev.nsenter_argv("h1", []), "127.0.0.1", port, 5)
+        assert local["failures"] == 0 and set(local["answers"]) == {answered[port]}, local
+    assert len(set(answered.values())) == 3, f"each port its own container: {answered}"
+    assert len(bed.containers("h1")) == 3
+    # A fourth mapping of 8081 on h1: refused, naming the holder; nothing was created.
+    before = ov.ovctl("ps", "-a", "-q").stdout.split()
+    r = ov.ovctl(
+        "run", "-d", "--node", "h1", "--name", "web4", "-p", "8081:80", "--image", bed.tags[0],
+        "--", *ON_80, check=False,
+    )  # fmt: skip
+    assert r.returncode != 0
+    assert "port 8081/tcp on node h1 is already taken by 'web1'" in r.stderr, r.stderr
+    assert ov.ovctl("ps", "-a", "-q").stdout.split() == before
+    assert ov.ovctl("service", "inspect", "web4", check=False).returncode != 0
+    time.sleep(1.5)
+    assert len(bed.containers("h1")) == 3
+    rows = ps(ov)
+    assert rows["web1"][4] == "h1" and rows["web1"][-1] == "0.0.0.0:8081->80/tcp"
+    assert "web1" not in ov.ovctl("service", "ls").stdout, "standalone tasks are ovctl ps's"
+
+
+def test_the_same_port_on_another_node_and_a_picked_port(bed: Bed) -> None:
+    ov = bed.ov
+    run_d(bed, "web5", "--node", "h2", "-p", "8081:80")
+    run_d(bed, "web6", "--node", "h2", "-p", "80")
+    running(ov, "web5")
+    running(ov, "web6")
+    rows = ps(ov)
+    assert rows["web6"][-1].startswith("0.0.0.0:") and rows["web6"][-1].endswith("->80/tcp")
+    picked = int(rows["web6"][-1].split(":")[1].split("-")[0])
+    assert 32768 <= picked <= 60999
+    where = client_argv(ov, "outside")
+    h2 = ov.dev.host_addr("h2")
+    for port in (8081, picked):
+        wait_for(f"{h2}:{port}", lambda p=port: load(ov, where, h2, p, 1)["failures"] == 0)  # type: ignore[misc]
+    assert load(ov, where, h2, 8081, 10)["failures"] == 0
+
+
+def test_names_on_an_attachable_network_both_ways(bed: Bed) -> None:
+    ov = bed.ov
+    ov.ovctl("network", "create", "--attachable", "--subnet", "10.93.0.0/24", "shared")
+    ov.ovctl("network", "create", "--subnet", "10.94.0.0/24", "closed")
+    run_d(bed, "db", "--node", "h3", "--network", "shared", cmd=[])  # the image's own command
+    ov.ovctl("run", "-d", "--name", "cli", "--node", "h1", "--network", "shared", "--", *SLEEPER)
+    db, cli = running(ov, "db"), running(ov, "cli")
+    shared = ov.network_id("shared")
+    wait_for("db from cli", lambda: dns(ov, cli, "db") == ["NOERROR", [db.ips[shared]]])
+    wait_for("cli from db", lambda: dns(ov, db, "cli") == ["NOERROR", [cli.ips[shared]]])
+    got = load(ov, ["ip", "netns", "exec", ov.sandbox(cli)], db.ips[shared], images.PORT, 5)
+    assert got["failures"] == 0 and set(got["peers"]) == {cli.ips[shared]}, got
+    r = ov.ovctl("run", "-d", "--name", "x", "--network", "closed", "--", *SLEEPER, check=False)
+    assert r.returncode != 0
+    assert "network closed is not attachable; create it with --attachable" in r.stderr, r.stderr
+
+
+def test_attached_runs_logs_and_removal(bed: Bed) -> None:
+    ov = bed.ov
+    r = ov.ovctl(
+        "run", "--name", "once", "--node", "h2", "--image", bed.tags[0], "--",
+        "sh", "-c", "echo hello from the image; echo to stderr >&2; exit 3", check=False,
+    )  # fmt: skip
+    assert r.returncode == 3, (r.stdout, r.stderr)
+    assert r.stdout == "hello from the image\n" and "to stderr" in r.stderr
+    logs = ov.ovctl("logs", "once")
+    assert logs.stdout == "hello from the image\n" and "to stderr" in logs.stderr
+    assert "once" not in ps(ov) and "once" in ps(ov, "-a")
+    ov.ovctl("rm", "once")  # ended: no -f needed
+    ghost = ov.ovctl(
+        "run", "--name", "ghost", "--image", "localhost/ovnet-nope:1", "--", "true", check=False
+    )
+    assert ghost.returncode == 125, (ghost.stdout, ghost.stderr)
+    assert "podman: localhost/ovnet-nope:1: image not known" in ghost.stderr
+    ov.ovctl("rm", "ghost")
+    refused = ov.ovctl("rm", "web2", check=False)
+    assert refused.returncode == 1 and "web2 is running: stop and remove it with ovctl rm -f" in (
+        refused.stderr
+    )
+    gone = ov.ovctl("rm", "nope", check=False)
+    assert gone.returncode == 1 and "no task 'nope'" in gone.stderr, gone.stderr
+    ov.ovctl("rm", "-f", "web1", "web2", "web3")
+    wait_for("web1-3 gone from h1", lambda: len(bed.containers("h1")) == 0, timeout=60)
+    for bad, message in (
+        ("70000:80", "invalid host port 70000"),
+        ("abc", "invalid container port 'abc'"),
+    ):
+        r = ov.ovctl("run", "-d", "-p", bad, "--", *SLEEPER, check=False)
+        assert r.returncode == 2 and message in r.stderr, r.stderr
