@@ -27,6 +27,7 @@ from pathlib import Path
 import grpc
 
 from agent.dataplane.xfrm import esp_unavailable
+from agent.hostports import ListeningWatch
 from agent.lb.nft import nftables_unavailable
 from agent.model import HostConfig, Names
 from agent.options import parse_args, parse_upstreams, podman_of
@@ -291,6 +292,8 @@ async def run(args: argparse.Namespace) -> int:
         state_dir=state_dir,
         renewer=functools.partial(_renew_in_child, args.argv),
     )
+    # What programs listen on here: the manager refuses `ovctl run -p` mappings onto them.
+    session.listening_ports = ListeningWatch().report
     daemon = build_daemon(
         host,
         session,

@@ -113,7 +113,7 @@ def host_mode_ports(
     From the host's own tasks and their services (which the agent keeps while every manager
     is down), not from gossip records: a task on no overlay network at all (`ovctl run -p`)
     has no record, and its port must open all the same."""
-    targets: dict[tuple[str, int], int] = {}
+    targets: dict[tuple[str, int], tuple[int, str]] = {}
     backends: dict[tuple[str, int], set[str]] = defaultdict(set)
     for task in tasks:
         svc = services.get(task.service_id)
@@ -124,8 +124,10 @@ def host_mode_ports(
             if p.publish_mode != pb.PUBLISH_MODE_HOST or not p.published_port:
                 continue
             key = (_PROTO_NAMES.get(p.protocol, "tcp"), p.published_port)
-            targets[key] = p.target_port
+            targets[key] = (p.target_port, p.published_ip)
             backends.setdefault(key, set())
             if task.meta.id in serving and gw:
                 backends[key].add(gw)
-    return {k: PortTarget(targets[k], tuple(sorted(backends[k]))) for k in targets}
+    return {
+        k: PortTarget(targets[k][0], tuple(sorted(backends[k])), targets[k][1]) for k in targets
+    }

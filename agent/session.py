@@ -156,6 +156,7 @@ class AgentSession:
         # What the heartbeat carries about this host's gossip view (for `ovctl node inspect`).
         self.gossip_status: Callable[[], pb.GossipStatus | None] | None = None
         self.ipsec_status: Callable[[], pb.IpsecStatus | None] | None = None
+        self.listening_ports: Callable[[], pb.ListeningPorts | None] | None = None
         self._channel: grpc.aio.Channel | None = None
         self._stub: dispatcher_pb2_grpc.DispatcherStub | None = None
         self._call: Any = None
@@ -389,7 +390,7 @@ class AgentSession:
         is a gRPC call costing the agent ~1 ms of CPU or more (bench.footprint: twice per
         period was two thirds of an idle agent's CPU at a 1 s period), so it carries the
         gossip view and the IPsec report only when they changed (`_Report`)."""
-        reports = {"gossip": gossip_report(), "ipsec": ipsec_report()}
+        reports = {"gossip": gossip_report(), "ipsec": ipsec_report(), "listening": whole_report()}
         beats = 0
         while True:
             warm = beats >= 2 * WARMUP_PERIODS
@@ -409,6 +410,7 @@ class AgentSession:
                 views = {
                     "gossip": self.gossip_status() if self.gossip_status is not None else None,
                     "ipsec": self.ipsec_status() if self.ipsec_status is not None else None,
+                    "listening": self.listening_ports() if self.listening_ports else None,
                 }
                 now = time.monotonic()
                 for field_name, view in views.items():
@@ -476,6 +478,11 @@ def gossip_report() -> _Report:
 
 def ipsec_report() -> _Report:
     """An IPsec report changes only on transitions: all of it is its shape."""
+    return whole_report()
+
+
+def whole_report() -> _Report:
+    """A report all of whose content is its shape (IPsec transitions, listening ports)."""
     return _Report(lambda st: st)
 
 

@@ -22,7 +22,7 @@ ports under one all-or-nothing undo log; split, the transaction would span modul
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -383,10 +383,18 @@ class Allocator:
     # ------------------------------------------------------------------ services
 
     def allocate_service(
-        self, service_id: str, spec: pb.ServiceSpec, network_ids: Sequence[str]
+        self,
+        service_id: str,
+        spec: pb.ServiceSpec,
+        network_ids: Sequence[str],
+        held_on_node: Mapping[_PortKey, str] | None = None,
     ) -> pb.Endpoint:
+        """`held_on_node`: for a standalone task, the ports programs listen on at its node
+        (its agent's report), which its mappings may not take: (protocol, port) -> holder."""
         self._service_names[service_id] = spec.name
-        return self._allocate_endpoint(service_id, spec, network_ids, pb.Endpoint())
+        return self._allocate_endpoint(
+            service_id, spec, network_ids, pb.Endpoint(), held_on_node or {}
+        )
 
     def reallocate_service(
         self, service: pb.Service, spec: pb.ServiceSpec, network_ids: Sequence[str]
@@ -423,13 +431,19 @@ class Allocator:
             self._release_address(vip.network_id, vip.addr)
 
     def _allocate_endpoint(
-        self, service_id: str, spec: pb.ServiceSpec, network_ids: Sequence[str], old: pb.Endpoint
+        self,
+        service_id: str,
+        spec: pb.ServiceSpec,
+        network_ids: Sequence[str],
+        old: pb.Endpoint,
+        held: Mapping[_PortKey, str] | None = None,
     ) -> pb.Endpoint:
         endpoint_spec = spec.endpoint
         if endpoint_spec.mode not in (pb.ENDPOINT_MODE_VIP, pb.ENDPOINT_MODE_DNSRR):
             raise InvalidArgument(f"unknown endpoint mode {endpoint_spec.mode}")
         node = _node_of(spec)
-        self._check_ports(service_id, endpoint_spec.ports, node)
+        held = held or {}
+        self._check_ports(service_id, endpoint_spec.ports, node, held)
         nets = self._attached(network_ids)
         explicit: set[_PortKey] = {
             (p.protocol, p.published_port) for p in endpoint_spec.ports if p.published_port
@@ -454,7 +468,7 @@ class Allocator:
                     filled.published_port = kept.pop(0)
                 elif on_node := _on_node(node, filled):
                     filled.published_port = self._next_node_port(
-                        service_id, on_node, filled.protocol, undo
+                        service_id, on_node, filled.protocol, undo, held
                     )
                 else:
                     filled.published_port = self._next_port(service_id, filled.protocol, undo)
@@ -466,7 +480,13 @@ class Allocator:
                     endpoint.virtual_ips.add(network_id=net.id, addr=addr)
         return endpoint
 
-    def _check_ports(self, service_id: str, ports: Iterable[pb.PortConfig], node: str) -> None:
+    def _check_ports(
+        self,
+        service_id: str,
+        ports: Iterable[pb.PortConfig],
+        node: str,
+        held: Mapping[_PortKey, str],
+    ) -> None:
         seen: set[_PortKey] = set()
         for port in ports:
             if port.protocol not in _PROTOCOLS:
@@ -498,13 +518,20 @@ class Allocator:
                 raise FailedPrecondition(
                     f"port {_port_label(key)} is already published by service {self._who(owner)}"
                 )
-            held = {n: s for n, s in self._node_ports.get(key, {}).items() if s != service_id}
+            held_by = {n: s for n, s in self._node_ports.get(key, {}).items() if s != service_id}
             on_node = _on_node(node, port)
-            holder_node = on_node if on_node in held else ("" if on_node else next(iter(held), ""))
+            holder_node = (
+                on_node if on_node in held_by else ("" if on_node else next(iter(held_by), ""))
+            )
             if holder_node:
                 raise FailedPrecondition(
                     f"port {_port_label(key)} on node {self._node_name(holder_node)} is already "
-                    f"taken by {self._who(held[holder_node])}"
+                    f"taken by {self._who(held_by[holder_node])}"
+                )
+            if on_node and key in held:
+                raise FailedPrecondition(
+                    f"port {_port_label(key)} on node {self._node_name(on_node)} is already "
+                    f"taken by {held[key]}, listening there"
                 )
 
     def _who(self, service_id: str) -> str:
@@ -555,12 +582,19 @@ class Allocator:
         undo.append(lambda: self._port_owners.pop(key))
         return port
 
-    def _next_node_port(self, service_id: str, node: str, protocol: int, undo: Undo) -> int:
-        """The first port of the host range free on `node` and not published cluster-wide."""
+    def _next_node_port(
+        self, service_id: str, node: str, protocol: int, undo: Undo, held: Mapping[_PortKey, str]
+    ) -> int:
+        """The first port of the host range free on `node` (no mapping, no program listening)
+        and not published cluster-wide."""
         lo, hi = self._host_range
         for port in range(lo, hi + 1):
             key = (protocol, port)
-            if key not in self._port_owners and node not in self._node_ports.get(key, {}):
+            if (
+                key not in self._port_owners
+                and node not in self._node_ports.get(key, {})
+                and key not in held
+            ):
                 self._claim_port(service_id, key, undo, node)
                 return port
         raise ResourceExhausted(

@@ -23,7 +23,7 @@ from manager.ingress import (
 )
 from manager.logbroker import LogBroker
 from manager.scheduler import parse_constraints
-from manager.standalone import prepare_standalone
+from manager.standalone import listeners, prepare_standalone
 from manager.state import ClusterState
 from manager.store import Batch, Store
 from manager.validation import check_labels, check_service_spec, normalize_network_spec
@@ -85,15 +85,18 @@ class ControlAPI:
         gossip_status: Callable[[str], pb.GossipStatus | None] | None = None,
         ca: CertificateAuthority | None = None,
         ipsec_status: Callable[[str], pb.IpsecStatus | None] | None = None,
+        listening_ports: Callable[[str], pb.ListeningPorts | None] | None = None,
     ) -> None:
-        """`gossip_status(node_id)`, `ipsec_status(node_id)`: the latest reports of a node's
-        agent (the dispatcher keeps them in memory). `ca`: the cluster CA, for join tokens."""
+        """`gossip_status(node_id)`, `ipsec_status(node_id)`, `listening_ports(node_id)`: the
+        latest reports of a node's agent (the dispatcher keeps them in memory). `ca`: the
+        cluster CA, for join tokens."""
         self.cluster = cluster
         self.state = cluster.state
         self.logs = logs
         self._kick = kick
         self._gossip_status = gossip_status or (lambda _node_id: None)
         self._ipsec_status = ipsec_status or (lambda _node_id: None)
+        self._listening_ports = listening_ports or (lambda _node_id: None)
         self.ca = ca
 
     # ------------------------------------------------------------------ networks
@@ -256,10 +259,14 @@ class ControlAPI:
                 standalone = self.state.services[existing].spec.HasField("standalone")
                 what = "task" if standalone else "service"
                 raise AlreadyExists(f"{what} {spec.name!r} already exists (ID {existing})")
+            held: dict[tuple[int, int], str] = {}
             if spec.HasField("standalone"):
                 prepare_standalone(spec, self.state)
+                held = listeners(self._listening_ports(spec.standalone.node_id))
             svc_id = new_id()
-            endpoint = self.cluster.allocator.allocate_service(svc_id, spec, network_ids)
+            endpoint = self.cluster.allocator.allocate_service(
+                svc_id, spec, network_ids, held_on_node=held
+            )
             now = now_ms()
             svc = pb.Service(
                 meta=pb.Meta(id=svc_id, created_at_ms=now, updated_at_ms=now),

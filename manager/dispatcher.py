@@ -178,6 +178,7 @@ class Dispatcher:
         self.gossip: dict[str, pb.GossipStatus] = {}
         # The same for IPsec reports (agents with encrypted networks).
         self.ipsec: dict[str, pb.IpsecStatus] = {}
+        self.listening: dict[str, pb.ListeningPorts] = {}
         self._dirty = asyncio.Event()
         # (state revision, IDs of services publishing through the routing mesh)
         self._mesh_services: tuple[int, list[str]] = (-1, [])
@@ -191,6 +192,7 @@ class Dispatcher:
             if kind == "nodes":
                 self.gossip.pop(obj_id, None)
                 self.ipsec.pop(obj_id, None)
+                self.listening.pop(obj_id, None)
         if any(k in _WATCHED for k, _ in batch.puts) or any(
             k in _WATCHED for k, _ in batch.deletes
         ):
@@ -442,6 +444,8 @@ class Dispatcher:
             self.gossip[req.node_id] = req.gossip
         if req.HasField("ipsec"):
             self.ipsec[req.node_id] = req.ipsec
+        if req.HasField("listening"):
+            self.listening[req.node_id] = req.listening
         return dpb.HeartbeatResponse(period_ms=self.period_ms)
 
     def gossip_status(self, node_id: str) -> pb.GossipStatus | None:
@@ -451,6 +455,10 @@ class Dispatcher:
     def ipsec_status(self, node_id: str) -> pb.IpsecStatus | None:
         """The node's latest IPsec report to this leader, if any."""
         return self.ipsec.get(node_id)
+
+    def listening_ports(self, node_id: str) -> pb.ListeningPorts | None:
+        """The ports programs listen on at the node, as its agent last said, if it did."""
+        return self.listening.get(node_id)
 
     async def update_task_status(
         self, req: dpb.UpdateTaskStatusRequest

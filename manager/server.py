@@ -97,6 +97,7 @@ class Leadership:
             self.reconciler.kick,
             gossip_status=self.dispatcher.gossip_status,
             ipsec_status=self.dispatcher.ipsec_status,
+            listening_ports=self.dispatcher.listening_ports,
             ca=ca,
         )
         self.tasks = [

@@ -63,6 +63,14 @@ def prepare_standalone(spec: pb.ServiceSpec, state: ClusterState) -> None:
         spec.placement.constraints.append(pin)
 
 
+def listeners(report: pb.ListeningPorts | None) -> dict[tuple[int, int], str]:
+    """(protocol, port) -> what holds it, from a node's report of its listening sockets: ports
+    a mapping there would take from a program (the allocator refuses them, naming it)."""
+    if report is None:
+        return {}
+    return {(p.protocol, p.port): p.holder or "a program" for p in report.ports}
+
+
 def _least_loaded(spec: pb.ServiceSpec, state: ClusterState) -> str:
     """The node the scheduler would give the task now (its constraints and needs, the tasks
     already running); FailedPrecondition with the scheduler's reason when none can take it."""

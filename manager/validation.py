@@ -6,6 +6,7 @@ what would be accepted, because that message is all `ovctl` shows.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 
 from manager.errors import InvalidArgument
@@ -59,6 +60,26 @@ def check_image(ref: str) -> None:
         raise InvalidArgument(
             f"invalid image reference {ref[:80]!r}: use [HOST[:PORT]/]NAME[:TAG][@DIGEST] with "
             "NAME in lower case, e.g. localhost/web:1 or docker.io/library/nginx:1.25"
+        )
+
+
+def check_published_ip(port: pb.PortConfig) -> None:
+    """A port bound to one address of a node: host mode, and an IPv4 address."""
+    if not port.published_ip:
+        return
+    if port.publish_mode != pb.PUBLISH_MODE_HOST:
+        raise InvalidArgument(
+            f"port {port.target_port} is bound to {port.published_ip}: only a host-mode port "
+            "opens on one address of its node (the routing mesh opens on all of them)"
+        )
+    try:
+        addr = ipaddress.ip_address(port.published_ip)
+    except ValueError:
+        addr = None
+    if not isinstance(addr, ipaddress.IPv4Address) or addr.is_unspecified:
+        raise InvalidArgument(
+            f"invalid host address {port.published_ip!r} for port {port.target_port}: use one "
+            "IPv4 address of the node, e.g. 127.0.0.1"
         )
 
 
@@ -132,6 +153,8 @@ def check_service_spec(spec: pb.ServiceSpec) -> None:
                     "port published with ingress mode can't be used with endpoint mode dnsrr: "
                     "use mode=host for the port, or endpoint mode vip"
                 )
+    for port in spec.endpoint.ports:
+        check_published_ip(port)
     check_health_check(spec.health_check)
     if spec.placement.max_replicas_per_node > MAX_REPLICAS:
         raise InvalidArgument(

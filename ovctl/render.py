@@ -107,7 +107,7 @@ def port_text(port: pb.PortConfig) -> str:
     published = str(port.published_port) if port.published_port else "?"
     proto = enum_word(pb.Protocol, port.protocol)
     host = " (host)" if port.publish_mode == pb.PUBLISH_MODE_HOST else ""
-    return f"*:{published}->{port.target_port}/{proto}{host}"
+    return f"{port.published_ip or '*'}:{published}->{port.target_port}/{proto}{host}"
 
 
 def service_ports(service: pb.Service) -> list[pb.PortConfig]:
@@ -212,7 +212,8 @@ STANDALONE_HEADERS = ("ID", "NAME", "IMAGE", "COMMAND", "NODE", "STATUS", "PORTS
 def mapped_port_text(port: pb.PortConfig) -> str:
     """`0.0.0.0:8081->80/tcp`, as `docker ps` shows a mapping (`?` until allocated)."""
     published = str(port.published_port) if port.published_port else "?"
-    return f"0.0.0.0:{published}->{port.target_port}/{enum_word(pb.Protocol, port.protocol)}"
+    addr = port.published_ip or "0.0.0.0"
+    return f"{addr}:{published}->{port.target_port}/{enum_word(pb.Protocol, port.protocol)}"
 
 
 def standalone_table(

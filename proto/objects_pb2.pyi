@@ -179,18 +179,20 @@ class GlobalService(_message.Message):
     def __init__(self) -> None: ...
 
 class PortConfig(_message.Message):
-    __slots__ = ("name", "protocol", "target_port", "published_port", "publish_mode")
+    __slots__ = ("name", "protocol", "target_port", "published_port", "publish_mode", "published_ip")
     NAME_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_FIELD_NUMBER: _ClassVar[int]
     TARGET_PORT_FIELD_NUMBER: _ClassVar[int]
     PUBLISHED_PORT_FIELD_NUMBER: _ClassVar[int]
     PUBLISH_MODE_FIELD_NUMBER: _ClassVar[int]
+    PUBLISHED_IP_FIELD_NUMBER: _ClassVar[int]
     name: str
     protocol: Protocol
     target_port: int
     published_port: int
     publish_mode: PublishMode
-    def __init__(self, name: _Optional[str] = ..., protocol: _Optional[_Union[Protocol, str]] = ..., target_port: _Optional[int] = ..., published_port: _Optional[int] = ..., publish_mode: _Optional[_Union[PublishMode, str]] = ...) -> None: ...
+    published_ip: str
+    def __init__(self, name: _Optional[str] = ..., protocol: _Optional[_Union[Protocol, str]] = ..., target_port: _Optional[int] = ..., published_port: _Optional[int] = ..., publish_mode: _Optional[_Union[PublishMode, str]] = ..., published_ip: _Optional[str] = ...) -> None: ...
 
 class EndpointSpec(_message.Message):
     __slots__ = ("mode", "ports")
@@ -439,6 +441,22 @@ class NodeDescription(_message.Message):
     gossip_port: int
     unavailable: _containers.ScalarMap[str, str]
     def __init__(self, hostname: _Optional[str] = ..., addr: _Optional[str] = ..., platform: _Optional[str] = ..., agent_version: _Optional[str] = ..., gossip_port: _Optional[int] = ..., unavailable: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class ListeningPort(_message.Message):
+    __slots__ = ("protocol", "port", "holder")
+    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    HOLDER_FIELD_NUMBER: _ClassVar[int]
+    protocol: Protocol
+    port: int
+    holder: str
+    def __init__(self, protocol: _Optional[_Union[Protocol, str]] = ..., port: _Optional[int] = ..., holder: _Optional[str] = ...) -> None: ...
+
+class ListeningPorts(_message.Message):
+    __slots__ = ("ports",)
+    PORTS_FIELD_NUMBER: _ClassVar[int]
+    ports: _containers.RepeatedCompositeFieldContainer[ListeningPort]
+    def __init__(self, ports: _Optional[_Iterable[_Union[ListeningPort, _Mapping]]] = ...) -> None: ...
 
 class NodeStatus(_message.Message):
     __slots__ = ("state", "message", "last_heartbeat_ms")

@@ -18,6 +18,11 @@ map (``vips`` / ``ports``). Why this shape:
   a draining backend's established connections still finish.
 - Anything structural (table name, hooks, local_only, masquerade interface) changes rarely,
   so a change there is simply a full, atomic replace of the table.
+- The host's table (``local_only``) also takes ports bound to one of its addresses
+  (``PortTarget.addr``, `ovctl run -p 127.0.0.1:8081:80`): those go through a verdict map keyed
+  by (address, protocol, port), ``bound_ports``, matched before the any-address ``ports``.
+  A (protocol, port) is one target either way, so a port that moves between bound and unbound
+  is a full replace too.
 
 nft 1.0.6 cannot write a numgen-keyed map in JSON, so the scripts are nft's text syntax.
 Every script is meant to run as one nft transaction (one ``nft -f`` / one libnftables call).
@@ -43,10 +48,12 @@ _IFNAME_RE = re.compile(r"^[A-Za-z0-9_.@:+-]{1,15}$")
 
 @dataclass(frozen=True)
 class PortTarget:
-    """Where one published (protocol, port) goes: ``backends`` on ``target_port``."""
+    """Where one published (protocol, port) goes: ``backends`` on ``target_port``; only for
+    packets to ``addr`` when given (host tables only), else to any local address."""
 
     target_port: int
     backends: tuple[str, ...]  # IPv4 addresses; order irrelevant in a spec (deduplicated)
+    addr: str = ""
 
 
 @dataclass(frozen=True)
@@ -128,17 +135,25 @@ def _check_structure(spec: LbSpec) -> None:
         raise ValueError(f"invalid interface name {spec.masquerade_oif!r}")
 
 
-def _check_port_key(key: tuple[str, int], target: PortTarget) -> None:
+def _check_port_key(key: tuple[str, int], target: PortTarget, spec: LbSpec) -> None:
     proto, port = key
     if proto not in PROTOCOLS:
         raise ValueError(f"protocol must be tcp or udp: {proto!r}")
     for p in (port, target.target_port):
         if not 1 <= p <= 65535:
             raise ValueError(f"port out of range: {p}")
+    if target.addr:
+        _ip(target.addr)
+        if not spec.local_only:
+            raise ValueError(f"port {port}/{proto} is bound to {target.addr}: host tables only")
 
 
+# (target port, bound address) of each published port.
+_PortDest = tuple[int, str]
 _Normalized = tuple[
-    dict[str, frozenset[str]], dict[tuple[str, int], int], dict[tuple[str, int], frozenset[str]]
+    dict[str, frozenset[str]],
+    dict[tuple[str, int], _PortDest],
+    dict[tuple[str, int], frozenset[str]],
 ]
 
 
@@ -146,11 +161,11 @@ def _normalize(spec: LbSpec) -> _Normalized:
     """The spec's VIP and port targets with canonical addresses (ValueError when invalid)."""
     _check_structure(spec)
     vips = {_ip(vip): _backends(b) for vip, b in spec.vips.items()}
-    tports: dict[tuple[str, int], int] = {}
+    tports: dict[tuple[str, int], _PortDest] = {}
     pbackends: dict[tuple[str, int], frozenset[str]] = {}
     for key, target in spec.ports.items():
-        _check_port_key(key, target)
-        tports[key] = target.target_port
+        _check_port_key(key, target, spec)
+        tports[key] = (target.target_port, target.addr)
         pbackends[key] = _backends(target.backends)
     return vips, tports, pbackends
 
@@ -180,8 +195,18 @@ def _vip_target(vip: str) -> _Target:
     return _Target(vip_name(vip), "vips", "dead_vips", vip, "", 0)
 
 
-def _port_target(key: tuple[str, int], target_port: int) -> _Target:
+def _port_target(key: tuple[str, int], dest: _PortDest) -> _Target:
     proto, port = key
+    target_port, addr = dest
+    if addr:
+        return _Target(
+            port_name(proto, port),
+            "bound_ports",
+            "dead_bound",
+            f"{addr} . {proto} . {port}",
+            proto,
+            target_port,
+        )
     return _Target(
         port_name(proto, port), "ports", "dead_ports", f"{proto} . {port}", proto, target_port
     )
@@ -222,22 +247,32 @@ def _remove_live(table: str, t: _Target) -> list[str]:
 # Full render
 
 
+_BOUND = "ip daddr . meta l4proto . th dport"
+_BOUND_TYPE = "ipv4_addr . inet_proto . inet_service"
+
+
 def _base_chains(spec: LbSpec) -> list[str]:
     local = "fib daddr type local " if spec.local_only else ""
+    bound = f"{_BOUND} vmap @bound_ports; " if spec.local_only else ""
     out = []
     for hook in sorted(spec.hooks):
         out.append(
             f"chain nat_{hook} {{ type nat hook {hook} priority {NAT_PRIORITY}; policy accept; "
-            f"ip daddr vmap @vips; {local}meta l4proto . th dport vmap @ports; }}"
+            f"ip daddr vmap @vips; {bound}{local}meta l4proto . th dport vmap @ports; }}"
         )
         # Before DNAT: it sees the address the client used, so a backend whose
         # address happens to match a dead port's number is never rejected after DNAT.
         dead_ports = f"ct state new {local}meta l4proto . th dport @dead_ports"
+        dead_bound = ""
+        if spec.local_only:
+            rule = f"ct state new {_BOUND} @dead_bound"
+            dead_bound = f"{rule} meta l4proto tcp reject with tcp reset; {rule} reject; "
         out.append(
             f"chain filter_{hook} {{ type filter hook {hook} priority {REJECT_PRIORITY}; "
             "policy accept; "
             "ct state new ip daddr @dead_vips meta l4proto tcp reject with tcp reset; "
             "ct state new ip daddr @dead_vips reject; "
+            f"{dead_bound}"
             f"{dead_ports} meta l4proto tcp reject with tcp reset; "
             f"{dead_ports} reject; }}"
         )
@@ -262,20 +297,25 @@ def render_full(table: str, spec: LbSpec) -> tuple[str, LbState]:
         masquerade_oif=spec.masquerade_oif,
         vips=tuple((v, _sorted_ips(vips[v])) for v in sorted(vips)),
         ports=tuple(
-            (k, PortTarget(tports[k], _sorted_ips(pbackends[k]))) for k in sorted(pbackends)
+            (k, PortTarget(tports[k][0], _sorted_ips(pbackends[k]), tports[k][1]))
+            for k in sorted(pbackends)
         ),
     )
     targets = [(_vip_target(v), s) for v, s in state.vips]
-    targets += [(_port_target(k, p.target_port), p.backends) for k, p in state.ports]
+    targets += [(_port_target(k, (p.target_port, p.addr)), p.backends) for k, p in state.ports]
 
     body = [
         "map vips { type ipv4_addr : verdict; }",
         "map ports { type inet_proto . inet_service : verdict; }",
     ]
-    for set_name, set_type, vmap in (
+    kinds = [
         ("dead_vips", "ipv4_addr", "vips"),
         ("dead_ports", "inet_proto . inet_service", "ports"),
-    ):
+    ]
+    if spec.local_only:
+        body.append(f"map bound_ports {{ type {_BOUND_TYPE} : verdict; }}")
+        kinds.append(("dead_bound", _BOUND_TYPE, "bound_ports"))
+    for set_name, set_type, vmap in kinds:
         dead = [t.key for t, slots in targets if not slots and t.vmap == vmap]
         elems = f" elements = {{ {', '.join(dead)} }}" if dead else ""
         body.append(f"set {set_name} {{ type {set_type};{elems} }}")
@@ -288,7 +328,7 @@ def render_full(table: str, spec: LbSpec) -> tuple[str, LbState]:
     lines += [f"\t{b}" for b in body]
     lines.append("}")
     # Verdict elements after the block: they reference the chains it declares.
-    for vmap in ("vips", "ports"):
+    for vmap in ("vips", "ports", "bound_ports"):
         jumps = [f"{t.key} : goto {t.name}" for t, _ in live if t.vmap == vmap]
         if jumps:
             lines.append(f"add element ip {table} {vmap} {{ {', '.join(jumps)} }}")
@@ -407,17 +447,19 @@ def render_update(table: str, applied: LbState, spec: LbSpec) -> tuple[str, LbSt
             new_vips[vip] = slots
 
     old_ports = applied.port_map()
+    if any(key in tports and tports[key][1] != p.addr for key, p in old_ports.items()):
+        return render_full(table, spec)  # a port bound or unbound: its verdict map changes
     new_ports: dict[tuple[str, int], PortTarget] = {}
     for key in sorted(old_ports.keys() | pbackends.keys()):
         old_p = old_ports.get(key)
-        old_t = _port_target(key, old_p.target_port) if old_p else None
+        old_t = _port_target(key, (old_p.target_port, old_p.addr)) if old_p else None
         new_t = _port_target(key, tports[key]) if key in tports else None
         stmts, slots = _target_update(
             table, old_t, old_p.backends if old_p else None, new_t, pbackends.get(key)
         )
         lines += stmts
         if slots is not None:
-            new_ports[key] = PortTarget(tports[key], slots)
+            new_ports[key] = PortTarget(tports[key][0], slots, tports[key][1])
 
     state = LbState(
         table=table,

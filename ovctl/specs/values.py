@@ -208,21 +208,19 @@ _MAPPING = re.compile(
 
 def parse_mapping(text: str) -> pb.PortConfig:
     """An `ovctl run -p` value, as `docker run -p`: "8081:80[/udp]" maps the node's port 8081
-    to the task's 80, "80" picks a free node port. Host mode: the task's node only."""
+    to the task's 80, "127.0.0.1:8081:80" on that address of the node only, "80" picks a free
+    node port. Host mode: the task's node only."""
     m = _MAPPING.match(text.strip())
     if m is None:
         raise SpecError(
             f"invalid port mapping {text!r}: expected HOSTPORT:PORT[/tcp|udp] or PORT[/tcp|udp]"
         )
-    if m["ip"] is not None:
-        raise SpecError(
-            f"port mapping {text!r} binds one address of the node: not supported yet; "
-            f"map every address of it with {m['published']}:{m['target']}"
-        )
     port = pb.PortConfig(
         target_port=parse_port(m["target"], "container port"),
         publish_mode=pb.PUBLISH_MODE_HOST,
     )
+    if m["ip"] and m["ip"] != "0.0.0.0":  # docker's spelling of every address
+        port.published_ip = parse_ip(m["ip"], "host address")
     if m["published"] is not None:
         port.published_port = parse_port(m["published"], "host port")
     if m["proto"] is not None:

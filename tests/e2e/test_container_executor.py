@@ -13,7 +13,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -31,7 +31,7 @@ from agent.executor import (
 from agent.executor.container import OWNER_LABEL
 from agent.health import run_command
 from bench import images
-from tests.e2e.test_executor import kill_all
+from tests.e2e.test_executor import arun, kill_all, until
 from tests.support.beds import require
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -50,24 +50,6 @@ SERVE = [
     "echo serving; echo on-stderr >&2; httpd -f -p 8080 -h /www & trap 'kill $!; exit 0' TERM; "
     "wait",
 ]
-
-
-def arun(coro: Coroutine[Any, Any, T], timeout: float = 90.0) -> T:
-    async def bounded() -> T:
-        return await asyncio.wait_for(coro, timeout)
-
-    return asyncio.run(bounded())
-
-
-async def until(what: str, check: Callable[[], Any], timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
 
 
 def get(netns: str, url: str) -> str:
@@ -152,7 +134,7 @@ def test_a_container_task_serves_logs_is_checked_stopped_and_removed(
         assert (
             os.stat(f"/proc/{running.pid}/ns/net").st_ino == os.stat(f"/run/netns/{netns}").st_ino
         )
-        await until("the page", lambda: get(netns, "http://127.0.0.1:8080/") == images.PAGE)
+        await until("the page", lambda: get(netns, "http://127.0.0.1:8080/") == images.PAGE, 30)
         serving_s = time.monotonic() - t0
         info = inspect(podman, f"{PREFIX}c-c1")
         assert info is not None and info["State"]["Running"]
@@ -184,7 +166,7 @@ def test_a_container_task_serves_logs_is_checked_stopped_and_removed(
         ex.close()
         print(f"\ncontainer task: serving {serving_s:.2f} s after start; stop {stop_s:.2f} s")
 
-    arun(go())
+    arun(go(), 90)
 
 
 def test_a_restarted_executor_adopts_the_running_container(
@@ -198,7 +180,7 @@ def test_a_restarted_executor_adopts_the_running_container(
         first = ContainerExecutor(state_dir, podman, PREFIX)
         await first.prepare(TaskSpec("c2", tuple(SERVE), (), "/", netns, image=tag))
         await first.start("c2")
-        await until("the page", lambda: get(netns, "http://127.0.0.1:8080/") == images.PAGE)
+        await until("the page", lambda: get(netns, "http://127.0.0.1:8080/") == images.PAGE, 30)
         before = inspect(podman, f"{PREFIX}c-c2")
         assert before is not None
         first.close()
@@ -216,7 +198,7 @@ def test_a_restarted_executor_adopts_the_running_container(
         await second.drain_background()
         second.close()
 
-    arun(go())
+    arun(go(), 90)
 
 
 def test_podman_failures_fail_the_task_with_podmans_message(
@@ -264,7 +246,7 @@ def test_podman_failures_fail_the_task_with_podmans_message(
         await ex.drain_background()
         ex.close()
 
-    arun(go())
+    arun(go(), 90)
 
 
 def test_the_router_runs_both_kinds_and_cleanup_sweeps_containers(
@@ -283,7 +265,7 @@ def test_the_router_runs_both_kinds_and_cleanup_sweeps_containers(
         await router.start("p1")
         await router.start("c3")
         assert router.tasks() == ["c3", "p1"]
-        await until("the page", lambda: get(netns, "http://127.0.0.1:8080/") == images.PAGE)
+        await until("the page", lambda: get(netns, "http://127.0.0.1:8080/") == images.PAGE, 30)
         assert router.exec_in("p1", "/run/netns/x").prefix[0] == "nsenter"
         assert "exec" in router.exec_in("c3", "/run/netns/x").prefix
         router.close()
@@ -314,4 +296,4 @@ def test_the_router_runs_both_kinds_and_cleanup_sweeps_containers(
         assert await containers.sweep() == [name]
         assert inspect(podman, name) is None
 
-    arun(go())
+    arun(go(), 90)

@@ -10,6 +10,8 @@ attachable network, the refusals, attached runs with their exit status and outpu
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 
@@ -17,10 +19,8 @@ import pytest
 
 from bench import images
 from tests.e2e.overlay import Overlay, TaskView, wait_for
-from tests.e2e.test_containers import Bed
+from tests.e2e.test_containers import Bed, podman_cluster
 from tests.e2e.test_mesh import SLEEPER, client_argv, dns, load
-from tests.support.beds import require
-from tests.support.cluster import E2ECluster
 
 pytestmark = [
     pytest.mark.e2e,
@@ -35,30 +35,8 @@ ON_80 = ["/bin/sh", "-c", "httpd -f -p 0.0.0.0:80 -h /who & trap 'kill $!; exit 
 
 @pytest.fixture(scope="module")
 def bed() -> Iterator[Bed]:
-    require(images.available(), "podman cannot run here")
-    podman = images.Podman()
-    tags = (images.ensure_image(podman, 1), images.ensure_image(podman, 2))
-    dev = E2ECluster(
-        name_prefix=f"ovr{os.getpid() % 100000}-",
-        hosts=3,
-        # Shared with test_mesh and others: modules of one run go one after another.
-        subnet="198.51.100.192/27",
-        manager_args=["--heartbeat-period", "0.5", "--heartbeat-grace", "3"],
-        die_with_parent=True,
-    )
-    dev.agent_args = [
-        "--reconcile-interval", "1", "--stop-timeout", "5", "--drain-delay", "1",
-        *podman.agent_args(),
-    ]  # fmt: skip
-    try:
-        dev.up()
-        yield Bed(Overlay(dev), podman, tags)
-    finally:
-        dev.down()
-        left = podman.run(
-            "ps", "-a", "--filter", f"name=^{dev.name_prefix}", "--format", "{{.Names}}"
-        ).stdout.split()
-        assert not left, f"containers left after ovctl dev down: {left}"
+    with podman_cluster("ovr", 3, 3) as b:
+        yield b
 
 
 def run_d(bed: Bed, name: str, *args: str, cmd: list[str] = ON_80) -> str:
@@ -116,6 +94,14 @@ def test_seed_000_three_containers_on_one_host_each_behind_its_own_port(bed: Bed
     rows = ps(ov)
     assert rows["web1"][4] == "h1" and rows["web1"][-1] == "0.0.0.0:8081->80/tcp"
     assert "web1" not in ov.ovctl("service", "ls").stdout, "standalone tasks are ovctl ps's"
+    # Bound to one address of h1: 127.0.0.1 on h1 answers, h1's underlay address refuses.
+    run_d(bed, "web7", "--node", "h1", "-p", "127.0.0.1:8087:80")
+    running(ov, "web7")
+    on_h1 = ov.dev.nsenter_argv("h1", [])
+    wait_for("127.0.0.1:8087", lambda: load(ov, on_h1, "127.0.0.1", 8087, 1)["failures"] == 0)
+    assert load(ov, where, h1, 8087, 1)["failures"] == 1
+    assert ps(ov)["web7"][-1] == "127.0.0.1:8087->80/tcp"
+    ov.ovctl("rm", "-f", "web7")
 
 
 def test_the_same_port_on_another_node_and_a_picked_port(bed: Bed) -> None:
@@ -133,6 +119,32 @@ def test_the_same_port_on_another_node_and_a_picked_port(bed: Bed) -> None:
     for port in (8081, picked):
         wait_for(f"{h2}:{port}", lambda p=port: load(ov, where, h2, p, 1)["failures"] == 0)  # type: ignore[misc]
     assert load(ov, where, h2, 8081, 10)["failures"] == 0
+
+
+def test_a_port_a_program_listens_on_is_refused_naming_it(bed: Bed) -> None:
+    """A program listening in h2's namespace: its agent reports the port (heartbeats, at most
+    every 2 s), and a mapping onto it is refused naming the program."""
+    ov = bed.ov
+    server = ov.dev.popen(
+        "h2", [sys.executable, "-m", "http.server", "--bind", "0.0.0.0", "8090"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+
+        def refused() -> str:
+            r = ov.ovctl("run", "-d", "--name", "clash", "--node", "h2", "-p", "8090:80",
+                         "--", *SLEEPER, check=False)  # fmt: skip
+            if r.returncode == 0:  # before the agent's report reached the manager
+                ov.ovctl("rm", "-f", "clash")
+                return ""
+            return r.stderr
+
+        err = wait_for("the refusal", refused, timeout=30)
+        assert "port 8090/tcp on node h2 is already taken by python" in err, err
+        assert f"(pid {server.pid}), listening there" in err, err
+    finally:
+        server.kill()
+        server.wait()
 
 
 def test_names_on_an_attachable_network_both_ways(bed: Bed) -> None:

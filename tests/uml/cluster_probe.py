@@ -6,11 +6,15 @@ what it saw for the test to judge.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import os
 import sys
 import time
 from typing import Any
 
+from ovctl.cli import main as ovctl_main
 from tests.e2e.overlay import Overlay
 from tests.support.cluster import E2ECluster
 from tests.support.wait import wait_for
@@ -19,7 +23,15 @@ HTTP = [sys.executable, "-m", "http.server", "8080"]
 
 
 def links(ov: Overlay) -> dict[str, str]:
-    doc = ov.json("network", "inspect", "sec")[0]
+    """The network's IPsec links as `network inspect` shows them. ovctl runs in this process
+    (a new Python takes seconds to start on UML's one slow CPU, which would make the time it
+    took to report a blocked link look seconds longer than it was)."""
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        rc = ovctl_main(["-H", ov.dev.manager_addr, "network", "inspect", "sec"])
+    if rc != 0:
+        raise AssertionError(f"ovctl network inspect sec: exit {rc}")
+    doc = json.loads(buf.getvalue())[0]
     return {f"{x['node']}<-{x['peer']}": x["state"] for x in doc.get("ipsec", [])}
 
 
@@ -53,6 +65,7 @@ def main() -> None:
         started = time.monotonic()
         dev.up()
         out["up_s"] = round(time.monotonic() - started, 1)
+        os.environ.update(dev.ovctl_env())  # the in-process ovctl's credentials
         ov = Overlay(dev)
         out["unavailable"] = ov.json("node", "inspect", "h1")[0]["description"].get(
             "unavailable", {}

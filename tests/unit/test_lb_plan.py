@@ -404,3 +404,40 @@ def test_seeded_random_walk_matches_full_render() -> None:
         _, state = render_update(T, state, spec)
         _check_against_full(state, spec)
         assert render_update(T, state, spec)[0] == ""
+
+
+def test_host_ports_bound_to_one_address_have_their_own_verdict_map() -> None:
+    """`ovctl run -p 127.0.0.1:8081:80`: matched on (address, protocol, port) before the
+    any-address ports; with no backend, rejected on that address only."""
+    bound = {
+        ("tcp", 8081): PortTarget(80, ("172.18.0.5",), "127.0.0.1"),
+        ("udp", 53): PortTarget(53, (), "198.51.100.5"),
+        ("tcp", 8082): PortTarget(80, ("172.18.0.6",)),
+    }
+    spec = LbSpec(ports=bound, hooks=frozenset({"prerouting", "output"}), local_only=True)
+    script, state = render_full(T, spec)
+    assert (
+        f"add element ip {T} bound_ports {{ 127.0.0.1 . tcp . 8081 : goto p_tcp_8081 }}" in script
+    )
+    assert f"add element ip {T} ports {{ tcp . 8082 : goto p_tcp_8082 }}" in script
+    assert "set dead_bound { type ipv4_addr . inet_proto . inet_service; " in script
+    assert "elements = { 198.51.100.5 . udp . 53 }" in script
+    assert (
+        "ip daddr . meta l4proto . th dport vmap @bound_ports; "
+        "fib daddr type local meta l4proto . th dport vmap @ports;" in script
+    )
+    assert state.port_map()[("tcp", 8081)].addr == "127.0.0.1"
+    # One more backend: an element, as for any port.
+    more = dict(bound)
+    more[("tcp", 8081)] = PortTarget(80, ("172.18.0.5", "172.18.0.7"), "127.0.0.1")
+    update, _ = render_update(T, state, LbSpec(ports=more, hooks=spec.hooks, local_only=True))
+    assert f"add element ip {T} p_tcp_8081 {{ 1 : 172.18.0.7 }}" in update
+    assert "delete table" not in update
+    # Bound elsewhere (or unbound): the whole table again.
+    moved = dict(bound)
+    moved[("tcp", 8081)] = PortTarget(80, ("172.18.0.5",))
+    update, _ = render_update(T, state, LbSpec(ports=moved, hooks=spec.hooks, local_only=True))
+    assert update.startswith(f"table ip {T} {{}}\ndelete table ip {T}\n")
+    # Only host tables bind.
+    with pytest.raises(ValueError, match="host tables only"):
+        render_full(T, LbSpec(ports={("tcp", 8081): PortTarget(80, (), "127.0.0.1")}))

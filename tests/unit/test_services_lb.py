@@ -95,6 +95,14 @@ def test_host_sends_ingress_ports_to_the_ingress_sandbox_and_host_ports_to_local
     gw = {"t1": "172.18.0.5", "t2": "172.18.0.6", "t4": "172.18.0.8"}
     hm = host_mode_ports(tasks, {"s-web": svc}, {"t1", "t3", "t4"}, gw)
     assert hm == {("tcp", 19090): PortTarget(8080, ("172.18.0.5",))}
+    # `ovctl run -p 127.0.0.1:8081:80`: the port opens on that address only.
+    svc.endpoint.ports.add(
+        target_port=80, published_port=8081, publish_mode=pb.PUBLISH_MODE_HOST,
+        published_ip="127.0.0.1",
+    )  # fmt: skip
+    bound = host_mode_ports(tasks[:1], {"s-web": svc}, {"t1"}, gw)
+    assert bound[("tcp", 8081)] == PortTarget(80, ("172.18.0.5",), "127.0.0.1")
+    del svc.endpoint.ports[-1]
     # A port whose tasks all stopped serving stays, with no backend (refused, not hanging).
     assert host_mode_ports(tasks[1:2], {"s-web": svc}, set(), gw) == {
         ("tcp", 19090): PortTarget(8080, ())

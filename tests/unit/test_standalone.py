@@ -3,6 +3,8 @@ allocator's per-node ports, ovctl's parsing and its `ps` table."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from manager.allocator import Allocator
@@ -157,7 +159,7 @@ def test_restore_keeps_node_ports_per_node() -> None:
         ("abc", "invalid container port 'abc'"),
         ("8081:80/sctp", "invalid protocol 'sctp'"),
         ("1:2:3:4", "invalid port mapping '1:2:3:4'"),
-        ("127.0.0.1:8081:80", "binds one address of the node: not supported yet"),
+        ("localhost:8081:80", "invalid host address 'localhost'"),
     ],
 )
 def test_bad_port_mappings_are_refused_naming_them(text: str, message: str) -> None:
@@ -182,6 +184,10 @@ def test_run_spec_and_the_ps_table() -> None:
     ]
     with pytest.raises(specs.SpecError, match="needs an image"):
         specs.run_spec(specs.RunOptions(name="x", command=[]))
+    bound = specs.parse_mapping("127.0.0.1:8082:80")
+    assert (bound.published_ip, bound.published_port, bound.target_port) == ("127.0.0.1", 8082, 80)
+    assert specs.parse_mapping("0.0.0.0:8082:80").published_ip == ""
+    assert render.mapped_port_text(bound) == "127.0.0.1:8082->80/tcp"
     svc = pb.Service(meta=pb.Meta(id="abcdef1234567890"), spec=spec)
     svc.spec.standalone.node_id = "n1"
     task = pb.Task(status=pb.TaskStatus(state=pb.TASK_STATE_RUNNING, timestamp_ms=1000))
@@ -189,3 +195,93 @@ def test_run_spec_and_the_ps_table() -> None:
     assert lines[0].split() == ["ID", "NAME", "IMAGE", "COMMAND", "NODE", "STATUS", "PORTS"]
     assert "web1" in lines[1] and " h1 " in lines[1] and "Running 5 seconds ago" in lines[1]
     assert lines[1].endswith("0.0.0.0:8081->80/tcp, 0.0.0.0:?->53/udp")
+
+
+# ---------------------------------------------------------------- programs listening on a node
+
+TCP_TABLE = """\
+  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 00000000:0016 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 111 1
+   1: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 222 1
+   2: 0100007F:1F90 0100007F:C350 01 00000000:00000000 00:00000000 00000000     0        0 333 1
+"""
+UDP_TABLE = """\
+  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 00000000:14E9 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 444 2
+   1: 0100007F:D431 0100007F:0035 01 00000000:00000000 00:00000000 00000000     0        0 555 2
+"""
+
+
+def test_listening_sockets_are_read_from_proc_net() -> None:
+    from agent.hostports import parse_proc_net
+
+    assert parse_proc_net(TCP_TABLE, "tcp") == {22: {111}, 8080: {222}}
+    assert parse_proc_net(UDP_TABLE, "udp") == {5353: {444}}  # a connected one is no listener
+
+
+def test_the_watch_names_each_port_and_its_holder(tmp_path: Path) -> None:
+    from agent.hostports import ListeningWatch
+
+    proc = tmp_path
+    (proc / "net").mkdir()
+    (proc / "net/tcp").write_text(TCP_TABLE)
+    (proc / "net/udp").write_text(UDP_TABLE)
+    for pid, comm, inode in (("612", "sshd", 111), ("700", "avahi-daemon", 444)):
+        (proc / pid / "fd").mkdir(parents=True)
+        (proc / pid / "comm").write_text(comm + "\n")
+        (proc / pid / "fd" / "3").symlink_to(f"socket:[{inode}]")
+    report = ListeningWatch(str(proc)).report()
+    got = {(p.protocol, p.port): p.holder for p in report.ports}
+    assert got == {
+        (pb.PROTOCOL_TCP, 22): "sshd (pid 612)",
+        (pb.PROTOCOL_TCP, 8080): "",
+        (pb.PROTOCOL_UDP, 5353): "avahi-daemon (pid 700)",
+    }
+
+
+def test_a_real_listening_socket_of_this_process_is_found() -> None:
+    import os
+    import socket
+
+    from agent.hostports import ListeningWatch
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        report = ListeningWatch().report()
+    mine = [p for p in report.ports if p.port == port and p.protocol == pb.PROTOCOL_TCP]
+    assert len(mine) == 1 and mine[0].holder.endswith(f"(pid {os.getpid()})")
+
+
+def test_a_mapping_onto_a_listening_program_is_refused_naming_it() -> None:
+    from manager.standalone import listeners
+
+    held = listeners(pb.ListeningPorts(ports=[pb.ListeningPort(port=22, holder="sshd (pid 612)")]))
+    alloc = Allocator(node_name=lambda n: {"n1": "h1"}.get(n, n))
+    p22 = pb.PortConfig(target_port=80, published_port=22, publish_mode=HOST)
+    with pytest.raises(
+        FailedPrecondition, match=r"port 22/tcp on node h1 is already taken by sshd \(pid 612\)"
+    ):
+        alloc.allocate_service("s1", _run_spec("web1", "n1", p22), [], held_on_node=held)
+    # A picked port skips what programs hold.
+    held[(pb.PROTOCOL_TCP, 32768)] = "x (pid 1)"
+    auto = pb.PortConfig(target_port=80, publish_mode=HOST)
+    got = alloc.allocate_service("s2", _run_spec("web2", "n1", auto), [], held_on_node=held)
+    assert got.ports[0].published_port == 32769
+    assert listeners(None) == {}
+
+
+def test_a_bound_address_is_for_host_mode_ports_and_ipv4() -> None:
+    from manager.validation import check_service_spec
+
+    spec = pb.ServiceSpec(name="web", command=["x"])
+    port = spec.endpoint.ports.add(target_port=80, published_port=8081, published_ip="127.0.0.1")
+    with pytest.raises(InvalidArgument, match="only a host-mode port opens on one address"):
+        check_service_spec(spec)
+    port.publish_mode = HOST
+    check_service_spec(spec)
+    for bad in ("::1", "0.0.0.0", "h1"):
+        port.published_ip = bad
+        with pytest.raises(InvalidArgument, match=f"invalid host address '{bad}'"):
+            check_service_spec(spec)
