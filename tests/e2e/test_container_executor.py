@@ -148,7 +148,13 @@ def test_a_container_task_serves_logs_is_checked_stopped_and_removed(
         }
         # A health command runs inside the container (the file exists only in the image).
         via = ex.exec_in("c1", f"/run/netns/{netns}")
+        assert via.prefix[:3] == ("nsenter", "-t", str(running.pid))
         ok, text = await run_command(via, ("cat", "/www/index.html"), 10.0)
+        assert ok and text == images.PAGE.strip()
+        # The same through podman exec (the fallback) sees the same container.
+        podman_exec = ex.exec_in("c1", "/proc/self/ns/net")
+        assert "exec" in podman_exec.prefix
+        ok, text = await run_command(podman_exec, ("cat", "/www/index.html"), 20.0)
         assert ok and text == images.PAGE.strip()
         ok, text = await run_command(via, ("sh", "-c", "exit 3"), 10.0)
         assert not ok and "status 3" in text
@@ -263,11 +269,15 @@ def test_the_router_runs_both_kinds_and_cleanup_sweeps_containers(
         await router.prepare(TaskSpec("p1", ("sleep", "100"), (), "/", netns))
         await router.prepare(TaskSpec("c3", tuple(SERVE), (), "/", netns, image=tag))
         await router.start("p1")
-        await router.start("c3")
+        c3 = await router.start("c3")
         assert router.tasks() == ["c3", "p1"]
         await until("the page", lambda: get(netns, "http://127.0.0.1:8080/") == images.PAGE, 30)
-        assert router.exec_in("p1", "/run/netns/x").prefix[0] == "nsenter"
-        assert "exec" in router.exec_in("c3", "/run/netns/x").prefix
+        path = f"/run/netns/{netns}"
+        assert router.exec_in("p1", path).prefix == ("nsenter", f"--net={path}", "--")
+        # The container's own namespaces through its main process; podman exec when that
+        # process is not in the sandbox (a reused PID, say).
+        assert router.exec_in("c3", path).prefix[:3] == ("nsenter", "-t", str(c3.pid))
+        assert "exec" in router.exec_in("c3", "/proc/self/ns/net").prefix
         router.close()
 
         again = ExecutorRouter(
