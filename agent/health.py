@@ -184,10 +184,17 @@ class HealthMonitor:
         cur = self._loops.get(task_id)
         if cur is not None and cur[0] == ident:
             return
-        self.unwatch(task_id)
-        state = HealthState(config, started=time.monotonic())
-        if healthy_since:
-            state.health, state.healthy_since = pb.TASK_HEALTH_HEALTHY, healthy_since
+        kept = self._states.get(task_id)
+        if cur is not None and kept is not None and cur[0][:3] == ident[:3]:
+            # Only the way in changed (a container's main process became known): the same
+            # check goes on with its verdict, not from STARTING again.
+            cur[1].cancel()
+            state = kept
+        else:
+            self.unwatch(task_id)
+            state = HealthState(config, started=time.monotonic())
+            if healthy_since:
+                state.health, state.healthy_since = pb.TASK_HEALTH_HEALTHY, healthy_since
         self._states[task_id] = state
         self._loops[task_id] = (
             ident,

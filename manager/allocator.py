@@ -448,7 +448,7 @@ class Allocator:
         explicit: set[_PortKey] = {
             (p.protocol, p.published_port) for p in endpoint_spec.ports if p.published_port
         }
-        reusable = self._reusable_auto_ports(service_id, old, explicit)
+        reusable = self._reusable_auto_ports(service_id, old, explicit, node)
         old_vips = {v.network_id: v.addr for v in old.virtual_ips}
 
         endpoint = pb.Endpoint()
@@ -539,7 +539,7 @@ class Allocator:
         return f"{name!r} ({service_id})" if name else service_id
 
     def _reusable_auto_ports(
-        self, service_id: str, old: pb.Endpoint, explicit: set[_PortKey]
+        self, service_id: str, old: pb.Endpoint, explicit: set[_PortKey], node: str = ""
     ) -> dict[tuple[int, int], list[int]]:
         """The automatic ports the old endpoint holds, by (protocol, target port). The stored
         endpoint's spec tells which of its ports were automatic: it keeps the ports' order."""
@@ -548,11 +548,13 @@ class Allocator:
             return reusable
         for asked, got in zip(old.spec.ports, old.ports, strict=True):
             key = (got.protocol, got.published_port)
-            if (
-                not asked.published_port
-                and key not in explicit
-                and self._port_owners.get(key) == service_id
-            ):
+            on_node = _on_node(node, got)
+            holder = (
+                self._node_ports.get(key, {}).get(on_node)
+                if on_node
+                else self._port_owners.get(key)
+            )
+            if not asked.published_port and key not in explicit and holder == service_id:
                 reusable.setdefault((got.protocol, got.target_port), []).append(got.published_port)
         return reusable
 

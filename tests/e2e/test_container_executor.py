@@ -81,17 +81,6 @@ def podman(bed: tuple[images.Podman, str]) -> Iterator[Podman]:
 
 
 @pytest.fixture
-def netns() -> Iterator[str]:
-    name = f"{PREFIX}sb"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
-        yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=False)
-
-
-@pytest.fixture
 def state_dir(tmp_path: Path) -> Iterator[Path]:
     d = tmp_path / "state"
     try:

@@ -30,17 +30,6 @@ GET = (
 
 
 @pytest.fixture
-def netns() -> Iterator[str]:
-    name = f"{PREFIX}-ns"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
-        yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=False)
-
-
-@pytest.fixture
 def podman() -> Iterator[images.Podman]:
     if os.geteuid() != 0:
         pytest.skip("needs root (podman's rootful store, network namespaces)")

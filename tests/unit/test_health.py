@@ -71,3 +71,35 @@ def test_an_unhealthy_task_is_stopped_and_reported_failed_as_unhealthy() -> None
     st = decide(tasks, {"t1": lo}, 2000).reports["t1"]
     assert st.state == pb.TASK_STATE_FAILED and st.err == "unhealthy: connect refused"
     assert exit_status(Local(exit_code=0), 1).state == pb.TASK_STATE_COMPLETE
+
+
+def test_a_new_way_into_the_task_keeps_the_verdict() -> None:
+    """A container's checks move from `podman exec` to nsenter once its main process is known:
+    the check goes on with its verdict (a reset would take the task out of every balancer
+    until its next pass); a changed check starts over."""
+    import asyncio
+
+    from agent.executor.api import Exec
+    from agent.health import HealthMonitor
+
+    async def go() -> None:
+        mon = HealthMonitor(lambda _: None)
+        config = CheckConfig(command=("true",), interval=0.05)
+        mon.watch("t1", config, "/run/netns/x", "10.0.0.2", via=Exec(("env",)))
+        for _ in range(100):
+            st = mon.state("t1")
+            if st is not None and st.health == pb.TASK_HEALTH_HEALTHY:
+                break
+            await asyncio.sleep(0.02)
+        before = mon.state("t1")
+        assert before is not None and before.health == pb.TASK_HEALTH_HEALTHY
+        mon.watch("t1", config, "/run/netns/x", "10.0.0.2", via=Exec(("env", "-u", "X")))
+        assert mon.state("t1") is before and before.health == pb.TASK_HEALTH_HEALTHY
+        other = CheckConfig(command=("false",), interval=0.05)
+        mon.watch("t1", other, "/run/netns/x", "10.0.0.2", via=Exec(("env",)))
+        after = mon.state("t1")
+        assert after is not before and after is not None
+        assert after.health == pb.TASK_HEALTH_STARTING
+        await mon.close()
+
+    asyncio.run(go())

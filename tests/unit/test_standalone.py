@@ -285,3 +285,16 @@ def test_a_bound_address_is_for_host_mode_ports_and_ipv4() -> None:
         port.published_ip = bad
         with pytest.raises(InvalidArgument, match=f"invalid host address '{bad}'"):
             check_service_spec(spec)
+
+
+def test_an_update_keeps_a_standalone_tasks_picked_port() -> None:
+    alloc = Allocator()
+    auto = pb.PortConfig(target_port=80, publish_mode=HOST)
+    spec = _run_spec("web1", "n1", auto)
+    got = alloc.allocate_service("s1", spec, [])
+    svc = pb.Service(meta=pb.Meta(id="s1"), spec=spec, endpoint=got)
+    changed = pb.ServiceSpec()
+    changed.CopyFrom(spec)
+    changed.env.append("A=1")
+    again = alloc.reallocate_service(svc, changed, [])
+    assert again.ports[0].published_port == got.ports[0].published_port == 32768
