@@ -40,7 +40,7 @@ from pathlib import Path
 
 from agent.executor.api import Adopted, Exec, ExitInfo, Running, StartError, TaskSpec
 from agent.executor.process import ProcessExecutor
-from agent.executor.runner import DEFAULT_PATH, Runner
+from agent.executor.runner import DEFAULT_PATH, Runner, build_env
 from agent.executor.shim import podman_message
 
 log = logging.getLogger(__name__)
@@ -182,10 +182,7 @@ class ContainerExecutor(ProcessExecutor):
         if why := self.podman.unavailable():
             raise StartError(why)
         self.runner.check_netns(spec.netns)
-        for item in spec.env:
-            key, sep, _ = item.partition("=")
-            if not sep or not key or "\0" in item:
-                raise StartError(f"invalid environment entry {item!r}: expected KEY=VALUE")
+        build_env(spec.env)  # the same check of KEY=VALUE entries as for processes
         if self.podman.pull != "never":
             rc, _ = await self._podman("image", "exists", spec.image)
             if rc != 0:
