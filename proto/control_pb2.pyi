@@ -29,12 +29,32 @@ class GetNetworkRequest(_message.Message):
     def __init__(self, network_ref: _Optional[str] = ...) -> None: ...
 
 class GetNetworkResponse(_message.Message):
-    __slots__ = ("network", "ipsec")
+    __slots__ = ("network", "ipsec", "endpoints")
     NETWORK_FIELD_NUMBER: _ClassVar[int]
     IPSEC_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
     network: _objects_pb2.Network
     ipsec: _containers.RepeatedCompositeFieldContainer[IpsecLink]
-    def __init__(self, network: _Optional[_Union[_objects_pb2.Network, _Mapping]] = ..., ipsec: _Optional[_Iterable[_Union[IpsecLink, _Mapping]]] = ...) -> None: ...
+    endpoints: _containers.RepeatedCompositeFieldContainer[NetworkEndpoint]
+    def __init__(self, network: _Optional[_Union[_objects_pb2.Network, _Mapping]] = ..., ipsec: _Optional[_Iterable[_Union[IpsecLink, _Mapping]]] = ..., endpoints: _Optional[_Iterable[_Union[NetworkEndpoint, _Mapping]]] = ...) -> None: ...
+
+class NetworkEndpoint(_message.Message):
+    __slots__ = ("kind", "id", "name", "node_id", "node", "address", "state")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    id: str
+    name: str
+    node_id: str
+    node: str
+    address: str
+    state: str
+    def __init__(self, kind: _Optional[str] = ..., id: _Optional[str] = ..., name: _Optional[str] = ..., node_id: _Optional[str] = ..., node: _Optional[str] = ..., address: _Optional[str] = ..., state: _Optional[str] = ...) -> None: ...
 
 class IpsecLink(_message.Message):
     __slots__ = ("node", "peer", "state")

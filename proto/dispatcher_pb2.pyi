@@ -76,7 +76,7 @@ class IpsecConfig(_message.Message):
     def __init__(self, meta: _Optional[_Union[_objects_pb2.Meta, _Mapping]] = ..., keys: _Optional[_Iterable[_Union[_objects_pb2.EncryptionKey, _Mapping]]] = ...) -> None: ...
 
 class Assignment(_message.Message):
-    __slots__ = ("action", "task", "network", "service", "gossip", "node", "ipsec")
+    __slots__ = ("action", "task", "network", "service", "gossip", "node", "ipsec", "attachment")
     ACTION_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     NETWORK_FIELD_NUMBER: _ClassVar[int]
@@ -84,6 +84,7 @@ class Assignment(_message.Message):
     GOSSIP_FIELD_NUMBER: _ClassVar[int]
     NODE_FIELD_NUMBER: _ClassVar[int]
     IPSEC_FIELD_NUMBER: _ClassVar[int]
+    ATTACHMENT_FIELD_NUMBER: _ClassVar[int]
     action: AssignmentAction
     task: _objects_pb2.Task
     network: _objects_pb2.Network
@@ -91,7 +92,8 @@ class Assignment(_message.Message):
     gossip: GossipConfig
     node: _objects_pb2.Node
     ipsec: IpsecConfig
-    def __init__(self, action: _Optional[_Union[AssignmentAction, str]] = ..., task: _Optional[_Union[_objects_pb2.Task, _Mapping]] = ..., network: _Optional[_Union[_objects_pb2.Network, _Mapping]] = ..., service: _Optional[_Union[_objects_pb2.Service, _Mapping]] = ..., gossip: _Optional[_Union[GossipConfig, _Mapping]] = ..., node: _Optional[_Union[_objects_pb2.Node, _Mapping]] = ..., ipsec: _Optional[_Union[IpsecConfig, _Mapping]] = ...) -> None: ...
+    attachment: _objects_pb2.Attachment
+    def __init__(self, action: _Optional[_Union[AssignmentAction, str]] = ..., task: _Optional[_Union[_objects_pb2.Task, _Mapping]] = ..., network: _Optional[_Union[_objects_pb2.Network, _Mapping]] = ..., service: _Optional[_Union[_objects_pb2.Service, _Mapping]] = ..., gossip: _Optional[_Union[GossipConfig, _Mapping]] = ..., node: _Optional[_Union[_objects_pb2.Node, _Mapping]] = ..., ipsec: _Optional[_Union[IpsecConfig, _Mapping]] = ..., attachment: _Optional[_Union[_objects_pb2.Attachment, _Mapping]] = ...) -> None: ...
 
 class AssignmentsMessage(_message.Message):
     __slots__ = ("type", "changes", "applies_to", "results_in")
@@ -180,3 +182,47 @@ class PublishLogsMessage(_message.Message):
 class PublishLogsResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class AttachRequest(_message.Message):
+    __slots__ = ("node_id", "network", "container_id", "ifname", "netns", "name", "aliases")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    NETWORK_FIELD_NUMBER: _ClassVar[int]
+    CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
+    IFNAME_FIELD_NUMBER: _ClassVar[int]
+    NETNS_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ALIASES_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    network: str
+    container_id: str
+    ifname: str
+    netns: str
+    name: str
+    aliases: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, node_id: _Optional[str] = ..., network: _Optional[str] = ..., container_id: _Optional[str] = ..., ifname: _Optional[str] = ..., netns: _Optional[str] = ..., name: _Optional[str] = ..., aliases: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class AttachResponse(_message.Message):
+    __slots__ = ("attachment", "network")
+    ATTACHMENT_FIELD_NUMBER: _ClassVar[int]
+    NETWORK_FIELD_NUMBER: _ClassVar[int]
+    attachment: _objects_pb2.Attachment
+    network: _objects_pb2.Network
+    def __init__(self, attachment: _Optional[_Union[_objects_pb2.Attachment, _Mapping]] = ..., network: _Optional[_Union[_objects_pb2.Network, _Mapping]] = ...) -> None: ...
+
+class DetachRequest(_message.Message):
+    __slots__ = ("node_id", "attachment_id", "container_id", "ifname")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    ATTACHMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
+    IFNAME_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    attachment_id: str
+    container_id: str
+    ifname: str
+    def __init__(self, node_id: _Optional[str] = ..., attachment_id: _Optional[str] = ..., container_id: _Optional[str] = ..., ifname: _Optional[str] = ...) -> None: ...
+
+class DetachResponse(_message.Message):
+    __slots__ = ("released",)
+    RELEASED_FIELD_NUMBER: _ClassVar[int]
+    released: bool
+    def __init__(self, released: _Optional[bool] = ...) -> None: ...

@@ -59,6 +59,16 @@ class DispatcherStub:
                 request_serializer=proto_dot_dispatcher__pb2.PublishLogsMessage.SerializeToString,
                 response_deserializer=proto_dot_dispatcher__pb2.PublishLogsResponse.FromString,
                 _registered_method=True)
+        self.Attach = channel.unary_unary(
+                '/ovnet.v1.Dispatcher/Attach',
+                request_serializer=proto_dot_dispatcher__pb2.AttachRequest.SerializeToString,
+                response_deserializer=proto_dot_dispatcher__pb2.AttachResponse.FromString,
+                _registered_method=True)
+        self.Detach = channel.unary_unary(
+                '/ovnet.v1.Dispatcher/Detach',
+                request_serializer=proto_dot_dispatcher__pb2.DetachRequest.SerializeToString,
+                response_deserializer=proto_dot_dispatcher__pb2.DetachResponse.FromString,
+                _registered_method=True)
 
 
 class DispatcherServicer:
@@ -94,6 +104,21 @@ class DispatcherServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Attach(self, request, context):
+        """An endpoint of the calling node on an attachable network (the CNI plugin's ADD, through
+        the agent). Idempotent on (node, container ID, interface name).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Detach(self, request, context):
+        """Release one (the CNI plugin's DEL). Idempotent: releasing what is gone is no error.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DispatcherServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -121,6 +146,16 @@ def add_DispatcherServicer_to_server(servicer, server):
                     servicer.PublishLogs,
                     request_deserializer=proto_dot_dispatcher__pb2.PublishLogsMessage.FromString,
                     response_serializer=proto_dot_dispatcher__pb2.PublishLogsResponse.SerializeToString,
+            ),
+            'Attach': grpc.unary_unary_rpc_method_handler(
+                    servicer.Attach,
+                    request_deserializer=proto_dot_dispatcher__pb2.AttachRequest.FromString,
+                    response_serializer=proto_dot_dispatcher__pb2.AttachResponse.SerializeToString,
+            ),
+            'Detach': grpc.unary_unary_rpc_method_handler(
+                    servicer.Detach,
+                    request_deserializer=proto_dot_dispatcher__pb2.DetachRequest.FromString,
+                    response_serializer=proto_dot_dispatcher__pb2.DetachResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -258,6 +293,60 @@ class Dispatcher:
             '/ovnet.v1.Dispatcher/PublishLogs',
             proto_dot_dispatcher__pb2.PublishLogsMessage.SerializeToString,
             proto_dot_dispatcher__pb2.PublishLogsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Attach(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ovnet.v1.Dispatcher/Attach',
+            proto_dot_dispatcher__pb2.AttachRequest.SerializeToString,
+            proto_dot_dispatcher__pb2.AttachResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Detach(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ovnet.v1.Dispatcher/Detach',
+            proto_dot_dispatcher__pb2.DetachRequest.SerializeToString,
+            proto_dot_dispatcher__pb2.DetachResponse.FromString,
             options,
             channel_credentials,
             insecure,

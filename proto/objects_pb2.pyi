@@ -402,6 +402,24 @@ class Task(_message.Message):
     not_before_ms: int
     def __init__(self, meta: _Optional[_Union[Meta, _Mapping]] = ..., service_id: _Optional[str] = ..., service_name: _Optional[str] = ..., slot: _Optional[int] = ..., node_id: _Optional[str] = ..., spec: _Optional[_Union[TaskSpec, _Mapping]] = ..., spec_version: _Optional[int] = ..., desired_state: _Optional[_Union[TaskState, str]] = ..., status: _Optional[_Union[TaskStatus, _Mapping]] = ..., networks: _Optional[_Iterable[_Union[NetworkAttachment, _Mapping]]] = ..., endpoint_mode: _Optional[_Union[EndpointMode, str]] = ..., not_before_ms: _Optional[int] = ...) -> None: ...
 
+class Attachment(_message.Message):
+    __slots__ = ("meta", "node_id", "container_id", "ifname", "netns", "name", "network")
+    META_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
+    IFNAME_FIELD_NUMBER: _ClassVar[int]
+    NETNS_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    NETWORK_FIELD_NUMBER: _ClassVar[int]
+    meta: Meta
+    node_id: str
+    container_id: str
+    ifname: str
+    netns: str
+    name: str
+    network: NetworkAttachment
+    def __init__(self, meta: _Optional[_Union[Meta, _Mapping]] = ..., node_id: _Optional[str] = ..., container_id: _Optional[str] = ..., ifname: _Optional[str] = ..., netns: _Optional[str] = ..., name: _Optional[str] = ..., network: _Optional[_Union[NetworkAttachment, _Mapping]] = ...) -> None: ...
+
 class NodeSpec(_message.Message):
     __slots__ = ("labels", "role", "availability")
     class LabelsEntry(_message.Message):
@@ -459,14 +477,16 @@ class ListeningPorts(_message.Message):
     def __init__(self, ports: _Optional[_Iterable[_Union[ListeningPort, _Mapping]]] = ...) -> None: ...
 
 class NodeStatus(_message.Message):
-    __slots__ = ("state", "message", "last_heartbeat_ms")
+    __slots__ = ("state", "message", "last_heartbeat_ms", "since_ms")
     STATE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     LAST_HEARTBEAT_MS_FIELD_NUMBER: _ClassVar[int]
+    SINCE_MS_FIELD_NUMBER: _ClassVar[int]
     state: NodeState
     message: str
     last_heartbeat_ms: int
-    def __init__(self, state: _Optional[_Union[NodeState, str]] = ..., message: _Optional[str] = ..., last_heartbeat_ms: _Optional[int] = ...) -> None: ...
+    since_ms: int
+    def __init__(self, state: _Optional[_Union[NodeState, str]] = ..., message: _Optional[str] = ..., last_heartbeat_ms: _Optional[int] = ..., since_ms: _Optional[int] = ...) -> None: ...
 
 class Node(_message.Message):
     __slots__ = ("meta", "spec", "description", "status", "attachments")
