@@ -40,6 +40,10 @@ class Session(Protocol):
 
     async def publish_logs(self, lines: Sequence[dpb.PublishLogsMessage]) -> None: ...
 
+    async def attach(self, req: dpb.AttachRequest) -> dpb.AttachResponse: ...
+
+    async def detach(self, req: dpb.DetachRequest) -> dpb.DetachResponse: ...
+
 
 class DataPlane(Protocol):
     """The kernel's sandboxes, bridges and VXLAN devices (agent/dataplane/kernel.py)."""

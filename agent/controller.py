@@ -13,29 +13,16 @@ manager away the agent restarts it in place instead (see `decide`).
 the daemon reports events (assigned, started, exited, a sandbox built, a health verdict, a
 state sent) through its methods and acts on what `decide` returns. Events in, decisions out.
 
-`desired_dataplane` derives the data plane a set of sandboxes needs: the networks they are on,
-their veths and addresses, and the endpoints on other hosts.
+What the kernel must hold for the sandboxes decided on is derived in agent/desiredstate.py.
 """
 
 from __future__ import annotations
 
-import ipaddress
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 
 from agent.executor.api import ExitInfo
-from agent.model import (
-    INGRESS_SANDBOX,
-    DesiredState,
-    HostConfig,
-    IpsecKey,
-    LocalEndpoint,
-    NetworkConfig,
-    RemoteEndpoint,
-    SandboxConfig,
-)
-from proto import dispatcher_pb2 as dpb
 from proto import objects_pb2 as pb
 
 
@@ -465,126 +452,6 @@ class Controller:
         policies: Mapping[str, pb.RestartPolicy] | None = None,
     ) -> Decision:
         return decide(tasks, self.local, now_ms, autonomous=autonomous, policies=policies)
-
-
-def desired_dataplane(
-    host: HostConfig,
-    tasks: Mapping[str, pb.Task],
-    networks: Mapping[str, pb.Network],
-    endpoints: Mapping[str, Iterable[RemoteEndpoint]],
-    sandboxes: Iterable[str],
-    ingress: tuple[pb.Network, str] | None = None,
-    ipsec_keys: tuple[IpsecKey, ...] = (),
-    keep_remotes: bool = False,
-) -> tuple[DesiredState, dict[str, str]]:
-    """The data plane for `sandboxes` (task IDs), and for each task that cannot have one, why.
-    `endpoints` holds, per network, the endpoints other hosts announced (through gossip);
-    `keep_remotes`: it may be incomplete (see DesiredState).
-    `ingress` (the ingress network and this node's address on it) adds the host's ingress
-    sandbox, the routing mesh's end here, built whether or not a local task publishes.
-
-    Networks are built only when a local sandbox is on them (lazily, as Docker does), and
-    removed when the last one goes: that falls out of deriving everything from the sandboxes.
-    """
-    nets: dict[str, NetworkConfig] = {}
-    boxes: dict[str, SandboxConfig] = {}
-    problems: dict[str, str] = {}
-    for task_id in sorted(sandboxes):
-        task = tasks.get(task_id)
-        if task is None:
-            continue
-        legs: list[LocalEndpoint] = []
-        configs: list[NetworkConfig] = []
-        for index, att in enumerate(task.networks):
-            net = networks.get(att.network_id)
-            if net is None or not att.addresses:
-                problems[task_id] = (
-                    f"network {att.network_id} of task {task_id} was not sent with it"
-                    if net is None
-                    else f"task {task_id} has no address on network {net.spec.name}"
-                )
-                break
-            config = network_config(net)
-            if config.encrypted and host.ipsec_unavailable:
-                # Never in clear: the task fails here, saying why (`ovctl service ps`).
-                problems[task_id] = f"{host.ipsec_unavailable}: network {net.spec.name} needs IPsec"
-                break
-            configs.append(config)
-            legs.append(
-                LocalEndpoint(
-                    task_id=task_id,
-                    network_id=net.meta.id,
-                    index=index,
-                    address=ipaddress.IPv4Interface(att.addresses[0]),
-                )
-            )
-        else:
-            for config in configs:
-                nets[config.id] = config
-            boxes[task_id] = SandboxConfig(
-                task_id=task_id,
-                endpoints=tuple(legs),
-                # Internal networks have no way out; one non-internal network gives the
-                # sandbox the gwbridge leg (a task on no network at all gets egress too, as a
-                # container on no network would have its bridge).
-                egress=not configs or any(not c.internal for c in configs),
-                hostname=task_hostname(task),
-            )
-    if ingress is not None:
-        net, addr = ingress
-        config = network_config(net)
-        nets[config.id] = config
-        boxes[INGRESS_SANDBOX] = SandboxConfig(
-            task_id=INGRESS_SANDBOX,
-            endpoints=(
-                LocalEndpoint(
-                    task_id=INGRESS_SANDBOX,
-                    network_id=config.id,
-                    index=0,
-                    address=ipaddress.IPv4Interface(addr),
-                ),
-            ),
-            egress=True,
-        )
-    # An address a local task holds is never sent away, even if a stale record elsewhere
-    # (a dead host's, until it is reaped) still claims it.
-    local_addrs = {(e.network_id, e.address.ip) for b in boxes.values() for e in b.endpoints}
-    remotes = {
-        net_id: frozenset(
-            r
-            for r in endpoints.get(net_id, ())
-            if r.vtep != host.vtep and (net_id, r.address) not in local_addrs
-        )
-        for net_id in nets
-    }
-    desired = DesiredState(
-        networks=nets,
-        sandboxes=boxes,
-        remotes=remotes,
-        ipsec_keys=ipsec_keys,
-        keep_remotes=keep_remotes,
-    )
-    return desired, problems
-
-
-def ipsec_keys(cfg: dpb.IpsecConfig | None) -> tuple[IpsecKey, ...]:
-    """The ring the manager sent (primary first); none before the first session."""
-    if cfg is None:
-        return ()
-    return tuple(IpsecKey(tag=k.lamport_time, key=k.key) for k in cfg.keys)
-
-
-def network_config(net: pb.Network) -> NetworkConfig:
-    return NetworkConfig(
-        id=net.meta.id,
-        name=net.spec.name,
-        vni=net.vni,
-        subnet=ipaddress.IPv4Network(net.subnet),
-        gateway=ipaddress.IPv4Address(net.gateway),
-        internal=net.spec.internal,
-        encrypted=net.spec.encrypted,
-        ingress=net.spec.ingress,
-    )
 
 
 def task_hostname(task: pb.Task) -> str:

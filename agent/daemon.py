@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -44,9 +45,16 @@ from agent.collaborators import (
     Resolver,
     Session,
 )
-from agent.controller import Controller, Decision, Sandbox, desired_dataplane, ipsec_keys
+from agent.controller import Controller, Decision, Sandbox
 from agent.dataplane.desired import ingress_gw_address
-from agent.endpoints import EndpointRecord, local_records, node_record, remotes
+from agent.desiredstate import desired_dataplane, ipsec_keys
+from agent.endpoints import (
+    EndpointRecord,
+    attachment_records,
+    local_records,
+    node_record,
+    remotes,
+)
 from agent.executor.api import Executor, ExitInfo, StartError, TaskSpec
 from agent.forwarding import Forwarding
 from agent.health import CheckConfig
@@ -58,6 +66,7 @@ from proto import dispatcher_pb2 as dpb
 from proto import objects_pb2 as pb
 
 if TYPE_CHECKING:
+    from agent.cni.server import CniServer
     from agent.dataplane.kernel import ApplyResult
 
 log = logging.getLogger(__name__)
@@ -88,6 +97,18 @@ def failed_sandboxes(result: ApplyResult, desired: DesiredState) -> dict[str, st
                 hit = box.egress
             if hit and task_id not in out:
                 out[task_id] = f"{op.describe()} failed: {f.error}"
+    return out
+
+
+def failed_attachments(result: ApplyResult, desired: DesiredState) -> dict[str, str]:
+    """Which attachments a reconcile's failures leave without their interface, and why."""
+    out: dict[str, str] = {}
+    for f in result.failures:
+        op = f.op
+        for att_id, att in desired.attachments.items():
+            hit = op.task_id == att_id if op.task_id else op.network_id == att.network_id
+            if hit and att_id not in out:
+                out[att_id] = f"{op.describe()} failed: {f.error}"
     return out
 
 
@@ -132,6 +153,8 @@ class _Pass:
     records: list[EndpointRecord]
     # Whether `records` is the whole view (see AgentDaemon._view_whole).
     whole: bool
+    # This node's attachments (CNI containers) to build: assigned, not released here.
+    attachments: dict[str, pb.Attachment]
 
 
 class AgentDaemon:
@@ -150,6 +173,8 @@ class AgentDaemon:
         options: DaemonOptions | None = None,
         controller: Controller | None = None,
         clock: Callable[[], int] = now_ms,
+        cni: CniServer | None = None,
+        conflists: Callable[[dict[str, pb.Network]], None] | None = None,
     ) -> None:
         self.host = host
         self.session = session
@@ -190,6 +215,14 @@ class AgentDaemon:
         # Tasks announced as taking traffic in the last pass (a stop drains only those).
         self._serving: set[str] = set()
         self._forwarding = Forwarding()  # in the ingress sandbox
+        # The CNI plugin's end (None: this host takes no containers of other runtimes), and
+        # what writes a conflist per attachable network for those runtimes.
+        self.cni = cni
+        if cni is not None:
+            cni.wake = self._wake.set
+        self._conflists = conflists
+        # Attachments whose interface this pass built (their DNS, LB and records follow).
+        self._attached: dict[str, pb.Attachment] = {}
 
     # ------------------------------------------------------------------ events
 
@@ -310,6 +343,8 @@ class AgentDaemon:
         """Let go of everything, leaving the tasks running (a restarted agent adopts them)."""
         for t in [*self._stopping.values(), *self._waiters.values()]:
             t.cancel()
+        if self.cni is not None:
+            await self.cni.close()
         await self.health.close()
         await self.dns.close()
         await self.lb.close()
@@ -349,6 +384,10 @@ class AgentDaemon:
         known = self.controller.known_tasks()
         known.update(tasks)
         used = {att.network_id for t in known.values() for att in t.networks}
+        attachments = self._attachments()
+        used |= {att.network.network_id for att in attachments.values()}
+        if self._conflists is not None:
+            self._conflists(a.networks)
         ingress = self._ingress(a.networks)
         if ingress is not None:
             used.add(ingress[0].meta.id)
@@ -366,7 +405,24 @@ class AgentDaemon:
             # FDB, resolvers and balancers are all derived from it.
             records=self.discovery.records(self._networks),
             whole=whole,
+            attachments=attachments,
         )
+
+    def _attachments(self) -> dict[str, pb.Attachment]:
+        """The node's assigned attachments, less those released here (a DEL, or a namespace
+        that vanished without one: its runtime died, and it is released as by a DEL)."""
+        if self.cni is None:
+            return {}
+        gone = self.cni.detached()
+        out = {}
+        for att_id, att in self.session.assignments.attachments.items():
+            if att_id in gone:
+                continue
+            if not os.path.exists(att.netns):
+                self.cni.vanished(att)
+                continue
+            out[att_id] = att
+        return out
 
     def _decide(self, p: _Pass) -> Decision:
         return self.controller.decide(
@@ -393,6 +449,7 @@ class AgentDaemon:
                 p.ingress,
                 ipsec_keys(self.session.assignments.ipsec.get("ipsec")),
                 keep_remotes=not p.whole,
+                attachments=p.attachments,
             )
             result = await self.dataplane.reconcile(desired)
             built = d.sandboxes
@@ -401,9 +458,23 @@ class AgentDaemon:
             for text in result.problems:
                 log.warning("data plane input: %s", text)
             why = {**failed_sandboxes(result, desired), **result.unbuilt, **problems}
+            why.update(failed_attachments(result, desired))
+            self._attachments_built(p.attachments, desired, why)
             if not self.controller.sandboxes_built(d.sandboxes, desired.sandboxes, why):
                 break
         return d, desired
+
+    def _attachments_built(
+        self, wanted: dict[str, pb.Attachment], desired: DesiredState, why: dict[str, str]
+    ) -> None:
+        """Tell the CNI server what this reconcile built (its ADDs and DELs wait on it)."""
+        if self.cni is None:
+            return
+        failed = {
+            a: why.get(a, "not built") for a in wanted if a in why or a not in desired.attachments
+        }
+        self._attached = {a: att for a, att in wanted.items() if a not in failed}
+        self.cni.built(set(self._attached), failed)
 
     async def _act(self, d: Decision, tasks: dict[str, pb.Task]) -> None:
         """Start, restart, stop and forget what the decision says."""
@@ -472,6 +543,9 @@ class AgentDaemon:
             self.session.node_id,
             str(self.host.vtep),
             disabled,
+        )
+        records.update(
+            attachment_records(self._attached.values(), self.session.node_id, str(self.host.vtep))
         )
         if ingress is not None and INGRESS_SANDBOX in desired.sandboxes:
             rec = node_record(
@@ -576,7 +650,16 @@ class AgentDaemon:
             if view not in by_view:
                 by_view[view] = services.vip_spec(records, view)
             specs[tid] = (path, by_view[view])
-        for key in self.dns.attached() - ready:
+        for att_id, att in sorted(self._attached.items()):
+            view = frozenset({att.network.network_id})
+            try:
+                await self.dns.attach(att_id, att.netns, view)
+            except OSError as e:
+                log.warning("attachment %s: cannot serve DNS in %s: %s", att_id, att.netns, e)
+            if view not in by_view:
+                by_view[view] = services.vip_spec(records, view)
+            specs[att_id] = (att.netns, by_view[view])
+        for key in self.dns.attached() - ready - self._attached.keys():
             await self.dns.detach(key)
         return specs
 

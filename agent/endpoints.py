@@ -195,6 +195,33 @@ def local_records(
     return out
 
 
+def attachment_records(
+    attachments: Iterable[pb.Attachment], node_id: str, vtep: str
+) -> dict[tuple[str, str], EndpointRecord]:
+    """The records of this host's attachments (containers of other runtimes), keyed as
+    `local_records`: each resolves by its name and aliases like a standalone task (its own
+    one-endpoint "service", no VIP), so tasks and other containers reach it by name."""
+    out: dict[tuple[str, str], EndpointRecord] = {}
+    for att in attachments:
+        if not att.network.addresses:
+            continue
+        addr = att.network.addresses[0]
+        out[(att.network.network_id, att.meta.id)] = EndpointRecord(
+            network_id=att.network.network_id,
+            addr=addr,
+            mac=endpoint_mac(addr),
+            vtep=vtep,
+            node_id=node_id,
+            task_id=att.meta.id,
+            task_name=att.name,
+            service_id=att.meta.id,
+            service_name=att.name,
+            slot=0,
+            aliases=tuple(att.network.aliases),
+        )
+    return out
+
+
 def remotes(
     records: Iterable[EndpointRecord], networks: Iterable[str], vtep: str
 ) -> dict[str, frozenset[RemoteEndpoint]]:

@@ -303,6 +303,8 @@ async def run(args: argparse.Namespace) -> int:
             gossip_tuning=args.gossip_tuning,
             dns_upstreams=args.dns_upstreams,
             dns_ttl=args.dns_ttl,
+            cni_socket=args.cni_socket,
+            cni_conf_dir=args.cni_conf_dir,
         ),
         DaemonOptions(
             reconcile_interval=args.reconcile_interval,
@@ -318,6 +320,8 @@ async def run(args: argparse.Namespace) -> int:
         host.underlay_mtu,
         host.names.prefix,
     )
+    if daemon.cni is not None:
+        await daemon.cni.start()
     runners = [
         asyncio.create_task(session.run(), name="session"),
         asyncio.create_task(daemon.run(), name="daemon"),
@@ -348,7 +352,8 @@ async def run(args: argparse.Namespace) -> int:
 
 
 async def cleanup(args: argparse.Namespace) -> None:
-    """Remove every kernel object carrying this agent's prefix (after stopping its tasks)."""
+    """Remove every kernel object carrying this agent's prefix (after stopping its tasks),
+    and its CNI conflists."""
     from agent.dataplane.kernel import DataPlane
     from agent.executor import ContainerExecutor, ExecutorRouter, ProcessExecutor
 
@@ -379,6 +384,12 @@ async def cleanup(args: argparse.Namespace) -> None:
         await lb.remove("host", None)
     finally:
         await lb.close()
+    if args.cni_socket and args.cni_conf_dir:
+        # The conflists it wrote: runtimes would list networks nobody serves any more.
+        from agent.cni.conflists import sync
+
+        for change in sync(Path(args.cni_conf_dir), {}, args.cni_socket):
+            log.info("CNI conflists: %s", change)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -164,6 +164,25 @@ class SandboxConfig:
 
 
 @dataclass(frozen=True)
+class AttachmentConfig:
+    """An endpoint on an attachable network in a namespace someone else made (a container
+    joined through the CNI plugin): a veth from the network's bridge into `netns`, named
+    `ifname` there. The namespace is the runtime's: the agent never makes or deletes it, only
+    the veth (which dies with the namespace), and it does not observe inside it (a pair whose
+    outer end exists is whole: the two ends only ever go together)."""
+
+    id: str
+    network_id: str
+    netns: str  # a path (CNI_NETNS)
+    ifname: str
+    address: IPv4Interface
+
+    @property
+    def mac(self) -> str:
+        return endpoint_mac(self.address)
+
+
+@dataclass(frozen=True)
 class HostConfig:
     """Facts about this host that the data plane needs and no manager decides."""
 
@@ -225,6 +244,8 @@ class DesiredState:
     # remote entries and IPsec peers already in the kernel stay, only additions are made, so
     # traffic to other hosts does not stop while the view fills in.
     keep_remotes: bool = False
+    # Containers of other runtimes on attachable networks, by attachment ID.
+    attachments: dict[str, AttachmentConfig] = field(default_factory=dict)
 
     def encrypted_peers(self) -> frozenset[IPv4Address]:
         """VTEPs this host sends encrypted networks' traffic to (each needs SAs)."""

@@ -12,6 +12,7 @@ import os
 import socket
 import sys
 
+from agent.cni.protocol import DEFAULT_SOCKET
 from agent.executor.container import Podman
 from agent.model import DEFAULT_GWBRIDGE_SUBNET, DEFAULT_VXLAN_PORT
 from osutil.hostport import split_hostport
@@ -27,6 +28,7 @@ def parse_args(argv: list[str] | None = None, description: str = "") -> argparse
     _network_args(p.add_argument_group("this host's network"))
     _task_args(p.add_argument_group("tasks and reconciling"))
     _discovery_args(p.add_argument_group("gossip and DNS"))
+    _cni_args(p.add_argument_group("containers of other runtimes (CNI)"))
     _admin_args(p.add_argument_group("maintenance"))
     args = p.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
@@ -133,6 +135,24 @@ def _task_args(g: argparse._ArgumentGroup) -> None:
         choices=("missing", "never", "always", "newer"),
         default="missing",
         help="when podman pulls a task's image (podman run --pull; default %(default)s)",
+    )
+
+
+def _cni_args(g: argparse._ArgumentGroup) -> None:
+    """Containers of other runtimes (podman, containerd, Kubernetes) through `ovnet-cni`."""
+    g.add_argument(
+        "--cni-socket",
+        default=DEFAULT_SOCKET,
+        metavar="PATH",
+        help="unix socket the ovnet-cni plugin asks this agent on (default %(default)s; "
+        "empty: take no containers of other runtimes)",
+    )
+    g.add_argument(
+        "--cni-conf-dir",
+        default="/etc/cni/net.d",
+        metavar="DIR",
+        help="where the agent writes a CNI conflist per attachable network, for runtimes to "
+        "find (default %(default)s; empty: write none)",
     )
 
 

@@ -24,7 +24,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf.message import Message
@@ -52,6 +52,8 @@ WARMUP_PERIODS = 10
 
 
 # Renews a node's credentials, asking the managers given in order (see AgentSession).
+M = TypeVar("M", bound=Message)
+T = TypeVar("T")
 Renewer = Callable[[NodeCredentials, list[str]], Awaitable[NodeCredentials]]
 
 
@@ -70,6 +72,8 @@ class Assignments:
     node: dict[str, pb.Node] = field(default_factory=dict)
     # One item, ID "ipsec": the keyring of encrypted networks' data path.
     ipsec: dict[str, dpb.IpsecConfig] = field(default_factory=dict)
+    # This node's endpoints on attachable networks (containers joined through the CNI plugin).
+    attachments: dict[str, pb.Attachment] = field(default_factory=dict)
     seq: int = 0
 
     def snapshot(self) -> dpb.AssignmentsMessage:
@@ -90,6 +94,7 @@ class Assignments:
             "gossip": self.gossip,
             "node": self.node,
             "ipsec": self.ipsec,
+            "attachment": self.attachments,
         }
 
     def apply(self, msg: dpb.AssignmentsMessage) -> None:
@@ -447,6 +452,17 @@ class AgentSession:
             msgs.append(m)
         await _unless_closed(stub.PublishLogs(iter(msgs), timeout=10))
 
+    async def attach(self, req: dpb.AttachRequest) -> dpb.AttachResponse:
+        """Ask the manager for an endpoint of this node on an attachable network (the CNI
+        plugin's ADD); raises as `report` does, and with the manager's refusal."""
+        stub = self._session_stub()
+        return await _unless_closed(stub.Attach(_as_node(req, self.node_id), timeout=10))
+
+    async def detach(self, req: dpb.DetachRequest) -> dpb.DetachResponse:
+        """Release one (the CNI plugin's DEL, or a release queued while no manager answered)."""
+        stub = self._session_stub()
+        return await _unless_closed(stub.Detach(_as_node(req, self.node_id), timeout=10))
+
     def _session_stub(self) -> dispatcher_pb2_grpc.DispatcherStub:
         if self._stub is None:
             raise ConnectionError("no session with a manager")
@@ -486,13 +502,21 @@ def whole_report() -> _Report:
     return _Report(lambda st: st)
 
 
-async def _unless_closed(call: Awaitable[object]) -> None:
+def _as_node(req: M, node_id: str) -> M:
+    """A copy of `req` from this node (its `node_id` set)."""
+    out = type(req)()
+    out.CopyFrom(req)
+    out.node_id = node_id  # type: ignore[attr-defined]
+    return out
+
+
+async def _unless_closed(call: Awaitable[T]) -> T:
     """Await a call made for another task (the daemon's reports, its logs) on the session's
     channel. When the session closes that channel (its manager went away) grpc cancels the
     call, and the caller sees asyncio.CancelledError as if it had been cancelled itself: left
     so, it would end the daemon's loop. It is a lost connection, and is said so."""
     try:
-        await call
+        return await call
     except asyncio.CancelledError:
         if _task_cancelled():
             raise

@@ -31,6 +31,9 @@ class Services:
     # None: the host's resolvers; []: no forwarding at all.
     dns_upstreams: list[tuple[str, int]] | None = None
     dns_ttl: int = 2
+    # The CNI plugin's socket ("": none) and where conflists go ("": nowhere).
+    cni_socket: str = ""
+    cni_conf_dir: str = ""
 
 
 def build_daemon(
@@ -51,6 +54,22 @@ def build_daemon(
     from agent.lb.balancer import LoadBalancer
 
     upstreams = services.dns_upstreams
+    cni = None
+    if services.cni_socket:
+        from agent.cni.server import CniServer
+        from agent.desiredstate import network_config
+
+        cni = CniServer(
+            services.cni_socket,
+            session,
+            state_dir,
+            mtu_of=lambda net: host.network_mtu(network_config(net)),
+        )
+    conflists = None
+    if services.cni_socket and services.cni_conf_dir:
+        from agent.cni.conflists import ConflistWriter
+
+        conflists = ConflistWriter(Path(services.cni_conf_dir), services.cni_socket)
     return AgentDaemon(
         host,
         session,
@@ -70,4 +89,6 @@ def build_daemon(
         lb=LoadBalancer(host.names.lb_table),
         health=HealthMonitor(lambda _: None),
         options=options,
+        cni=cni,
+        conflists=conflists,
     )

@@ -8,7 +8,8 @@ Every allocating call is all-or-nothing: when it raises, the allocator is exactl
 refused request leaves nothing behind. When the caller's etcd commit fails afterwards, the caller
 hands back what it got (`release_network`, `release_endpoint`, `release_task`,
 `release_attachments`). A node's address on the ingress network comes from `allocate_task` too
-(it is one attachment, like a task's) and is restored from `Node.attachments`.
+(it is one attachment, like a task's) and is restored from `Node.attachments`; so does an
+address of an `Attachment` (a container joined through the CNI plugin), restored from those.
 
 Published ports are the whole cluster's (the routing mesh takes them on every node; a
 host-mode port of a service may land on any node), except the host-mode ports of a standalone
@@ -176,9 +177,12 @@ class Allocator:
         services: Iterable[pb.Service],
         tasks: Iterable[pb.Task],
         nodes: Iterable[pb.Node] = (),
+        *,
+        attachments: Iterable[pb.Attachment] = (),
     ) -> None:
         """Mark as used everything stored objects hold: network subnets/gateways/VNIs, service
-        VIPs and published ports, task addresses, nodes' own (ingress) addresses.
+        VIPs and published ports, task addresses, nodes' own (ingress) addresses, and the
+        addresses of nodes' attachments on attachable networks (CNI containers).
 
         Additive: it can also put back a stored service's allocations after a released endpoint
         (see `reallocate_service`). Cursors of pools that were empty before the call are moved
@@ -210,10 +214,11 @@ class Allocator:
             for att in task.networks:
                 for addr in att.addresses:
                     self._mark_address(att.network_id, addr)
-        for node in nodes:
-            for att in node.attachments:
-                for addr in att.addresses:
-                    self._mark_address(att.network_id, addr)
+        held = [att for node in nodes for att in node.attachments]
+        held += [attachment.network for attachment in attachments]
+        for att in held:
+            for addr in att.addresses:
+                self._mark_address(att.network_id, addr)
         for net in restored:
             net.addresses.resume_after_highest(ignore=net.gateway)
         if vnis_fresh:

@@ -40,6 +40,9 @@ class ManagerConfig:
     heartbeat_grace: float = 3.0
     task_history_limit: int = 5
     reconcile_interval: float = 1.0
+    # Seconds a node may be down before its attachments (CNI containers) are released: long
+    # enough to ride out a reboot, short enough that a dead host's addresses come back.
+    attachment_grace: float = 3600.0
 
 
 Listener = Callable[[Batch], None]
@@ -54,19 +57,16 @@ class Cluster:
         self.allocator = Allocator(
             pools=config.default_pools,
             subnet_size=config.default_subnet_size,
-            node_name=self._node_name,
+            node_name=state.hostname,
         )
         self.allocator.restore(
             state.networks.values(),
             state.services.values(),
             state.tasks.values(),
             state.nodes.values(),
+            attachments=state.attachments.values(),
         )
         self._listeners: list[Listener] = []
-
-    def _node_name(self, node_id: str) -> str:
-        node = self.state.nodes.get(node_id)
-        return node.description.hostname if node is not None else node_id
 
     @classmethod
     async def load(cls, store: Store, config: ManagerConfig) -> Cluster:

@@ -10,9 +10,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
+from manager import attachments
 from manager.ca import server as ca_server
 from manager.ca.server import CertificateAuthority
 from manager.cluster import Cluster, new_id, now_ms
+from manager.endpoints import network_endpoints
 from manager.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from manager.ingress import (
     CREATED_KEY,
@@ -150,7 +152,9 @@ class ControlAPI:
     async def get_network(self, req: cpb.GetNetworkRequest) -> cpb.GetNetworkResponse:
         net: pb.Network = self.state.resolve("networks", req.network_ref)
         return cpb.GetNetworkResponse(
-            network=net, ipsec=ipsec_links(net, self.state, self._ipsec_status, now_ms())
+            network=net,
+            ipsec=ipsec_links(net, self.state, self._ipsec_status, now_ms()),
+            endpoints=network_endpoints(net, self.state),
         )
 
     async def list_networks(self, req: cpb.ListNetworksRequest) -> cpb.ListNetworksResponse:
@@ -185,6 +189,7 @@ class ControlAPI:
                     f"network {net.spec.name!r} still has {len(attached)} task(s) attached "
                     "that are shutting down; retry in a moment"
                 )
+            attachments.refuse_while_attached(net, self.state)
             batch = Batch().delete("networks", net.meta.id).release_name("networks", net.spec.name)
             # Nodes' addresses on it go in the same transaction, as far as one holds them; the
             # reconciler drops any left over (attachments to a network that is gone).
@@ -448,8 +453,14 @@ class ControlAPI:
             # the node's certificate, which would otherwise stay valid until it expires.
             batch = Batch().delete("nodes", node.meta.id)
             batch.put_key((*ca_server.REMOVED_DIR, node.meta.id), ca_server.tombstone_value())
+            # Its attachments (CNI containers) go with it, as many as the transaction holds;
+            # the reconciler's next full pass releases any left (their node is gone).
+            held = self.state.node_attachments(node.meta.id)[: Store.MAX_OPS - len(batch)]
+            for att in held:
+                batch.delete("attachments", att.meta.id)
             await self.cluster.commit(batch)
             self.cluster.allocator.release_attachments(node.attachments)
+            self.cluster.allocator.release_attachments(att.network for att in held)
         self._kick(None)
         return cpb.RemoveNodeResponse()
 

@@ -4,7 +4,10 @@ An agent's session stream first carries its complete assignment set (tasks place
 and not finished, the networks and services they need, one GossipConfig: the gossip keyring
 and a few seed peers, and the node itself), then only differences. A node holding an address on
 the ingress network also gets that network and every service publishing a port in ingress mode,
-task or no task: the routing mesh opens each published port on every host. Where endpoints
+task or no task: the routing mesh opens each published port on every host. Every node also gets
+its attachments (containers joined through the CNI plugin, manager/attachments.py) and every
+attachable network, attached or not: its agent offers each to the container runtime (a CNI
+network config per network, so `podman network ls` lists them). Where endpoints
 live is not the manager's to say: agents learn that from each other by gossip, which keeps
 working while every manager is down. The dispatcher does not track events to build those
 differences: after any commit it recomputes each session's set and diffs it against what that
@@ -12,7 +15,8 @@ session was last sent (by object version), which is cheap at this scale and cann
 
 Heartbeats are kept in memory only (writing each one to etcd would cost a write per node per
 period); a node's state is written when it changes: READY when a session opens, DOWN when
-heartbeats stop for `heartbeat_grace` periods.
+heartbeats stop for `heartbeat_grace` periods, each with the time it changed (`since_ms`: the
+attachment reaper releases the attachments of a node down longer than its grace).
 Heartbeats may carry the agent's gossip status; the latest one per node is kept in memory too,
 for `ovctl node inspect`.
 """
@@ -31,11 +35,13 @@ from typing import Any
 
 from google.protobuf.message import Message
 
+from manager import attachments
 from manager.cluster import Cluster, new_id, now_ms
 from manager.errors import InvalidArgument, NotFound
 from manager.ingress import ingress_network, node_attachment_changes, publishes_ingress
 from manager.keymanager import GOSSIP, IPSEC, KeyManager
 from manager.logbroker import LogBroker
+from manager.state import task_name
 from manager.store import Batch, Store
 from proto import control_pb2 as cpb
 from proto import dispatcher_pb2 as dpb
@@ -44,6 +50,14 @@ from proto import objects_pb2 as pb
 log = logging.getLogger(__name__)
 
 Key = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class _Shared:
+    """Items every node may get whatever runs on it (see `Dispatcher._shared_items`)."""
+
+    mesh_services: list[str] = field(default_factory=list)
+    attachable: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -63,10 +77,11 @@ _ITEM_FIELD = {
     "gossip": "gossip",
     "nodes": "node",
     "ipsec": "ipsec",
+    "attachments": "attachment",
 }
 # Kinds whose commits may change some session's set (gossip seeds follow nodes' state and
 # addresses).
-_WATCHED = {"tasks", "networks", "services", "nodes"}
+_WATCHED = {"tasks", "networks", "services", "nodes", "attachments"}
 
 GOSSIP_KEY: Key = ("gossip", "gossip")
 IPSEC_KEY: Key = ("ipsec", "ipsec")
@@ -180,8 +195,9 @@ class Dispatcher:
         self.ipsec: dict[str, pb.IpsecStatus] = {}
         self.listening: dict[str, pb.ListeningPorts] = {}
         self._dirty = asyncio.Event()
-        # (state revision, IDs of services publishing through the routing mesh)
-        self._mesh_services: tuple[int, list[str]] = (-1, [])
+        # (state revision, what every node may get: IDs of services publishing through the
+        # routing mesh, IDs of attachable networks)
+        self._shared: tuple[int, _Shared] = (-1, _Shared())
         cluster.subscribe(self._on_commit)
         keys.subscribe(self._dirty.set)
 
@@ -198,28 +214,37 @@ class Dispatcher:
         ):
             self._dirty.set()
 
-    def _publishing_services(self) -> list[str]:
-        """Services publishing in ingress mode, recomputed once per state revision rather than
-        once per session."""
-        rev, ids = self._mesh_services
+    def _shared_items(self) -> _Shared:
+        """Services publishing in ingress mode and attachable networks, recomputed once per
+        state revision rather than once per session."""
+        rev, shared = self._shared
         if rev != self.state.revision:
-            ids = sorted(
-                sid for sid, svc in self.state.services.items() if publishes_ingress(svc.spec)
+            shared = _Shared(
+                mesh_services=sorted(
+                    sid for sid, svc in self.state.services.items() if publishes_ingress(svc.spec)
+                ),
+                attachable=sorted(
+                    nid
+                    for nid, net in self.state.networks.items()
+                    if net.spec.attachable and not net.spec.ingress
+                ),
             )
-            self._mesh_services = (self.state.revision, ids)
-        return ids
+            self._shared = (self.state.revision, shared)
+        return shared
 
     def assignment_set(self, node_id: str, ring: SeedRing | None = None) -> dict[Key, Message]:
         """Tasks on the node, the services and networks they use, the gossip keys and
         seeds (`ring`: built once per round for every session), the IPsec keyring (every node
         gets it: a task on an encrypted network can land anywhere), the node itself, and with an
-        ingress address the ingress network and every service publishing on it."""
+        ingress address the ingress network and every service publishing on it; the node's
+        attachments and every attachable network."""
         if ring is None:
             ring = SeedRing.build(self.state.nodes.values())
         items: dict[Key, Message] = {
             GOSSIP_KEY: gossip_config(self.keys.keys(GOSSIP), ring.seeds(node_id)),
             IPSEC_KEY: ipsec_config(self.keys.keyring(IPSEC)),
         }
+        shared = self._shared_items()
         me = self.state.nodes.get(node_id)
         if me is not None:
             items[("nodes", node_id)] = me
@@ -230,8 +255,12 @@ class Dispatcher:
                     items[("networks", net.meta.id)] = net
                     mesh = mesh or net.spec.ingress
             if mesh:
-                for sid in self._publishing_services():
+                for sid in shared.mesh_services:
                     items[("services", sid)] = self.state.services[sid]
+            for nid in shared.attachable:
+                items[("networks", nid)] = self.state.networks[nid]
+            for attachment in self.state.node_attachments(node_id):
+                items[("attachments", attachment.meta.id)] = attachment
         for task in self.state.node_tasks(node_id):
             if task.status.state < pb.TASK_STATE_ASSIGNED:
                 continue
@@ -344,6 +373,7 @@ class Dispatcher:
                     down.CopyFrom(node)
                     down.status.state = pb.NODE_STATE_DOWN
                     down.status.message = "heartbeat failure"
+                    down.status.since_ms = now_ms()
                     batch.update("nodes", down)
                     sess = self.sessions.pop(node.meta.id, None)
                     if sess is not None:
@@ -377,7 +407,9 @@ class Dispatcher:
                     meta=pb.Meta(id=node_id, created_at_ms=now, updated_at_ms=now),
                     spec=req.spec,
                     description=req.description,
-                    status=pb.NodeStatus(state=pb.NODE_STATE_UNKNOWN, message="registered"),
+                    status=pb.NodeStatus(
+                        state=pb.NODE_STATE_UNKNOWN, message="registered", since_ms=now
+                    ),
                 )
                 # Its ingress address comes with it (the reconciler retries if none is free).
                 allocator = self.cluster.allocator
@@ -408,9 +440,12 @@ class Dispatcher:
             node.CopyFrom(cur)
             if req.description.hostname:
                 node.description.CopyFrom(req.description)
+            now = now_ms()
+            if node.status.state != pb.NODE_STATE_READY or not node.status.since_ms:
+                node.status.since_ms = now
             node.status.state = pb.NODE_STATE_READY
             node.status.message = ""
-            node.status.last_heartbeat_ms = now_ms()
+            node.status.last_heartbeat_ms = now
             await self.cluster.commit(Batch().update("nodes", node))
             old = self.sessions.get(node.meta.id)
             if old is not None:
@@ -500,6 +535,15 @@ class Dispatcher:
             self._kick(sid)
         return dpb.UpdateTaskStatusResponse()
 
+    async def attach(self, req: dpb.AttachRequest) -> dpb.AttachResponse:
+        """An endpoint of the calling node on an attachable network (manager/attachments.py);
+        the commit wakes the push loop, which sends it to the node's session."""
+        return await attachments.attach(self.cluster, req)
+
+    async def detach(self, req: dpb.DetachRequest) -> dpb.DetachResponse:
+        """Release one of the calling node's attachments (manager/attachments.py)."""
+        return await attachments.detach(self.cluster, req)
+
     async def publish_logs(
         self, messages: AsyncIterator[dpb.PublishLogsMessage]
     ) -> dpb.PublishLogsResponse:
@@ -508,11 +552,10 @@ class Dispatcher:
             task = self.state.tasks.get(m.task_id)
             if task is None:
                 continue
-            name = f"{task.service_name}.{task.slot or task.node_id}.{task.meta.id}"
             self.logs.publish(
                 cpb.LogLine(
                     task_id=m.task_id,
-                    task_name=name,
+                    task_name=task_name(task),
                     node_id=m.node_id,
                     stream=m.stream,
                     timestamp_ms=m.timestamp_ms or now_ms(),
@@ -537,6 +580,7 @@ def _stub(key: Key) -> Message:
         "services": pb.Service,
         "gossip": dpb.GossipConfig,
         "nodes": pb.Node,
+        "attachments": pb.Attachment,
     }[kind]()
     obj.meta.id = obj_id  # type: ignore[attr-defined]
     return obj

@@ -169,6 +169,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="missed heartbeat periods before a node is down (default %(default)s)",
     )
     p.add_argument(
+        "--attachment-grace",
+        type=float,
+        default=3600.0,
+        metavar="SECONDS",
+        help="seconds a node may be down before the manager releases its attachments "
+        "(containers joined through the CNI plugin) and their addresses (default %(default)s)",
+    )
+    p.add_argument(
         "--default-pool",
         default="10.0.0.0/8",
         help="comma-separated pools automatic subnets come from (default %(default)s)",
@@ -319,9 +327,12 @@ async def serve(args: argparse.Namespace) -> None:
         heartbeat_period_ms=int(args.heartbeat_period * 1000),
         heartbeat_grace=args.heartbeat_grace,
         task_history_limit=args.task_history,
+        attachment_grace=args.attachment_grace,
     )
     if args.key_rotation_interval <= 0:
         raise UsageError("--key-rotation-interval must be a positive number of seconds")
+    if args.attachment_grace < 0:
+        raise UsageError("--attachment-grace must be a number of seconds, 0 or more")
     mgr = Manager(opts, config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -1,5 +1,6 @@
 """The leader's control loop: services -> tasks (orchestrator) -> addresses (allocator) ->
-nodes (scheduler), and every node's own address on the ingress network.
+nodes (scheduler), every node's own address on the ingress network, and the release of
+attachments (CNI containers) that their nodes will never release (manager/attachments.py).
 
 Each pass reads the in-memory state, asks the pure cores what to change, and commits the result
 in etcd transactions of bounded size. Passes run when something is kicked (a service or node
@@ -16,6 +17,7 @@ import logging
 import time
 from collections.abc import Sequence
 
+from manager import attachments
 from manager.cluster import Cluster, new_id, now_ms
 from manager.errors import OvnetError, Unavailable
 from manager.ingress import ingress_network, node_attachment_changes, publishes_ingress
@@ -94,6 +96,9 @@ class Reconciler:
             await self._schedule()
             if full:
                 await self._attach_nodes()
+                # Full passes only: what it judges (nodes down for a long grace, removed
+                # nodes) changes slowly, and a node's removal asks for a full pass.
+                await attachments.reap(self.cluster)
 
     # ------------------------------------------------------------------ phases
 

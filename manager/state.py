@@ -1,8 +1,9 @@
 """The leader's in-memory view of the store.
 
 The leader is the only writer, so after loading a snapshot it keeps this view current by applying
-its own committed batches; reads never go to etcd. Indexes (names, tasks by service and by node)
-are derived here and nowhere else.
+its own committed batches; reads never go to etcd. Indexes (names, tasks by service and by node,
+attachments by node and by (node, container ID, interface name)) are derived here and nowhere
+else.
 """
 
 from __future__ import annotations
@@ -14,7 +15,16 @@ from manager.errors import InvalidArgument, NotFound
 from manager.store import KINDS, Batch, Snapshot
 from proto import objects_pb2 as pb
 
-SINGULAR = {"networks": "network", "services": "service", "tasks": "task", "nodes": "node"}
+SINGULAR = {
+    "networks": "network",
+    "services": "service",
+    "tasks": "task",
+    "nodes": "node",
+    "attachments": "attachment",
+}
+# What identifies an attachment besides its ID: (node ID, container ID, interface name), the
+# key a repeated CNI ADD finds its attachment by.
+AttachmentKey = tuple[str, str, str]
 
 
 class ClusterState:
@@ -24,6 +34,8 @@ class ClusterState:
         self.names: dict[str, dict[str, str]] = {k: {} for k in KINDS}
         self.tasks_by_service: dict[str, set[str]] = defaultdict(set)
         self.tasks_by_node: dict[str, set[str]] = defaultdict(set)
+        self.attachments_by_node: dict[str, set[str]] = defaultdict(set)
+        self.attachment_ids: dict[AttachmentKey, str] = {}
 
     @classmethod
     def from_snapshot(cls, snap: Snapshot) -> ClusterState:
@@ -54,11 +66,29 @@ class ClusterState:
     def nodes(self) -> dict[str, pb.Node]:
         return cast(dict[str, pb.Node], self.objects["nodes"])
 
+    @property
+    def attachments(self) -> dict[str, pb.Attachment]:
+        return cast(dict[str, pb.Attachment], self.objects["attachments"])
+
     def service_tasks(self, service_id: str) -> list[pb.Task]:
         return [self.tasks[t] for t in sorted(self.tasks_by_service.get(service_id, ()))]
 
     def node_tasks(self, node_id: str) -> list[pb.Task]:
         return [self.tasks[t] for t in sorted(self.tasks_by_node.get(node_id, ()))]
+
+    def hostname(self, node_id: str) -> str:
+        """A node's hostname, for messages and listings (its ID once it is gone)."""
+        node = self.nodes.get(node_id)
+        return node.description.hostname if node is not None else node_id
+
+    def node_attachments(self, node_id: str) -> list[pb.Attachment]:
+        ids = sorted(self.attachments_by_node.get(node_id, ()))
+        return [self.attachments[a] for a in ids]
+
+    def attachment_of(self, node_id: str, container_id: str, ifname: str) -> pb.Attachment | None:
+        """The attachment a container's interface on a node holds, if any."""
+        att_id = self.attachment_ids.get((node_id, container_id, ifname))
+        return self.attachments[att_id] if att_id is not None else None
 
     # ---------------------------------------------------------------- lookups
 
@@ -104,6 +134,9 @@ class ClusterState:
             self.tasks_by_service[obj.service_id].add(obj.meta.id)
             if obj.node_id:
                 self.tasks_by_node[obj.node_id].add(obj.meta.id)
+        elif kind == "attachments":
+            self.attachments_by_node[obj.node_id].add(obj.meta.id)
+            self.attachment_ids[_attachment_key(obj)] = obj.meta.id
 
     def _delete(self, kind: str, obj_id: str) -> None:
         old = self.objects[kind].pop(obj_id, None)
@@ -118,6 +151,11 @@ class ClusterState:
             _discard(self.tasks_by_service, obj.service_id, obj.meta.id)
             if obj.node_id:
                 _discard(self.tasks_by_node, obj.node_id, obj.meta.id)
+        elif kind == "attachments":
+            _discard(self.attachments_by_node, obj.node_id, obj.meta.id)
+            key = _attachment_key(obj)
+            if self.attachment_ids.get(key) == obj.meta.id:
+                del self.attachment_ids[key]
 
 
 def _discard(index: dict[str, set[str]], key: str, value: str) -> None:
@@ -126,6 +164,16 @@ def _discard(index: dict[str, set[str]], key: str, value: str) -> None:
         members.discard(value)
         if not members:
             del index[key]
+
+
+def _attachment_key(att: pb.Attachment) -> AttachmentKey:
+    return (att.node_id, att.container_id, att.ifname)
+
+
+def task_name(task: pb.Task) -> str:
+    """SERVICE.SLOT.ID (SERVICE.NODE.ID for a global service's task), as swarmkit names a
+    task's container: what logs and `network inspect` call it."""
+    return f"{task.service_name}.{task.slot or task.node_id}.{task.meta.id}"
 
 
 def _name_of(kind: str, obj: Any) -> str:

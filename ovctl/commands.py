@@ -142,8 +142,8 @@ def network_ls(stub: Stub, args: argparse.Namespace) -> int:
 
 
 def network_inspect(stub: Stub, args: argparse.Namespace) -> int:
-    """JSON (each Network; an encrypted one with its hosts' view of ESP under "ipsec"), or
-    with --pretty the human form."""
+    """JSON (each Network with its endpoints under "endpoints"; an encrypted one with its
+    hosts' view of ESP under "ipsec"), or with --pretty the human form."""
     found: list[cpb.GetNetworkResponse] = []
     code = _each(
         args.refs,

@@ -509,12 +509,26 @@ def ingress_address(node: pb.Node) -> str:
 
 
 def network_inspect_dict(resp: control_pb2.GetNetworkResponse) -> dict[str, Any]:
-    """`network inspect` JSON: the Network, plus for an encrypted one "ipsec": each host's
-    view of ESP from each other host on it."""
+    """`network inspect` JSON: the Network, plus "endpoints" (every task, standalone task,
+    attached container and node holding an address on it, as docker's "Containers"), and
+    for an encrypted one "ipsec": each host's view of ESP from each other host on it."""
     out = to_dict(resp.network)
+    out["endpoints"] = [to_dict(e) for e in resp.endpoints]
     if resp.network.spec.encrypted:
         out["ipsec"] = [to_dict(link) for link in resp.ipsec]
     return out
+
+
+ENDPOINT_HEADERS = ("NODE", "KIND", "NAME", "ADDRESS", "STATE")
+
+
+def endpoint_lines(endpoints: Sequence[control_pb2.NetworkEndpoint]) -> list[str]:
+    """The Endpoints part of `network inspect --pretty`: one row per address, as the manager
+    ordered them (by node, kind, name); a task not placed yet shows node "-"."""
+    if not endpoints:
+        return ["Endpoints:  -"]
+    rows = ([e.node or "-", e.kind, e.name, e.address, e.state or "-"] for e in endpoints)
+    return ["Endpoints:", *("  " + line for line in table(ENDPOINT_HEADERS, rows).splitlines())]
 
 
 def network_pretty(resp: control_pb2.GetNetworkResponse) -> str:
@@ -541,6 +555,7 @@ def network_pretty(resp: control_pb2.GetNetworkResponse) -> str:
             "IPsec:" + ("" if resp.ipsec else "      - (fewer than two hosts run tasks on it)")
         )
         lines += [f"  {link.node} <- {link.peer}: {link.state}" for link in resp.ipsec]
+    lines += endpoint_lines(resp.endpoints)
     return "\n".join(lines)
 
 

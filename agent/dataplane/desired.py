@@ -17,6 +17,7 @@ from ipaddress import IPv4Address, IPv4Interface
 from agent.dataplane.observed import Observed
 from agent.model import (
     INGRESS_SANDBOX,
+    AttachmentConfig,
     DesiredState,
     HostConfig,
     LocalEndpoint,
@@ -34,7 +35,25 @@ _SANDBOX_IF = re.compile(r"^eth\d+$")
 
 def problems(desired: DesiredState) -> list[str]:
     """Input errors in `desired` that make `plan` skip an endpoint, in words."""
-    return [msg for _, msg in _endpoint_errors(desired)]
+    return [msg for _, msg in _endpoint_errors(desired)] + [
+        msg for att in desired.attachments.values() if (msg := _attachment_error(desired, att))
+    ]
+
+
+def _attachment_error(desired: DesiredState, att: AttachmentConfig) -> str:
+    net = desired.networks.get(att.network_id)
+    if net is None:
+        return f"attachment {att.id}: network {att.network_id} is not desired"
+    if att.address.ip not in net.subnet:
+        return f"attachment {att.id}: {att.address} is outside {net.subnet} ({net.id})"
+    return ""
+
+
+def valid_attachments(desired: DesiredState) -> list[AttachmentConfig]:
+    """The attachments that can be built (the others are reported by `problems`)."""
+    return [
+        att for _, att in sorted(desired.attachments.items()) if not _attachment_error(desired, att)
+    ]
 
 
 def _endpoint_errors(desired: DesiredState) -> list[tuple[LocalEndpoint, str]]:

@@ -31,11 +31,12 @@ from agent.dataplane.desired import (
     desired_entries,
     gwbridge_address,
     render_hosts,
+    valid_attachments,
     valid_endpoints,
     wants_egress,
 )
 from agent.dataplane.observed import Link, NetworkNs, Observed, SandboxNs, VxlanParams
-from agent.model import DesiredState, HostConfig, Names
+from agent.model import AttachmentConfig, DesiredState, HostConfig, Names
 
 # --------------------------------------------------------------------------------------------
 # Records
@@ -173,6 +174,7 @@ def plan(host: HostConfig, desired: DesiredState, observed: Observed) -> list[op
         stale_entries += net.stale_entries
         entries += net.new_entries
     children = [op for tid in sorted(desired.sandboxes) for op in _sandbox(ctx, tid, removals)]
+    children += [op for att in valid_attachments(desired) for op in _attachment(ctx, att, removals)]
     # Stale entries first (a MAC moving to another VTEP), then links/netns removals, then
     # parents, children, and the bulk of new entries last.
     return stale_entries + removals.todo + parents + children + entries
@@ -192,6 +194,10 @@ def _context(host: HostConfig, desired: DesiredState, observed: Observed) -> _Co
             )
         if tid in gw_addr:
             homes[names.gw_veth_outer(tid)] = VethHome(None, sb_ns[tid], names.sandbox_gw_if, tid)
+    for att in valid_attachments(desired):
+        homes[names.veth_outer(att.id, 0)] = VethHome(
+            net_ns[att.network_id], att.netns, att.ifname, att.id
+        )
     return _Context(
         host=host,
         desired=desired,
@@ -457,6 +463,38 @@ def _sandbox(ctx: _Context, tid: str, removals: _Removals) -> list[ops.Op]:
     if ctx.observed.files.get(ns) != (resolv, hosts):
         out.append(ops.WriteSandboxFiles(ns=ns, resolv=resolv, hosts=hosts, task_id=tid))
     return out
+
+
+def _attachment(ctx: _Context, att: AttachmentConfig, removals: _Removals) -> list[ops.Op]:
+    """A container's veth from the network's bridge into its runtime's namespace. Only the
+    outer end is observed (see AttachmentConfig): missing, the pair is made, addressed and its
+    namespace's lo brought up (the resolver listens on 127.0.0.11 there); present, only the
+    outer end is kept right."""
+    net = ctx.desired.networks[att.network_id]
+    pair = VethPair(
+        outer_ns=ctx.net_ns[att.network_id],
+        outer=ctx.names.veth_outer(att.id, 0),
+        master=ctx.names.bridge,
+        mtu=ctx.host.network_mtu(net),
+        inner_ns=att.netns,
+        inner=att.ifname,
+        address=att.address,
+        task_id=att.id,
+        mac=att.mac,
+    )
+    outer = None
+    if (pair.outer_ns, pair.outer) not in removals.deleted:
+        outer = ctx.observed_links(pair.outer_ns).get(pair.outer)
+    if outer is not None:
+        spec = LinkSpec(pair.outer_ns, pair.outer, "veth", pair.mtu, master=pair.master)
+        return _ensure_link(spec, outer, pair.create(with_mac=True))
+    return [
+        pair.create(with_mac=True),
+        ops.SetAddresses(
+            ns=att.netns, name=att.ifname, addresses=frozenset({att.address}), task_id=att.id
+        ),
+        ops.SetLoUp(ns=att.netns, task_id=att.id),
+    ]
 
 
 def _veth(ctx: _Context, pair: VethPair, obs_sb: SandboxNs, deleted: set[LinkRef]) -> list[ops.Op]:

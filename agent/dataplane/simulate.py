@@ -58,6 +58,8 @@ class _SimKernel:
             else set()
         )
         self.files = dict(observed.files)
+        # Namespaces of other runtimes (paths: attachments' CNI_NETNS), never observed.
+        self.foreign: dict[str, _SimNs] = {}
 
     def snapshot(self) -> Observed:
         return Observed(
@@ -83,6 +85,8 @@ class _SimKernel:
             return self.nets[ns].links
         if ns in self.sbs:
             return self.sbs[ns].links
+        if "/" in ns:
+            return self.foreign.setdefault(ns, _SimNs({})).links
         raise KeyError(f"no netns {ns}")
 
     def drop_link(self, ns: str | None, name: str) -> None:
@@ -117,7 +121,7 @@ class _SimKernel:
             case ops.SetDefaultRoute(ns=ns, gateway=gw):
                 self.sbs[ns].gw = gw
             case ops.SetLoUp(ns=ns):
-                self.sbs[ns].lo = True
+                (self.foreign if "/" in ns else self.sbs)[ns].lo = True
             case ops.DeleteLink(ns=ns, name=name, peer=peer):
                 self.drop_link(ns, name)
                 if peer is not None:

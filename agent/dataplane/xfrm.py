@@ -361,9 +361,13 @@ def _without_encrypted(desired: DesiredState, why: str) -> tuple[DesiredState, d
             desired,
             networks=keep,
             sandboxes={t: sb for t, sb in desired.sandboxes.items() if t not in dropped},
+            attachments={a: v for a, v in desired.attachments.items() if v.network_id in keep},
             remotes={n: r for n, r in desired.remotes.items() if n in keep},
         ),
-        {tid: why for tid in dropped},
+        {
+            **{tid: why for tid in dropped},
+            **{a: why for a, v in desired.attachments.items() if v.network_id not in keep},
+        },
     )
 
 

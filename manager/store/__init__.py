@@ -2,7 +2,8 @@
 
 Everything the cluster wants lives under one key prefix:
 
-    {prefix}/objects/{kind}/{id}    serialized object (networks, services, tasks, nodes)
+    {prefix}/objects/{kind}/{id}    serialized object (networks, services, tasks, nodes,
+                                    attachments)
     {prefix}/names/{kind}/{name}    the ID owning a name (uniqueness is a compare on this key)
     {prefix}/leader                 the leading manager's ID, attached to its lease
     {prefix}/managers/{id}          a manager's advertised address, attached to its lease
@@ -45,6 +46,7 @@ KINDS: dict[str, type[Message]] = {
     "services": pb.Service,
     "tasks": pb.Task,
     "nodes": pb.Node,
+    "attachments": pb.Attachment,
 }
 
 M = TypeVar("M", bound=Message)

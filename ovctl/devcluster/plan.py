@@ -355,6 +355,12 @@ def agent_argv(
         str(state_dir / host.name),
         "--netns-prefix",
         f"{host.netns}-",
+        # Its own CNI socket and conflists (`podman run --network NET` inside the host's
+        # namespace with network_config_dir pointing there: see README).
+        "--cni-socket",
+        str(state_dir / host.name / "cni.sock"),
+        "--cni-conf-dir",
+        str(state_dir / host.name / "cni" / "net.d"),
     ]
     if join_token:
         argv += ["--join-token", join_token]

@@ -11,6 +11,8 @@ certificates. `stub()` and `ovctl()` use the admin credentials, agents join with
 `worker_token` (or `join()` returns a worker's credentials directly). Each manager's join
 listener is on its port + 1, the default agents assume.
 
+`bare_agents` holds the bare Dispatcher clients (no agent code) a test adds and closes them.
+
 The `agents` fixture's pool joins every agent it adds with the worker token of the cluster
 whose manager it is given (found by address), so tests add agents as before.
 """
@@ -39,6 +41,7 @@ from proto import control_pb2_grpc
 from security.credentials import MANAGER_CHANNEL_OPTIONS, NodeCredentials
 from security.join import join
 from tests.integration.agents import AgentPool, ScriptedAgent
+from tests.integration.bare_agent import BareAgent
 from tests.support.etcd import EtcdHandle
 from tests.support.procs import ProcessSpawner
 from tests.support.wait import wait_for
@@ -293,3 +296,14 @@ def agents() -> Iterator[AgentPool]:
         yield pool
     finally:
         pool.close()
+
+
+@pytest.fixture
+def bare_agents() -> Iterator[list[BareAgent]]:
+    """Bare Dispatcher clients a test adds (tests/integration/bare_agent.py), closed after it."""
+    agents: list[BareAgent] = []
+    try:
+        yield agents
+    finally:
+        for a in agents:
+            a.close()

@@ -32,9 +32,16 @@ def decode_all(m: ManagerCluster) -> dict[str, dict[str, Any]]:
         "services": {},
         "tasks": {},
         "nodes": {},
+        "attachments": {},
         "names": {},
     }
-    types = {"networks": pb.Network, "services": pb.Service, "tasks": pb.Task, "nodes": pb.Node}
+    types = {
+        "networks": pb.Network,
+        "services": pb.Service,
+        "tasks": pb.Task,
+        "nodes": pb.Node,
+        "attachments": pb.Attachment,
+    }
     for key, (_, value) in m.dump().items():
         parts = key.decode()[len(m.etcd.prefix) :].split("/")
         if parts[0] == "objects":
@@ -60,17 +67,19 @@ def assert_consistent(m: ManagerCluster) -> dict[str, dict[str, Any]]:
     for kind in ("services", "networks"):
         for obj_id, obj in s[kind].items():
             assert s["names"].get(f"{kind}/{obj.spec.name}") == obj_id
-    # No address handed out twice on any network (VIPs and task IPs alike).
+    # No address handed out twice on any network (VIPs, task IPs, nodes' and containers'
+    # attachments alike).
     held: Counter[tuple[str, str]] = Counter()
     for svc in services.values():
         for vip in svc.endpoint.virtual_ips:
             held[(vip.network_id, vip.addr)] += 1
-    for t in tasks.values():
-        for att in t.networks:
-            for addr in att.addresses:
-                held[(att.network_id, addr)] += 1
-                net = networks[att.network_id]
-                assert ipaddress.ip_interface(addr).ip in ipaddress.ip_network(net.subnet)
+    attached = [a.network for a in s["attachments"].values()]
+    attached += [a for n in s["nodes"].values() for a in n.attachments]
+    for att in [*attached, *(a for t in tasks.values() for a in t.networks)]:
+        for addr in att.addresses:
+            held[(att.network_id, addr)] += 1
+            net = networks[att.network_id]
+            assert ipaddress.ip_interface(addr).ip in ipaddress.ip_network(net.subnet)
     dup = [k for k, n in held.items() if n > 1]
     assert not dup, f"addresses held twice: {dup[:5]}"
     ports = Counter(

@@ -144,6 +144,12 @@ class FakeSession:
     async def publish_logs(self, lines: Sequence[dpb.PublishLogsMessage]) -> None:
         pass
 
+    async def attach(self, req: dpb.AttachRequest) -> dpb.AttachResponse:
+        raise ConnectionError("no manager behind this fake session")
+
+    async def detach(self, req: dpb.DetachRequest) -> dpb.DetachResponse:
+        raise ConnectionError("no manager behind this fake session")
+
     def states(self, task_id: str) -> list[int]:
         return [u.status.state for u in self.reports if u.task_id == task_id]
 

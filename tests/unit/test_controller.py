@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import ipaddress
 
-from agent.controller import Controller, Local, Sandbox, decide, desired_dataplane, exit_status
+from agent.controller import Controller, Local, Sandbox, decide, exit_status
 from agent.dataplane.xfrm import NO_ESP
+from agent.desiredstate import desired_dataplane
 from agent.executor.api import ExitInfo
 from agent.model import HostConfig, RemoteEndpoint
 from proto import objects_pb2 as pb

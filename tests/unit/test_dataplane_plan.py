@@ -26,11 +26,13 @@ from agent.dataplane.ops import (
     Op,
     SetAddresses,
     SetLink,
+    SetLoUp,
 )
 from agent.dataplane.plan import plan
 from agent.dataplane.simulate import simulate
 from agent.model import (
     INGRESS_SANDBOX,
+    AttachmentConfig,
     DesiredState,
     HostConfig,
     LocalEndpoint,
@@ -415,3 +417,70 @@ def test_property_a_then_b_equals_b(a: DesiredState, b: DesiredState) -> None:
         for a in sb.links["gw0"].addresses
     ]
     assert len(gws) == len(set(gws))
+
+
+# ---------------------------------------------------------------- attachments (CNI containers)
+
+CNI_NETNS = "/run/netns/cni-1234"
+
+
+def attachment(att_id: str = "att1", n: int = 1, h: int = 40) -> AttachmentConfig:
+    return AttachmentConfig(
+        id=att_id,
+        network_id=f"net{n}",
+        netns=CNI_NETNS,
+        ifname="eth0",
+        address=IPv4Interface(f"10.{n}.0.{h}/24"),
+    )
+
+
+def test_an_attachment_gets_a_veth_into_the_runtimes_namespace_and_is_kept() -> None:
+    att = attachment()
+    d = DesiredState(networks={"net1": net(1)}, attachments={att.id: att})
+    todo, obs = converge(d)
+    ns = NAMES.network_ns("net1")
+    veth = next(op for op in todo if isinstance(op, CreateVeth))
+    assert (veth.ns, veth.peer_ns, veth.peer_name, veth.peer_mac) == (
+        ns,
+        CNI_NETNS,
+        "eth0",
+        endpoint_mac("10.1.0.40"),
+    )
+    assert (
+        SetAddresses(ns=CNI_NETNS, name="eth0", addresses=frozenset({att.address}), task_id="att1")
+        in todo
+    )
+    assert SetLoUp(ns=CNI_NETNS, task_id="att1") in todo
+    # The runtime's namespace is never made, deleted or observed as one of ours.
+    assert not any(isinstance(op, (CreateNetns, DeleteNetns)) and op.ns == CNI_NETNS for op in todo)
+    assert obs.networks[ns].links[NAMES.veth_outer("att1", 0)].master == NAMES.bridge
+    assert CNI_NETNS not in obs.sandboxes
+    # A task's sandbox beside it does not make the planner touch the attachment's veth.
+    d2 = replace(d, sandboxes={"t1": sandbox("t1", [(1, 2)])})
+    _, obs2 = converge(d2, obs)
+    assert NAMES.veth_outer("att1", 0) in obs2.networks[ns].links
+
+
+def test_a_detached_attachment_loses_its_veth_and_its_network_goes_with_the_last_one() -> None:
+    att = attachment()
+    keep = DesiredState(
+        networks={"net1": net(1)},
+        sandboxes={"t1": sandbox("t1", [(1, 2)])},
+        attachments={att.id: att},
+    )
+    _, obs = converge(keep)
+    todo = plan(HOST, replace(keep, attachments={}), obs)
+    outer = NAMES.veth_outer("att1", 0)
+    assert [op for op in todo if isinstance(op, DeleteLink)] == [
+        DeleteLink(ns=NAMES.network_ns("net1"), name=outer, network_id="net1")
+    ]
+    todo = plan(HOST, DesiredState(), obs)
+    assert DeleteNetns(ns=NAMES.network_ns("net1")) in todo
+
+
+def test_an_attachment_on_a_network_not_desired_is_skipped_and_reported() -> None:
+    att = attachment(n=2)
+    d = DesiredState(networks={"net1": net(1)}, attachments={att.id: att})
+    todo, _ = converge(d)
+    assert not any(isinstance(op, CreateVeth) for op in todo)
+    assert problems(d) == ["attachment att1: network net2 is not desired"]

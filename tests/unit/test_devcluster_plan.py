@@ -182,6 +182,9 @@ def test_agent_command_line_enters_the_host_namespace() -> None:
         "--addr": "198.51.100.12",
         "--state-dir": "/st/h2",
         "--netns-prefix": "ovd-h2-",
+        # Each host's CNI plugin socket and conflists are its own.
+        "--cni-socket": "/st/h2/cni.sock",
+        "--cni-conf-dir": "/st/h2/cni/net.d",
         # The hosts never forward names to this machine's own resolver.
         "--dns-upstream": "none",
     }
