@@ -110,24 +110,15 @@ def _task_sandboxes(
         legs: list[LocalEndpoint] = []
         configs: list[NetworkConfig] = []
         for index, att in enumerate(task.networks):
-            net = networks.get(att.network_id)
-            if net is None or not att.addresses:
-                problems[task_id] = (
-                    f"network {att.network_id} of task {task_id} was not sent with it"
-                    if net is None
-                    else f"task {task_id} has no address on network {net.spec.name}"
-                )
-                break
-            config = network_config(net)
-            if config.encrypted and host.ipsec_unavailable:
-                # Never in clear: the task fails here, saying why (`ovctl service ps`).
-                problems[task_id] = f"{host.ipsec_unavailable}: network {net.spec.name} needs IPsec"
+            config = _leg_network(host, networks, f"task {task_id}", att)
+            if isinstance(config, str):
+                problems[task_id] = config
                 break
             configs.append(config)
             legs.append(
                 LocalEndpoint(
                     task_id=task_id,
-                    network_id=net.meta.id,
+                    network_id=config.id,
                     index=index,
                     address=ipaddress.IPv4Interface(att.addresses[0]),
                 )
@@ -147,6 +138,22 @@ def _task_sandboxes(
     return boxes
 
 
+def _leg_network(
+    host: HostConfig, networks: Mapping[str, pb.Network], owner: str, att: pb.NetworkAttachment
+) -> NetworkConfig | str:
+    """The network one leg of `owner` (a task, an attachment) is on, or why it cannot be."""
+    net = networks.get(att.network_id)
+    if net is None:
+        return f"network {att.network_id} of {owner} was not sent with it"
+    if not att.addresses:
+        return f"{owner} has no address on network {net.spec.name}"
+    config = network_config(net)
+    if config.encrypted and host.ipsec_unavailable:
+        # Never in clear: the task fails here, saying why (`ovctl service ps`).
+        return f"{host.ipsec_unavailable}: network {net.spec.name} needs IPsec"
+    return config
+
+
 def _attachment_configs(
     host: HostConfig,
     attachments: Mapping[str, pb.Attachment],
@@ -158,17 +165,9 @@ def _attachment_configs(
     `problems` why the others cannot."""
     out: dict[str, AttachmentConfig] = {}
     for att_id, att in sorted(attachments.items()):
-        net = networks.get(att.network.network_id)
-        if net is None or not att.network.addresses:
-            problems[att_id] = (
-                f"network {att.network.network_id} of attachment {att_id} was not sent with it"
-                if net is None
-                else f"attachment {att_id} has no address on network {net.spec.name}"
-            )
-            continue
-        config = network_config(net)
-        if config.encrypted and host.ipsec_unavailable:
-            problems[att_id] = f"{host.ipsec_unavailable}: network {net.spec.name} needs IPsec"
+        config = _leg_network(host, networks, f"attachment {att_id}", att.network)
+        if isinstance(config, str):
+            problems[att_id] = config
             continue
         nets[config.id] = config
         out[att_id] = AttachmentConfig(

@@ -61,6 +61,9 @@ class Request:
     @classmethod
     def decode(cls, data: bytes) -> Request:
         d = _object(data)
+        aliases = d.get("aliases") or []
+        if not isinstance(aliases, list) or not all(isinstance(a, str) for a in aliases):
+            raise ProtocolError("bad request: 'aliases' is not a list of strings")
         try:
             req = cls(
                 command=_str(d, "command"),
@@ -69,7 +72,7 @@ class Request:
                 ifname=_str(d, "ifname"),
                 netns=_str(d, "netns", ""),
                 name=_str(d, "name", ""),
-                aliases=tuple(str(a) for a in d.get("aliases") or ()),
+                aliases=tuple(aliases),
             )
         except TypeError as e:
             raise ProtocolError(f"bad request: {e}") from None

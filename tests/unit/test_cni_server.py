@@ -221,3 +221,17 @@ def test_the_socket_answers_a_garbled_request_with_a_decode_error(tmp_path: Path
         assert not Path(srv.socket_path).exists()
 
     asyncio.run(go())
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b'{"command":"ADD","network":"n","container_id":"c","ifname":"e","aliases":"web"}',
+        b'{"command":"RUN","network":"n","container_id":"c","ifname":"e"}',
+        b'{"command":"ADD","network":7,"container_id":"c","ifname":"e"}',
+        b'["ADD"]',
+    ],
+)
+def test_a_request_off_the_protocol_is_refused_not_guessed(line: bytes) -> None:
+    with pytest.raises(protocol.ProtocolError):
+        protocol.Request.decode(line)
