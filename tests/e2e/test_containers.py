@@ -208,7 +208,10 @@ def test_rolling_to_a_second_tag_fails_no_request(bed: Bed) -> None:
                 for t in ts
             )
 
-        wait_for("the rolling update", rolled, timeout=120)
+        # Polled once a second: each poll is two ovctl processes (~0.3 s of CPU each), CPU
+        # the replicas and podman need during the roll on a 2-CPU machine (CI once saw one
+        # request of 142 time out in a roll on a slow pass).
+        wait_for("the rolling update", rolled, timeout=120, every=1.0)
         rolled_s = time.monotonic() - t0
         time.sleep(2)
     finally:
