@@ -17,7 +17,8 @@ MAX_REPLICAS = 10_000
 MAX_HEALTH_RETRIES = 100
 # Docker's rule for object names; services additionally become DNS labels, so no dots there.
 _NETWORK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-_SERVICE_NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?$")
+# As swarmkit's: '_' too (a stack's services are STACK_NAME, and resolve so in Docker).
+_SERVICE_NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9_-]*[A-Za-z0-9])?$")
 _LABEL_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-/]*$")
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # An image reference as the distribution spec (and podman) read it: [HOST[:PORT]/]PATH[:TAG]
@@ -47,7 +48,7 @@ def check_name(kind: str, name: str, *, dns: bool = False) -> None:
     pattern = _SERVICE_NAME if dns else _NETWORK_NAME
     if not pattern.match(name):
         allowed = (
-            "letters, digits and '-', starting and ending with a letter or digit"
+            "letters, digits, '-' and '_', starting and ending with a letter or digit"
             if dns
             else "letters, digits, '_', '.' and '-', starting with a letter or digit"
         )

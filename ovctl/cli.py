@@ -39,6 +39,9 @@ ovctl run [-d] [--name NAME] [--node HOST] [--network NET]... [-p [HOSTPORT:]POR
 ovctl ps [-a] [-q] [--format table|json]     ovctl rm [-f] NAME|ID...
 ovctl logs [-f] NAME|ID
 
+ovctl stack deploy -c FILE [-c FILE]... [--prune] STACK      ovctl stack ls
+ovctl stack services STACK     ovctl stack ps STACK     ovctl stack rm STACK...
+
 ovctl node ls [-q] [--filter name=X] [--format table|json]
 ovctl node inspect [--pretty] NODE...
 ovctl node update [--availability active|pause|drain] [--role worker|manager]
@@ -154,6 +157,7 @@ from ovctl.client import (
     resolve_credentials,
     resolve_managers,
 )
+from ovctl.stack import commands as stack_commands
 
 DEFAULT_TIMEOUT = 30.0
 
@@ -251,6 +255,7 @@ def build_parser(
     _service_verbs(groups.add_parser("service", help="manage services"), verb)
     _node_verbs(groups.add_parser("node", help="manage nodes"), verb)
     standalone.add_verbs(groups, verb, _arg)
+    stack_commands.add_verbs(groups, verb)
     cluster = groups.add_parser("cluster", help="cluster-wide information")
     sub = cluster.add_subparsers(dest="verb", required=True, metavar="VERB")
     p = verb(sub, "info", commands.cluster_info, "show the managers and which one leads")
