@@ -233,9 +233,14 @@ def test_rolling_to_a_second_tag_fails_no_request(bed: Bed) -> None:
 def test_a_killed_agent_adopts_its_containers(bed: Bed) -> None:
     ov = bed.ov
     web(bed)
-    before = bed.containers("h2")
+
+    def one_container() -> dict[str, str] | None:
+        found = bed.containers("h2")
+        return found if len(found) == 1 else None
+
+    # A replica replaced by the roll before drains (5 s), then goes.
+    before = wait_for("h2's replaced container gone", one_container, timeout=30)
     tasks_before = {t.id for t in ov.running("img", 3)}
-    assert len(before) == 1
     ov.dev.kill_agent("h2")
     assert bed.containers("h2") == before, "the containers live on without their agent"
     ov.dev.start_agent("h2")
