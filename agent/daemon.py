@@ -82,33 +82,29 @@ def now_ms() -> int:
 
 
 def failed_sandboxes(result: ApplyResult, desired: DesiredState) -> dict[str, str]:
-    """Which sandboxes a reconcile's failures leave unusable, and why: a failed op of a task
-    hits that task, one of a network hits every sandbox on it, one of the host (gwbridge,
-    nftables) hits every sandbox that needs egress."""
+    """Which sandboxes and attachments a reconcile's failures leave unusable, and why: a failed
+    op of a task (or attachment) hits that one, one of a network hits every one on it, one of
+    the host (gwbridge, nftables) hits every sandbox that needs egress (an attachment has
+    none)."""
+    owners = {
+        tid: (frozenset(e.network_id for e in box.endpoints), box.egress)
+        for tid, box in desired.sandboxes.items()
+    }
+    owners.update(
+        {aid: (frozenset({att.network_id}), False) for aid, att in desired.attachments.items()}
+    )
     out: dict[str, str] = {}
     for f in result.failures:
         op = f.op
-        for task_id, box in desired.sandboxes.items():
+        for owner, (networks, egress) in owners.items():
             if op.task_id:
-                hit = op.task_id == task_id
+                hit = op.task_id == owner
             elif op.network_id:
-                hit = any(e.network_id == op.network_id for e in box.endpoints)
+                hit = op.network_id in networks
             else:
-                hit = box.egress
-            if hit and task_id not in out:
-                out[task_id] = f"{op.describe()} failed: {f.error}"
-    return out
-
-
-def failed_attachments(result: ApplyResult, desired: DesiredState) -> dict[str, str]:
-    """Which attachments a reconcile's failures leave without their interface, and why."""
-    out: dict[str, str] = {}
-    for f in result.failures:
-        op = f.op
-        for att_id, att in desired.attachments.items():
-            hit = op.task_id == att_id if op.task_id else op.network_id == att.network_id
-            if hit and att_id not in out:
-                out[att_id] = f"{op.describe()} failed: {f.error}"
+                hit = egress
+            if hit and owner not in out:
+                out[owner] = f"{op.describe()} failed: {f.error}"
     return out
 
 
@@ -458,7 +454,6 @@ class AgentDaemon:
             for text in result.problems:
                 log.warning("data plane input: %s", text)
             why = {**failed_sandboxes(result, desired), **result.unbuilt, **problems}
-            why.update(failed_attachments(result, desired))
             self._attachments_built(p.attachments, desired, why)
             if not self.controller.sandboxes_built(d.sandboxes, desired.sandboxes, why):
                 break
