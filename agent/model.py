@@ -45,6 +45,22 @@ def endpoint_mac(address: IPv4Address | IPv4Interface | str) -> str:
     return "02:42:" + ":".join(f"{b:02x}" for b in ip.packed)
 
 
+def bridge_mac(vtep: IPv4Address | str, ns: str | None, name: str) -> str:
+    """The fixed MAC of a bridge the agent makes: 06 (locally administered, apart from the
+    endpoints' 02:42) and five bytes of a hash of the host's VTEP and the bridge's place.
+
+    A Linux bridge whose address was never set takes the lowest MAC of its ports, so starting
+    or stopping a task (a veth port more or less) could change the gwbridge's MAC under every
+    sandbox routing through it: the ingress sandbox kept sending the routing mesh's answers to
+    the old MAC until its neighbour entry was re-probed, and a request hung for seconds
+    (measured: 1 in ~12 runs of the e2e scale/update test). A set address never follows the
+    ports. Per host and per namespace, so that no two bridges of one layer 2 segment (an
+    overlay spans hosts) share it, and stable, so that a restarted agent finds it right.
+    """
+    digest = hashlib.sha256(f"{vtep}|{ns or ''}|{name}".encode()).digest()
+    return "06:" + ":".join(f"{b:02x}" for b in digest[:5])
+
+
 def short_id(object_id: str, length: int = 10) -> str:
     """A stable short form of an object ID for names with a length limit (15 for interfaces)."""
     if len(object_id) >= length and object_id.isalnum():

@@ -311,10 +311,11 @@ class DataPlane:
                 except Exception as e:
                     if _errno(e) not in (ENODEV,):
                         raise
-            case ops.CreateBridge(ns=ns, name=name, mtu=mtu, address=addr):
+            case ops.CreateBridge(ns=ns, name=name, mtu=mtu, address=addr, mac=mac):
                 raw = self._handle(ns)
                 raw.call(nlmsg.link_add(name, "bridge", mtu))
                 idx = raw.link_index(name)
+                raw.call(nlmsg.link_set(idx, mac=mac))
                 raw.call(nlmsg.addr(True, idx, addr))
                 raw.call(nlmsg.link_set(idx, up=True))
             case ops.CreateVxlan():

@@ -57,10 +57,14 @@ class DeleteLink(Op):
 
 @dataclass(frozen=True, kw_only=True)
 class CreateBridge(Op):
+    """A bridge with a set MAC (agent.model.bridge_mac: it must not follow its ports'), its
+    address, up."""
+
     ns: str | None
     name: str
     mtu: int
     address: IPv4Interface
+    mac: str
 
 
 @dataclass(frozen=True, kw_only=True)

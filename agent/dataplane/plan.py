@@ -36,7 +36,7 @@ from agent.dataplane.desired import (
     wants_egress,
 )
 from agent.dataplane.observed import Link, NetworkNs, Observed, SandboxNs, VxlanParams
-from agent.model import AttachmentConfig, DesiredState, HostConfig, Names
+from agent.model import AttachmentConfig, DesiredState, HostConfig, Names, bridge_mac
 
 # --------------------------------------------------------------------------------------------
 # Records
@@ -351,8 +351,13 @@ def _host_egress(ctx: _Context) -> list[ops.Op]:
         return []
     host, names = ctx.host, ctx.names
     gwb = gwbridge_address(host)
-    spec = LinkSpec(None, names.gwbridge, "bridge", host.underlay_mtu, addresses=frozenset({gwb}))
-    create = ops.CreateBridge(ns=None, name=names.gwbridge, mtu=host.underlay_mtu, address=gwb)
+    mac = bridge_mac(host.vtep, None, names.gwbridge)
+    spec = LinkSpec(
+        None, names.gwbridge, "bridge", host.underlay_mtu, addresses=frozenset({gwb}), mac=mac
+    )
+    create = ops.CreateBridge(
+        ns=None, name=names.gwbridge, mtu=host.underlay_mtu, address=gwb, mac=mac
+    )
     out = _ensure_link(spec, ctx.observed.host_links.get(names.gwbridge), create)
     if not ctx.observed.ip_forward:
         out.append(ops.SetIpForward())
@@ -378,10 +383,13 @@ def _network(ctx: _Context, nid: str) -> _NetworkOps:
     if ns not in ctx.observed.networks:
         out.parents.append(ops.CreateNetns(ns=ns, network_id=nid))
     gw_if = IPv4Interface(f"{net.gateway}/{net.subnet.prefixlen}")
+    mac = bridge_mac(host.vtep, ns, names.bridge)
     out.parents += _ensure_link(
-        LinkSpec(ns, names.bridge, "bridge", mtu, addresses=frozenset({gw_if}), network_id=nid),
+        LinkSpec(
+            ns, names.bridge, "bridge", mtu, addresses=frozenset({gw_if}), mac=mac, network_id=nid
+        ),
         obs_net.links.get(names.bridge),
-        ops.CreateBridge(ns=ns, name=names.bridge, mtu=mtu, address=gw_if, network_id=nid),
+        ops.CreateBridge(ns=ns, name=names.bridge, mtu=mtu, address=gw_if, mac=mac, network_id=nid),
     )
     params = VxlanParams(vni=net.vni, port=host.network_vxlan_port(net), local=host.vtep)
     vx = obs_net.links.get(names.vxlan)

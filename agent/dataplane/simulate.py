@@ -127,8 +127,10 @@ class _SimKernel:
                 if peer is not None:
                     with contextlib.suppress(KeyError):
                         self.drop_link(*peer)
-            case ops.CreateBridge(ns=ns, name=name, mtu=mtu, address=addr):
-                self.links_of(ns)[name] = Link(kind="bridge", mtu=mtu, addresses=frozenset({addr}))
+            case ops.CreateBridge(ns=ns, name=name, mtu=mtu, address=addr, mac=mac):
+                self.links_of(ns)[name] = Link(
+                    kind="bridge", mtu=mtu, addresses=frozenset({addr}), mac=mac
+                )
             case ops.CreateVxlan(ns=ns, name=name, params=params, mtu=mtu, master=master):
                 self.links_of(ns)[name] = Link(kind="vxlan", mtu=mtu, master=master, vxlan=params)
             case ops.CreateVeth():

@@ -8,6 +8,7 @@ Needs root; everything made carries the prefix ovt<pid>- and is removed even on 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 from collections.abc import Iterator
@@ -27,6 +28,7 @@ from agent.model import (
     NetworkConfig,
     RemoteEndpoint,
     SandboxConfig,
+    bridge_mac,
 )
 
 pytestmark = [
@@ -271,6 +273,29 @@ def test_internal_network_has_no_default_route_and_egress_reaches_underlay(
     assert tcp_roundtrip(SERVER_NS, sb1, SERVER_IP, 7778) == f"hello from {HOSTS[1]}"
     # The internal task cannot.
     assert tcp_roundtrip(SERVER_NS, sbi, SERVER_IP, 7778, timeout=0.5) == ""
+
+
+def test_the_gwbridge_keeps_its_mac_when_a_port_with_a_lower_one_joins(
+    hosts: dict[int, Host],
+) -> None:
+    """Every sandbox routes through the gwbridge's address: its MAC must not follow its ports
+    (an unset bridge MAC is the lowest port MAC, and a task's start would change it)."""
+    h1 = hosts[1]
+    assert run(h1.dp.reconcile(state_for(1))).ok
+    gw, want = h1.cfg.names.gwbridge, bridge_mac(h1.cfg.vtep, None, h1.cfg.names.gwbridge)
+
+    def mac() -> str:
+        return str(json.loads(sh("ip", "-j", "-n", h1.ns, "link", "show", gw).stdout)[0]["address"])
+
+    assert mac() == want
+    sh("ip", "-n", h1.ns, "link", "add", "ovlow0", "address", "00:00:00:00:00:01", "type", "veth",
+       "peer", "name", "ovlow1")  # fmt: skip
+    try:
+        sh("ip", "-n", h1.ns, "link", "set", "ovlow0", "master", gw, "up")
+        assert mac() == want
+    finally:
+        sh("ip", "-n", h1.ns, "link", "del", "ovlow0", check=False)
+    assert run(h1.dp.reconcile(state_for(1))).ops == 0
 
 
 def test_scale_entries_and_remove_all(hosts: dict[int, Host]) -> None:

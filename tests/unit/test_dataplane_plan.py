@@ -40,6 +40,7 @@ from agent.model import (
     NetworkConfig,
     RemoteEndpoint,
     SandboxConfig,
+    bridge_mac,
     endpoint_mac,
 )
 
@@ -244,6 +245,25 @@ def test_drift_changed_address_and_mtu_are_fixed() -> None:
     )
     ops, after = converge(FULL, drifted)
     assert {type(op) for op in ops} == {SetLink, SetAddresses}
+    assert after == obs
+
+
+def test_bridges_get_a_set_mac_and_one_that_follows_its_ports_is_fixed() -> None:
+    """A bridge that took a port's MAC (the kernel's default, when its own was never set) has
+    its MAC set back, so that sandboxes routing through it keep a valid neighbour entry."""
+    _, obs = converge(FULL)
+    gwb = obs.host_links[NAMES.gwbridge]
+    ns1 = NAMES.network_ns("net1")
+    br = obs.networks[ns1].links[NAMES.bridge]
+    assert gwb.mac == bridge_mac(HOST.vtep, None, NAMES.gwbridge)
+    assert br.mac == bridge_mac(HOST.vtep, ns1, NAMES.bridge)
+    macs = {gwb.mac, br.mac, bridge_mac("198.51.100.12", ns1, NAMES.bridge)}
+    assert len(macs) == 3 and all(m.startswith("06:") for m in macs)
+    drifted = replace(
+        obs, host_links={**obs.host_links, NAMES.gwbridge: replace(gwb, mac="02:00:00:00:00:01")}
+    )
+    fix, after = converge(FULL, drifted)
+    assert fix == [SetLink(ns=None, name=NAMES.gwbridge, mtu=gwb.mtu, mac=gwb.mac)]
     assert after == obs
 
 
