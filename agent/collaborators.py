@@ -32,9 +32,12 @@ class Session(Protocol):
     on_assignments: Callable[[Assignments], Awaitable[None]] | None
     gossip_status: Callable[[], pb.GossipStatus | None] | None
     ipsec_status: Callable[[], pb.IpsecStatus | None] | None
+    programmed: Callable[[], pb.ProgrammedView | None] | None
 
     @property
     def unreachable(self) -> bool: ...
+
+    def nudge(self) -> None: ...
 
     async def report(self, updates: Sequence[dpb.TaskStatusUpdate]) -> None: ...
 

@@ -192,6 +192,9 @@ class AgentDaemon:
         session.on_assignments = self._on_assignments
         session.gossip_status = discovery.status
         session.ipsec_status = dataplane.ipsec_status
+        # What the last whole, fully applied pass programmed (none yet: nothing reported).
+        self._programmed: pb.ProgrammedView | None = None
+        session.programmed = lambda: self._programmed
         self._stopping: dict[str, asyncio.Task[None]] = {}
         # One waiter per watched task, for its exit (`Executor.wait`).
         self._waiters: dict[str, asyncio.Task[None]] = {}
@@ -600,11 +603,19 @@ class AgentDaemon:
         for key in self.lb.keys() - specs.keys():
             # A sandbox's table goes with its namespace (which may be gone already).
             await self.lb.remove(key, self.dataplane.sandbox_path(key), delete_table=False)
+        applied = True
         for key, (netns, spec) in specs.items():
             try:
                 await self.lb.apply(key, netns, spec)
             except Exception as e:
+                applied = False
                 log.warning("load balancing in %s: %s", key, e)
+        if applied:
+            # Resolvers, balancers (and, in `_build`, FDB entries) now hold these records.
+            view = services.programmed_view(records, mesh=INGRESS_SANDBOX in specs)
+            if view != self._programmed:
+                self._programmed = view
+                self.session.nudge()
 
     def _view_whole(self) -> bool:
         """Whether this pass's records are the whole view of the cluster. A restarted agent

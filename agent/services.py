@@ -131,3 +131,22 @@ def host_mode_ports(
     return {
         k: PortTarget(targets[k][0], tuple(sorted(backends[k])), targets[k][1]) for k in targets
     }
+
+
+def programmed_view(records: Iterable[EndpointRecord], mesh: bool) -> pb.ProgrammedView:
+    """Per service, the tasks this host now resolves and balances to (its enabled records on
+    every network it is on), for the manager to tell when a change is real here; `mesh`:
+    the host's ingress sandbox serves the published ports."""
+    tasks: dict[str, set[str]] = defaultdict(set)
+    for rec in records:
+        if rec.is_task:
+            backends = tasks[rec.service_id]
+            if rec.enabled:
+                backends.add(rec.task_id)
+    return pb.ProgrammedView(
+        services=[
+            pb.ProgrammedService(service_id=sid, task_ids=sorted(ids))
+            for sid, ids in sorted(tasks.items())
+        ],
+        mesh=mesh,
+    )

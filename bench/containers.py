@@ -61,7 +61,7 @@ def converge(dev: DevCluster, n: int, kind: str, image: str, client: str) -> dic
     seen: dict[str, set[str]] = {a: set() for a in addrs}
     t0 = time.monotonic()
     with contextlib.redirect_stdout(io.StringIO()):
-        rc = ovctl_main(["-H", dev.manager_addr, "service", "create", "--name", name,
+        rc = ovctl_main(["-H", dev.manager_addr, "service", "create", "-d", "--name", name,
                          "--replicas", str(REPLICAS), "--publish", f"{port}:8080",
                          *workload(kind, image)])  # fmt: skip
     if rc != 0:
@@ -106,7 +106,7 @@ def overhead(dev: DevCluster, kind: str, image: str) -> dict[str, Any]:
     time.sleep(2)
     before = mem_of(agent)
     name = f"dense-{kind}"
-    ovctl(dev, "service", "create", "--name", name, "--replicas", str(DENSE),
+    ovctl(dev, "service", "create", "-d", "--name", name, "--replicas", str(DENSE),
           "--constraint", f"node.hostname=={host}", *workload(kind, image))  # fmt: skip
     wait_running(dev, name, DENSE)
     time.sleep(3)

@@ -71,7 +71,7 @@ def run(rounds: int, out: Path) -> dict[str, Any]:
         dev.up()
         r = dev.ovctl("network", "create", "--subnet", "10.99.0.0/24", "fnet")
         assert r.returncode == 0, r.stderr
-        r = dev.ovctl("service", "create", "--name", "f", "--network", "fnet", "--replicas",
+        r = dev.ovctl("service", "create", "-d", "--name", "f", "--network", "fnet", "--replicas",
                       str(HOSTS), "--", sys.executable, "-m", "http.server", "8080")  # fmt: skip
         assert r.returncode == 0, r.stderr
         net_id = json.loads(dev.ovctl("network", "inspect", "fnet", "--format", "json").stdout)[0][

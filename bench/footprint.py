@@ -356,7 +356,7 @@ def measure(args: argparse.Namespace) -> tuple[Window, Window, list[dict[str, An
         idle0 = idle_window(pids, args.idle_seconds)
         print_window("idle, 0 tasks", idle0)
         ovctl(dev, "network", "create", "--subnet", "10.97.0.0/24", "fpnet")
-        ovctl(dev, "service", "create", "--name", "idle", "--network", "fpnet",
+        ovctl(dev, "service", "create", "-d", "--name", "idle", "--network", "fpnet",
               "--replicas", str(args.tasks), "--", *SLEEPER)  # fmt: skip
         wait_running(dev, "idle", args.tasks)
         time.sleep(args.settle)

@@ -103,7 +103,7 @@ def one_round(dev: DevCluster, n: int, client: str, probes: dict[str, str]) -> d
     t0 = time.monotonic()
     # ovctl's own code, in this process: the figure is the cluster's, not a Python start's.
     with contextlib.redirect_stdout(io.StringIO()):
-        rc = ovctl_main(["-H", dev.manager_addr, "service", "create", "--name", name,
+        rc = ovctl_main(["-H", dev.manager_addr, "service", "create", "-d", "--name", name,
                          "--network", "bnet", "--replicas", str(REPLICAS), "--publish",
                          f"{port}:8080", "--", *WHOAMI])  # fmt: skip
     if rc != 0:
@@ -148,7 +148,7 @@ def run(rounds: int, out: Path) -> dict[str, Any]:
         # The in-process ovctl calls use the cluster's admin credentials (its context file).
         os.environ.update(dev.ovctl_env())
         ovctl(dev, "network", "create", "--subnet", "10.98.0.0/24", "bnet")
-        ovctl(dev, "service", "create", "--name", "probe", "--network", "bnet", "--mode",
+        ovctl(dev, "service", "create", "-d", "--name", "probe", "--network", "bnet", "--mode",
               "global", "--", *SLEEPER)  # fmt: skip
         client = dev.add_client("bench").netns
         nodes = {n["meta"]["id"]: n["description"]["hostname"]

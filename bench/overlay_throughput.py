@@ -72,7 +72,7 @@ def run(seconds: int, repeat: int, out: Path) -> dict[str, object]:
         # ovnet: an iperf3 server task on each host.
         for argv in (
             ["network", "create", "--subnet", "10.90.0.0/24", "perf"],
-            ["service", "create", "--name", "iperf", "--network", "perf", "--replicas", "2",
+            ["service", "create", "-d", "--name", "iperf", "--network", "perf", "--replicas", "2",
              "--", "iperf3", "-s", "-p", "5201"],
         ):  # fmt: skip
             r = dev.ovctl(*argv)

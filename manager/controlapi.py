@@ -7,17 +7,19 @@ leaves etcd and the allocator exactly as they were.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import Any
 
 from manager import attachments
 from manager.ca import server as ca_server
 from manager.ca.server import CertificateAuthority
 from manager.cluster import Cluster, new_id, now_ms
+from manager.convergence import service_convergence
 from manager.endpoints import network_endpoints
 from manager.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from manager.ingress import (
     CREATED_KEY,
+    ingress_network,
     ingress_ports,
     port_label,
     publishes_ingress,
@@ -88,6 +90,7 @@ class ControlAPI:
         ca: CertificateAuthority | None = None,
         ipsec_status: Callable[[str], pb.IpsecStatus | None] | None = None,
         listening_ports: Callable[[str], pb.ListeningPorts | None] | None = None,
+        programmed: Mapping[str, pb.ProgrammedView] | None = None,
     ) -> None:
         """`gossip_status(node_id)`, `ipsec_status(node_id)`, `listening_ports(node_id)`: the
         latest reports of a node's agent (the dispatcher keeps them in memory). `ca`: the
@@ -99,6 +102,8 @@ class ControlAPI:
         self._gossip_status = gossip_status or (lambda _node_id: None)
         self._ipsec_status = ipsec_status or (lambda _node_id: None)
         self._listening_ports = listening_ports or (lambda _node_id: None)
+        # Node ID -> what its agent last said it programmed (the dispatcher's, kept current).
+        self._programmed: Mapping[str, pb.ProgrammedView] = {} if programmed is None else programmed
         self.ca = ca
 
     # ------------------------------------------------------------------ networks
@@ -289,7 +294,19 @@ class ControlAPI:
         return cpb.CreateServiceResponse(service=svc)
 
     async def get_service(self, req: cpb.GetServiceRequest) -> cpb.GetServiceResponse:
-        return cpb.GetServiceResponse(service=self.state.resolve("services", req.service_ref))
+        svc = self.state.resolve("services", req.service_ref)
+        ingress = ingress_network(self.state.networks)
+        return cpb.GetServiceResponse(
+            service=svc,
+            convergence=service_convergence(
+                svc,
+                self.state.tasks.values(),
+                self.state.nodes,
+                self.state.attachments.values(),
+                self._programmed,
+                ingress.meta.id if ingress is not None else "",
+            ),
+        )
 
     async def list_services(self, req: cpb.ListServicesRequest) -> cpb.ListServicesResponse:
         resp = cpb.ListServicesResponse()

@@ -194,6 +194,8 @@ class Dispatcher:
         # The same for IPsec reports (agents with encrypted networks).
         self.ipsec: dict[str, pb.IpsecStatus] = {}
         self.listening: dict[str, pb.ListeningPorts] = {}
+        # What each node has programmed (manager/convergence.py judges services by it).
+        self.programmed: dict[str, pb.ProgrammedView] = {}
         self._dirty = asyncio.Event()
         # (state revision, what every node may get: IDs of services publishing through the
         # routing mesh, IDs of attachable networks)
@@ -209,6 +211,7 @@ class Dispatcher:
                 self.gossip.pop(obj_id, None)
                 self.ipsec.pop(obj_id, None)
                 self.listening.pop(obj_id, None)
+                self.programmed.pop(obj_id, None)
         if any(k in _WATCHED for k, _ in batch.puts) or any(
             k in _WATCHED for k, _ in batch.deletes
         ):
@@ -481,6 +484,8 @@ class Dispatcher:
             self.ipsec[req.node_id] = req.ipsec
         if req.HasField("listening"):
             self.listening[req.node_id] = req.listening
+        if req.HasField("programmed"):
+            self.programmed[req.node_id] = req.programmed
         return dpb.HeartbeatResponse(period_ms=self.period_ms)
 
     def gossip_status(self, node_id: str) -> pb.GossipStatus | None:

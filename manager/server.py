@@ -98,6 +98,7 @@ class Leadership:
             gossip_status=self.dispatcher.gossip_status,
             ipsec_status=self.dispatcher.ipsec_status,
             listening_ports=self.dispatcher.listening_ports,
+            programmed=self.dispatcher.programmed,
             ca=ca,
         )
         self.tasks = [

@@ -148,7 +148,7 @@ from typing import Any, NoReturn
 
 import grpc
 
-from ovctl import commands, dev, specs, standalone
+from ovctl import commands, converge, dev, specs, standalone
 from ovctl.client import (
     DEFAULT_ADDR,
     ConfigError,
@@ -348,6 +348,31 @@ def _restart_and_update_options(p: argparse.ArgumentParser) -> argparse._Mutuall
     return health
 
 
+def _converge_options(p: argparse.ArgumentParser) -> None:
+    """How a change command waits until the change is real on every host (ovctl/converge.py)."""
+    p.add_argument(
+        "-d",
+        "--detach",
+        action="store_true",
+        help="return at once, without waiting for the service to converge",
+    )
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress display")
+    p.add_argument(
+        "--monitor",
+        type=_duration,
+        default=0,
+        metavar="DURATION",
+        help="once converged, how long tasks must stay so (default 0s)",
+    )
+    p.add_argument(
+        "--wait-timeout",
+        type=_timeout,
+        default=120.0,
+        metavar="SECONDS",
+        help="give up waiting (the change goes on) after this long (default 120)",
+    )
+
+
 def _service_verbs(group: argparse.ArgumentParser, verb: _Verb) -> None:
     sub = group.add_subparsers(dest="verb", required=True, metavar="VERB")
     p = verb(sub, "create", commands.service_create, "create a service (prints its ID)")
@@ -375,6 +400,7 @@ def _service_verbs(group: argparse.ArgumentParser, verb: _Verb) -> None:
         "--image", metavar="IMAGE", help="run the tasks as containers of this image (podman)"
     )
     _restart_and_update_options(p)
+    _converge_options(p)
     p.add_argument("command", nargs="*", metavar="CMD", help="the command; put it after --")
 
     p = verb(sub, "ls", commands.service_ls, "list services", "list")
@@ -391,6 +417,7 @@ def _service_verbs(group: argparse.ArgumentParser, verb: _Verb) -> None:
     p = verb(sub, "rm", commands.service_rm, "remove services", "remove")
     p.add_argument("refs", nargs="+", metavar="SERVICE")
     p = verb(sub, "scale", commands.service_scale, "set the replicas of replicated services")
+    _converge_options(p)
     p.add_argument(
         "scales", nargs="+", type=_arg(specs.parse_scale, "scale"), metavar="SERVICE=REPLICAS"
     )
@@ -421,6 +448,7 @@ def _service_verbs(group: argparse.ArgumentParser, verb: _Verb) -> None:
     p.add_argument(
         "--command", action="store_true", help="replace the command with the words after --"
     )
+    _converge_options(p)
     p.add_argument("ref", metavar="SERVICE")
 
     p = verb(sub, "logs", commands.service_logs, "print the output of a service's tasks")
@@ -483,7 +511,7 @@ def _run(args: argparse.Namespace) -> int:
         with connect(addrs, credentials, args.timeout) as stub:
             code: int = args.handler(stub, args)
             return code
-    except specs.SpecConflict as e:
+    except (specs.SpecConflict, converge.NotConverged) as e:
         commands.error(str(e))
         return 1
     except specs.SpecError as e:

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf.message import Message
 
-from ovctl import render, specs
+from ovctl import converge, render, specs
 from proto import control_pb2 as cpb
 from proto import objects_pb2 as pb
 
@@ -191,8 +191,22 @@ def service_create(stub: Stub, args: argparse.Namespace) -> int:
         health=_health_options(args),
     )
     resp = stub.CreateService(cpb.CreateServiceRequest(spec=specs.service_spec(options)))
-    print(resp.service.meta.id)
-    return 0
+    print(resp.service.meta.id, flush=True)
+    return _converge(stub, args, [resp.service.meta.id])
+
+
+def _converge(stub: Stub, args: argparse.Namespace, service_ids: list[str]) -> int:
+    """Unless --detach: wait until the change is real on every host (ovctl/converge.py)."""
+    if args.detach or not service_ids:
+        return 0
+    return converge.wait(
+        stub,
+        service_ids,
+        _hostnames(stub),
+        quiet=args.quiet,
+        timeout=args.wait_timeout,
+        monitor=args.monitor / 1000,
+    )
 
 
 def _health_options(args: argparse.Namespace) -> specs.HealthOptions:
@@ -275,13 +289,17 @@ def _update_service(
 
 
 def service_scale(stub: Stub, args: argparse.Namespace) -> int:
+    changed: list[str] = []
+
     def scale(item: tuple[str, int]) -> None:
         name, replicas = item
         changes = specs.ServiceChanges(replicas=replicas)
-        _update_service(stub, name, lambda s: specs.apply_service_changes(s, changes))
-        print(f"{name} scaled to {replicas}")
+        svc = _update_service(stub, name, lambda s: specs.apply_service_changes(s, changes))
+        changed.append(svc.meta.id)
+        print(f"{name} scaled to {replicas}", flush=True)
 
-    return _each(args.scales, scale)
+    code = _each(args.scales, scale)
+    return code or _converge(stub, args, changed)
 
 
 def service_update(stub: Stub, args: argparse.Namespace) -> int:
@@ -314,11 +332,15 @@ def service_update(stub: Stub, args: argparse.Namespace) -> int:
     if changes == specs.ServiceChanges():
         raise specs.SpecError("nothing to update: give at least one option (see --help)")
 
-    def update(ref: str) -> None:
-        _update_service(stub, ref, lambda s: specs.apply_service_changes(s, changes))
-        print(ref)
+    changed: list[str] = []
 
-    return _each([args.ref], update)
+    def update(ref: str) -> None:
+        svc = _update_service(stub, ref, lambda s: specs.apply_service_changes(s, changes))
+        changed.append(svc.meta.id)
+        print(ref, flush=True)
+
+    code = _each([args.ref], update)
+    return code or _converge(stub, args, changed)
 
 
 def _network_names(stub: Stub, ref: str) -> frozenset[str]:

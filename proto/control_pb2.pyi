@@ -109,10 +109,28 @@ class GetServiceRequest(_message.Message):
     def __init__(self, service_ref: _Optional[str] = ...) -> None: ...
 
 class GetServiceResponse(_message.Message):
-    __slots__ = ("service",)
+    __slots__ = ("service", "convergence")
     SERVICE_FIELD_NUMBER: _ClassVar[int]
+    CONVERGENCE_FIELD_NUMBER: _ClassVar[int]
     service: _objects_pb2.Service
-    def __init__(self, service: _Optional[_Union[_objects_pb2.Service, _Mapping]] = ...) -> None: ...
+    convergence: ServiceConvergence
+    def __init__(self, service: _Optional[_Union[_objects_pb2.Service, _Mapping]] = ..., convergence: _Optional[_Union[ServiceConvergence, _Mapping]] = ...) -> None: ...
+
+class ServiceConvergence(_message.Message):
+    __slots__ = ("converged", "tasks_ready", "tasks_wanted", "hosts_programmed", "hosts_concerned", "waiting")
+    CONVERGED_FIELD_NUMBER: _ClassVar[int]
+    TASKS_READY_FIELD_NUMBER: _ClassVar[int]
+    TASKS_WANTED_FIELD_NUMBER: _ClassVar[int]
+    HOSTS_PROGRAMMED_FIELD_NUMBER: _ClassVar[int]
+    HOSTS_CONCERNED_FIELD_NUMBER: _ClassVar[int]
+    WAITING_FIELD_NUMBER: _ClassVar[int]
+    converged: bool
+    tasks_ready: int
+    tasks_wanted: int
+    hosts_programmed: int
+    hosts_concerned: int
+    waiting: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, converged: _Optional[bool] = ..., tasks_ready: _Optional[int] = ..., tasks_wanted: _Optional[int] = ..., hosts_programmed: _Optional[int] = ..., hosts_concerned: _Optional[int] = ..., waiting: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ListServicesRequest(_message.Message):
     __slots__ = ("name_prefixes", "labels")

@@ -122,18 +122,20 @@ class SessionMessage(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., node_id: _Optional[str] = ..., heartbeat_period_ms: _Optional[int] = ..., managers: _Optional[_Iterable[str]] = ..., assignments: _Optional[_Union[AssignmentsMessage, _Mapping]] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
-    __slots__ = ("node_id", "session_id", "gossip", "ipsec", "listening")
+    __slots__ = ("node_id", "session_id", "gossip", "ipsec", "listening", "programmed")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     GOSSIP_FIELD_NUMBER: _ClassVar[int]
     IPSEC_FIELD_NUMBER: _ClassVar[int]
     LISTENING_FIELD_NUMBER: _ClassVar[int]
+    PROGRAMMED_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     session_id: str
     gossip: _objects_pb2.GossipStatus
     ipsec: _objects_pb2.IpsecStatus
     listening: _objects_pb2.ListeningPorts
-    def __init__(self, node_id: _Optional[str] = ..., session_id: _Optional[str] = ..., gossip: _Optional[_Union[_objects_pb2.GossipStatus, _Mapping]] = ..., ipsec: _Optional[_Union[_objects_pb2.IpsecStatus, _Mapping]] = ..., listening: _Optional[_Union[_objects_pb2.ListeningPorts, _Mapping]] = ...) -> None: ...
+    programmed: _objects_pb2.ProgrammedView
+    def __init__(self, node_id: _Optional[str] = ..., session_id: _Optional[str] = ..., gossip: _Optional[_Union[_objects_pb2.GossipStatus, _Mapping]] = ..., ipsec: _Optional[_Union[_objects_pb2.IpsecStatus, _Mapping]] = ..., listening: _Optional[_Union[_objects_pb2.ListeningPorts, _Mapping]] = ..., programmed: _Optional[_Union[_objects_pb2.ProgrammedView, _Mapping]] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
     __slots__ = ("period_ms",)

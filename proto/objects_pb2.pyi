@@ -476,6 +476,22 @@ class ListeningPorts(_message.Message):
     ports: _containers.RepeatedCompositeFieldContainer[ListeningPort]
     def __init__(self, ports: _Optional[_Iterable[_Union[ListeningPort, _Mapping]]] = ...) -> None: ...
 
+class ProgrammedService(_message.Message):
+    __slots__ = ("service_id", "task_ids")
+    SERVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    TASK_IDS_FIELD_NUMBER: _ClassVar[int]
+    service_id: str
+    task_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, service_id: _Optional[str] = ..., task_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ProgrammedView(_message.Message):
+    __slots__ = ("services", "mesh")
+    SERVICES_FIELD_NUMBER: _ClassVar[int]
+    MESH_FIELD_NUMBER: _ClassVar[int]
+    services: _containers.RepeatedCompositeFieldContainer[ProgrammedService]
+    mesh: bool
+    def __init__(self, services: _Optional[_Iterable[_Union[ProgrammedService, _Mapping]]] = ..., mesh: _Optional[bool] = ...) -> None: ...
+
 class NodeStatus(_message.Message):
     __slots__ = ("state", "message", "last_heartbeat_ms", "since_ms")
     STATE_FIELD_NUMBER: _ClassVar[int]

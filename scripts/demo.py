@@ -120,7 +120,7 @@ def main() -> int:
         ovctl("network", "create", "--subnet", "10.10.0.0/24", "front")
         # scripts/whoami.py: an HTTP server that answers with the replica's own address.
         ovctl(
-            "service", "create", "--name", "web", "--network", "front", "--replicas", "3",
+            "service", "create", "-d", "--name", "web", "--network", "front", "--replicas", "3",
             "--publish", "8080:8080", "--health-tcp", "8080", "--",
             "python3", str(REPO / "scripts/whoami.py"), "8080",
         )  # fmt: skip
@@ -167,7 +167,7 @@ def main() -> int:
         sh(["ip", "netns", "exec", sandbox, "getent", "hosts", "web"])
         sh(["ip", "netns", "exec", sandbox, "getent", "ahostsv4", "tasks.web"])
         routing_mesh()
-        ovctl("service", "scale", "web=6")
+        ovctl("service", "scale", "-d", "web=6")
         running("web", 6)
         ovctl("service", "ps", "web")
         ovctl("node", "update", "--availability", "drain", "h3")

@@ -26,7 +26,7 @@ venv="$root/.venv"
 stamp="$venv/.ovnet-install-stamp"
 python=${PYTHON:-python3}
 
-packages=(etcd-server etcd-client nftables iproute2 util-linux tcpdump iperf3 dnsperf dnsmasq-base user-mode-linux kmod iptables debootstrap systemd-container openssh-client podman runc busybox-static python3-venv python3-dev gcc)
+packages=(etcd-server etcd-client nftables iproute2 util-linux tcpdump iperf3 dnsperf dnsmasq-base user-mode-linux kmod iptables debootstrap systemd-container openssh-client podman runc busybox-static python3-venv python3-dev gcc tmux)
 
 say() { printf 'install.sh: %s\n' "$*"; }
 die() { printf 'install.sh: error: %s\n' "$*" >&2; exit 1; }

@@ -2,6 +2,7 @@
 
     python loadclient.py count HOST PORT N        # N requests, one connection each
     python loadclient.py loop HOST PORT STOPFILE  # requests until STOPFILE exists
+    python loadclient.py each PORT HOST...        # per PORT read on stdin, one to each HOST
 
 Prints one JSON object: {"answers": {replica address: count}, "peers": {client address as
 the replica saw it: count}, "failures": n, "errors": [first few], "requests": n}.
@@ -18,11 +19,17 @@ from collections import Counter
 
 
 def one(host: str, port: int) -> tuple[str, str]:
-    with socket.create_connection((host, port), timeout=3) as s:
-        s.sendall(b"GET / HTTP/1.0\r\n\r\n")
-        data = b""
-        while chunk := s.recv(4096):
-            data += chunk
+    with socket.socket() as s:
+        s.settimeout(3)
+        try:
+            s.connect((host, port))
+            s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            data = b""
+            while chunk := s.recv(4096):
+                data += chunk
+        except OSError as e:
+            # The local port finds the connection in conntrack (which backend it went to).
+            raise OSError(f"{e!r} from port {s.getsockname()[1]}") from e
     head, _, body = data.partition(b"\r\n\r\n")
     if not head.startswith((b"HTTP/1.0 200", b"HTTP/1.1 200")):
         raise OSError(f"bad answer {head[:40]!r}")
@@ -30,7 +37,24 @@ def one(host: str, port: int) -> tuple[str, str]:
     return server, peer
 
 
+def each(hosts: list[str]) -> None:
+    """Per port read on stdin, one request to each host; prints the answers (or errors) as a
+    JSON list. Started before the change under test, so that its requests go out the moment
+    a line comes (no process start between a command's return and the first request)."""
+    for line in sys.stdin:
+        got = []
+        for h in hosts:
+            try:
+                got.append(one(h, int(line))[0])
+            except (OSError, ValueError) as e:
+                got.append(f"{h}: {e!r}")
+        print(json.dumps(got), flush=True)
+
+
 def main() -> None:
+    if sys.argv[1] == "each":
+        each(sys.argv[2:])
+        return
     mode, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
     answers: Counter[str] = Counter()
     peers: Counter[str] = Counter()

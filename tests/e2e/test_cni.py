@@ -135,7 +135,7 @@ def bed() -> Iterator[Bed]:
         ov.ovctl("network", "create", "--attachable", "--subnet", SUBNET, "appnet")
         ov.ovctl("network", "create", "--subnet", "10.95.0.0/24", "plainnet")
         ov.ovctl(
-            "service", "create", "--name", "web", "--replicas", "2", "--network", "appnet",
+            "service", "create", "-d", "--name", "web", "--replicas", "2", "--network", "appnet",
             "--constraint", "node.hostname!=h1", "--", *WHOAMI,
         )  # fmt: skip
         ov.running("web", 2)

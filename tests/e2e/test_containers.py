@@ -107,7 +107,7 @@ def web(bed: Bed) -> list[Any]:
     ov = bed.ov
     if ov.ovctl("service", "inspect", "img", check=False).returncode != 0:
         ov.ovctl(
-            "service", "create", "--name", "img", "--image", bed.tags[0], "--replicas", "3",
+            "service", "create", "-d", "--name", "img", "--image", bed.tags[0], "--replicas", "3",
             "--network", "imgnet", "--publish", f"{PUBLISHED}:{PORT}", *CHECK,
         )  # fmt: skip
     return ov.running("img", 3, timeout=90)
@@ -168,7 +168,7 @@ def test_vip_and_task_names_from_a_task_on_another_host(bed: Bed) -> None:
     ov = bed.ov
     web(bed)
     ov.ovctl(
-        "service", "create", "--name", "cli", "--network", "imgnet",
+        "service", "create", "-d", "--name", "cli", "--network", "imgnet",
         "--constraint", "node.hostname==h4", "--", *SLEEPER,
     )  # fmt: skip
     cli = ov.running("cli", 1)[0]
@@ -197,7 +197,7 @@ def test_rolling_to_a_second_tag_fails_no_request(bed: Bed) -> None:
     t0 = time.monotonic()
     try:
         ov.ovctl(
-            "service", "update", "--image", bed.tags[1], "--update-parallelism", "1",
+            "service", "update", "-d", "--image", bed.tags[1], "--update-parallelism", "1",
             "--update-delay", "0.5s", "img",
         )  # fmt: skip
 
@@ -255,7 +255,7 @@ def test_a_killed_agent_adopts_its_containers(bed: Bed) -> None:
 def test_a_host_without_podman_fails_the_task_saying_so(bed: Bed) -> None:
     ov = bed.ov
     ov.ovctl(
-        "service", "create", "--name", "nopod", "--image", bed.tags[0],
+        "service", "create", "-d", "--name", "nopod", "--image", bed.tags[0],
         "--constraint", "node.hostname==h4", "--restart-condition", "none",
     )  # fmt: skip
     err = wait_for("the task's error", lambda: task_error(ov, "nopod"), timeout=30)
@@ -266,13 +266,15 @@ def test_a_host_without_podman_fails_the_task_saying_so(bed: Bed) -> None:
 def test_an_unknown_image_fails_the_task_with_podmans_message(bed: Bed) -> None:
     ov = bed.ov
     ov.ovctl(
-        "service", "create", "--name", "ghost", "--image", "localhost/ovnet-nope:1",
+        "service", "create", "-d", "--name", "ghost", "--image", "localhost/ovnet-nope:1",
         "--restart-condition", "none",
     )  # fmt: skip
     err = wait_for("the task's error", lambda: task_error(ov, "ghost"), timeout=30)
     assert err == "podman: localhost/ovnet-nope:1: image not known", err
     ov.ovctl("service", "rm", "ghost")
-    bad = ov.ovctl("service", "create", "--name", "bad", "--image", "Not/An:Image:Ref", check=False)
+    bad = ov.ovctl(
+        "service", "create", "-d", "--name", "bad", "--image", "Not/An:Image:Ref", check=False
+    )
     assert bad.returncode != 0
     assert "invalid image reference 'Not/An:Image:Ref'" in bad.stderr, bad.stderr
     assert ov.ovctl("service", "inspect", "bad", check=False).returncode != 0

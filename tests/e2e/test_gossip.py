@@ -94,7 +94,7 @@ def test_endpoints_come_from_gossip_and_survive_the_managers(ov: Overlay) -> Non
     net_id = ov.network_id("gnet")
     ingress_id = ov.network_id("ingress")
     ov.ovctl(
-        "service", "create", "--name", "g", "--network", "gnet", "--replicas", "5",
+        "service", "create", "-d", "--name", "g", "--network", "gnet", "--replicas", "5",
         "--restart-condition", "on-failure", "--restart-delay", "200ms", "--", *HTTP,
     )  # fmt: skip
     tasks = ov.running("g", 5)
@@ -149,7 +149,7 @@ def test_endpoints_come_from_gossip_and_survive_the_managers(ov: Overlay) -> Non
 def test_a_killed_hosts_endpoints_vanish_everywhere_and_come_back(ov: Overlay) -> None:
     ov.ovctl("network", "create", "--subnet", "10.71.0.0/24", "knet")
     net_id = ov.network_id("knet")
-    ov.ovctl("service", "create", "--name", "k", "--network", "knet", "--replicas", "5",
+    ov.ovctl("service", "create", "-d", "--name", "k", "--network", "knet", "--replicas", "5",
              "--", *HTTP)  # fmt: skip
     tasks = ov.running("k", 5)
     others = [h for h in HOSTS if h != "h5"]

@@ -51,7 +51,7 @@ def ov() -> Iterator[Overlay]:
 
 def service(ov: Overlay, name: str, network: str, replicas: int, *extra: str) -> list[TaskView]:
     ov.ovctl(
-        "service", "create", "--name", name, "--network", network,
+        "service", "create", "-d", "--name", name, "--network", network,
         "--replicas", str(replicas), *extra, "--", *HTTP,
     )  # fmt: skip
     return ov.running(name, replicas)
@@ -180,11 +180,11 @@ def test_scale_up_and_down_leaves_exactly_the_right_kernel_state(ov: Overlay) ->
     net_id = ov.network_id("scaled")
     service(ov, "sc", "scaled", 3)
     wait_for("converged at 3", lambda: converged(ov, "sc", net_id))
-    ov.ovctl("service", "scale", "sc=9")
+    ov.ovctl("service", "scale", "-d", "sc=9")
     tasks = ov.running("sc", 9, timeout=60)
     wait_for("converged at 9", lambda: converged(ov, "sc", net_id))
     all_reach_all(ov, [t for t in tasks if t.slot in (1, 5, 9)], net_id)
-    ov.ovctl("service", "scale", "sc=1")
+    ov.ovctl("service", "scale", "-d", "sc=1")
     ov.running("sc", 1)
     wait_for("converged at 1", lambda: converged(ov, "sc", net_id), timeout=30)
     remove(ov, ["sc"], ["scaled"])
@@ -211,7 +211,7 @@ def test_agent_killed_during_scale_up_converges_and_repairs_drift(ov: Overlay) -
     ov.ovctl("network", "create", "--subnet", "10.66.0.0/24", "crashnet")
     net_id = ov.network_id("crashnet")
     service(ov, "cr", "crashnet", 3)
-    ov.ovctl("service", "scale", "cr=8")
+    ov.ovctl("service", "scale", "-d", "cr=8")
     time.sleep(0.3)  # mid scale-up: some sandboxes built, some not
     ov.dev.kill_agent("h3")
     time.sleep(0.5)
@@ -284,7 +284,7 @@ def test_exit_codes_restart_policy_and_logs_reach_the_user(ov: Overlay) -> None:
     # A task that prints and fails: its output reaches `service logs`, its exit code the task
     # status, and the restart policy bounds how often the orchestrator replaces it.
     ov.ovctl(
-        "service", "create", "--name", "flaky", "--replicas", "1",
+        "service", "create", "-d", "--name", "flaky", "--replicas", "1",
         "--restart-condition", "on-failure", "--restart-delay", "200ms",
         "--restart-max-attempts", "2", "--",
         "sh", "-c", "echo hello from $(hostname -I | cut -d' ' -f1); exit 3",
@@ -308,7 +308,7 @@ def test_exit_codes_restart_policy_and_logs_reach_the_user(ov: Overlay) -> None:
     )
     assert all(f"flaky.{t.slot}.{t.id}" in logs for t in failed), logs
     # A command that does not exist fails the task with a reason a person can act on.
-    ov.ovctl("service", "create", "--name", "typo", "--restart-condition", "none", "--",
+    ov.ovctl("service", "create", "-d", "--name", "typo", "--restart-condition", "none", "--",
              "no-such-command-xyz")  # fmt: skip
     task = wait_for(
         "typo failed",
@@ -331,7 +331,7 @@ def test_a_host_without_esp_never_carries_an_encrypted_network_in_clear(ov: Over
     assert f"warning: no Ready node can encrypt ({NO_ESP})" in created.stderr
     net_id = created.stdout.strip()
     ov.ovctl(
-        "service", "create", "--name", "sec", "--network", "secnet", "--replicas", "2",
+        "service", "create", "-d", "--name", "sec", "--network", "secnet", "--replicas", "2",
         "--restart-condition", "none", "--", *HTTP,
     )  # fmt: skip
     why = f"{NO_ESP}: network secnet needs IPsec"

@@ -117,10 +117,10 @@ def test_renewal_and_key_rotation_drop_no_request(ov: Overlay) -> None:
     try:
         # Scale while certificates and keys change under the cluster: the sessions must carry
         # the new assignments and gossip must carry the new endpoints to every host.
-        ov.ovctl("service", "scale", "rot=1")
+        ov.ovctl("service", "scale", "-d", "rot=1")
         ov.running("rot", 1)
         wait_for("tasks.rot down to 1 on h1", functools.partial(settled, ov, cli, "rot", "rotnet"))
-        ov.ovctl("service", "scale", "rot=3")
+        ov.ovctl("service", "scale", "-d", "rot=3")
         ov.running("rot", 3)
         wait_for("tasks.rot back to 3 on h1", functools.partial(settled, ov, cli, "rot", "rotnet"))
         # Long enough for every agent to renew twice (each renews every 10-16 s).

@@ -259,7 +259,7 @@ def test_network_inspect_lists_tasks_standalone_tasks_attachments_and_nodes(
     w1 = agents.add(managers.addrs, "w1")
     # h1 (a bare client) runs no tasks: they go to w1.
     h1 = bare(managers, bare_agents, "h1")
-    managers.ovctl("service", "create", "--name", "web", "--network", "open",
+    managers.ovctl("service", "create", "-d", "--name", "web", "--network", "open",
                    "--constraint", "node.hostname==w1", "--", "sleep", "1d")  # fmt: skip
     managers.ovctl("run", "-d", "--node", "w1", "--name", "solo", "--network", "open", "--", "x")
     att = attach(h1, "open", "f" * 64, name="db")

@@ -143,7 +143,9 @@ def test_sigkill_while_creating_200_services(managers: ManagerCluster) -> None:
     )
     # And it keeps working: the rest can be created.
     for i in range(len(names), len(names) + 5):
-        managers.ovctl("service", "create", "--name", f"s{i}", "--network", "bulk", "--", "true")
+        managers.ovctl(
+            "service", "create", "-d", "--name", f"s{i}", "--network", "bulk", "--", "true"
+        )
     assert_consistent(managers)
 
 
@@ -159,6 +161,7 @@ def test_leader_failover(managers: ManagerCluster, how: str) -> None:
     managers.ovctl(
         "service",
         "create",
+        "-d",
         "--name",
         "web",
         "--replicas",
@@ -207,7 +210,9 @@ def test_agents_follow_the_new_leader(managers: ManagerCluster) -> None:
         # Each agent is told only of the first manager; it learns the others from its session.
         hosts = [pool.add([managers.addrs[0]], f"h{i}") for i in range(2)]
         wait_for("registration", lambda: all(h.node_id for h in hosts))
-        managers.ovctl("service", "create", "--name", "web", "--replicas", "2", "--", "sleep", "1d")
+        managers.ovctl(
+            "service", "create", "-d", "--name", "web", "--replicas", "2", "--", "sleep", "1d"
+        )
 
         def running_ids() -> set[str]:
             resp = managers.stub(managers.addrs[-1]).ListTasks(

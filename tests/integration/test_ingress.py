@@ -67,7 +67,7 @@ def test_default_ingress_network_is_made_once(managers: ManagerCluster) -> None:
     assert "ingress" not in networks(managers)
     # Publishing through the mesh now says how to get one back.
     res = managers.ovctl(
-        "service", "create", "--name", "web", "-p", "8080:80", "--", "true", check=False
+        "service", "create", "-d", "--name", "web", "-p", "8080:80", "--", "true", check=False
     )
     assert res.returncode == 1
     assert (
@@ -78,6 +78,7 @@ def test_default_ingress_network_is_made_once(managers: ManagerCluster) -> None:
     managers.ovctl(
         "service",
         "create",
+        "-d",
         "--name",
         "hostmode",
         "-p",
@@ -86,7 +87,7 @@ def test_default_ingress_network_is_made_once(managers: ManagerCluster) -> None:
         "true",
     )
     managers.ovctl("network", "create", "--ingress", "mesh")
-    managers.ovctl("service", "create", "--name", "web", "-p", "8080:80", "--", "true")
+    managers.ovctl("service", "create", "-d", "--name", "web", "-p", "8080:80", "--", "true")
 
 
 def test_publishing_tasks_and_every_node_get_ingress_addresses(
@@ -115,6 +116,7 @@ def test_publishing_tasks_and_every_node_get_ingress_addresses(
     managers.ovctl(
         "service",
         "create",
+        "-d",
         "--name",
         "web",
         "--network",
@@ -127,7 +129,9 @@ def test_publishing_tasks_and_every_node_get_ingress_addresses(
         "sleep",
         "1d",
     )
-    managers.ovctl("service", "create", "--name", "quiet", "--network", "app", "--", "sleep", "1d")
+    managers.ovctl(
+        "service", "create", "-d", "--name", "quiet", "--network", "app", "--", "sleep", "1d"
+    )
     app = networks(managers)["app"]
     ts = wait_for("tasks", lambda: len(live(managers, "web")) == 2 and live(managers, "web"))
     for t in ts:
@@ -160,7 +164,7 @@ def test_publishing_tasks_and_every_node_get_ingress_addresses(
     assert managers.dump() == before
 
     # Dropping the published port replaces the tasks without the ingress attachment.
-    managers.ovctl("service", "update", "--publish-rm", "80", "web")
+    managers.ovctl("service", "update", "-d", "--publish-rm", "80", "web")
     wait_for(
         "tasks replaced without ingress",
         lambda: (
@@ -263,6 +267,7 @@ def test_health_flags_round_trip_and_updates_wait_for_health(
     managers.ovctl(
         "service",
         "create",
+        "-d",
         "--name",
         "api",
         "--replicas",
@@ -301,14 +306,14 @@ def test_health_flags_round_trip_and_updates_wait_for_health(
         assert t.spec.health_check.retries == 4
     # Bad health checks are refused with a message to act on, and nothing is written.
     before = managers.dump()
-    res = managers.ovctl("service", "update", "--health-timeout", "3s", "api", check=False)
+    res = managers.ovctl("service", "update", "-d", "--health-timeout", "3s", "api", check=False)
     assert res.returncode == 1 and "exceeds its interval" in res.stderr
     assert managers.dump() == before
 
     # A new health check is a new task spec: a rolling update, one slot at a time, each new
     # task holding the next until it is healthy (the scripted agent says only "running").
     wait_for("running", lambda: all(t.status.state == RUNNING for t in live(managers, "api")))
-    managers.ovctl("service", "update", "--health-retries", "6", "api")
+    managers.ovctl("service", "update", "-d", "--health-retries", "6", "api")
 
     def new_tasks() -> list[pb.Task]:
         return [t for t in live(managers, "api") if t.spec_version == 2]
@@ -341,6 +346,6 @@ def test_health_flags_round_trip_and_updates_wait_for_health(
     _report(host, second.meta.id, pb.TASK_HEALTH_HEALTHY, ready=True)
 
     # --no-healthcheck removes it (another task spec change).
-    managers.ovctl("service", "update", "--no-healthcheck", "api")
+    managers.ovctl("service", "update", "-d", "--no-healthcheck", "api")
     svc = managers.stub().GetService(cpb.GetServiceRequest(service_ref="api")).service
     assert not svc.spec.HasField("health_check") and svc.spec_version == 3

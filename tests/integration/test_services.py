@@ -35,6 +35,7 @@ def test_service_lifecycle_without_nodes(managers: ManagerCluster) -> None:
     svc_id = managers.ovctl(
         "service",
         "create",
+        "-d",
         "--name",
         "web",
         "--network",
@@ -70,9 +71,9 @@ def test_service_lifecycle_without_nodes(managers: ManagerCluster) -> None:
     table = managers.ovctl("service", "ls").stdout
     assert "web" in table and "0/3" in table and "8080->80/tcp" in table
 
-    managers.ovctl("service", "scale", "web=5")
+    managers.ovctl("service", "scale", "-d", "web=5")
     wait_for("5 tasks", lambda: len(live(managers, "web")) == 5)
-    managers.ovctl("service", "scale", "web=2")
+    managers.ovctl("service", "scale", "-d", "web=2")
     wait_for("2 tasks", lambda: len(live(managers, "web")) == 2)
 
     managers.ovctl("service", "rm", "web")
@@ -110,11 +111,13 @@ BAD_SERVICES = [
 def test_bad_service_refused_and_nothing_written(
     managers: ManagerCluster, args: list[str], fragment: str, code: str
 ) -> None:
-    managers.ovctl("service", "create", "--name", "taken", "--publish", "9000:80", "--", "true")
+    managers.ovctl(
+        "service", "create", "-d", "--name", "taken", "--publish", "9000:80", "--", "true"
+    )
     wait_for("task of 'taken'", lambda: len(live(managers, "taken")) == 1)
     wait_for("settled", lambda: "no suitable node" in live(managers, "taken")[0].status.message)
     before = managers.dump()
-    res = managers.ovctl("service", "create", *args, check=False)
+    res = managers.ovctl("service", "create", "-d", *args, check=False)
     assert res.returncode != 0, res.stdout
     assert fragment in res.stderr, res.stderr
     assert code in res.stderr or code not in ("INTERNAL",)
@@ -124,7 +127,7 @@ def test_bad_service_refused_and_nothing_written(
 def test_bad_requests_over_grpc_have_the_right_codes(managers: ManagerCluster) -> None:
     stub = managers.stub()
     managers.ovctl("network", "create", "busy")
-    managers.ovctl("service", "create", "--name", "api", "--network", "busy", "--", "true")
+    managers.ovctl("service", "create", "-d", "--name", "api", "--network", "busy", "--", "true")
     before = managers.dump()
 
     def code_of(fn: object, req: object) -> grpc.StatusCode:
@@ -169,9 +172,9 @@ def test_bad_requests_over_grpc_have_the_right_codes(managers: ManagerCluster) -
     assert managers.dump() == before
     res = managers.ovctl("network", "rm", "busy", check=False)
     assert res.returncode != 0 and "in use by service(s) api" in res.stderr
-    res = managers.ovctl("service", "scale", "nope=3", check=False)
+    res = managers.ovctl("service", "scale", "-d", "nope=3", check=False)
     assert res.returncode != 0 and "not found" in res.stderr
-    res = managers.ovctl("service", "scale", "api=-1", check=False)
+    res = managers.ovctl("service", "scale", "-d", "api=-1", check=False)
     assert res.returncode != 0
     assert managers.dump() == before
 
@@ -183,6 +186,7 @@ def test_spread_drain_and_node_down(managers: ManagerCluster, agents: AgentPool)
     managers.ovctl(
         "service",
         "create",
+        "-d",
         "--name",
         "web",
         "--network",
@@ -233,6 +237,7 @@ def test_restart_policy(managers: ManagerCluster, agents: AgentPool) -> None:
     managers.ovctl(
         "service",
         "create",
+        "-d",
         "--name",
         "flaky",
         "--restart-condition",
@@ -243,7 +248,7 @@ def test_restart_policy(managers: ManagerCluster, agents: AgentPool) -> None:
         "false",
     )
     managers.ovctl(
-        "service", "create", "--name", "once", "--restart-condition", "none", "--", "true"
+        "service", "create", "-d", "--name", "once", "--restart-condition", "none", "--", "true"
     )
     for _ in range(3):
         cur = wait_for("a running flaky task", lambda: running(managers, "flaky"))[0]
@@ -268,10 +273,13 @@ def test_global_service_constraints_and_logs(managers: ManagerCluster, agents: A
     a = agents.add(managers.addrs, "zone-a-1", labels={"zone": "a"})
     b = agents.add(managers.addrs, "zone-b-1", labels={"zone": "b"})
     wait_for("registration", lambda: a.node_id and b.node_id)
-    managers.ovctl("service", "create", "--name", "mon", "--mode", "global", "--", "sleep", "1d")
+    managers.ovctl(
+        "service", "create", "-d", "--name", "mon", "--mode", "global", "--", "sleep", "1d"
+    )
     managers.ovctl(
         "service",
         "create",
+        "-d",
         "--name",
         "zoned",
         "--replicas",
@@ -305,6 +313,7 @@ def test_update_replaces_tasks_only_when_the_task_spec_changes(
     managers.ovctl(
         "service",
         "create",
+        "-d",
         "--name",
         "api",
         "--replicas",
@@ -320,19 +329,17 @@ def test_update_replaces_tasks_only_when_the_task_spec_changes(
     two = wait_for("2 running", lambda: len(ts := running(managers, "api")) == 2 and ts)
     first = {t.meta.id for t in two}
     # Scaling is not a task change: the running tasks stay.
-    managers.ovctl("service", "update", "--replicas", "3", "api")
+    managers.ovctl("service", "update", "-d", "--replicas", "3", "api")
     wait_for("3 running", lambda: len(running(managers, "api")) == 3)
     assert first <= {t.meta.id for t in running(managers, "api")}
     # An environment change replaces every task, one slot at a time, keeping slot numbers.
-    managers.ovctl("service", "update", "--env-add", "V=2", "api")
+    managers.ovctl("service", "update", "-d", "--env-add", "V=2", "api")
     # One snapshot per check: two reads could pass on an old task still running in the
     # first and the new ones only in the second.
     now = wait_for(
         "all tasks on the new spec",
         lambda: (
-            len(ts := running(managers, "api")) == 3
-            and all("V=2" in t.spec.env for t in ts)
-            and ts
+            len(ts := running(managers, "api")) == 3 and all("V=2" in t.spec.env for t in ts) and ts
         ),
         timeout=20,
     )
@@ -347,7 +354,9 @@ def test_node_rm_rules(managers: ManagerCluster, agents: AgentPool) -> None:
     a = agents.add(managers.addrs, "keep")
     b = agents.add(managers.addrs, "gone")
     wait_for("registration", lambda: a.node_id and b.node_id)
-    managers.ovctl("service", "create", "--name", "web", "--replicas", "2", "--", "sleep", "1d")
+    managers.ovctl(
+        "service", "create", "-d", "--name", "web", "--replicas", "2", "--", "sleep", "1d"
+    )
     wait_for("2 running", lambda: len(running(managers, "web")) == 2)
     before = managers.dump()
     res = managers.ovctl("node", "rm", "gone", check=False)

@@ -92,7 +92,7 @@ def test_run_places_maps_ports_per_node_and_refuses_what_cannot_be(
     assert r.returncode == 1 and "web2 is running: stop and remove it with ovctl rm -f" in r.stderr
     r = managers.ovctl("rm", "nope", check=False)
     assert r.returncode == 1 and "no task 'nope'" in r.stderr
-    managers.ovctl("service", "create", "--name", "svc", "--", "x")
+    managers.ovctl("service", "create", "-d", "--name", "svc", "--", "x")
     r = managers.ovctl("rm", "svc", check=False)
     assert r.returncode == 1 and "'svc' is a service" in r.stderr
     managers.ovctl("rm", "-f", "web1", "web2")

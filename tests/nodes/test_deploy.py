@@ -265,7 +265,7 @@ def test_site_playbook_deploys_upgrades_and_survives_an_agent_crash(
     assert d.nodes_ready() == dict.fromkeys(("node1", "node2", "node3"), "NODE_STATE_READY")
     d.ovctl("network", "create", "app")
     d.ovctl(
-        "service", "create", "--name", "web", "--network", "app", "--replicas", "3",
+        "service", "create", "-d", "--name", "web", "--network", "app", "--replicas", "3",
         "--publish", f"{PORT}:{PORT}", "--health-tcp", str(PORT),
         "--", "python3", "/opt/ovnet/scripts/whoami.py", str(PORT),
     )  # fmt: skip

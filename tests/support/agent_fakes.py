@@ -136,7 +136,12 @@ class FakeSession:
         self.on_assignments: Callable[[Assignments], Awaitable[None]] | None = None
         self.gossip_status: Callable[[], pb.GossipStatus | None] | None = None
         self.ipsec_status: Callable[[], pb.IpsecStatus | None] | None = None
+        self.programmed: Callable[[], pb.ProgrammedView | None] | None = None
+        self.nudges = 0
         self.reports: list[dpb.TaskStatusUpdate] = []
+
+    def nudge(self) -> None:
+        self.nudges += 1
 
     async def report(self, updates: Sequence[dpb.TaskStatusUpdate]) -> None:
         self.reports.extend(updates)
@@ -188,17 +193,20 @@ class FakeDiscovery:
         self.synced = True
         self.announced: dict[str, bool] = {}  # task ID -> enabled
         self.left: bool | None = None
+        # What this host announced comes back in its view, as the real one's does.
+        self._own: list[EndpointRecord] = []
 
     async def configure(self, node_id: str, cfg: dpb.GossipConfig | None) -> None:
         pass
 
     def records(self, networks: Iterable[str]) -> list[EndpointRecord]:
-        return []
+        return list(self._own)
 
     def sync(
         self, networks: Iterable[str], records: Mapping[tuple[str, str], EndpointRecord]
     ) -> None:
         now = {r.task_id: r.enabled for r in records.values()}
+        self._own = list(records.values())
         if now != self.announced:
             self.events.append((time.monotonic(), "announce", now))
         self.announced = now

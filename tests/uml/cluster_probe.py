@@ -75,7 +75,7 @@ def main() -> None:
             "10.99.0.0/24", "sec",
         )  # fmt: skip
         ov.ovctl(
-            "service", "create", "--name", "web", "--network", "sec", "--replicas", "2",
+            "service", "create", "-d", "--name", "web", "--network", "sec", "--replicas", "2",
             "--max-replicas-per-node", "1", "--", *HTTP,
         )  # fmt: skip
         tasks = ov.running("web", 2, timeout=180)

@@ -295,6 +295,35 @@ def test_stop_drains_before_the_task_goes(tmp_path: Path) -> None:
     run(go())
 
 
+def test_what_the_host_programmed_is_reported_at_once_when_it_changes(tmp_path: Path) -> None:
+    """The manager's convergence verdict rests on it: a task is in the view once this host's
+    resolvers and balancers were given it, and out of it as soon as it drains."""
+
+    async def go() -> None:
+        rig = Rig(tmp_path, drain_delay=0.2)
+        rig.service()
+        rig.assign()
+
+        def programmed() -> list[str]:
+            view = rig.session.programmed() if rig.session.programmed else None
+            assert view is not None
+            return [t for s in view.services if s.service_id == "s1" for t in s.task_ids]
+
+        await rig.daemon.step()  # the pass that starts it announces it (and programs nothing)
+        assert programmed() == [] and rig.session.nudges == 1
+        await rig.daemon.step()  # the next one serves what was announced
+        assert programmed() == ["t1"] and rig.session.nudges == 2
+        await rig.daemon.step()
+        assert rig.session.nudges == 2, "an unchanged view is not sent again"
+        rig.assign(state=RUN, desired=pb.TASK_STATE_SHUTDOWN)
+        await rig.daemon.step()
+        await rig.daemon.step()
+        assert programmed() == [] and rig.session.nudges == 3
+        await rig.daemon._stopping["t1"]
+
+    run(go())
+
+
 def test_adoption_after_an_agent_restart(tmp_path: Path) -> None:
     async def go() -> None:
         adopted = {

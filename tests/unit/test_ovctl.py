@@ -791,6 +791,7 @@ def test_service_create_builds_the_spec(
         addr,
         "service",
         "create",
+        "-d",
         "--name",
         "web",
         "--network",
@@ -832,13 +833,14 @@ def test_usage_errors_exit_2_without_calling(
     fake: tuple[FakeControl, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
     servicer, addr = fake
-    assert run(addr, "service", "create", "--name", "web", "--restart-delay", "5") == 2
+    assert run(addr, "service", "create", "-d", "--name", "web", "--restart-delay", "5") == 2
     assert "invalid duration '5'" in capsys.readouterr().err
     assert (
         run(
             addr,
             "service",
             "create",
+            "-d",
             "--name",
             "g",
             "--mode",
@@ -853,9 +855,9 @@ def test_usage_errors_exit_2_without_calling(
     assert "--replicas cannot be used with --mode global" in capsys.readouterr().err
     assert run(addr, "cluster", "info", "--", "x") == 2
     assert "unrecognized arguments: -- x" in capsys.readouterr().err
-    assert run(addr, "service", "create", "--", "sleep", "1") == 2
+    assert run(addr, "service", "create", "-d", "--", "sleep", "1") == 2
     assert "required: --name" in capsys.readouterr().err
-    assert run(addr, "service", "update", "web") == 2
+    assert run(addr, "service", "update", "-d", "web") == 2
     assert "nothing to update" in capsys.readouterr().err
     assert servicer.calls == []
 
@@ -1003,7 +1005,7 @@ def test_scale_updates_with_the_version_read(
         service=services[req.service_ref]
     )
     servicer.answers["UpdateService"] = lambda req: cpb.UpdateServiceResponse()
-    assert run(addr, "service", "scale", "web=4", "mon=2") == 1
+    assert run(addr, "service", "scale", "-d", "web=4", "mon=2") == 1
     captured = capsys.readouterr()
     assert captured.out == "web scaled to 4\n"
     assert "service mon is global" in captured.err
@@ -1014,7 +1016,7 @@ def test_scale_updates_with_the_version_read(
 
 def test_scale_rejects_bad_syntax(fake: tuple[FakeControl, str]) -> None:
     _, addr = fake
-    assert run(addr, "service", "scale", "web") == 2
+    assert run(addr, "service", "scale", "-d", "web") == 2
 
 
 def test_service_update_read_modify_write(
@@ -1031,6 +1033,7 @@ def test_service_update_read_modify_write(
         addr,
         "service",
         "update",
+        "-d",
         "--env-add",
         "A=9",
         "--network-rm",
@@ -1060,7 +1063,7 @@ def test_service_update_conflict_exits_1(
     servicer.answers["GetService"] = cpb.GetServiceResponse(
         service=pb.Service(meta=pb.Meta(id="idweb"), spec=_stored_spec())
     )
-    assert run(addr, "service", "update", "--label-rm", "absent", "web") == 1
+    assert run(addr, "service", "update", "-d", "--label-rm", "absent", "web") == 1
     assert "has no label 'absent'" in capsys.readouterr().err
     assert servicer.requests("UpdateService") == []
 
@@ -1176,7 +1179,7 @@ def test_help_exits_0_without_a_call(
     fake: tuple[FakeControl, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
     servicer, addr = fake
-    assert run(addr, "service", "update", "--help") == 0
+    assert run(addr, "service", "update", "-d", "--help") == 0
     assert "--publish-rm TARGET[/PROTO]" in capsys.readouterr().out
     assert cli.main([]) == 2
     assert servicer.calls == []
@@ -1245,6 +1248,7 @@ def test_health_flags_build_the_check(
         addr,
         "service",
         "create",
+        "-d",
         "--name",
         "web",
         "--health-cmd",
@@ -1276,7 +1280,7 @@ def test_health_flags_build_the_check(
     )
     assert (spec.update_config.parallelism, spec.update_config.delay_ms) == (2, 3000)
     # Without a health flag the spec carries no check at all.
-    assert run(addr, "service", "create", "--name", "plain", "--", "true") == 0
+    assert run(addr, "service", "create", "-d", "--name", "plain", "--", "true") == 0
     assert not servicer.requests("CreateService")[1].spec.HasField("health_check")
 
 
@@ -1284,7 +1288,7 @@ def test_health_flag_usage_errors(
     fake: tuple[FakeControl, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
     servicer, addr = fake
-    base = ("service", "create", "--name", "w")
+    base = ("service", "create", "-d", "--name", "w")
     assert run(addr, *base, "--health-cmd", "true", "--health-tcp", "80", "--", "x") == 2
     assert "not allowed with argument" in capsys.readouterr().err
     assert run(addr, *base, "--health-tcp", "70000", "--", "x") == 2
@@ -1294,9 +1298,9 @@ def test_health_flag_usage_errors(
     assert run(addr, *base, "--health-retries", "-1", "--", "x") == 2
     assert run(addr, *base, "--health-cmd", " ", "--", "x") == 2
     assert "--health-cmd is empty" in capsys.readouterr().err
-    assert run(addr, "service", "update", "--no-healthcheck", "--health-cmd", "x", "w") == 2
+    assert run(addr, "service", "update", "-d", "--no-healthcheck", "--health-cmd", "x", "w") == 2
     assert "not allowed with argument" in capsys.readouterr().err
-    assert run(addr, "service", "create", "--no-healthcheck", "--name", "w", "--", "x") == 2
+    assert run(addr, "service", "create", "-d", "--no-healthcheck", "--name", "w", "--", "x") == 2
     assert servicer.calls == []
 
 
@@ -1334,6 +1338,7 @@ def test_service_update_health_and_update_config(
         addr,
         "service",
         "update",
+        "-d",
         "--health-retries",
         "7",
         "--update-parallelism",
@@ -1346,7 +1351,7 @@ def test_service_update_health_and_update_config(
     (req,) = servicer.requests("UpdateService")
     assert req.spec.health_check == pb.HealthCheck(tcp_port=80, timeout_ms=200, retries=7)
     assert (req.spec.update_config.parallelism, req.spec.update_config.delay_ms) == (1, 10_000)
-    assert run(addr, "service", "update", "--no-healthcheck", "web") == 0
+    assert run(addr, "service", "update", "-d", "--no-healthcheck", "web") == 0
     assert not servicer.requests("UpdateService")[1].spec.HasField("health_check")
 
 

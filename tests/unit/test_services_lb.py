@@ -9,6 +9,7 @@ from agent.services import (
     host_mode_ports,
     host_spec,
     ingress_spec,
+    programmed_view,
     published_ports,
     vip_spec,
 )
@@ -115,3 +116,22 @@ def test_host_sends_ingress_ports_to_the_ingress_sandbox_and_host_ports_to_local
     assert spec.local_only and spec.hooks == frozenset({"prerouting", "output"})
     # No ingress sandbox (yet): ingress ports are not opened on the host at all.
     assert set(host_spec([("tcp", 18080)], None, {}).ports) == set()
+
+
+def test_the_programmed_view_lists_each_services_enabled_tasks_across_networks() -> None:
+    records = [
+        rec(APP, "10.1.0.5", "t2"),
+        rec(OTHER, "10.2.0.5", "t2"),
+        rec(APP, "10.1.0.4", "t1"),
+        rec(APP, "10.1.0.6", "t3", enabled=False),  # draining: not a backend any more
+        rec(APP, "10.1.0.9", "d1", service="db", enabled=False),
+        node_record(INGRESS, "10.0.0.2/24", "n1", "198.51.100.2"),  # FDB only
+    ]
+    view = programmed_view(records, mesh=True)
+    assert view == pb.ProgrammedView(
+        services=[
+            pb.ProgrammedService(service_id="s-db", task_ids=[]),
+            pb.ProgrammedService(service_id="s-web", task_ids=["t1", "t2"]),
+        ],
+        mesh=True,
+    )
