@@ -255,7 +255,7 @@ def build_parser(
     _service_verbs(groups.add_parser("service", help="manage services"), verb)
     _node_verbs(groups.add_parser("node", help="manage nodes"), verb)
     standalone.add_verbs(groups, verb, _arg)
-    stack_commands.add_verbs(groups, verb)
+    stack_commands.add_verbs(groups, verb, _converge_options)
     cluster = groups.add_parser("cluster", help="cluster-wide information")
     sub = cluster.add_subparsers(dest="verb", required=True, metavar="VERB")
     p = verb(sub, "info", commands.cluster_info, "show the managers and which one leads")

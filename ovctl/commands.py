@@ -192,10 +192,10 @@ def service_create(stub: Stub, args: argparse.Namespace) -> int:
     )
     resp = stub.CreateService(cpb.CreateServiceRequest(spec=specs.service_spec(options)))
     print(resp.service.meta.id, flush=True)
-    return _converge(stub, args, [resp.service.meta.id])
+    return wait_converged(stub, args, [resp.service.meta.id])
 
 
-def _converge(stub: Stub, args: argparse.Namespace, service_ids: list[str]) -> int:
+def wait_converged(stub: Stub, args: argparse.Namespace, service_ids: list[str]) -> int:
     """Unless --detach: wait until the change is real on every host (ovctl/converge.py)."""
     if args.detach or not service_ids:
         return 0
@@ -299,7 +299,7 @@ def service_scale(stub: Stub, args: argparse.Namespace) -> int:
         print(f"{name} scaled to {replicas}", flush=True)
 
     code = _each(args.scales, scale)
-    return code or _converge(stub, args, changed)
+    return code or wait_converged(stub, args, changed)
 
 
 def service_update(stub: Stub, args: argparse.Namespace) -> int:
@@ -340,7 +340,7 @@ def service_update(stub: Stub, args: argparse.Namespace) -> int:
         print(ref, flush=True)
 
     code = _each([args.ref], update)
-    return code or _converge(stub, args, changed)
+    return code or wait_converged(stub, args, changed)
 
 
 def _network_names(stub: Stub, ref: str) -> frozenset[str]:

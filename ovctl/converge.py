@@ -117,13 +117,15 @@ def _line(label: str, t: pb.Task) -> Line:
     return Line(label, word, step, message)
 
 
-def plain(snap: Snapshot) -> list[str]:
-    """The snapshot as lines of text (no terminal)."""
+def plain(snap: Snapshot, named: bool = False) -> list[str]:
+    """The snapshot as lines of text (no terminal); `named`: each line says the service (when
+    several are waited on, their lines interleave)."""
+    pre = f"{snap.service} " if named else ""
     out = [f"{snap.service}: {snap.overall}"]
     for ln in snap.lines:
         extra = f"  {ln.message}" if ln.message else ""
-        out.append(f"{ln.label}: {ln.state}{extra}")
-    out.append(f"verify: {snap.verify}")
+        out.append(f"{pre}{ln.label}: {ln.state}{extra}")
+    out.append(f"{pre}verify: {snap.verify}")
     return out
 
 
@@ -182,7 +184,7 @@ def wait(
             if live is not None:
                 live.update(rich_view(snaps), refresh=True)  # type: ignore[arg-type]
             elif not quiet:
-                lines = [ln for s in snaps for ln in plain(s)]
+                lines = [ln for s in snaps for ln in plain(s, len(snaps) > 1)]
                 for ln in lines:
                     if ln not in shown:
                         print(ln, file=out, flush=True)

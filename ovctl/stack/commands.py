@@ -32,7 +32,12 @@ from proto import objects_pb2 as pb
 Stub = Any
 
 
-def add_verbs(groups: Any, verb: Callable[..., argparse.ArgumentParser]) -> None:
+def add_verbs(
+    groups: Any,
+    verb: Callable[..., argparse.ArgumentParser],
+    converge_options: Callable[[argparse.ArgumentParser], None],
+) -> None:
+    """`converge_options`: -d, -q, --monitor, --wait-timeout, as `service create` has them."""
     group = groups.add_parser("stack", help="deploy and manage stacks (compose files)")
     sub = group.add_subparsers(dest="verb", required=True, metavar="VERB")
     p = verb(sub, "deploy", deploy, "deploy a stack from compose files, or update it", "up")
@@ -45,6 +50,7 @@ def add_verbs(groups: Any, verb: Callable[..., argparse.ArgumentParser]) -> None
         help="a compose file; several are merged in order",
     )
     p.add_argument("--prune", action="store_true", help="remove services no longer in the files")
+    converge_options(p)
     p.add_argument("stack", metavar="STACK")
     p = verb(sub, "ls", ls, "list stacks", "list")
     p.add_argument("--format", choices=("table", "json"), default="table")
@@ -102,8 +108,11 @@ def deploy(stub: Stub, args: argparse.Namespace) -> int:
                 print(f"Warning: network {name}: {warning}", file=sys.stderr)
             ids[name] = resp.network.meta.id
     current = {s.spec.name: s for s in _stack_services(stub, stack.name)}
+    changed = []
     for name, spec in stack.services.items():
-        _deploy_service(stub, name, spec, current.get(name), ids)
+        svc_id = _deploy_service(stub, name, spec, current.get(name), ids)
+        if svc_id:
+            changed.append(svc_id)
     for name, svc in current.items():
         if name in stack.services:
             continue
@@ -112,7 +121,8 @@ def deploy(stub: Stub, args: argparse.Namespace) -> int:
             stub.RemoveService(cpb.RemoveServiceRequest(service_ref=svc.meta.id))
         else:
             print(f"Service {name} is no longer in the files: kept (--prune removes it)")
-    return 0
+    # Created and updated services, until each is real on every host (unless -d).
+    return commands.wait_converged(stub, args, changed)
 
 
 def _check_networks(stub: Stub, stack: Stack, existing: dict[str, pb.Network]) -> str:
@@ -167,21 +177,23 @@ def _network_changed(cur: pb.NetworkSpec, want: pb.NetworkSpec) -> bool:
 
 def _deploy_service(
     stub: Stub, name: str, spec: pb.ServiceSpec, cur: pb.Service | None, ids: dict[str, str]
-) -> None:
+) -> str:
+    """Create or update one service; its ID, or "" if it was unchanged."""
     want = pb.ServiceSpec()
     want.CopyFrom(spec)
     for att in want.networks:
         att.target = ids.get(att.target, att.target)  # stored specs name networks by ID
     if cur is None:
-        print(f"Creating service {name}")
-        stub.CreateService(cpb.CreateServiceRequest(spec=want))
-    elif cur.spec == want:
-        print(f"Service {name} is unchanged")
-    else:
-        print(f"Updating service {name} (id: {cur.meta.id})")
-        stub.UpdateService(
-            cpb.UpdateServiceRequest(service_ref=cur.meta.id, version=cur.meta.version, spec=want)
-        )
+        print(f"Creating service {name}", flush=True)
+        return str(stub.CreateService(cpb.CreateServiceRequest(spec=want)).service.meta.id)
+    if cur.spec == want:
+        print(f"Service {name} is unchanged", flush=True)
+        return ""
+    print(f"Updating service {name} (id: {cur.meta.id})", flush=True)
+    stub.UpdateService(
+        cpb.UpdateServiceRequest(service_ref=cur.meta.id, version=cur.meta.version, spec=want)
+    )
+    return str(cur.meta.id)
 
 
 # ---------------------------------------------------------------- listings, rm

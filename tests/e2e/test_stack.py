@@ -96,6 +96,9 @@ def ov(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Overlay]:
         ov = Overlay(dev)
         r = ov.ovctl("stack", "deploy", "-c", str(compose(tmp_path_factory.mktemp("st"))), "app")
         assert r.stderr.count("Ignoring unsupported options: build") == 1, r.stderr
+        # It waited until every service was real on every host.
+        for svc in ("web", "api", "db"):
+            assert f"app_{svc} verify: Service converged" in r.stdout, r.stdout
         yield ov
     finally:
         dev.down()

@@ -80,7 +80,7 @@ def test_deploy_redeploy_and_remove_a_stack(
     for host in ("h1", "h2", "h3"):
         agents.add(managers.addrs, host)
     file = write(tmp_path, STACK)
-    r = managers.ovctl("stack", "deploy", "-c", file, "app")
+    r = managers.ovctl("stack", "deploy", "-d", "-c", file, "app")
     assert "Creating network app_front" in r.stdout and "Creating service app_web" in r.stdout
     # An encrypted network is created, with the manager's warning when no node can encrypt.
     nets = networks(managers)
@@ -112,7 +112,7 @@ def test_deploy_redeploy_and_remove_a_stack(
     # Redeploy with one service changed: only that one gets a new spec version.
     before = {n: s.spec_version for n, s in services(managers).items()}
     write(tmp_path, STACK.replace("MODE:-prod", "MODE:-dev"))
-    r = managers.ovctl("stack", "deploy", "-c", file, "app")
+    r = managers.ovctl("stack", "deploy", "-d", "-c", file, "app")
     assert "Updating service app_api" in r.stdout
     assert "Service app_web is unchanged" in r.stdout
     after = {n: s.spec_version for n, s in services(managers).items()}
@@ -122,7 +122,7 @@ def test_deploy_redeploy_and_remove_a_stack(
     # A changed network is refused, and nothing changes.
     write(tmp_path, STACK.replace("10.77.0.0/24", "10.78.0.0/24"))
     keys = managers.dump()
-    r = managers.ovctl("stack", "deploy", "-c", file, "app", check=False)
+    r = managers.ovctl("stack", "deploy", "-d", "-c", file, "app", check=False)
     assert r.returncode == 1
     assert "network app_back differs from the files" in r.stderr, r.stderr
     assert managers.dump() == keys
@@ -174,7 +174,7 @@ def test_bad_compose_input_is_refused_before_anything_is_created(
 ) -> None:
     file = write(tmp_path, text)
     keys = managers.dump()
-    r = managers.ovctl("stack", "deploy", "-c", file, "bad", check=False)
+    r = managers.ovctl("stack", "deploy", "-d", "-c", file, "bad", check=False)
     assert r.returncode == 1, r.stdout
     assert message in r.stderr, r.stderr
     assert managers.dump() == keys
@@ -186,11 +186,11 @@ def test_two_files_merge_and_a_conflict_between_them_names_both(
     agents.add(managers.addrs, "h1")
     base = write(tmp_path, "services:\n  web:\n    command: [sleep, 1d]\n    ports: ['18580:80']\n")
     more = write(tmp_path, "services:\n  web:\n    deploy:\n      replicas: 3\n", "more.yml")
-    managers.ovctl("stack", "deploy", "-c", base, "-c", more, "two")
+    managers.ovctl("stack", "deploy", "-d", "-c", base, "-c", more, "two")
     web = services(managers)["two_web"]
     assert web.spec.replicated.replicas == 3 and web.endpoint.ports[0].published_port == 18580
     bad = write(tmp_path, "services:\n  web:\n    ports: '18581:80'\n", "bad.yml")
-    r = managers.ovctl("stack", "deploy", "-c", base, "-c", bad, "two", check=False)
+    r = managers.ovctl("stack", "deploy", "-d", "-c", base, "-c", bad, "two", check=False)
     assert r.returncode == 1
     assert "bad.yml:3" in r.stderr and "stack.yml:4" in r.stderr, r.stderr
     # Ignored keys are named once, and the deploy goes on.
@@ -199,6 +199,6 @@ def test_two_files_merge_and_a_conflict_between_them_names_both(
         "services:\n  web:\n    command: [sleep, 1d]\n    build: .\n    restart: always\n",
         "ign.yml",
     )
-    r = managers.ovctl("stack", "deploy", "-c", ign, "three")
+    r = managers.ovctl("stack", "deploy", "-d", "-c", ign, "three")
     assert r.stderr.count("Ignoring unsupported options: build, restart") == 1
     managers.ovctl("stack", "rm", "two", "three")

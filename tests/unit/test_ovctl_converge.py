@@ -74,6 +74,15 @@ def test_progress_lines_per_slot_with_states_errors_and_missing_slots() -> None:
     assert converge.plain(snap)[1] == "1/3: failed  exit 3"
 
 
+def test_several_services_lines_each_say_their_service() -> None:
+    snap = converge.snapshot(service(1), [task(1, RUNNING)], conv(1, 1, 1, 1), HOSTS)
+    assert converge.plain(snap, named=True) == [
+        "web: overall progress: 1 out of 1 tasks",
+        "web 1/1: running",
+        "web verify: 1 of 1 hosts programmed",
+    ]
+
+
 def test_a_running_task_not_yet_healthy_says_so() -> None:
     snap = converge.snapshot(service(1), [task(1, RUNNING, ready=False)], conv(0, 1), HOSTS)
     assert snap.lines[0].state == "running (health: starting)"
