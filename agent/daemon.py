@@ -737,7 +737,11 @@ class AgentDaemon:
                 # host has dropped it from its balancers and resolvers before it goes.
                 self._wake.set()
                 await asyncio.sleep(self.options.drain_delay)
-            if await self.executor.shutdown(task_id, self.options.stop_timeout) is not None:
+            # The service's stop_grace_period, else the agent's --stop-timeout.
+            task = self.controller.get(task_id).task
+            grace = task.spec.stop_grace_period_ms / 1000 if task is not None else 0
+            timeout = grace or self.options.stop_timeout
+            if await self.executor.shutdown(task_id, timeout) is not None:
                 # The exit is recorded by its waiter: let it be before the next pass.
                 waiter = self._waiters.get(task_id)
                 if waiter is not None:

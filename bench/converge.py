@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench import write_results
 from bench.mesh import REPLICAS, WHOAMI, ask, ovctl
 from ovctl.cli import main as ovctl_main
 from ovctl.devcluster.cluster import DevCluster
@@ -175,8 +176,7 @@ def run(rounds: int, out: Path) -> dict[str, Any]:
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
+    write_results(out, report)
     print(f"wrote {out}")
     return report
 

@@ -75,6 +75,7 @@ def task_spec_of(spec: pb.ServiceSpec) -> tuple[Any, ...]:
         tuple((n.target, tuple(n.aliases)) for n in spec.networks),
         spec.health_check.SerializeToString(deterministic=True),
         publishes_ingress(spec),
+        spec.stop_grace_period_ms,
     )
 
 

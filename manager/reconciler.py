@@ -230,6 +230,7 @@ class Reconciler:
                 env=spec.env,
                 workdir=spec.workdir,
                 health_check=spec.health_check if spec.HasField("health_check") else None,
+                stop_grace_period_ms=spec.stop_grace_period_ms,
             ),
             spec_version=svc.spec_version,
             desired_state=pb.TASK_STATE_RUNNING,

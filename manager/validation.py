@@ -131,6 +131,11 @@ def check_service_spec(spec: pb.ServiceSpec) -> None:
                 f"invalid environment variable {item!r}: use KEY=VALUE with KEY made of letters, "
                 "digits and '_'"
             )
+    if spec.stop_grace_period_ms < 0:
+        raise InvalidArgument(
+            f"stop grace period {spec.stop_grace_period_ms} ms is negative: give a duration "
+            "such as 10s, or 0 for the agent's --stop-timeout"
+        )
     if spec.WhichOneof("mode") is None:
         spec.replicated.replicas = 1
     if spec.WhichOneof("mode") == "replicated" and spec.replicated.replicas > MAX_REPLICAS:

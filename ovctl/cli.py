@@ -324,6 +324,12 @@ def _restart_and_update_options(p: argparse.ArgumentParser) -> argparse._Mutuall
         metavar="DURATION",
         help="wait this long after a batch is ready (running, healthy if checked)",
     )
+    p.add_argument(
+        "--stop-grace-period",
+        type=_duration,
+        metavar="DURATION",
+        help="how long a task may take to exit before it is killed (default: the agent's)",
+    )
     health = p.add_mutually_exclusive_group()
     health.add_argument(
         "--health-cmd", metavar="STRING", help="health check command, run with sh -c"

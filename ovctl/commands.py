@@ -189,6 +189,7 @@ def service_create(stub: Stub, args: argparse.Namespace) -> int:
         update_parallelism=args.update_parallelism,
         update_delay_ms=args.update_delay,
         health=_health_options(args),
+        stop_grace_period_ms=args.stop_grace_period,
     )
     resp = stub.CreateService(cpb.CreateServiceRequest(spec=specs.service_spec(options)))
     print(resp.service.meta.id, flush=True)
@@ -328,6 +329,7 @@ def service_update(stub: Stub, args: argparse.Namespace) -> int:
         label_rm=args.label_rm or [],
         health=_health_options(args),
         no_healthcheck=args.no_healthcheck,
+        stop_grace_period_ms=args.stop_grace_period,
     )
     if changes == specs.ServiceChanges():
         raise specs.SpecError("nothing to update: give at least one option (see --help)")

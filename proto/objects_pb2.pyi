@@ -255,7 +255,7 @@ class HealthCheck(_message.Message):
     def __init__(self, command: _Optional[_Iterable[str]] = ..., tcp_port: _Optional[int] = ..., interval_ms: _Optional[int] = ..., timeout_ms: _Optional[int] = ..., retries: _Optional[int] = ..., start_period_ms: _Optional[int] = ...) -> None: ...
 
 class ServiceSpec(_message.Message):
-    __slots__ = ("name", "labels", "command", "env", "workdir", "networks", "replicated", "endpoint", "placement", "restart_policy", "update_config", "health_check", "image", "standalone")
+    __slots__ = ("name", "labels", "command", "env", "workdir", "networks", "replicated", "endpoint", "placement", "restart_policy", "update_config", "health_check", "image", "standalone", "stop_grace_period_ms")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -278,6 +278,7 @@ class ServiceSpec(_message.Message):
     HEALTH_CHECK_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     STANDALONE_FIELD_NUMBER: _ClassVar[int]
+    STOP_GRACE_PERIOD_MS_FIELD_NUMBER: _ClassVar[int]
     name: str
     labels: _containers.ScalarMap[str, str]
     command: _containers.RepeatedScalarFieldContainer[str]
@@ -292,7 +293,8 @@ class ServiceSpec(_message.Message):
     health_check: HealthCheck
     image: str
     standalone: Standalone
-    def __init__(self, name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., command: _Optional[_Iterable[str]] = ..., env: _Optional[_Iterable[str]] = ..., workdir: _Optional[str] = ..., networks: _Optional[_Iterable[_Union[NetworkAttachmentConfig, _Mapping]]] = ..., replicated: _Optional[_Union[ReplicatedService, _Mapping]] = ..., endpoint: _Optional[_Union[EndpointSpec, _Mapping]] = ..., placement: _Optional[_Union[Placement, _Mapping]] = ..., restart_policy: _Optional[_Union[RestartPolicy, _Mapping]] = ..., update_config: _Optional[_Union[UpdateConfig, _Mapping]] = ..., health_check: _Optional[_Union[HealthCheck, _Mapping]] = ..., image: _Optional[str] = ..., standalone: _Optional[_Union[Standalone, _Mapping]] = ..., **kwargs) -> None: ...
+    stop_grace_period_ms: int
+    def __init__(self, name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., command: _Optional[_Iterable[str]] = ..., env: _Optional[_Iterable[str]] = ..., workdir: _Optional[str] = ..., networks: _Optional[_Iterable[_Union[NetworkAttachmentConfig, _Mapping]]] = ..., replicated: _Optional[_Union[ReplicatedService, _Mapping]] = ..., endpoint: _Optional[_Union[EndpointSpec, _Mapping]] = ..., placement: _Optional[_Union[Placement, _Mapping]] = ..., restart_policy: _Optional[_Union[RestartPolicy, _Mapping]] = ..., update_config: _Optional[_Union[UpdateConfig, _Mapping]] = ..., health_check: _Optional[_Union[HealthCheck, _Mapping]] = ..., image: _Optional[str] = ..., standalone: _Optional[_Union[Standalone, _Mapping]] = ..., stop_grace_period_ms: _Optional[int] = ..., **kwargs) -> None: ...
 
 class Standalone(_message.Message):
     __slots__ = ("node_id",)
@@ -361,18 +363,20 @@ class NetworkAttachment(_message.Message):
     def __init__(self, network_id: _Optional[str] = ..., addresses: _Optional[_Iterable[str]] = ..., aliases: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class TaskSpec(_message.Message):
-    __slots__ = ("command", "env", "workdir", "health_check", "image")
+    __slots__ = ("command", "env", "workdir", "health_check", "image", "stop_grace_period_ms")
     COMMAND_FIELD_NUMBER: _ClassVar[int]
     ENV_FIELD_NUMBER: _ClassVar[int]
     WORKDIR_FIELD_NUMBER: _ClassVar[int]
     HEALTH_CHECK_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
+    STOP_GRACE_PERIOD_MS_FIELD_NUMBER: _ClassVar[int]
     command: _containers.RepeatedScalarFieldContainer[str]
     env: _containers.RepeatedScalarFieldContainer[str]
     workdir: str
     health_check: HealthCheck
     image: str
-    def __init__(self, command: _Optional[_Iterable[str]] = ..., env: _Optional[_Iterable[str]] = ..., workdir: _Optional[str] = ..., health_check: _Optional[_Union[HealthCheck, _Mapping]] = ..., image: _Optional[str] = ...) -> None: ...
+    stop_grace_period_ms: int
+    def __init__(self, command: _Optional[_Iterable[str]] = ..., env: _Optional[_Iterable[str]] = ..., workdir: _Optional[str] = ..., health_check: _Optional[_Union[HealthCheck, _Mapping]] = ..., image: _Optional[str] = ..., stop_grace_period_ms: _Optional[int] = ...) -> None: ...
 
 class Task(_message.Message):
     __slots__ = ("meta", "service_id", "service_name", "slot", "node_id", "spec", "spec_version", "desired_state", "status", "networks", "endpoint_mode", "not_before_ms")

@@ -153,6 +153,7 @@ class ServiceOptions:
     update_parallelism: int | None = None
     update_delay_ms: int | None = None
     health: HealthOptions | None = None
+    stop_grace_period_ms: int | None = None
 
 
 def service_spec(o: ServiceOptions) -> pb.ServiceSpec:
@@ -191,6 +192,8 @@ def service_spec(o: ServiceOptions) -> pb.ServiceSpec:
     )
     _apply_update_config(spec, o.update_parallelism, o.update_delay_ms)
     apply_health(spec, o.health)
+    if o.stop_grace_period_ms is not None:
+        spec.stop_grace_period_ms = o.stop_grace_period_ms
     return spec
 
 
@@ -286,6 +289,7 @@ class ServiceChanges:
     label_rm: list[str] = field(default_factory=list)
     health: HealthOptions = field(default_factory=HealthOptions)
     no_healthcheck: bool = False
+    stop_grace_period_ms: int | None = None
 
 
 def apply_service_changes(current: pb.ServiceSpec, c: ServiceChanges) -> pb.ServiceSpec:
@@ -311,6 +315,8 @@ def apply_service_changes(current: pb.ServiceSpec, c: ServiceChanges) -> pb.Serv
         spec, c.restart_condition, c.restart_delay_ms, c.restart_max_attempts, c.restart_window_ms
     )
     apply_health(spec, c.health, clear=c.no_healthcheck)
+    if c.stop_grace_period_ms is not None:
+        spec.stop_grace_period_ms = c.stop_grace_period_ms
     if c.image is not None:
         if not c.image:
             raise SpecError("--image needs an image reference, e.g. --image localhost/web:2")

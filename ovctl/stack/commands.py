@@ -141,7 +141,31 @@ def _check_networks(stub: Stub, stack: Stack, existing: dict[str, pb.Network]) -
                 f"network {name} differs from the files: networks cannot be changed; "
                 f"remove the stack (ovctl stack rm {stack.name}) or rename the network"
             )
-    return ""
+    new_encrypted = [
+        n for n, spec in stack.networks.items() if spec.encrypted and n not in existing
+    ]
+    return _cannot_encrypt(stub, new_encrypted) if new_encrypted else ""
+
+
+def _cannot_encrypt(stub: Stub, names: list[str]) -> str:
+    """Why encrypted networks would be of no use ("" if a Ready node can encrypt): their
+    tasks could run nowhere, and the deploy would only wait for them (the manager's rule for
+    its warning on `network create`)."""
+    ready = [
+        n
+        for n in stub.ListNodes(cpb.ListNodesRequest()).nodes
+        if n.status.state == pb.NODE_STATE_READY
+    ]
+    if any("ipsec" not in n.description.unavailable for n in ready):
+        return ""
+    why = "; ".join(
+        sorted({f"{n.description.hostname}: {n.description.unavailable['ipsec']}" for n in ready})
+    )
+    return (
+        f"network {names[0]} is encrypted (driver_opts: encrypted) but no Ready node can "
+        f"encrypt ({why or 'no node is Ready'}): its tasks could run nowhere; remove "
+        "`encrypted` from the file, or add a node whose kernel has ESP (nothing was created)"
+    )
 
 
 def _check_ports(stub: Stub, stack: Stack) -> str:

@@ -305,10 +305,8 @@ def _service(
     if "healthcheck" in svc:
         _healthcheck(loaded, spec, svc["healthcheck"], (*path, "healthcheck"))
     if "stop_grace_period" in svc:
-        raise loaded.error(
-            "not supported by ovnet yet (see ovnet-agent --stop-timeout)",
-            *path,
-            "stop_grace_period",
+        spec.stop_grace_period_ms = typed.duration(
+            loaded, svc["stop_grace_period"], *path, "stop_grace_period"
         )
     _deploy(loaded, spec, svc.get("deploy"), (*path, "deploy"))
     spec.labels[STACK_LABEL] = stack

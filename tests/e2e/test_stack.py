@@ -116,6 +116,26 @@ def get(where: list[str], url: str) -> str:
     return run([*where, sys.executable, "-c", code, url], check=False)
 
 
+def test_an_encrypted_network_this_kernel_cannot_carry_is_refused(
+    ov: Overlay, tmp_path: Path
+) -> None:
+    """The same file with its back network encrypted: these hosts' kernel has no ESP, which
+    each agent said at registration; the deploy says so and creates nothing (the fixture
+    deployed the file without `encrypted`)."""
+    file = compose(tmp_path)
+    file.write_text(file.read_text().replace("    internal: true\n", "    internal: true\n"
+                                             "    driver_opts: {encrypted: ''}\n"))  # fmt: skip
+    before = {n["spec"]["name"] for n in ov.json("network", "ls")}
+    r = ov.dev.ovctl("stack", "deploy", "-c", str(file), "enc")
+    assert r.returncode == 1, r.stdout
+    assert (
+        "Error: network enc_back is encrypted (driver_opts: encrypted) but no Ready node "
+        "can encrypt (h1: this host's kernel cannot encrypt (no ESP support);" in r.stderr
+    ), r.stderr
+    assert {n["spec"]["name"] for n in ov.json("network", "ls")} == before
+    assert not [s for s in ov.json("service", "ls") if s["spec"]["name"].startswith("enc_")]
+
+
 def test_the_stack_runs_as_its_file_says(ov: Overlay) -> None:
     db = task_on(ov, "app_db", 2)
     assert {t.host for t in db} == {"h2", "h3"}

@@ -46,6 +46,8 @@ def test_service_lifecycle_without_nodes(managers: ManagerCluster) -> None:
         "8080:80",
         "--env",
         "A=1",
+        "--stop-grace-period",
+        "20s",
         "--",
         "python3",
         "-m",
@@ -63,6 +65,7 @@ def test_service_lifecycle_without_nodes(managers: ManagerCluster) -> None:
     assert len({*addrs, vip}) == 4 and all(a.startswith("10.40.0.") for a in addrs)
     assert "10.40.0.1/24" not in [*addrs, vip]
     assert list(ts[0].spec.command) == ["python3", "-m", "http.server", "80"]
+    assert ts[0].spec.stop_grace_period_ms == 20_000  # what the agent gives its stop
     # No node: tasks wait for one and say why.
     wait_for(
         "unschedulable message",

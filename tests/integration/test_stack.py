@@ -202,3 +202,26 @@ def test_two_files_merge_and_a_conflict_between_them_names_both(
     r = managers.ovctl("stack", "deploy", "-d", "-c", ign, "three")
     assert r.stderr.count("Ignoring unsupported options: build, restart") == 1
     managers.ovctl("stack", "rm", "two", "three")
+
+
+def test_an_encrypted_network_no_node_can_carry_is_refused_before_anything_is_created(
+    managers: ManagerCluster, agents: AgentPool, tmp_path: Path
+) -> None:
+    for host in ("h1", "h2"):
+        agents.add(managers.addrs, host, unavailable={"ipsec": "no ESP support"})
+    file = write(tmp_path, STACK)
+    keys = managers.dump()
+    r = managers.ovctl("stack", "deploy", "-d", "-c", file, "enc", check=False)
+    assert r.returncode == 1, r.stdout
+    assert (
+        "Error: network enc_back is encrypted (driver_opts: encrypted) but no Ready node can "
+        "encrypt (h1: no ESP support; h2: no ESP support)"
+    ) in r.stderr, r.stderr
+    assert "(nothing was created)" in r.stderr
+    assert managers.dump() == keys
+    # The same file without `encrypted` deploys.
+    plain = write(tmp_path, STACK.replace('    driver_opts:\n      encrypted: ""\n', ""), "p.yml")
+    r = managers.ovctl("stack", "deploy", "-d", "-c", plain, "enc")
+    assert "Creating network enc_back" in r.stdout
+    assert not networks(managers)["enc_back"].spec.encrypted
+    managers.ovctl("stack", "rm", "enc")

@@ -46,6 +46,7 @@ class FakeExecutor:
         self.exits: dict[str, asyncio.Future[ExitInfo]] = {}
         self.starts: list[str] = []
         self.removed: list[str] = []
+        self.stop_timeouts: dict[str, float] = {}  # task ID -> the timeout its stop was given
         self.fail_start = ""
         self.closed = False
         self._pid = 100
@@ -98,6 +99,7 @@ class FakeExecutor:
 
     async def shutdown(self, task_id: str, timeout: float) -> ExitInfo | None:
         self._event("stop", task_id)
+        self.stop_timeouts[task_id] = timeout
         fut = self.exits.get(task_id)
         if fut is None or fut.done():
             return None

@@ -54,6 +54,13 @@ def test_healthcheck_ports_env_file_and_interpolated_numbers(tmp_path: Path) -> 
     assert web.restart_policy.condition == pb.RESTART_CONDITION_ON_FAILURE
 
 
+def test_stop_grace_period(tmp_path: Path) -> None:
+    s = stack(tmp_path, "services:\n  web:\n    image: a\n    stop_grace_period: 1m30s\n")
+    assert s.services["st_web"].stop_grace_period_ms == 90_000
+    with pytest.raises(ComposeError, match=r"stack.yml:4: services.web.stop_grace_period: .*ms, s"):
+        stack(tmp_path, "services:\n  web:\n    image: a\n    stop_grace_period: soon\n")
+
+
 def test_external_networks_and_ipam(tmp_path: Path) -> None:
     s = stack(
         tmp_path,

@@ -324,6 +324,24 @@ def test_what_the_host_programmed_is_reported_at_once_when_it_changes(tmp_path: 
     run(go())
 
 
+def test_a_stop_gives_the_task_its_services_grace_period(tmp_path: Path) -> None:
+    async def go() -> None:
+        rig = Rig(tmp_path, drain_delay=0)
+        rig.service()
+        rig.assign("t1")
+        t2 = rig.assign("t2")
+        t2.spec.stop_grace_period_ms = 2500
+        await rig.daemon.step()
+        rig.assign("t1", state=RUN, desired=pb.TASK_STATE_SHUTDOWN)
+        rig.assign("t2", state=RUN, desired=pb.TASK_STATE_SHUTDOWN).spec.stop_grace_period_ms = 2500
+        await rig.daemon.step()
+        await asyncio.gather(*rig.daemon._stopping.values())
+        # t1's service says nothing: the agent's --stop-timeout (1 s in this rig).
+        assert rig.executor.stop_timeouts == {"t1": 1.0, "t2": 2.5}
+
+    run(go())
+
+
 def test_adoption_after_an_agent_restart(tmp_path: Path) -> None:
     async def go() -> None:
         adopted = {

@@ -83,3 +83,15 @@ def test_health_check_and_ingress_publishing_are_task_spec_changes() -> None:
     host.CopyFrom(base)
     host.endpoint.ports.add(target_port=80, publish_mode=pb.PUBLISH_MODE_HOST)
     assert task_spec_of(host) == task_spec_of(base)
+
+
+def test_the_stop_grace_period_is_copied_into_tasks_and_cannot_be_negative() -> None:
+    base = pb.ServiceSpec(name="web", command=["x"])
+    graced = pb.ServiceSpec()
+    graced.CopyFrom(base)
+    graced.stop_grace_period_ms = 30_000
+    # The task carries it (its agent needs nothing else): a change replaces the tasks.
+    assert task_spec_of(graced) != task_spec_of(base)
+    graced.stop_grace_period_ms = -1
+    with pytest.raises(InvalidArgument, match="stop grace period -1 ms is negative"):
+        check_service_spec(graced)

@@ -810,6 +810,8 @@ def test_service_create_builds_the_spec(
         "2s",
         "--update-delay",
         "1m",
+        "--stop-grace-period",
+        "30s",
         "--",
         "python3",
         "-m",
@@ -827,6 +829,7 @@ def test_service_create_builds_the_spec(
         (0, 53, pb.PROTOCOL_UDP),
     ]
     assert spec.restart_policy.delay_ms == 2000 and spec.update_config.delay_ms == 60_000
+    assert spec.stop_grace_period_ms == 30_000
 
 
 def test_usage_errors_exit_2_without_calling(
