@@ -192,7 +192,11 @@ def wait(
             if all(s.converged for s in snaps):
                 return 0
             if time.monotonic() > deadline:
-                why = "; ".join(f"{s.service}: {', '.join(s.waiting)}" for s in snaps if s.waiting)
+                why = "; ".join(
+                    f"{s.service}: {', '.join(s.waiting) or 'converged, in its --monitor window'}"
+                    for s in snaps
+                    if not s.converged
+                )
                 raise NotConverged(
                     f"not converged after {timeout:.0f} s ({why}); the change goes on: "
                     f"see `ovctl service ps {' '.join(s.service for s in snaps)}`"

@@ -72,12 +72,8 @@ def podman_cluster(prefix: str, hosts: int, grace_s: float, **agent: list[str]) 
         die_with_parent=True,
         host_agent_args=agent,
     )
-    # Drain 5 s: in CI (2 CPUs, podman starting and stopping three containers at once during
-    # a roll) a host was seen still sending new mesh connections to a replica disabled more
-    # than 2 s earlier, which then stopped (1 request in ~230 timed out). The lag is reported
-    # for planning; the drain is the knob a loaded cluster turns (ovnet-agent --drain-delay).
     dev.agent_args = [
-        "--reconcile-interval", "1", "--stop-timeout", "5", "--drain-delay", "5",
+        "--reconcile-interval", "1", "--stop-timeout", "5", "--drain-delay", "2",
         *podman.agent_args(),
     ]  # fmt: skip
     try:

@@ -171,6 +171,13 @@ def test_wait_gives_up_after_its_timeout_saying_what_is_missing(
         converge.wait(FakeStub(stuck), ["svc"], HOSTS, out=io.StringIO(), timeout=0.05)
 
 
+def test_a_timeout_in_the_monitor_window_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(converge, "POLL_S", 0.01)
+    done = [conv(1, 1, 1, 1, converged=True)]
+    with pytest.raises(converge.NotConverged, match=r"web: converged, in its --monitor window"):
+        converge.wait(FakeStub(done), ["svc"], HOSTS, out=io.StringIO(), timeout=0.05, monitor=9)
+
+
 def test_ctrl_c_leaves_the_change_going() -> None:
     out = io.StringIO()
     assert converge.wait(FakeStub([conv(0, 1)], interrupt_at=1), ["svc"], HOSTS, out=out) == 0
