@@ -8,6 +8,7 @@ display as a person sees it in a terminal (tmux), plain output without one, -q, 
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shlex
@@ -28,6 +29,7 @@ pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces"),
 ]
 __all__ = ["ov"]  # the module fixture: a 3-host dev cluster
+_screens = itertools.count()
 
 
 def test_service_create_returns_once_the_mesh_answers_on_every_host(ov: Overlay) -> None:
@@ -71,7 +73,8 @@ def test_service_create_returns_once_the_mesh_answers_on_every_host(ov: Overlay)
 
 @pytest.fixture
 def tmux(ov: Overlay) -> Iterator[TmuxScreen]:
-    screen = TmuxScreen(ov, f"ovt{os.getpid() % 100000}")
+    # A server (socket) per test: a killed one may still hold its socket when the next starts.
+    screen = TmuxScreen(ov, f"ovt{os.getpid() % 100000}-{next(_screens)}")
     try:
         yield screen
     finally:
@@ -90,11 +93,12 @@ class TmuxScreen:
         # The exit status is shown after the output, and the pane stays for the capture.
         cmd = f"env {shlex.join(f'{k}={v}' for k, v in env.items())} {shlex.join(argv)}; "
         cmd += 'echo "EXIT=$?"; sleep 600'
-        subprocess.run(
+        r = subprocess.run(
             ["tmux", "-L", self.socket, "-f", "/dev/null", "new-session", "-d", "-s", "t",
              "-x", "100", "-y", "30", cmd],
-            check=True,
+            capture_output=True, text=True,
         )  # fmt: skip
+        assert r.returncode == 0, f"tmux new-session: {r.stderr.strip()}"
 
     def screen(self) -> str:
         r = subprocess.run(
