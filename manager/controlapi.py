@@ -16,21 +16,20 @@ from manager.ca.server import CertificateAuthority
 from manager.cluster import Cluster, new_id, now_ms
 from manager.convergence import service_convergence
 from manager.endpoints import network_endpoints
-from manager.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from manager.errors import AlreadyExists, FailedPrecondition, InvalidArgument
 from manager.ingress import (
     CREATED_KEY,
     ingress_network,
     ingress_ports,
     port_label,
     publishes_ingress,
-    require_ingress,
 )
 from manager.logbroker import LogBroker
-from manager.scheduler import parse_constraints
+from manager.servicespec import resolve_service_spec, store_spec
 from manager.standalone import listeners, prepare_standalone
 from manager.state import ClusterState
 from manager.store import Batch, Store
-from manager.validation import check_labels, check_service_spec, normalize_network_spec
+from manager.validation import check_labels, normalize_network_spec
 from proto import control_pb2 as cpb
 from proto import objects_pb2 as pb
 
@@ -60,23 +59,6 @@ def _mesh_ports(svc: pb.Service) -> list[pb.PortConfig]:
     """The service's ingress-mode ports, with their published ports once allocated."""
     allocated = [p for p in svc.endpoint.ports if p.publish_mode == pb.PUBLISH_MODE_INGRESS]
     return allocated or ingress_ports(svc.spec)
-
-
-def task_spec_of(spec: pb.ServiceSpec) -> tuple[Any, ...]:
-    """What a running task is made from: a change here means tasks must be replaced. That
-    includes its health check (copied into the task) and whether the service publishes through
-    the routing mesh (its tasks then hold an address on the ingress network); which ports it
-    publishes is not, as agents read those from the service."""
-    return (
-        spec.image,
-        tuple(spec.command),
-        tuple(spec.env),
-        spec.workdir,
-        tuple((n.target, tuple(n.aliases)) for n in spec.networks),
-        spec.health_check.SerializeToString(deterministic=True),
-        publishes_ingress(spec),
-        spec.stop_grace_period_ms,
-    )
 
 
 class ControlAPI:
@@ -234,37 +216,11 @@ class ControlAPI:
 
     # ------------------------------------------------------------------ services
 
-    def _resolve_service_spec(self, spec: pb.ServiceSpec) -> list[str]:
-        """Validate against cluster state; rewrite network targets to IDs (stored specs never
-        depend on names, which can be reused). Returns the attached network IDs."""
-        check_service_spec(spec)
-        parse_constraints(list(spec.placement.constraints))
-        ids = []
-        for att in spec.networks:
-            try:
-                net: pb.Network = self.state.resolve("networks", att.target)
-            except NotFound:
-                raise NotFound(
-                    f"network {att.target!r} not found: create it with "
-                    f"'ovctl network create {att.target}' first"
-                ) from None
-            if net.spec.ingress:
-                raise InvalidArgument(
-                    f"network {net.spec.name!r} is the ingress network; services reach it by "
-                    "publishing ports, not by attaching to it"
-                )
-            att.target = net.meta.id
-            ids.append(net.meta.id)
-        if len(set(ids)) != len(ids):
-            raise InvalidArgument("the same network is attached more than once")
-        require_ingress(spec, self.state.networks)
-        return ids
-
     async def create_service(self, req: cpb.CreateServiceRequest) -> cpb.CreateServiceResponse:
         spec = pb.ServiceSpec()
         spec.CopyFrom(req.spec)
         async with self.cluster.lock:
-            network_ids = self._resolve_service_spec(spec)
+            network_ids = resolve_service_spec(self.state, spec)
             existing = self.state.names["services"].get(spec.name)
             if existing is not None:
                 standalone = self.state.services[existing].spec.HasField("standalone")
@@ -335,43 +291,38 @@ class ControlAPI:
                     f"{cur.meta.version}, the update was based on version {req.version}; "
                     "read it again and retry"
                 )
-            spec = pb.ServiceSpec()
-            spec.CopyFrom(req.spec)
-            if spec.name != cur.spec.name:
-                raise InvalidArgument(
-                    f"a service cannot be renamed ({cur.spec.name!r} -> {spec.name!r}): "
-                    "create a new service instead"
-                )
-            if spec.WhichOneof("mode") is None:
-                spec.replicated.replicas = 1
-            if spec.WhichOneof("mode") != cur.spec.WhichOneof("mode"):
-                raise InvalidArgument(
-                    f"service {cur.spec.name!r} is {cur.spec.WhichOneof('mode')}; its mode "
-                    "cannot be changed"
-                )
-            if spec.standalone != cur.spec.standalone:
-                raise InvalidArgument(
-                    f"{cur.spec.name!r} is a standalone task on its node: remove it and run a "
-                    "new one rather than move it or make it a service"
-                )
-            network_ids = self._resolve_service_spec(spec)
-            endpoint = self.cluster.allocator.reallocate_service(cur, spec, network_ids)
-            svc = pb.Service()
-            svc.CopyFrom(cur)
-            svc.spec.CopyFrom(spec)
-            svc.endpoint.CopyFrom(endpoint)
-            svc.meta.updated_at_ms = now_ms()
-            if task_spec_of(spec) != task_spec_of(cur.spec):
-                svc.spec_version = cur.spec_version + 1
-            try:
-                await self.cluster.commit(Batch().update("services", svc))
-            except BaseException:
-                # Undo: drop the new endpoint and take back exactly what is still stored.
-                self.cluster.allocator.release_endpoint(svc.meta.id, endpoint)
-                self.cluster.allocator.restore([], [cur], [])
-                raise
+            if req.rollback:
+                if req.HasField("spec"):
+                    raise InvalidArgument("a rollback takes no spec: it puts the previous one back")
+                svc = await store_spec(self.cluster, cur, None)
+            else:
+                svc = await store_spec(self.cluster, cur, self._checked_update(cur, req.spec))
         self._kick(svc.meta.id)
         return cpb.UpdateServiceResponse(service=svc)
+
+    @staticmethod
+    def _checked_update(cur: pb.Service, requested: pb.ServiceSpec) -> pb.ServiceSpec:
+        """The requested spec, with what an update may not change refused."""
+        spec = pb.ServiceSpec()
+        spec.CopyFrom(requested)
+        if spec.name != cur.spec.name:
+            raise InvalidArgument(
+                f"a service cannot be renamed ({cur.spec.name!r} -> {spec.name!r}): "
+                "create a new service instead"
+            )
+        if spec.WhichOneof("mode") is None:
+            spec.replicated.replicas = 1
+        if spec.WhichOneof("mode") != cur.spec.WhichOneof("mode"):
+            raise InvalidArgument(
+                f"service {cur.spec.name!r} is {cur.spec.WhichOneof('mode')}; its mode "
+                "cannot be changed"
+            )
+        if spec.standalone != cur.spec.standalone:
+            raise InvalidArgument(
+                f"{cur.spec.name!r} is a standalone task on its node: remove it and run a "
+                "new one rather than move it or make it a service"
+            )
+        return spec
 
     async def remove_service(self, req: cpb.RemoveServiceRequest) -> cpb.RemoveServiceResponse:
         async with self.cluster.lock:
@@ -383,20 +334,31 @@ class ControlAPI:
         return cpb.RemoveServiceResponse()
 
     async def service_logs(self, req: cpb.ServiceLogsRequest) -> AsyncIterator[cpb.LogLine]:
+        if req.since_ms < 0:
+            raise InvalidArgument(
+                f"since_ms {req.since_ms} is negative: give a Unix time in milliseconds, "
+                "or 0 for all the lines kept"
+            )
         svc: pb.Service = self.state.resolve("services", req.service_ref)
+        since = req.since_ms
         # Subscribed before the kept lines are read: nothing published meanwhile is missed
         # (the loop is single-threaded: no line lands between the two).
         follower = None
         if req.follow:
 
             def of_service(line: cpb.LogLine) -> bool:
+                # A line older than `since` may arrive late (an agent that was cut off): skip it.
                 task = self.state.tasks.get(line.task_id)
-                return task is not None and task.service_id == svc.meta.id
+                return (
+                    task is not None
+                    and task.service_id == svc.meta.id
+                    and line.timestamp_ms >= since
+                )
 
             follower = self.logs.follow(of_service)
         try:
             task_ids = {t.meta.id for t in self.state.service_tasks(svc.meta.id)}
-            for line in self.logs.lines(task_ids, int(req.tail)):
+            for line in self.logs.lines(task_ids, int(req.tail), since):
                 yield line
             while follower is not None:
                 yield await follower.queue.get()

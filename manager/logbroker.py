@@ -60,10 +60,16 @@ class LogBroker:
         for task_id in task_ids:
             self._rings.pop(task_id, None)
 
-    def lines(self, task_ids: Iterable[str], tail: int = 0) -> Iterator[cpb.LogLine]:
-        """Lines of these tasks in time order; `tail` > 0 keeps only the last `tail` overall."""
+    def lines(
+        self, task_ids: Iterable[str], tail: int = 0, since_ms: int = 0
+    ) -> Iterator[cpb.LogLine]:
+        """Lines of these tasks in time order (each line's own time, so stdout and stderr and
+        the tasks interleave as they were written; lines of the same millisecond keep their
+        arrival order); only those at or after `since_ms` if it is > 0, then, if `tail` > 0,
+        only the last `tail` of those overall (as `docker logs --since --tail`)."""
         merged = sorted(
-            (ln for t in task_ids for ln in self._rings.get(t, ())), key=lambda ln: ln.timestamp_ms
+            (ln for t in task_ids for ln in self._rings.get(t, ()) if ln.timestamp_ms >= since_ms),
+            key=lambda ln: ln.timestamp_ms,
         )
         if tail > 0:
             merged = merged[-tail:]

@@ -56,7 +56,7 @@ Scaling
     as Docker removes the tasks of a scale-down.
 
 Updates
-    Tasks with spec_version below the service's are replaced in their slot, at most
+    Tasks with another spec_version than the service's are replaced in their slot, at most
     update_config.parallelism slots at a time (0: all at once). A slot counts as in progress
     while it gets a new task in this plan, while its current-spec task is not *ready* (RUNNING,
     and HEALTHY if its TaskSpec has a health check: a STARTING or UNHEALTHY task holds the
@@ -67,6 +67,12 @@ Updates
     update goes on only once a replacement is ready. Time only enters through `now_ms`: when
     a delay is all that holds an update back, the plan says when it ends (`wake_at_ms`) so
     that the caller runs a pass then.
+
+    With order START_FIRST the new task starts while the slot's old one runs; the old one is
+    stopped once the new one is ready (if the new one exits, the old one goes on and the
+    restart policy decides whether the slot tries again). How the update as a whole fares
+    (failure_action, monitor, completion) is manager/updater.py's judgement: a PAUSED update
+    starts no batch, and the plan carries the status to store.
 
 History
     Each slot keeps its newest `history_limit` finished tasks (at least 1: the newest tells
@@ -81,6 +87,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from manager import updater
 from manager.errors import InvalidArgument
 from manager.scheduler import Constraint, node_is_eligible, parse_constraints
 from manager.validation import has_health_check
@@ -105,9 +112,13 @@ class ServicePlan:
     create: list[NewTask] = field(default_factory=list)
     shutdown: list[str] = field(default_factory=list)
     delete: list[str] = field(default_factory=list)
-    # Wall-clock ms at which an update delay ends and a pass can start the next batch
-    # (0: nothing is waiting on time).
+    # Wall-clock ms at which an update delay (or monitor period) ends and a pass can start
+    # the next batch or complete the update (0: nothing is waiting on time).
     wake_at_ms: int = 0
+    # The service's new update status to store (None: unchanged), and whether its previous
+    # spec must be put back first (manager/updater.py).
+    status: pb.UpdateStatus | None = None
+    rollback: bool = False
 
     def empty(self) -> bool:
         return not (self.create or self.shutdown or self.delete)
@@ -165,6 +176,8 @@ class _Slot:
 
     tasks: list[pb.Task]
     current: pb.Task | None = None
+    # START_FIRST: the outdated task that runs on until `current` (its successor) is ready.
+    previous: pb.Task | None = None
     replace: pb.Task | None = None
     not_before_ms: int = 0
     given_up: pb.Task | None = None
@@ -174,7 +187,7 @@ class _Slot:
         return self.current is not None or self.replace is not None or self.given_up is not None
 
     def retire(self) -> None:
-        self.current = self.replace = self.given_up = None
+        self.current = self.replace = self.given_up = self.previous = None
 
 
 class _Reconciler:
@@ -197,6 +210,9 @@ class _Reconciler:
         self.history_limit = max(1, history_limit)
         self.plan = ServicePlan()
         self._stopping: set[str] = set()
+        self.config = updater.update_config(service)
+        self.start_first = self.config.order == pb.UPDATE_ORDER_START_FIRST
+        self.verdict = updater.Verdict()
 
     # ------------------------------------------------------------------ slots
 
@@ -218,9 +234,18 @@ class _Reconciler:
                 else:
                     self.shutdown(t)
         if live:
-            slot.current = live[-1]
+            slot.current = new = live[-1]
+            if (
+                self.start_first
+                and len(live) > 1
+                and not self.outdated(new)
+                and not task_is_ready(new)
+                and self.outdated(live[-2])
+            ):
+                slot.previous = live[-2]
             for t in live[:-1]:
-                self.shutdown(t)
+                if t is not slot.previous:
+                    self.shutdown(t)
             return slot
         newest = tasks[-1]
         if newest.status.state in _EXITED:
@@ -263,36 +288,82 @@ class _Reconciler:
         )
 
     def outdated(self, task: pb.Task) -> bool:
-        return task.spec_version < self.version
+        return task.spec_version != self.version
+
+    def stop(self, slot: _Slot) -> None:
+        """Shut down what a slot runs (the slot is retired or its node lost)."""
+        for t in (slot.current, slot.previous):
+            if t is not None:
+                self.shutdown(t)
 
     # ------------------------------------------------------------------ update
 
-    def update(self, slots: Iterable[tuple[int, str, _Slot]]) -> None:
+    def update(self, slots: Iterable[tuple[int, str, _Slot]], wanted: int) -> None:
         """Replace outdated tasks of active slots, in the order given, within the parallelism
-        budget. Run after all other creations so that they count as in progress."""
+        budget, unless the update is paused or must roll back (`wanted`: the service's task
+        count). Run after all other creations so that they count as in progress."""
+        slots = list(slots)
+        verdict = self.verdict = updater.judge_failures(self.service, self.tasks, wanted, self.now)
+        self.plan.status, self.plan.rollback = verdict.status, verdict.rollback
+        paused = self.service.update_status.state in updater.PAUSED
+        if verdict.rollback or verdict.halted or paused:
+            return
+        go_on = self.config.failure_action == pb.UPDATE_FAILURE_ACTION_CONTINUE
         in_progress = len(self.plan.create)
-        delay = self.service.spec.update_config.delay_ms
+        delay = self.config.delay_ms
         settling: list[int] = []
         candidates = []
         for number, node_id, slot in slots:
             cur = slot.current
             if cur is not None and not self.outdated(cur):
+                failed = (number, "" if number else node_id) in verdict.failed_slots
                 if not task_is_ready(cur):
-                    in_progress += 1
+                    in_progress += not (go_on and failed)
                 elif delay and self.now < ready_since_ms(cur) + delay:
                     in_progress += 1
                     settling.append(ready_since_ms(cur) + delay)
             elif cur is not None or (slot.given_up is not None and self.outdated(slot.given_up)):
                 candidates.append((number, node_id, slot))
-        parallelism = self.service.spec.update_config.parallelism
+        parallelism = self.config.parallelism
         budget = max(0, parallelism - in_progress) if parallelism else len(candidates)
         if len(candidates) > budget and settling:
             self.plan.wake_at_ms = min(settling)
         for number, node_id, slot in candidates[:budget]:
             old = slot.current or slot.given_up
-            if slot.current is not None:
+            not_before: int | None = self.now
+            if slot.current is None:
+                pass
+            elif self.start_first:
+                not_before = self._start_first_retry(slot)
+            else:
                 self.shutdown(slot.current)
-            self.create(number, node_id, self.now, old)
+            if not_before is not None:
+                self.create(number, node_id, not_before, old)
+
+    def _start_first_retry(self, slot: _Slot) -> int | None:
+        """When a START_FIRST slot may start a new task beside its old one: now, unless a new
+        one already exited there (the old one ran on); then the restart policy says whether
+        (None: not) and after which delay."""
+        newest = slot.tasks[-1]
+        if self.outdated(newest) or newest.status.state not in _EXITED:
+            return self.now
+        if not self._restart_allowed(newest, slot.tasks):
+            return None
+        return self.now + self.policy.delay_ms
+
+    def finish(self, currents: Sequence[pb.Task | None]) -> None:
+        """Let the updater mark the update completed (`currents`: each active slot's task)."""
+        if self.plan.create or self.plan.status is not None:
+            return
+        others = any(
+            task_is_live(t) and self.outdated(t) and t.meta.id not in self._stopping
+            for t in self.tasks
+        )
+        updater.judge_completion(self.service, self.verdict, currents, others, self.now)
+        self.plan.status = self.verdict.status
+        wake = self.verdict.wake_at_ms
+        if wake and (not self.plan.wake_at_ms or wake < self.plan.wake_at_ms):
+            self.plan.wake_at_ms = wake
 
     # ------------------------------------------------------------------ history
 
@@ -348,6 +419,10 @@ class _Reconciler:
         slots = {n: self.read_slot(by_slot[n]) for n in sorted(by_slot)}
         for slot in slots.values():
             cur = slot.current
+            prev = slot.previous
+            if prev is not None and not _node_keeps_tasks(self.nodes.get(prev.node_id)):
+                self.shutdown(prev)
+                slot.previous = None
             if (
                 cur is not None
                 and cur.node_id
@@ -360,9 +435,7 @@ class _Reconciler:
         if len(active) > replicas:
             retired = set(self._pick_retired(slots, active, len(active) - replicas))
             for n in retired:
-                cur = slots[n].current
-                if cur is not None:
-                    self.shutdown(cur)
+                self.stop(slots[n])
                 slots[n].retire()
             active = [n for n in active if n not in retired]
         for n in active:
@@ -377,7 +450,8 @@ class _Reconciler:
                 number += 1
             in_use.add(number)
             self.create(number, "", self.now, None)
-        self.update((n, "", slots[n]) for n in sorted(active))
+        self.update(((n, "", slots[n]) for n in sorted(active)), replicas)
+        self.finish([slots[n].current for n in sorted(active)])
         for n, slot in slots.items():
             if n in in_use:
                 self.trim(slot.tasks)
@@ -435,8 +509,7 @@ class _Reconciler:
                 and (constraints is None or all(c.matches(node) for c in constraints))
             )
             if not keep:
-                if slot.current is not None:
-                    self.shutdown(slot.current)
+                self.stop(slot)
                 slot.retire()
             elif node_id in placeable:
                 if slot.replace is not None:
@@ -449,7 +522,8 @@ class _Reconciler:
                 self.clear(slot.tasks)
             else:
                 self.trim(slot.tasks)
-        self.update(updatable)
+        self.update(updatable, len(updatable) + len(self.plan.create))
+        self.finish([s.current for _, _, s in updatable])
         self.clear(foreign)
         return self.done()
 

@@ -17,12 +17,23 @@ import logging
 import time
 from collections.abc import Sequence
 
-from manager import attachments
+from manager import attachments, servicespec
 from manager.cluster import Cluster, new_id, now_ms
-from manager.errors import OvnetError, Unavailable
+from manager.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    OvnetError,
+    Unavailable,
+)
 from manager.ingress import ingress_network, node_attachment_changes, publishes_ingress
 from manager.logbroker import LogBroker
-from manager.orchestrator import NewTask, reconcile_removed_service, reconcile_service
+from manager.orchestrator import (
+    NewTask,
+    ServicePlan,
+    reconcile_removed_service,
+    reconcile_service,
+)
 from manager.scheduler import schedule, service_needs
 from manager.store import Batch, Store
 from proto import objects_pb2 as pb
@@ -109,6 +120,7 @@ class Reconciler:
         creates: list[pb.Task] = []
         updates: list[pb.Task] = []
         deletes: list[pb.Task] = []
+        verdicts: list[tuple[pb.Service, ServicePlan]] = []
         for sid in sorted(candidates):
             svc = state.services.get(sid)
             tasks = state.service_tasks(sid)
@@ -134,7 +146,40 @@ class Reconciler:
             ]
             deletes += [state.tasks[t] for t in plan.delete]
             creates += [self._new_task(svc, nt, now) for nt in plan.create]
+            if plan.status is not None:
+                verdicts.append((svc, plan))
         await self._write(creates, updates, deletes)
+        for svc, plan in verdicts:
+            await self._store_verdict(svc, plan)
+
+    async def _store_verdict(self, svc: pb.Service, plan: ServicePlan) -> None:
+        """Store where the service's update now stands; for a rollback, put the previous spec
+        back (as `service rollback` does) and look at the service again at once. A rollback
+        the cluster refuses (its spec names a network since removed...) pauses instead."""
+        assert plan.status is not None
+        cur = self.state.services.get(svc.meta.id)
+        if cur is None or cur.meta.version != svc.meta.version:
+            return  # changed meanwhile: the next pass judges the new version
+        if plan.rollback:
+            try:
+                await servicespec.store_spec(self.cluster, cur, None, plan.status)
+            except (InvalidArgument, NotFound, FailedPrecondition) as e:
+                paused = pb.UpdateStatus()
+                paused.CopyFrom(plan.status)
+                paused.state = pb.UpdateStatus.PAUSED
+                paused.message = f"{plan.status.message}; the rollback was refused: {e.message}"
+                await self._write_status(cur, paused)
+            self.kick(svc.meta.id)
+            return
+        await self._write_status(cur, plan.status)
+        log.info("service %s: %s", svc.spec.name, plan.status.message)
+
+    async def _write_status(self, cur: pb.Service, status: pb.UpdateStatus) -> None:
+        svc = pb.Service()
+        svc.CopyFrom(cur)
+        svc.update_status.CopyFrom(status)
+        svc.meta.updated_at_ms = now_ms()
+        await self.cluster.commit(Batch().update("services", svc))
 
     async def _allocate_new(self) -> None:
         """Tasks whose addresses could not be allocated when they were made (pool full) retry."""

@@ -136,6 +136,8 @@ def check_service_spec(spec: pb.ServiceSpec) -> None:
             f"stop grace period {spec.stop_grace_period_ms} ms is negative: give a duration "
             "such as 10s, or 0 for the agent's --stop-timeout"
         )
+    for name in ("update_config", "rollback_config"):
+        _check_update_config(name, getattr(spec, name))
     if spec.WhichOneof("mode") is None:
         spec.replicated.replicas = 1
     if spec.WhichOneof("mode") == "replicated" and spec.replicated.replicas > MAX_REPLICAS:
@@ -200,6 +202,24 @@ def check_health_check(hc: pb.HealthCheck) -> None:
     if hc.retries > MAX_HEALTH_RETRIES:
         raise InvalidArgument(
             f"health check retries {hc.retries} is out of range: at most {MAX_HEALTH_RETRIES}"
+        )
+
+
+def _check_update_config(name: str, config: pb.UpdateConfig) -> None:
+    """Values a client could send that the enums and the ratio do not allow."""
+    if config.failure_action not in pb.UpdateFailureAction.values():
+        raise InvalidArgument(
+            f"{name}: failure action {config.failure_action} is unknown: use pause, continue "
+            "or rollback"
+        )
+    if config.order not in pb.UpdateOrder.values():
+        raise InvalidArgument(
+            f"{name}: order {config.order} is unknown: use stop-first or start-first"
+        )
+    if not 0.0 <= config.max_failure_ratio <= 1.0:
+        raise InvalidArgument(
+            f"{name}: max failure ratio {config.max_failure_ratio:g} is out of range: give a "
+            "fraction of the tasks between 0 and 1"
         )
 
 

@@ -16,28 +16,30 @@ ovctl service create --name NAME [--network NET[,alias=A]]... [--replicas N | --
                      [--endpoint-mode vip|dnsrr] [--env K=V]... [--workdir DIR] [--label k=v]...
                      [--restart-condition any|on-failure|none] [--restart-delay 5s]
                      [--restart-max-attempts N] [--restart-window 1m]
-                     [--update-parallelism N] [--update-delay 10s]
+                     [--update-parallelism N] [--update-delay 10s] [--update-order O]
+                     [--update-failure-action pause|continue|rollback] [--update-monitor D]
+                     [--update-max-failure-ratio R] [--rollback-parallelism N] ...
                      [--health-cmd STRING | --health-tcp PORT] [--health-interval 1s]
                      [--health-timeout 1s] [--health-retries N] [--health-start-period 0s]
                      [--image IMAGE] [-- CMD [ARG...]]   # a command, an image, or both
 ovctl service ls [-q] [--filter name=X] [--format table|json]
 ovctl service ps SERVICE... [-q] [--filter desired-state=running] [--filter node=N] [--format ..]
 ovctl service inspect [--pretty] SERVICE...      ovctl service rm SERVICE...
-ovctl service scale SERVICE=N...
+ovctl service scale SERVICE=N...      ovctl service rollback SERVICE
 ovctl service update [--replicas N] [--env-add K=V] [--env-rm K] [--publish-add SPEC]
                      [--publish-rm TARGET[/PROTO]] [--constraint-add EXPR] [--constraint-rm EXPR]
                      [--network-add NET] [--network-rm NET] [--label-add k=v] [--label-rm k]
-                     [--update-parallelism N] [--update-delay D] [--restart-condition C] ...
+                     [--update-* / --rollback-* as create] [--restart-condition C] ...
                      [--health-cmd STRING | --health-tcp PORT | --no-healthcheck]
                      [--health-interval D] [--health-timeout D] [--health-retries N]
                      [--health-start-period D] [--image IMAGE] [--command] SERVICE
                      [-- CMD ARG...]
-ovctl service logs [--tail N|all] [-f] SERVICE
+ovctl service logs [--tail N|all] [-f] [--since TIME] [-t] SERVICE
 
 ovctl run [-d] [--name NAME] [--node HOST] [--network NET]... [-p [HOSTPORT:]PORT[/PROTO]]...
           [--image IMAGE] [--env K=V]... [--workdir DIR] [--restart C] [-- CMD ARG...]
 ovctl ps [-a] [-q] [--format table|json]     ovctl rm [-f] NAME|ID...
-ovctl logs [-f] NAME|ID
+ovctl logs [-f] [--since TIME] [-t] NAME|ID
 
 ovctl stack deploy -c FILE [-c FILE]... [--prune] STACK      ovctl stack ls
 ovctl stack services STACK     ovctl stack ps STACK     ovctl stack rm STACK...
@@ -64,8 +66,14 @@ sandbox (exit 0: healthy); `--health-tcp PORT` connects to the port on the task'
 instead. Interval and timeout default to 1s, retries to 3, the start period to 0 (a value of
 0 keeps the default). A task takes traffic, and counts as ready for a rolling update, once it
 runs and, if checked, is healthy; an update replaces `--update-parallelism` tasks at a time
-and waits `--update-delay` after a batch is ready before the next. `service ps` shows each
-task's health after its state. A changed health check is a new task spec: tasks are replaced.
+(`--update-order start-first`: the new task starts before the old one stops) and waits
+`--update-delay` after a batch is ready before the next. A task of the update that fails
+before it is ready, or within `--update-monitor` after, is a failure: beyond
+`--update-max-failure-ratio` of the tasks, `--update-failure-action` pauses the update (the
+default; any `service update` resumes it), rolls it back, or continues. `service rollback` puts
+the previous spec back, replacing tasks as `--rollback-*` say. `service inspect --pretty`
+shows the update's state. `service ps` shows each task's health after its state. A changed
+health check is a new task spec: tasks are replaced.
 
 **Routing mesh.** The first manager makes a network `ingress` (`--ingress`, subnet from the
 pool) unless the cluster has had one. A port published in ingress mode (the default) opens on
@@ -148,7 +156,7 @@ from typing import Any, NoReturn
 
 import grpc
 
-from ovctl import commands, converge, dev, specs, standalone
+from ovctl import commands, converge, dev, logview, specs, standalone
 from ovctl.client import (
     DEFAULT_ADDR,
     ConfigError,
@@ -157,43 +165,17 @@ from ovctl.client import (
     resolve_credentials,
     resolve_managers,
 )
+from ovctl.flags import arg as _arg
+from ovctl.flags import constraint as _constraint
+from ovctl.flags import converge_options as _converge_options
+from ovctl.flags import count as _count
+from ovctl.flags import network as _network
+from ovctl.flags import publish as _publish
+from ovctl.flags import restart_and_update_options as _restart_and_update_options
+from ovctl.flags import timeout as _timeout
 from ovctl.stack import commands as stack_commands
 
 DEFAULT_TIMEOUT = 30.0
-
-
-def _arg(parse: Callable[[str], Any], name: str) -> Callable[[str], Any]:
-    """Adapt a `specs` parser to argparse, which shows only ArgumentTypeError messages."""
-
-    def convert(text: str) -> Any:
-        try:
-            return parse(text)
-        except specs.SpecError as e:
-            raise argparse.ArgumentTypeError(str(e)) from None
-
-    convert.__name__ = name
-    return convert
-
-
-def _count(what: str) -> Callable[[str], Any]:
-    return _arg(lambda s: specs.parse_uint(s, what), what)
-
-
-def _timeout(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid timeout {text!r}: expected seconds") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"invalid timeout {text!r}: must be > 0")
-    return value
-
-
-_duration = _arg(specs.parse_duration, "duration")
-_publish = _arg(specs.parse_publish, "publish")
-_network = _arg(specs.parse_network_attachment, "network")
-_constraint = _arg(specs.parse_constraint, "constraint")
-_health_port = _arg(lambda s: specs.parse_port(s, "health check port"), "port")
 
 
 def _connection_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
@@ -310,75 +292,6 @@ def _network_verbs(group: argparse.ArgumentParser, verb: _Verb) -> None:
     p.add_argument("refs", nargs="+", metavar="NETWORK")
 
 
-def _restart_and_update_options(p: argparse.ArgumentParser) -> argparse._MutuallyExclusiveGroup:
-    """Options `service create` and `service update` share; returns the group of the
-    exclusive health check kinds (update adds --no-healthcheck to it)."""
-    p.add_argument("--restart-condition", choices=tuple(specs.RESTART_CONDITIONS))
-    p.add_argument("--restart-delay", type=_duration, metavar="DURATION")
-    p.add_argument("--restart-max-attempts", type=_count("restart attempts"), metavar="N")
-    p.add_argument("--restart-window", type=_duration, metavar="DURATION")
-    p.add_argument("--update-parallelism", type=_count("update parallelism"), metavar="N")
-    p.add_argument(
-        "--update-delay",
-        type=_duration,
-        metavar="DURATION",
-        help="wait this long after a batch is ready (running, healthy if checked)",
-    )
-    p.add_argument(
-        "--stop-grace-period",
-        type=_duration,
-        metavar="DURATION",
-        help="how long a task may take to exit before it is killed (default: the agent's)",
-    )
-    health = p.add_mutually_exclusive_group()
-    health.add_argument(
-        "--health-cmd", metavar="STRING", help="health check command, run with sh -c"
-    )
-    health.add_argument(
-        "--health-tcp", type=_health_port, metavar="PORT", help="health check: TCP connect"
-    )
-    p.add_argument("--health-interval", type=_duration, metavar="DURATION", help="default 1s")
-    p.add_argument("--health-timeout", type=_duration, metavar="DURATION", help="default 1s")
-    p.add_argument(
-        "--health-retries",
-        type=_count("health retries"),
-        metavar="N",
-        help="failures in a row before unhealthy (default 3)",
-    )
-    p.add_argument(
-        "--health-start-period",
-        type=_duration,
-        metavar="DURATION",
-        help="failures this soon after the start do not count (default 0)",
-    )
-    return health
-
-
-def _converge_options(p: argparse.ArgumentParser) -> None:
-    """How a change command waits until the change is real on every host (ovctl/converge.py)."""
-    p.add_argument(
-        "-d",
-        "--detach",
-        action="store_true",
-        help="return at once, without waiting for the service to converge",
-    )
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress display")
-    p.add_argument(
-        "--monitor",
-        type=_duration,
-        default=0,
-        metavar="DURATION",
-        help="once converged, how long tasks must stay so (default 0s)",
-    )
-    p.add_argument(
-        "--wait-timeout",
-        type=_timeout,
-        default=120.0,
-        metavar="SECONDS",
-        help="give up waiting (the change goes on) after this long (default 120)",
-    )
-
-
 def _service_verbs(group: argparse.ArgumentParser, verb: _Verb) -> None:
     sub = group.add_subparsers(dest="verb", required=True, metavar="VERB")
     p = verb(sub, "create", commands.service_create, "create a service (prints its ID)")
@@ -457,15 +370,20 @@ def _service_verbs(group: argparse.ArgumentParser, verb: _Verb) -> None:
     _converge_options(p)
     p.add_argument("ref", metavar="SERVICE")
 
+    p = verb(sub, "rollback", commands.service_rollback, "put a service's previous spec back")
+    _converge_options(p)
+    p.add_argument("ref", metavar="SERVICE")
+
     p = verb(sub, "logs", commands.service_logs, "print the output of a service's tasks")
     p.add_argument(
         "--tail",
         type=_arg(specs.parse_tail, "tail"),
         default=0,
         metavar="N|all",
-        help="only the last N lines of each task (default all)",
+        help="only the last N lines, of all tasks together (default all)",
     )
     p.add_argument("-f", "--follow", action="store_true", help="go on printing new output")
+    logview.add_options(p, _arg)
     p.add_argument("ref", metavar="SERVICE")
 
 
@@ -517,7 +435,7 @@ def _run(args: argparse.Namespace) -> int:
         with connect(addrs, credentials, args.timeout) as stub:
             code: int = args.handler(stub, args)
             return code
-    except (specs.SpecConflict, converge.NotConverged) as e:
+    except (specs.SpecConflict, converge.NotConverged, converge.UpdateFailed) as e:
         commands.error(str(e))
         return 1
     except specs.SpecError as e:

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf.message import Message
 
-from ovctl import converge, render, specs
+from ovctl import converge, flags, logview, render, specs
 from proto import control_pb2 as cpb
 from proto import objects_pb2 as pb
 
@@ -186,8 +186,8 @@ def service_create(stub: Stub, args: argparse.Namespace) -> int:
         restart_delay_ms=args.restart_delay,
         restart_max_attempts=args.restart_max_attempts,
         restart_window_ms=args.restart_window,
-        update_parallelism=args.update_parallelism,
-        update_delay_ms=args.update_delay,
+        update=flags.update_options(args, "update"),
+        rollback=flags.update_options(args, "rollback"),
         health=_health_options(args),
         stop_grace_period_ms=args.stop_grace_period,
     )
@@ -196,7 +196,9 @@ def service_create(stub: Stub, args: argparse.Namespace) -> int:
     return wait_converged(stub, args, [resp.service.meta.id])
 
 
-def wait_converged(stub: Stub, args: argparse.Namespace, service_ids: list[str]) -> int:
+def wait_converged(
+    stub: Stub, args: argparse.Namespace, service_ids: list[str], *, rollback: bool = False
+) -> int:
     """Unless --detach: wait until the change is real on every host (ovctl/converge.py)."""
     if args.detach or not service_ids:
         return 0
@@ -207,6 +209,7 @@ def wait_converged(stub: Stub, args: argparse.Namespace, service_ids: list[str])
         quiet=args.quiet,
         timeout=args.wait_timeout,
         monitor=args.monitor / 1000,
+        rollback=rollback,
     )
 
 
@@ -275,18 +278,40 @@ def service_rm(stub: Stub, args: argparse.Namespace) -> int:
     return _each(args.refs, remove)
 
 
-def _update_service(
+def update_service(
     stub: Stub, ref: str, change: Callable[[pb.ServiceSpec], pb.ServiceSpec]
 ) -> pb.Service:
     """Read-modify-write quoting the version read, so a concurrent change is refused rather
-    than silently overwritten."""
+    than silently overwritten. The orchestrator also writes the service (its update status):
+    when the refused write finds the spec as it was read, the change is made again on the
+    new version, as nothing it was based on has changed."""
     current = stub.GetService(cpb.GetServiceRequest(service_ref=ref)).service
-    resp = stub.UpdateService(
-        cpb.UpdateServiceRequest(
+    for attempt in range(3):
+        request = cpb.UpdateServiceRequest(
             service_ref=current.meta.id, version=current.meta.version, spec=change(current.spec)
         )
+        try:
+            return stub.UpdateService(request).service  # type: ignore[no-any-return]
+        except grpc.RpcError as e:
+            if e.code() != grpc.StatusCode.FAILED_PRECONDITION or attempt == 2:
+                raise
+            again = stub.GetService(cpb.GetServiceRequest(service_ref=ref)).service
+            if again.spec != current.spec or again.meta.version == current.meta.version:
+                raise
+            current = again
+    raise AssertionError("unreachable")  # the last refusal is re-raised
+
+
+def service_rollback(stub: Stub, args: argparse.Namespace) -> int:
+    """Put the service's previous spec back (`docker service rollback`)."""
+    current = stub.GetService(cpb.GetServiceRequest(service_ref=args.ref)).service
+    resp = stub.UpdateService(
+        cpb.UpdateServiceRequest(
+            service_ref=current.meta.id, version=current.meta.version, rollback=True
+        )
     )
-    return resp.service
+    print(args.ref, flush=True)
+    return wait_converged(stub, args, [resp.service.meta.id], rollback=True)
 
 
 def service_scale(stub: Stub, args: argparse.Namespace) -> int:
@@ -295,7 +320,7 @@ def service_scale(stub: Stub, args: argparse.Namespace) -> int:
     def scale(item: tuple[str, int]) -> None:
         name, replicas = item
         changes = specs.ServiceChanges(replicas=replicas)
-        svc = _update_service(stub, name, lambda s: specs.apply_service_changes(s, changes))
+        svc = update_service(stub, name, lambda s: specs.apply_service_changes(s, changes))
         changed.append(svc.meta.id)
         print(f"{name} scaled to {replicas}", flush=True)
 
@@ -317,8 +342,8 @@ def service_update(stub: Stub, args: argparse.Namespace) -> int:
         constraint_rm=args.constraint_rm or [],
         network_add=args.network_add or [],
         network_rm=network_rm,
-        update_parallelism=args.update_parallelism,
-        update_delay_ms=args.update_delay,
+        update=flags.update_options(args, "update"),
+        rollback=flags.update_options(args, "rollback"),
         restart_condition=args.restart_condition,
         restart_delay_ms=args.restart_delay,
         restart_max_attempts=args.restart_max_attempts,
@@ -337,7 +362,7 @@ def service_update(stub: Stub, args: argparse.Namespace) -> int:
     changed: list[str] = []
 
     def update(ref: str) -> None:
-        svc = _update_service(stub, ref, lambda s: specs.apply_service_changes(s, changes))
+        svc = update_service(stub, ref, lambda s: specs.apply_service_changes(s, changes))
         changed.append(svc.meta.id)
         print(ref, flush=True)
 
@@ -358,10 +383,12 @@ def _network_names(stub: Stub, ref: str) -> frozenset[str]:
 
 def service_logs(stub: Stub, args: argparse.Namespace) -> int:
     hostnames = _hostnames(stub)
-    request = cpb.ServiceLogsRequest(service_ref=args.ref, tail=args.tail, follow=args.follow)
+    request = cpb.ServiceLogsRequest(
+        service_ref=args.ref, tail=args.tail, follow=args.follow, since_ms=args.since
+    )
     for line in stub.ServiceLogs(request):
         out = sys.stderr if line.stream == "stderr" else sys.stdout
-        for text in render.log_lines(line, hostnames):
+        for text in logview.service_lines(line, hostnames, args.timestamps):
             print(text, file=out, flush=True)
     return 0
 

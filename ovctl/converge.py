@@ -9,6 +9,10 @@ concerned has programmed them), and the command returns then.
 polls and shows it: with rich on a terminal (docker's layout: "overall progress", one bar per
 replica, "verify", "converged"), as plain lines when the output is not a terminal (only
 when a line changes), or not at all with -q. Ctrl-C leaves the change going, as docker does.
+
+A rolling update is done when the manager says it COMPLETED (its monitor period passed); one
+that PAUSED on failures, or ROLLED BACK, ends the wait with UpdateFailed and its message (a
+rollback that was asked for, `service rollback`, is done once ROLLBACK_COMPLETED).
 """
 
 from __future__ import annotations
@@ -57,6 +61,24 @@ class Snapshot:
     verify: str
     converged: bool
     waiting: tuple[str, ...] = field(default_factory=tuple)
+    # The update's end, if it ended badly for this wait: the manager's message.
+    failed: str = ""
+
+
+_UPDATE = pb.UpdateStatus
+# States in which the manager is still replacing tasks.
+_UPDATING = (_UPDATE.UPDATING, _UPDATE.ROLLBACK_STARTED)
+
+
+def update_failure(status: pb.UpdateStatus, rollback: bool) -> str:
+    """The manager's message when the update ended in a way the command did not ask for
+    (paused, or rolled back by its failure action); "" otherwise."""
+    bad = {_UPDATE.PAUSED, _UPDATE.ROLLBACK_PAUSED}
+    if not rollback:
+        bad.add(_UPDATE.ROLLBACK_COMPLETED)
+    if status.state in bad:
+        return status.message or render.enum_word(_UPDATE.State, status.state)
+    return ""
 
 
 def snapshot(
@@ -66,9 +88,11 @@ def snapshot(
     hostnames: Mapping[str, str],
     stable_for: float | None = None,
     monitor: float = 0.0,
+    rollback: bool = False,
 ) -> Snapshot:
     """What to show of one service now. `stable_for`: seconds the service has been converged
-    (None: it is not); it is done once that reaches `monitor`."""
+    (None: it is not); it is done once that reaches `monitor` and the manager no longer
+    updates it. `rollback`: the command asked for a rollback (see update_failure)."""
     current = [
         t
         for t in tasks
@@ -88,23 +112,28 @@ def snapshot(
                 lines.append(Line(f"{slot}/{conv.tasks_wanted}", "new", 0))
         lines.sort(key=lambda ln: int(ln.label.split("/")[0]))
     overall = f"overall progress: {conv.tasks_ready} out of {conv.tasks_wanted} tasks"
-    done = stable_for is not None and stable_for >= monitor
-    if done:
+    status = svc.update_status
+    failed = update_failure(status, rollback)
+    updating = status.state in _UPDATING
+    done = stable_for is not None and stable_for >= monitor and not updating and not failed
+    if failed:
+        verify = failed
+    elif updating and status.state == _UPDATE.ROLLBACK_STARTED and not rollback:
+        verify = f"rollback: {status.message}"
+    elif done:
         verify = "Service converged"
+    elif updating and stable_for is not None:
+        verify = "waiting for the update's monitor period to end"
     elif stable_for is not None:
         verify = f"Waiting {monitor - stable_for:.0f} seconds to verify that tasks are stable..."
     elif conv.tasks_ready >= conv.tasks_wanted:
         verify = f"{conv.hosts_programmed} of {conv.hosts_concerned} hosts programmed"
     else:
         verify = "waiting for tasks"
-    return Snapshot(
-        svc.spec.name,
-        overall,
-        tuple(lines[:MAX_LINES]),
-        verify,
-        done,
-        tuple(conv.waiting),
-    )
+    waiting = tuple(conv.waiting)
+    if updating and not waiting:
+        waiting = ("the update is not completed (its monitor period)",)
+    return Snapshot(svc.spec.name, overall, tuple(lines[:MAX_LINES]), verify, done, waiting, failed)
 
 
 def _line(label: str, t: pb.Task) -> Line:
@@ -153,6 +182,10 @@ class NotConverged(Exception):
     """The wait's time ran out; the message says what is still missing (the change goes on)."""
 
 
+class UpdateFailed(Exception):
+    """The update paused or rolled back on failed tasks; the message is the manager's."""
+
+
 def wait(
     stub: Stub,
     service_ids: Sequence[str],
@@ -163,9 +196,11 @@ def wait(
     monitor: float = 0.0,
     out: TextIO | None = None,
     tty: bool | None = None,
+    rollback: bool = False,
 ) -> int:
-    """Poll until every service has converged (0); raise NotConverged once `timeout` passes.
-    Ctrl-C: say that the change goes on, and 0 (as docker)."""
+    """Poll until every service has converged (0); raise NotConverged once `timeout` passes,
+    UpdateFailed as soon as an update paused or rolled back. Ctrl-C: say that the change goes
+    on, and 0 (as docker)."""
     out = out or sys.stdout
     tty = out.isatty() if tty is None else tty
     deadline = time.monotonic() + timeout
@@ -180,7 +215,9 @@ def wait(
         live.start()
     try:
         while True:
-            snaps = [_poll(stub, sid, hostnames, converged_at, monitor) for sid in service_ids]
+            snaps = [
+                _poll(stub, sid, hostnames, converged_at, monitor, rollback) for sid in service_ids
+            ]
             if live is not None:
                 live.update(rich_view(snaps), refresh=True)  # type: ignore[arg-type]
             elif not quiet:
@@ -191,6 +228,9 @@ def wait(
                 shown = lines
             if all(s.converged for s in snaps):
                 return 0
+            failed = [f"{s.service}: {s.failed}" for s in snaps if s.failed]
+            if failed:
+                raise UpdateFailed("; ".join(failed))
             if time.monotonic() > deadline:
                 why = "; ".join(
                     f"{s.service}: {', '.join(s.waiting) or 'converged, in its --monitor window'}"
@@ -221,6 +261,7 @@ def _poll(
     hostnames: Mapping[str, str],
     converged_at: dict[str, float],
     monitor: float,
+    rollback: bool,
 ) -> Snapshot:
     resp = stub.GetService(cpb.GetServiceRequest(service_ref=service_id))
     tasks = stub.ListTasks(cpb.ListTasksRequest(service_refs=[service_id])).tasks
@@ -237,4 +278,5 @@ def _poll(
         hostnames,
         None if since is None else now - since,
         monitor,
+        rollback,
     )

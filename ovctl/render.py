@@ -188,7 +188,6 @@ def service_pretty(s: pb.Service) -> str:
         mode += f" ({spec.replicated.replicas} replicas)"
     ports = ", ".join(port_text(p) for p in service_ports(s))
     vips = ", ".join(f"{v.addr} ({short_id(v.network_id)})" for v in s.endpoint.virtual_ips)
-    update = spec.update_config
     lines = [
         f"ID:               {s.meta.id}",
         f"Name:             {spec.name}",
@@ -198,10 +197,28 @@ def service_pretty(s: pb.Service) -> str:
         f"Command:          {shlex.join(spec.command) or '(the image default)'}",
         f"Ports:            {ports or '-'}",
         f"Virtual IPs:      {vips or '-'}",
-        f"Update:           parallelism {update.parallelism or 'all'}, delay {update.delay_ms} ms",
+        f"Update:           {update_config_text(spec.update_config)}",
+        f"Rollback:         {update_config_text(spec.rollback_config)}",
         f"Health check:     {health_check_text(spec.health_check)}",
     ]
+    status = s.update_status
+    if status.state:
+        lines.append(f"Update status:    {enum_word(pb.UpdateStatus.State, status.state)}")
+        if status.message:
+            lines.append(f"  Message:        {status.message}")
     return "\n".join(lines)
+
+
+def update_config_text(c: pb.UpdateConfig) -> str:
+    """`parallelism 1, delay 0 ms, stop-first, on failure pause, monitor 0 ms, max failure
+    ratio 0` (docker's --update-* names, in one line)."""
+    monitor = c.monitor_ms if c.HasField("monitor_ms") else 0
+    return (
+        f"parallelism {c.parallelism or 'all'}, delay {c.delay_ms} ms, "
+        f"{enum_word(pb.UpdateOrder, c.order)}, "
+        f"on failure {enum_word(pb.UpdateFailureAction, c.failure_action)}, "
+        f"monitor {monitor} ms, max failure ratio {c.max_failure_ratio:g}"
+    )
 
 
 # ---------------------------------------------------------------- standalone tasks

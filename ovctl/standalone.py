@@ -17,7 +17,7 @@ from typing import Any
 
 import grpc
 
-from ovctl import render, specs
+from ovctl import logview, render, specs
 from ovctl.commands import Stub, _each, _hostnames, error
 from proto import control_pb2 as cpb
 from proto import objects_pb2 as pb
@@ -38,7 +38,19 @@ def add_verbs(groups: Any, verb: _Verb, arg: Callable[..., Any]) -> None:
     """The four top-level verbs, on the command tree's `groups`."""
     p = verb(groups, "run", run, "run a standalone task (a container with --image)")
     p.set_defaults(takes_command=True)
-    p.add_argument("-d", "--detach", action="store_true", help="print its ID and return")
+    p.add_argument(
+        "-d",
+        "--detach",
+        action="store_true",
+        help="print its ID once it runs and its name resolves on its networks, and return",
+    )
+    p.add_argument(
+        "--wait-timeout",
+        type=float,
+        default=120.0,
+        metavar="SECONDS",
+        help="with -d: give up waiting (the task goes on) after this long (default 120)",
+    )
     p.add_argument("--name", help="its name (DNS name on its networks; default: generated)")
     p.add_argument("--node", metavar="HOST", help="the node to run on (default: least loaded)")
     p.add_argument(
@@ -73,6 +85,7 @@ def add_verbs(groups: Any, verb: _Verb, arg: Callable[..., Any]) -> None:
 
     p = verb(groups, "logs", logs, "print the output of a standalone task")
     p.add_argument("-f", "--follow", action="store_true", help="go on printing new output")
+    logview.add_options(p, arg)
     p.add_argument("ref", metavar="NAME|ID")
 
 
@@ -94,9 +107,37 @@ def run(stub: Stub, args: argparse.Namespace) -> int:
     )
     svc = stub.CreateService(cpb.CreateServiceRequest(spec=specs.run_spec(options))).service
     if args.detach:
-        print(svc.meta.id)
-        return 0
+        code = _wait_started(stub, svc, args.wait_timeout)
+        if code == 0:
+            print(svc.meta.id)
+        return code
     return _attach(stub, svc)
+
+
+def _wait_started(stub: Stub, svc: pb.Service, timeout: float) -> int:
+    """`run -d` returns once the task runs and every host concerned has programmed it (the
+    manager's convergence verdict: its name answers on its networks), or once it has already
+    ended (a short command: 0, as docker; one that never ran: NEVER_RAN and why)."""
+    deadline = time.monotonic() + timeout
+    request = cpb.ListTasksRequest(service_refs=[svc.meta.id])
+    while True:
+        resp = stub.GetService(cpb.GetServiceRequest(service_ref=svc.meta.id))
+        if resp.convergence.converged:
+            return 0
+        task = _latest(stub.ListTasks(request).tasks)
+        if task is not None and task.status.state > pb.TASK_STATE_RUNNING:
+            if _never_ran(task.status) or task.status.state == pb.TASK_STATE_REJECTED:
+                error(f"{svc.spec.name}: {task.status.err or task.status.message}")
+                return NEVER_RAN
+            return 0
+        if time.monotonic() > deadline:
+            waiting = ", ".join(resp.convergence.waiting) or "the task to run"
+            error(
+                f"{svc.spec.name} not running after {timeout:.0f} s (waiting for: {waiting}); "
+                f"it goes on: see `ovctl ps -a`, or `ovctl rm -f {svc.spec.name}`"
+            )
+            return 1
+        time.sleep(POLL_S)
 
 
 def _latest(tasks: Sequence[pb.Task]) -> pb.Task | None:
@@ -211,11 +252,13 @@ def rm(stub: Stub, args: argparse.Namespace) -> int:
 
 def logs(stub: Stub, args: argparse.Namespace) -> int:
     svc = _resolve(stub, args.ref)
-    request = cpb.ServiceLogsRequest(service_ref=svc.meta.id, follow=args.follow)
+    request = cpb.ServiceLogsRequest(
+        service_ref=svc.meta.id, follow=args.follow, since_ms=args.since
+    )
     try:
         for line in stub.ServiceLogs(request):
             out = sys.stderr if line.stream == "stderr" else sys.stdout
-            out.buffer.write(line.data)
+            out.buffer.write(logview.timestamped(line) if args.timestamps else line.data)
             out.flush()
     except KeyboardInterrupt:
         return 130

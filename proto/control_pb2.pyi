@@ -165,14 +165,16 @@ class ListServicesResponse(_message.Message):
     def __init__(self, services: _Optional[_Iterable[_Union[_objects_pb2.Service, _Mapping]]] = ..., running_tasks: _Optional[_Mapping[str, int]] = ..., desired_tasks: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class UpdateServiceRequest(_message.Message):
-    __slots__ = ("service_ref", "version", "spec")
+    __slots__ = ("service_ref", "version", "spec", "rollback")
     SERVICE_REF_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
+    ROLLBACK_FIELD_NUMBER: _ClassVar[int]
     service_ref: str
     version: int
     spec: _objects_pb2.ServiceSpec
-    def __init__(self, service_ref: _Optional[str] = ..., version: _Optional[int] = ..., spec: _Optional[_Union[_objects_pb2.ServiceSpec, _Mapping]] = ...) -> None: ...
+    rollback: bool
+    def __init__(self, service_ref: _Optional[str] = ..., version: _Optional[int] = ..., spec: _Optional[_Union[_objects_pb2.ServiceSpec, _Mapping]] = ..., rollback: _Optional[bool] = ...) -> None: ...
 
 class UpdateServiceResponse(_message.Message):
     __slots__ = ("service",)
@@ -191,14 +193,16 @@ class RemoveServiceResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class ServiceLogsRequest(_message.Message):
-    __slots__ = ("service_ref", "tail", "follow")
+    __slots__ = ("service_ref", "tail", "follow", "since_ms")
     SERVICE_REF_FIELD_NUMBER: _ClassVar[int]
     TAIL_FIELD_NUMBER: _ClassVar[int]
     FOLLOW_FIELD_NUMBER: _ClassVar[int]
+    SINCE_MS_FIELD_NUMBER: _ClassVar[int]
     service_ref: str
     tail: int
     follow: bool
-    def __init__(self, service_ref: _Optional[str] = ..., tail: _Optional[int] = ..., follow: _Optional[bool] = ...) -> None: ...
+    since_ms: int
+    def __init__(self, service_ref: _Optional[str] = ..., tail: _Optional[int] = ..., follow: _Optional[bool] = ..., since_ms: _Optional[int] = ...) -> None: ...
 
 class LogLine(_message.Message):
     __slots__ = ("task_id", "task_name", "node_id", "stream", "timestamp_ms", "data")

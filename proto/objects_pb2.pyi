@@ -28,6 +28,17 @@ class RestartCondition(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     RESTART_CONDITION_ON_FAILURE: _ClassVar[RestartCondition]
     RESTART_CONDITION_NONE: _ClassVar[RestartCondition]
 
+class UpdateFailureAction(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    UPDATE_FAILURE_ACTION_PAUSE: _ClassVar[UpdateFailureAction]
+    UPDATE_FAILURE_ACTION_CONTINUE: _ClassVar[UpdateFailureAction]
+    UPDATE_FAILURE_ACTION_ROLLBACK: _ClassVar[UpdateFailureAction]
+
+class UpdateOrder(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    UPDATE_ORDER_STOP_FIRST: _ClassVar[UpdateOrder]
+    UPDATE_ORDER_START_FIRST: _ClassVar[UpdateOrder]
+
 class TaskState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     TASK_STATE_NEW: _ClassVar[TaskState]
@@ -77,6 +88,11 @@ PUBLISH_MODE_HOST: PublishMode
 RESTART_CONDITION_ANY: RestartCondition
 RESTART_CONDITION_ON_FAILURE: RestartCondition
 RESTART_CONDITION_NONE: RestartCondition
+UPDATE_FAILURE_ACTION_PAUSE: UpdateFailureAction
+UPDATE_FAILURE_ACTION_CONTINUE: UpdateFailureAction
+UPDATE_FAILURE_ACTION_ROLLBACK: UpdateFailureAction
+UPDATE_ORDER_STOP_FIRST: UpdateOrder
+UPDATE_ORDER_START_FIRST: UpdateOrder
 TASK_STATE_NEW: TaskState
 TASK_STATE_PENDING: TaskState
 TASK_STATE_ASSIGNED: TaskState
@@ -231,12 +247,48 @@ class RestartPolicy(_message.Message):
     def __init__(self, condition: _Optional[_Union[RestartCondition, str]] = ..., delay_ms: _Optional[int] = ..., max_attempts: _Optional[int] = ..., window_ms: _Optional[int] = ...) -> None: ...
 
 class UpdateConfig(_message.Message):
-    __slots__ = ("parallelism", "delay_ms")
+    __slots__ = ("parallelism", "delay_ms", "failure_action", "monitor_ms", "max_failure_ratio", "order")
     PARALLELISM_FIELD_NUMBER: _ClassVar[int]
     DELAY_MS_FIELD_NUMBER: _ClassVar[int]
+    FAILURE_ACTION_FIELD_NUMBER: _ClassVar[int]
+    MONITOR_MS_FIELD_NUMBER: _ClassVar[int]
+    MAX_FAILURE_RATIO_FIELD_NUMBER: _ClassVar[int]
+    ORDER_FIELD_NUMBER: _ClassVar[int]
     parallelism: int
     delay_ms: int
-    def __init__(self, parallelism: _Optional[int] = ..., delay_ms: _Optional[int] = ...) -> None: ...
+    failure_action: UpdateFailureAction
+    monitor_ms: int
+    max_failure_ratio: float
+    order: UpdateOrder
+    def __init__(self, parallelism: _Optional[int] = ..., delay_ms: _Optional[int] = ..., failure_action: _Optional[_Union[UpdateFailureAction, str]] = ..., monitor_ms: _Optional[int] = ..., max_failure_ratio: _Optional[float] = ..., order: _Optional[_Union[UpdateOrder, str]] = ...) -> None: ...
+
+class UpdateStatus(_message.Message):
+    __slots__ = ("state", "started_at_ms", "completed_at_ms", "message")
+    class State(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        UNKNOWN: _ClassVar[UpdateStatus.State]
+        UPDATING: _ClassVar[UpdateStatus.State]
+        PAUSED: _ClassVar[UpdateStatus.State]
+        COMPLETED: _ClassVar[UpdateStatus.State]
+        ROLLBACK_STARTED: _ClassVar[UpdateStatus.State]
+        ROLLBACK_PAUSED: _ClassVar[UpdateStatus.State]
+        ROLLBACK_COMPLETED: _ClassVar[UpdateStatus.State]
+    UNKNOWN: UpdateStatus.State
+    UPDATING: UpdateStatus.State
+    PAUSED: UpdateStatus.State
+    COMPLETED: UpdateStatus.State
+    ROLLBACK_STARTED: UpdateStatus.State
+    ROLLBACK_PAUSED: UpdateStatus.State
+    ROLLBACK_COMPLETED: UpdateStatus.State
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    COMPLETED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    state: UpdateStatus.State
+    started_at_ms: int
+    completed_at_ms: int
+    message: str
+    def __init__(self, state: _Optional[_Union[UpdateStatus.State, str]] = ..., started_at_ms: _Optional[int] = ..., completed_at_ms: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
 
 class HealthCheck(_message.Message):
     __slots__ = ("command", "tcp_port", "interval_ms", "timeout_ms", "retries", "start_period_ms")
@@ -255,7 +307,7 @@ class HealthCheck(_message.Message):
     def __init__(self, command: _Optional[_Iterable[str]] = ..., tcp_port: _Optional[int] = ..., interval_ms: _Optional[int] = ..., timeout_ms: _Optional[int] = ..., retries: _Optional[int] = ..., start_period_ms: _Optional[int] = ...) -> None: ...
 
 class ServiceSpec(_message.Message):
-    __slots__ = ("name", "labels", "command", "env", "workdir", "networks", "replicated", "endpoint", "placement", "restart_policy", "update_config", "health_check", "image", "standalone", "stop_grace_period_ms")
+    __slots__ = ("name", "labels", "command", "env", "workdir", "networks", "replicated", "endpoint", "placement", "restart_policy", "update_config", "health_check", "image", "standalone", "stop_grace_period_ms", "rollback_config")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -279,6 +331,7 @@ class ServiceSpec(_message.Message):
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     STANDALONE_FIELD_NUMBER: _ClassVar[int]
     STOP_GRACE_PERIOD_MS_FIELD_NUMBER: _ClassVar[int]
+    ROLLBACK_CONFIG_FIELD_NUMBER: _ClassVar[int]
     name: str
     labels: _containers.ScalarMap[str, str]
     command: _containers.RepeatedScalarFieldContainer[str]
@@ -294,7 +347,8 @@ class ServiceSpec(_message.Message):
     image: str
     standalone: Standalone
     stop_grace_period_ms: int
-    def __init__(self, name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., command: _Optional[_Iterable[str]] = ..., env: _Optional[_Iterable[str]] = ..., workdir: _Optional[str] = ..., networks: _Optional[_Iterable[_Union[NetworkAttachmentConfig, _Mapping]]] = ..., replicated: _Optional[_Union[ReplicatedService, _Mapping]] = ..., endpoint: _Optional[_Union[EndpointSpec, _Mapping]] = ..., placement: _Optional[_Union[Placement, _Mapping]] = ..., restart_policy: _Optional[_Union[RestartPolicy, _Mapping]] = ..., update_config: _Optional[_Union[UpdateConfig, _Mapping]] = ..., health_check: _Optional[_Union[HealthCheck, _Mapping]] = ..., image: _Optional[str] = ..., standalone: _Optional[_Union[Standalone, _Mapping]] = ..., stop_grace_period_ms: _Optional[int] = ..., **kwargs) -> None: ...
+    rollback_config: UpdateConfig
+    def __init__(self, name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., command: _Optional[_Iterable[str]] = ..., env: _Optional[_Iterable[str]] = ..., workdir: _Optional[str] = ..., networks: _Optional[_Iterable[_Union[NetworkAttachmentConfig, _Mapping]]] = ..., replicated: _Optional[_Union[ReplicatedService, _Mapping]] = ..., endpoint: _Optional[_Union[EndpointSpec, _Mapping]] = ..., placement: _Optional[_Union[Placement, _Mapping]] = ..., restart_policy: _Optional[_Union[RestartPolicy, _Mapping]] = ..., update_config: _Optional[_Union[UpdateConfig, _Mapping]] = ..., health_check: _Optional[_Union[HealthCheck, _Mapping]] = ..., image: _Optional[str] = ..., standalone: _Optional[_Union[Standalone, _Mapping]] = ..., stop_grace_period_ms: _Optional[int] = ..., rollback_config: _Optional[_Union[UpdateConfig, _Mapping]] = ..., **kwargs) -> None: ...
 
 class Standalone(_message.Message):
     __slots__ = ("node_id",)
@@ -321,16 +375,24 @@ class Endpoint(_message.Message):
     def __init__(self, spec: _Optional[_Union[EndpointSpec, _Mapping]] = ..., ports: _Optional[_Iterable[_Union[PortConfig, _Mapping]]] = ..., virtual_ips: _Optional[_Iterable[_Union[VirtualIP, _Mapping]]] = ...) -> None: ...
 
 class Service(_message.Message):
-    __slots__ = ("meta", "spec", "endpoint", "spec_version")
+    __slots__ = ("meta", "spec", "endpoint", "spec_version", "previous_spec", "previous_spec_version", "highest_spec_version", "update_status")
     META_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
     ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     SPEC_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_SPEC_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_SPEC_VERSION_FIELD_NUMBER: _ClassVar[int]
+    HIGHEST_SPEC_VERSION_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_STATUS_FIELD_NUMBER: _ClassVar[int]
     meta: Meta
     spec: ServiceSpec
     endpoint: Endpoint
     spec_version: int
-    def __init__(self, meta: _Optional[_Union[Meta, _Mapping]] = ..., spec: _Optional[_Union[ServiceSpec, _Mapping]] = ..., endpoint: _Optional[_Union[Endpoint, _Mapping]] = ..., spec_version: _Optional[int] = ...) -> None: ...
+    previous_spec: ServiceSpec
+    previous_spec_version: int
+    highest_spec_version: int
+    update_status: UpdateStatus
+    def __init__(self, meta: _Optional[_Union[Meta, _Mapping]] = ..., spec: _Optional[_Union[ServiceSpec, _Mapping]] = ..., endpoint: _Optional[_Union[Endpoint, _Mapping]] = ..., spec_version: _Optional[int] = ..., previous_spec: _Optional[_Union[ServiceSpec, _Mapping]] = ..., previous_spec_version: _Optional[int] = ..., highest_spec_version: _Optional[int] = ..., update_status: _Optional[_Union[UpdateStatus, _Mapping]] = ...) -> None: ...
 
 class TaskStatus(_message.Message):
     __slots__ = ("state", "timestamp_ms", "message", "err", "exit_code", "pid", "health", "ready_ms")

@@ -5,8 +5,9 @@ whose child is an attached ``podman run`` rather than ``ip netns exec``. So ever
 shim gives process tasks holds for containers too: the agent can die and come back (the shim,
 podman and the container live on; a new agent adopts the shim, so the container keeps its ID
 and is not restarted), the exit status is podman's, which is the container's, and the output
-goes straight into the task's log files (``--log-driver passthrough``: conmon hands the
-container the shim's files, so nothing passes through the agent or podman on the way).
+goes to the shim, which writes it to the task's log line by line with the time of each, as
+for a process (``--log-driver passthrough``: conmon hands the container the shim's pipes as
+its stdout and stderr, so nothing passes through the agent, podman or conmon on the way).
 
 What differs is kept here:
 - the image is pulled, if missing, while the task is prepared (as swarmkit's PREPARING), not

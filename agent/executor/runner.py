@@ -5,8 +5,12 @@ Every task has a directory ``<state_dir>/tasks/<task_id>/``:
     spec.json     what was started (argv, env, workdir, netns), written by the runner
     shim.json     shim and task PIDs with /proc start times, written by the shim once spawned
     exit.json     {"exit_code", "signal", "error", "start_failed", "finished_ms"}, by the shim
-    stdout.log    the task's stdout and stderr, appended to directly by the task, so nothing
-    stderr.log    is lost while the agent is down (see logs.LogTailer)
+    output.log    the task's stdout and stderr, line by line with the time of each (Kubernetes'
+                  CRI log format), appended by the shim from the task's pipes, so nothing is
+                  lost while the agent is down (see shim.LineWriter, logs.LogTailer)
+    shim.log      the shim's own stdout and stderr (a traceback, should it fail)
+    stdout.log    what tasks of an older agent wrote directly (no longer written; still read)
+    stderr.log
     log_offsets.json  how far the logs were published (logs.LogTailer)
 
 The shim (shim.py) is the task's parent and lives in a session of its own, so the agent can be
@@ -365,8 +369,7 @@ class Runner:
             json.dumps({"argv": list(argv), "env": list(env), "workdir": workdir, "netns": netns}),
         )
         flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
-        out = os.open(task_dir / shim.STDOUT_FILE, flags, 0o640)
-        err = os.open(task_dir / shim.STDERR_FILE, flags, 0o640)
+        own = os.open(task_dir / shim.SHIM_LOG_FILE, flags, 0o640)
         r, wfd = os.pipe2(os.O_CLOEXEC)
         cmd = [self.python, "-I", "-S", str(SHIM_PATH), str(task_dir), str(wfd), "--"]
         if self.enter_netns:
@@ -377,8 +380,8 @@ class Runner:
             popen = subprocess.Popen(
                 cmd,
                 stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=err,
+                stdout=own,
+                stderr=own,
                 env=full_env,
                 cwd=workdir,
                 pass_fds=(wfd,),
@@ -388,7 +391,7 @@ class Runner:
             os.close(r)
             raise StartError(f"cannot start the task's shim ({self.python}): {e}") from e
         finally:
-            for fd in (out, err, wfd):
+            for fd in (own, wfd):
                 os.close(fd)
         try:
             report = await asyncio.wait_for(_read_all(loop, r), SHIM_REPORT_TIMEOUT_S)
@@ -408,7 +411,7 @@ class Runner:
         await loop.run_in_executor(None, popen.wait)
         if text.startswith("err "):
             raise StartError(text[4:])
-        tail = _tail(task_dir / shim.STDERR_FILE)
+        tail = _tail(task_dir / shim.SHIM_LOG_FILE)
         raise StartError(f"the task's shim failed (status {popen.returncode}): {tail}")
 
     # ------------------------------------------------------------------ stop

@@ -12,6 +12,8 @@ from ovctl.specs.values import (
     NODE_AVAILABILITIES,
     NODE_ROLES,
     RESTART_CONDITIONS,
+    UPDATE_FAILURE_ACTIONS,
+    UPDATE_ORDERS,
     SpecConflict,
     SpecError,
     choice,
@@ -29,9 +31,11 @@ __all__ = [
     "RunOptions",
     "ServiceChanges",
     "ServiceOptions",
+    "UpdateOptions",
     "apply_health",
     "apply_node_changes",
     "apply_service_changes",
+    "apply_update_options",
     "network_spec",
     "run_spec",
     "service_spec",
@@ -150,8 +154,8 @@ class ServiceOptions:
     restart_delay_ms: int | None = None
     restart_max_attempts: int | None = None
     restart_window_ms: int | None = None
-    update_parallelism: int | None = None
-    update_delay_ms: int | None = None
+    update: UpdateOptions = field(default_factory=lambda: UpdateOptions())
+    rollback: UpdateOptions = field(default_factory=lambda: UpdateOptions())
     health: HealthOptions | None = None
     stop_grace_period_ms: int | None = None
 
@@ -190,7 +194,8 @@ def service_spec(o: ServiceOptions) -> pb.ServiceSpec:
     _apply_restart(
         spec, o.restart_condition, o.restart_delay_ms, o.restart_max_attempts, o.restart_window_ms
     )
-    _apply_update_config(spec, o.update_parallelism, o.update_delay_ms)
+    apply_update_options(spec, "update_config", o.update)
+    apply_update_options(spec, "rollback_config", o.rollback)
     apply_health(spec, o.health)
     if o.stop_grace_period_ms is not None:
         spec.stop_grace_period_ms = o.stop_grace_period_ms
@@ -251,16 +256,37 @@ def _apply_restart(
         policy.window_ms = window_ms
 
 
-def _apply_update_config(
-    spec: pb.ServiceSpec, parallelism: int | None, delay_ms: int | None
-) -> None:
-    if parallelism is None and delay_ms is None:
+@dataclass(frozen=True)
+class UpdateOptions:
+    """--update-* (or --rollback-*) options as given; None: not given."""
+
+    parallelism: int | None = None
+    delay_ms: int | None = None
+    failure_action: str | None = None
+    monitor_ms: int | None = None
+    max_failure_ratio: float | None = None
+    order: str | None = None
+
+
+def apply_update_options(spec: pb.ServiceSpec, name: str, o: UpdateOptions) -> None:
+    """Set what was given on `spec.<name>` (update_config or rollback_config), leaving the
+    rest (and an absent config) as it was."""
+    if o == UpdateOptions():
         return
-    spec.update_config.SetInParent()
-    if parallelism is not None:
-        spec.update_config.parallelism = parallelism
-    if delay_ms is not None:
-        spec.update_config.delay_ms = delay_ms
+    config: pb.UpdateConfig = getattr(spec, name)
+    config.SetInParent()
+    if o.parallelism is not None:
+        config.parallelism = o.parallelism
+    if o.delay_ms is not None:
+        config.delay_ms = o.delay_ms
+    if o.failure_action is not None:
+        config.failure_action = choice(UPDATE_FAILURE_ACTIONS, o.failure_action, "failure action")
+    if o.monitor_ms is not None:
+        config.monitor_ms = o.monitor_ms
+    if o.max_failure_ratio is not None:
+        config.max_failure_ratio = o.max_failure_ratio
+    if o.order is not None:
+        config.order = choice(UPDATE_ORDERS, o.order, "update order")
 
 
 @dataclass
@@ -277,8 +303,8 @@ class ServiceChanges:
     network_add: list[pb.NetworkAttachmentConfig] = field(default_factory=list)
     # The reference as given, and every name it may be stored under (as given, ID, name).
     network_rm: list[tuple[str, frozenset[str]]] = field(default_factory=list)
-    update_parallelism: int | None = None
-    update_delay_ms: int | None = None
+    update: UpdateOptions = field(default_factory=lambda: UpdateOptions())
+    rollback: UpdateOptions = field(default_factory=lambda: UpdateOptions())
     restart_condition: str | None = None
     restart_delay_ms: int | None = None
     restart_max_attempts: int | None = None
@@ -310,7 +336,8 @@ def apply_service_changes(current: pb.ServiceSpec, c: ServiceChanges) -> pb.Serv
     _update_ports(spec, c.publish_add, c.publish_rm)
     _update_constraints(spec, c.constraint_add, c.constraint_rm)
     _update_networks(spec, c.network_add, c.network_rm)
-    _apply_update_config(spec, c.update_parallelism, c.update_delay_ms)
+    apply_update_options(spec, "update_config", c.update)
+    apply_update_options(spec, "rollback_config", c.rollback)
     _apply_restart(
         spec, c.restart_condition, c.restart_delay_ms, c.restart_max_attempts, c.restart_window_ms
     )

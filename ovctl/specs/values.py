@@ -15,6 +15,8 @@ __all__ = [
     "NODE_AVAILABILITIES",
     "NODE_ROLES",
     "RESTART_CONDITIONS",
+    "UPDATE_FAILURE_ACTIONS",
+    "UPDATE_ORDERS",
     "SpecConflict",
     "SpecError",
     "parse_bool",
@@ -30,6 +32,7 @@ __all__ = [
     "parse_port",
     "parse_port_ref",
     "parse_publish",
+    "parse_ratio",
     "parse_scale",
     "parse_tail",
     "parse_task_state",
@@ -125,6 +128,17 @@ def parse_ip(text: str, what: str) -> str:
         raise SpecError(f"invalid {what} {text!r}: expected an IP address") from None
 
 
+def parse_ratio(text: str, what: str) -> float:
+    """A fraction between 0 and 1 (Docker's --update-max-failure-ratio)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise SpecError(f"invalid {what} {text!r}: expected a number between 0 and 1") from None
+    if not 0.0 <= value <= 1.0:
+        raise SpecError(f"invalid {what} {text!r}: expected a number between 0 and 1")
+    return value
+
+
 def parse_bool(text: str, what: str) -> bool:
     lowered = text.strip().lower()
     if lowered in ("", "true", "1", "yes", "on"):
@@ -150,6 +164,15 @@ NODE_AVAILABILITIES = {
     "drain": pb.NODE_AVAILABILITY_DRAIN,
 }
 NODE_ROLES = {"worker": pb.NODE_ROLE_WORKER, "manager": pb.NODE_ROLE_MANAGER}
+UPDATE_FAILURE_ACTIONS = {
+    "pause": pb.UPDATE_FAILURE_ACTION_PAUSE,
+    "continue": pb.UPDATE_FAILURE_ACTION_CONTINUE,
+    "rollback": pb.UPDATE_FAILURE_ACTION_ROLLBACK,
+}
+UPDATE_ORDERS = {
+    "stop-first": pb.UPDATE_ORDER_STOP_FIRST,
+    "start-first": pb.UPDATE_ORDER_START_FIRST,
+}
 
 
 def choice(table: dict[str, _E], text: str, what: str) -> _E:

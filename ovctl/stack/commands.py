@@ -214,9 +214,8 @@ def _deploy_service(
         print(f"Service {name} is unchanged", flush=True)
         return ""
     print(f"Updating service {name} (id: {cur.meta.id})", flush=True)
-    stub.UpdateService(
-        cpb.UpdateServiceRequest(service_ref=cur.meta.id, version=cur.meta.version, spec=want)
-    )
+    # Retried only while no one else changed the spec (see commands.update_service).
+    commands.update_service(stub, cur.meta.id, lambda _current: want)
     return str(cur.meta.id)
 
 

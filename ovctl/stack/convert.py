@@ -24,12 +24,15 @@ from typing import Any
 
 from ovctl.specs.values import (
     ENDPOINT_MODES,
+    UPDATE_FAILURE_ACTIONS,
+    UPDATE_ORDERS,
     SpecError,
     choice,
     parse_cidr,
     parse_constraint,
     parse_ip,
     parse_publish,
+    parse_ratio,
 )
 from ovctl.stack import typed
 from ovctl.stack.load import ComposeError, Loaded
@@ -496,7 +499,7 @@ def _deploy(loaded: Loaded, spec: pb.ServiceSpec, value: Any, path: tuple[str, .
     for k in d:
         if k not in _DEPLOY_KEYS:
             raise loaded.error("unknown deploy key", *path, k)
-        if k in ("resources", "rollback_config"):
+        if k == "resources":
             raise loaded.error("not supported by ovnet yet", *path, k)
     mode = d.get("mode", "replicated")
     if mode == "global":
@@ -525,37 +528,42 @@ def _deploy(loaded: Loaded, spec: pb.ServiceSpec, value: Any, path: tuple[str, .
             spec.endpoint.mode = choice(ENDPOINT_MODES, str(d["endpoint_mode"]), "endpoint mode")
         except SpecError as e:
             raise loaded.error(str(e), *path, "endpoint_mode") from None
-    _update_config(loaded, spec, d.get("update_config"), (*path, "update_config"))
+    for key in ("update_config", "rollback_config"):
+        if key in d:
+            _update_config(loaded, getattr(spec, key), d[key], (*path, key))
     _restart_policy(loaded, spec, d.get("restart_policy"), (*path, "restart_policy"))
 
 
-# What ovnet's rolling update does: pause on a failure, stop the old task first, and count a
-# task in from its health (the monitor period is the health check's business).
-_UPDATE_AS_DONE = {"failure_action": "pause", "order": "stop-first"}
-
-
-def _update_config(loaded: Loaded, spec: pb.ServiceSpec, value: Any, path: tuple[str, ...]) -> None:
+def _update_config(
+    loaded: Loaded, config: pb.UpdateConfig, value: Any, path: tuple[str, ...]
+) -> None:
+    """deploy.update_config or deploy.rollback_config (the same keys)."""
     u = typed.mapping(loaded, value, *path)
+    config.SetInParent()
     for k, v in u.items():
-        if k in _UPDATE_AS_DONE and v != _UPDATE_AS_DONE[k]:
-            raise loaded.error(
-                f"{v!r} is not supported by ovnet yet (it does {_UPDATE_AS_DONE[k]!r})", *path, k
+        if k == "parallelism":
+            config.parallelism = typed.uint(loaded, v, *path, k)
+        elif k == "delay":
+            config.delay_ms = typed.duration(loaded, v, *path, k)
+        elif k == "monitor":
+            config.monitor_ms = typed.duration(loaded, v, *path, k)
+        elif k in ("failure_action", "order"):
+            table: dict[str, int] = (
+                UPDATE_FAILURE_ACTIONS if k == "failure_action" else UPDATE_ORDERS  # type: ignore[assignment]
             )
-        if k not in (
-            "parallelism",
-            "delay",
-            "failure_action",
-            "order",
-            "monitor",
-            "max_failure_ratio",
-        ):
-            raise loaded.error("unknown update_config key", *path, k)
-        if k in ("monitor", "max_failure_ratio"):
-            raise loaded.error("not supported by ovnet yet", *path, k)
-    if "parallelism" in u:
-        spec.update_config.parallelism = typed.uint(loaded, u["parallelism"], *path, "parallelism")
-    if "delay" in u:
-        spec.update_config.delay_ms = typed.duration(loaded, u["delay"], *path, "delay")
+            try:
+                setattr(config, k, choice(table, str(v), k.replace("_", " ")))
+            except SpecError as e:
+                raise loaded.error(str(e), *path, k) from None
+            if path[-1] == "rollback_config" and v == "rollback":
+                raise loaded.error("a rollback cannot roll back: use pause or continue", *path, k)
+        elif k == "max_failure_ratio":
+            try:
+                config.max_failure_ratio = parse_ratio(str(v), "max failure ratio")
+            except SpecError as e:
+                raise loaded.error(str(e), *path, k) from None
+        else:
+            raise loaded.error(f"unknown {path[-1]} key", *path, k)
 
 
 def _restart_policy(

@@ -25,7 +25,8 @@ from typing import Any, TypeVar
 
 import pytest
 
-from agent.executor import ExitInfo, LogTailer, ProcessExecutor, Runner, StartError, TaskSpec
+from agent.executor import ExitInfo, LogTailer, ProcessExecutor, Runner, StartError, TaskSpec, shim
+from agent.executor.logs import parse_record
 from osutil.proc import pid_alive, proc_start_time, proc_stat
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)")
@@ -162,7 +163,18 @@ class Exits:
 
 
 def read_logs(state_dir: Path, task_id: str, stream: str = "stdout") -> bytes:
-    return (state_dir / "tasks" / task_id / f"{stream}.log").read_bytes()
+    """What the task wrote to `stream` so far, from the records of its log."""
+    try:
+        data = (state_dir / "tasks" / task_id / shim.LOG_FILE).read_bytes()
+    except FileNotFoundError:
+        return b""
+    out = b""
+    for record in data.split(b"\n")[:-1]:
+        parsed = parse_record(record)
+        assert parsed is not None, record
+        if parsed[0] == stream:
+            out += parsed[3] + (b"\n" if parsed[2] else b"")
+    return out
 
 
 # ---------------------------------------------------------------------- running
@@ -212,6 +224,31 @@ def test_task_runs_in_its_netns_with_env_workdir_and_logs(
         assert exits.got == [("t1", info)]
         assert runner.running() == {}
         assert await runner.stop("t1") is None  # no-op once gone
+
+    arun(go())
+
+
+def test_each_line_has_the_time_it_was_written(state_dir: Path, netns: str) -> None:
+    """Read in one batch after the task ended, lines written a second apart still carry
+    times a second apart (the shim's, per line; not the batch's or the file's)."""
+    script = "echo a; sleep 1; echo b; echo c >&2; printf d"
+
+    async def go() -> None:
+        exits = Exits()
+        runner = Runner(state_dir, exits)
+        t0 = time.time()
+        await runner.start("lines", ["sh", "-c", script], [], "/", netns)
+        await until("exit", lambda: exits.of("lines"), timeout=10)
+        chunks = LogTailer(state_dir).read_new("lines")
+        assert [(c.stream, c.data) for c in chunks] == [
+            ("stdout", b"a\n"),
+            ("stdout", b"b\n"),
+            ("stderr", b"c\n"),
+            ("stdout", b"d"),
+        ]
+        a, b, c, d = (ch.timestamp_ms / 1000 for ch in chunks)
+        assert t0 - 1 <= a < t0 + 1
+        assert 0.9 <= b - a < 2 and b <= c <= d
 
     arun(go())
 

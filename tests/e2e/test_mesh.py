@@ -311,10 +311,33 @@ def test_no_request_fails_during_scaling_and_a_rolling_update(ov: Overlay) -> No
 
         wait_for("rolling update done", updated, timeout=90)
         time.sleep(2)
+        # start-first: each slot's new task runs beside the old one until it is ready.
+        ov.ovctl(
+            "service", "update", "-d", "--env-add", "VERSION=3", "--update-order", "start-first",
+            "pub",
+        )  # fmt: skip
+        running_counts = []
+
+        def completed() -> bool:
+            ts = ov.json("service", "ps", "pub")
+            running_counts.append(
+                sum(
+                    t["desired_state"] == "TASK_STATE_RUNNING"
+                    and t["status"]["state"] == "TASK_STATE_RUNNING"
+                    for t in ts
+                )
+            )
+            state = ov.json("service", "inspect", "pub")[0]["update_status"]["state"]
+            return bool(state == "COMPLETED")
+
+        wait_for("start-first update completed", completed, timeout=90)
+        time.sleep(2)
     finally:
         vip_tally = via_vip.finish()
         mesh_tally = via_mesh.finish()
     print(f"\nduring scale and update: VIP {vip_tally}\nmesh {mesh_tally}")
+    print(f"running tasks during the start-first update: {running_counts}")
+    assert min(running_counts) >= 3 and max(running_counts) > 3, running_counts
     assert vip_tally["requests"] > 100 and mesh_tally["requests"] > 100
     assert vip_tally["failures"] == 0, vip_tally["errors"]
     assert mesh_tally["failures"] == 0, (mesh_tally["errors"], conntrack(ov, "h1", mesh_tally))

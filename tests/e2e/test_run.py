@@ -9,6 +9,7 @@ attachable network, the refusals, attached runs with their exit status and outpu
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import subprocess
 import sys
@@ -196,3 +197,40 @@ def test_attached_runs_logs_and_removal(bed: Bed) -> None:
     ):
         r = ov.ovctl("run", "-d", "-p", bad, "--", *SLEEPER, check=False)
         assert r.returncode == 2 and message in r.stderr, r.stderr
+
+
+def _stamped(text: str) -> list[tuple[float, str]]:
+    """(Unix time, text) of each line `ovctl logs -t` printed."""
+    out = []
+    for line in text.splitlines():
+        stamp, _, rest = line.partition(" ")
+        assert len(stamp) == 30 and stamp.endswith("Z"), line
+        out.append((dt.datetime.fromisoformat(stamp).timestamp(), rest))
+    return out
+
+
+@pytest.mark.parametrize("image", [True, False], ids=["container", "process"])
+def test_logs_have_a_time_per_line_and_since_cuts_between_lines(bed: Bed, image: bool) -> None:
+    """The shim stamps each line as it reads it, for containers (podman hands the container
+    the shim's pipes) and processes alike: two lines written a second apart by one task show
+    a second apart, the stderr line after them, and --since between them prints the later."""
+    ov = bed.ov
+    name = f"stamps-{'c' if image else 'p'}"
+    where = ["--image", bed.tags[0]] if image else []
+    script = "echo a; sleep 1; echo b; echo c >&2"
+    run = ov.ovctl("run", "--name", name, "--node", "h3", *where, "--", "sh", "-c", script)
+    assert (run.stdout, run.stderr) == ("a\nb\n", "c\n")
+    got = ov.ovctl("logs", "-t", name)
+    (a, b), (c,) = _stamped(got.stdout), _stamped(got.stderr)
+    assert (a[1], b[1], c[1]) == ("a", "b", "c")
+    assert b[0] - a[0] >= 0.9, f"a and b were written a second apart: {got.stdout}"
+    assert c[0] >= b[0]
+    assert abs(a[0] - time.time()) < 120
+    between = a[0] + 0.5
+    utc = dt.datetime.fromtimestamp(between, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    for since in (utc, f"{between:.3f}"):
+        cut = ov.ovctl("logs", "--since", since, name)
+        assert (cut.stdout, cut.stderr) == ("b\n", "c\n"), since
+    late = ov.ovctl("logs", "-t", "--since", f"{c[0] + 1:.3f}", name)
+    assert (late.stdout, late.stderr) == ("", "")
+    ov.ovctl("rm", name)

@@ -119,11 +119,14 @@ class ScriptedAgent:
 
         run_sync(self.loop, asyncio.wait_for(end(), 20))
 
-    def publish(self, task_id: str, text: str) -> None:
-        """The task writes `text`; returns once the daemon has shipped it to a manager."""
+    def publish(
+        self, task_id: str, text: str, stream: str = "stdout", timestamp_ms: int | None = None
+    ) -> None:
+        """The task writes `text` (at `timestamp_ms`, default now) on `stream`; returns once
+        the daemon has shipped it to a manager."""
 
         async def write() -> None:
-            self.fakes.executor.add_log(task_id, text)
+            self.fakes.executor.add_log(task_id, text, stream, timestamp_ms)
             while task_id in self.fakes.executor.logs:
                 await asyncio.sleep(0.02)
 

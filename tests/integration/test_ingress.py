@@ -299,7 +299,13 @@ def test_health_flags_round_trip_and_updates_wait_for_health(
         "retries": 4,
         "start_period_ms": "5000",
     }
-    assert spec["update_config"] == {"parallelism": "1", "delay_ms": "1000"}
+    assert spec["update_config"] == {
+        "parallelism": "1",
+        "delay_ms": "1000",
+        "failure_action": "UPDATE_FAILURE_ACTION_PAUSE",
+        "max_failure_ratio": 0.0,
+        "order": "UPDATE_ORDER_STOP_FIRST",
+    }
     first = wait_for("2 tasks", lambda: len(live(managers, "api")) == 2 and live(managers, "api"))
     for t in first:
         assert list(t.spec.health_check.command) == ["sh", "-c", "test -e /tmp/ok"]

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 
 import grpc
 import pytest
 
+from manager.state import task_name
 from proto import control_pb2 as cpb
 from proto import objects_pb2 as pb
 from tests.integration.agents import AgentPool
@@ -378,3 +380,57 @@ def test_node_rm_rules(managers: ManagerCluster, agents: AgentPool) -> None:
     )
     res = managers.ovctl("node", "update", "--availability", "drain", "gone", check=False)
     assert res.returncode != 0 and "not found" in res.stderr
+
+
+def test_service_logs_since_and_per_line_timestamps(
+    managers: ManagerCluster, agents: AgentPool
+) -> None:
+    """Each line keeps the time it was written: --since cuts between two lines of one task,
+    before --tail counts; -t prints each line's time; a follower skips a line older than
+    --since that arrives late; a negative since_ms is refused."""
+    host = agents.add(managers.addrs, "solo")
+    wait_for("registration", lambda: host.node_id)
+    managers.ovctl("service", "create", "-d", "--name", "chatty", "--", "sleep", "1d")
+    (task,) = wait_for("running", lambda: running(managers, "chatty"))
+    t0 = (int(time.time()) - 60) * 1000
+    host.publish(task.meta.id, "a\n", timestamp_ms=t0)
+    host.publish(task.meta.id, "b\n", timestamp_ms=t0 + 5000)
+    host.publish(task.meta.id, "c\n", "stderr", timestamp_ms=t0 + 5250)
+    name = f"{task_name(task)}@solo | "
+
+    def stamp(ms: int) -> str:
+        return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms // 1000)) + (
+            f".{ms % 1000:03d}000000Z"
+        )
+
+    got = managers.ovctl("service", "logs", "-t", "chatty")
+    assert got.stdout == f"{stamp(t0)} {name}a\n{stamp(t0 + 5000)} {name}b\n"
+    assert got.stderr == f"{stamp(t0 + 5250)} {name}c\n"
+    # Between a and b: only b and c, whichever way the time is given (a Unix time, RFC 3339,
+    # a duration before now).
+    since = t0 + 1000
+    rfc3339 = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(since // 1000)) + ".5Z"
+    for value in (f"{since / 1000:.3f}", rfc3339, f"{int(time.time() * 1000) - since}ms"):
+        out = managers.ovctl("service", "logs", "--since", value, "chatty")
+        assert (out.stdout, out.stderr) == (f"{name}b\n", f"{name}c\n"), value
+    # since first, then tail: the last line of those since.
+    out = managers.ovctl("service", "logs", "--since", rfc3339, "--tail", "1", "chatty")
+    assert (out.stdout, out.stderr) == ("", f"{name}c\n")
+    bad = managers.ovctl("service", "logs", "--since", "yesterday", "chatty", check=False)
+    assert bad.returncode == 2 and "argument --since: invalid since 'yesterday'" in bad.stderr
+
+    stub = managers.stub()
+    request = cpb.ServiceLogsRequest(service_ref="chatty", since_ms=-1)
+    with pytest.raises(grpc.RpcError) as refused:
+        list(stub.ServiceLogs(request, timeout=10))
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "since_ms -1 is negative" in (refused.value.details() or "")
+
+    # Following since `since`: a line stamped before it that arrives now is skipped.
+    request = cpb.ServiceLogsRequest(service_ref="chatty", follow=True, since_ms=since)
+    stream = stub.ServiceLogs(request, timeout=30)
+    assert [next(stream).data, next(stream).data] == [b"b\n", b"c\n"]
+    host.publish(task.meta.id, "late and old\n", timestamp_ms=t0 + 100)
+    host.publish(task.meta.id, "new\n")
+    assert next(stream).data == b"new\n"
+    stream.cancel()

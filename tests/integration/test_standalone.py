@@ -50,6 +50,9 @@ def test_run_places_maps_ports_per_node_and_refuses_what_cannot_be(
     for n in (1, 2, 3):
         managers.ovctl("run", "-d", "--node", "h1", "--name", f"web{n}", "-p", f"808{n}:80",
                        "--", "sleep", "1d")  # fmt: skip
+        # -d returns once the task runs (and its hosts have programmed it), not before.
+        latest = task_of(managers, f"web{n}")
+        assert latest is not None and latest.status.state == RUNNING
     assert {running(managers, f"web{n}").node_id for n in (1, 2, 3)} == {h1.node_id}
     keys = managers.object_keys("services")
     r = managers.ovctl("run", "-d", "--node", "h1", "--name", "web4", "-p", "8081:80",
@@ -57,6 +60,13 @@ def test_run_places_maps_ports_per_node_and_refuses_what_cannot_be(
     assert r.returncode == 1
     assert "port 8081/tcp on node h1 is already taken by 'web1'" in r.stderr, r.stderr
     assert managers.object_keys("services") == keys, "nothing written"
+    # A task that cannot start: -d says why, with docker's 125, and prints no ID.
+    h2.fakes.executor.fail_start = "image 'nope' not found"
+    r = managers.ovctl("run", "-d", "--node", "h2", "--name", "broken", "--", "x", check=False)
+    h2.fakes.executor.fail_start = ""
+    assert r.returncode == 125 and r.stdout == "", (r.stdout, r.stderr)
+    assert "broken: " in r.stderr and "image 'nope' not found" in r.stderr, r.stderr
+    managers.ovctl("rm", "-f", "broken")
     # The same port on the other node; without --node, the least loaded node (h2).
     managers.ovctl("run", "-d", "--node", "h2", "--name", "web5", "-p", "8081:80", "--", "x")
     managers.ovctl("run", "-d", "--name", "free", "-p", "80", "--", "x")

@@ -116,8 +116,12 @@ class FakeExecutor:
     def tasks(self) -> list[str]:
         return sorted(set(self.exits) | set(self.logs))
 
-    def add_log(self, task_id: str, text: str, stream: str = "stdout") -> None:
-        chunk = LogChunk(task_id, stream, int(time.time() * 1000), text.encode())
+    def add_log(
+        self, task_id: str, text: str, stream: str = "stdout", timestamp_ms: int | None = None
+    ) -> None:
+        """The task wrote `text` (now, or at `timestamp_ms`: a line read late)."""
+        ms = int(time.time() * 1000) if timestamp_ms is None else timestamp_ms
+        chunk = LogChunk(task_id, stream, ms, text.encode())
         self.logs.setdefault(task_id, []).append(chunk)
 
     def read_logs(self, task_id: str) -> list[LogChunk]:

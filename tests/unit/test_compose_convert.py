@@ -61,6 +61,26 @@ def test_stop_grace_period(tmp_path: Path) -> None:
         stack(tmp_path, "services:\n  web:\n    image: a\n    stop_grace_period: soon\n")
 
 
+def test_update_and_rollback_config(tmp_path: Path) -> None:
+    s = stack(
+        tmp_path,
+        "services:\n  web:\n    image: a\n    deploy:\n"
+        "      update_config: {parallelism: 2, delay: 3s, order: start-first,\n"
+        "                      failure_action: rollback, monitor: 10s, max_failure_ratio: 0.3}\n"
+        "      rollback_config: {parallelism: 1, failure_action: continue, monitor: 0s}\n",
+    )
+    spec = s.services["st_web"]
+    u, r = spec.update_config, spec.rollback_config
+    assert (u.parallelism, u.delay_ms, u.order, u.failure_action, u.monitor_ms) == (
+        2, 3000, pb.UPDATE_ORDER_START_FIRST, pb.UPDATE_FAILURE_ACTION_ROLLBACK, 10_000,
+    )  # fmt: skip
+    assert abs(u.max_failure_ratio - 0.3) < 1e-6
+    assert (r.parallelism, r.failure_action, r.monitor_ms) == (
+        1, pb.UPDATE_FAILURE_ACTION_CONTINUE, 0,
+    )  # fmt: skip
+    assert r.HasField("monitor_ms") and not spec.HasField("health_check")
+
+
 def test_external_networks_and_ipam(tmp_path: Path) -> None:
     s = stack(
         tmp_path,
@@ -83,9 +103,18 @@ def test_external_networks_and_ipam(tmp_path: Path) -> None:
     [
         ("services:\n  web:\n    image: a\n    volumes: [x:/y]\n",
          "stack.yml:4: services.web.volumes: not supported by ovnet yet"),
+        ("services:\n  web:\n    image: a\n    deploy:\n      rollback_config:\n"
+         "        failure_action: rollback\n",
+         "stack.yml:6: services.web.deploy.rollback_config.failure_action: a rollback cannot "
+         "roll back"),
         ("services:\n  web:\n    image: a\n    deploy:\n      update_config:\n"
-         "        order: start-first\n",
-         "stack.yml:6: services.web.deploy.update_config.order: 'start-first' is not supported"),
+         "        order: sideways\n",
+         "stack.yml:6: services.web.deploy.update_config.order: invalid order 'sideways': "
+         "expected one of stop-first, start-first"),
+        ("services:\n  web:\n    image: a\n    deploy:\n      update_config:\n"
+         "        max_failure_ratio: 2\n",
+         "update_config.max_failure_ratio: invalid max failure ratio '2': expected a number "
+         "between 0 and 1"),
         ("services:\n  web:\n    image: a\n    entrypoint: [sh]\n",
          "stack.yml:4: services.web.entrypoint: not supported by ovnet yet with an image"),
         ("services:\n  web:\n    image: a\n    ports: ['127.0.0.1:80:80']\n",

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from manager.controlapi import task_spec_of
 from manager.errors import InvalidArgument
+from manager.servicespec import task_spec_of
 from manager.validation import check_health_check, check_service_spec, has_health_check
 from proto import objects_pb2 as pb
 

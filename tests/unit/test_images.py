@@ -11,9 +11,9 @@ import pytest
 from agent.executor import shim
 from agent.executor.api import TaskSpec
 from agent.executor.container import OWNER_LABEL, TASK_LABEL, Podman, run_argv
-from manager.controlapi import task_spec_of
 from manager.errors import InvalidArgument
 from manager.scheduler import service_needs
+from manager.servicespec import task_spec_of
 from manager.validation import check_image, check_service_spec
 from ovctl import specs
 from proto import objects_pb2 as pb

@@ -27,9 +27,11 @@ class CountingExecutor(FakeExecutor):
         self.clock: Clock | None = None
         self.known: set[str] = set()  # task directories (the fake forgets a quiet task)
 
-    def add_log(self, task_id: str, text: str, stream: str = "stdout") -> None:
+    def add_log(
+        self, task_id: str, text: str, stream: str = "stdout", timestamp_ms: int | None = None
+    ) -> None:
         self.known.add(task_id)
-        super().add_log(task_id, text, stream)
+        super().add_log(task_id, text, stream, timestamp_ms)
 
     def tasks(self) -> list[str]:
         return sorted(self.known)

@@ -18,7 +18,7 @@ from typing import Any
 import grpc
 import pytest
 
-from ovctl import cli, render, specs
+from ovctl import cli, logview, render, specs
 from ovctl.client import (
     DEFAULT_ADDR,
     ConfigError,
@@ -152,6 +152,65 @@ def test_parse_constraint_normalises_spacing() -> None:
             specs.parse_constraint(bad)
 
 
+# 2026-12-04T21:55:02.250Z: `--since` durations count back from it.
+NOW = 1_796_421_302.25
+NOW_MS = 1_796_421_302_250
+
+
+@pytest.mark.parametrize(
+    ("text", "ms"),
+    [
+        # RFC 3339, with a zone (date only, to the minute, second, any fraction).
+        ("2026-12-04T21:55:02Z", NOW_MS - 250),
+        ("2026-12-04T21:55:02.123456789Z", NOW_MS - 127),
+        ("2026-12-04T22:55:02.5+01:00", NOW_MS + 250),
+        ("2026-12-04t21:55:02z", NOW_MS - 250),
+        ("2026-12-04T21:55Z", NOW_MS - 2250),
+        ("2026-12-04Z", NOW_MS - (21 * 3600 + 55 * 60 + 2) * 1000 - 250),
+        ("2026-12-04+01:00", NOW_MS - (22 * 3600 + 55 * 60 + 2) * 1000 - 250),
+        # Unix time in seconds, optionally fractional; "0" is everything.
+        ("1796421302", NOW_MS - 250),
+        ("1796421302.5", NOW_MS + 250),
+        ("0", 0),
+        # Durations before now.
+        ("42m", NOW_MS - 42 * 60_000),
+        ("1h30m", NOW_MS - 5_400_000),
+        ("10s", NOW_MS - 10_000),
+        ("250ms", NOW_MS - 250),
+    ],
+)
+def test_parse_since(text: str, ms: int) -> None:
+    assert logview.parse_since(text, NOW) == ms
+
+
+def test_parse_since_without_a_zone_is_local_time() -> None:
+    local = dt.datetime(2026, 12, 4, 21, 55, 2).timestamp()  # naive: this machine's zone
+    assert logview.parse_since("2026-12-04T21:55:02", NOW) == int(local * 1000)
+    midnight = dt.datetime(2026, 12, 4).timestamp()
+    assert logview.parse_since("2026-12-04", NOW) == int(midnight * 1000)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", "yesterday", "5x", "-1h", "10 s", "2026-13-04", "2026-12-04T25:00Z", "2026-W49",
+     "2026-12-04T21:55:02Zjunk", "1796421302.", "1969-12-31T23:59:59Z"],
+)  # fmt: skip
+def test_parse_since_rejects(text: str) -> None:
+    with pytest.raises(specs.SpecError, match=f"invalid since {text!r}: "):
+        logview.parse_since(text, NOW)
+
+
+def test_log_timestamps_are_rfc3339_nano_per_line() -> None:
+    assert logview.stamp(NOW_MS) == "2026-12-04T21:55:02.250000000Z"
+    assert logview.stamp(0) == "1970-01-01T00:00:00.000000000Z"
+    line = cpb.LogLine(timestamp_ms=NOW_MS, data=b"one\ntwo\n")
+    assert logview.timestamped(line) == (
+        b"2026-12-04T21:55:02.250000000Z one\n2026-12-04T21:55:02.250000000Z two\n"
+    )
+    # A piece of a longer line (or an unterminated last line) still ends its printed line.
+    assert logview.timestamped(cpb.LogLine(data=b"piece")).endswith(b"Z piece\n")
+
+
 def test_parse_filters_scale_tail() -> None:
     assert specs.parse_filters(["name=a", "label=x=1", "name=b"], ("name", "label")) == {
         "name": ["a", "b"],
@@ -239,8 +298,10 @@ def test_service_spec_all_options() -> None:
             restart_delay_ms=5000,
             restart_max_attempts=3,
             restart_window_ms=60_000,
-            update_parallelism=2,
-            update_delay_ms=10_000,
+            update=specs.UpdateOptions(parallelism=2, delay_ms=10_000),
+            rollback=specs.UpdateOptions(
+                failure_action="continue", monitor_ms=0, max_failure_ratio=0.5, order="start-first"
+            ),
         )
     )
     assert spec.replicated.replicas == 3
@@ -251,6 +312,13 @@ def test_service_spec_all_options() -> None:
         condition=pb.RESTART_CONDITION_ON_FAILURE, delay_ms=5000, max_attempts=3, window_ms=60_000
     )
     assert spec.update_config == pb.UpdateConfig(parallelism=2, delay_ms=10_000)
+    assert spec.rollback_config == pb.UpdateConfig(
+        failure_action=pb.UPDATE_FAILURE_ACTION_CONTINUE,
+        monitor_ms=0,
+        max_failure_ratio=0.5,
+        order=pb.UPDATE_ORDER_START_FIRST,
+    )
+    assert spec.rollback_config.HasField("monitor_ms")
     assert (list(spec.env), spec.workdir, dict(spec.labels)) == (["A=1"], "/srv", {"tier": "web"})
 
 
@@ -291,7 +359,7 @@ def test_apply_service_changes() -> None:
         constraint_rm=["node.role == worker"],
         network_add=[pb.NetworkAttachmentConfig(target="back")],
         network_rm=[("front", frozenset({"front", "netid1"}))],
-        update_parallelism=3,
+        update=specs.UpdateOptions(parallelism=3, failure_action="rollback"),
         restart_condition="none",
         command=["new", "arg"],
         label_add=["new=2"],
@@ -304,6 +372,8 @@ def test_apply_service_changes() -> None:
     assert list(spec.placement.constraints) == ["node.labels.zone==a"]
     assert [n.target for n in spec.networks] == ["back"]
     assert spec.update_config.parallelism == 3
+    assert spec.update_config.failure_action == pb.UPDATE_FAILURE_ACTION_ROLLBACK
+    assert not spec.HasField("rollback_config")
     assert spec.restart_policy.condition == pb.RESTART_CONDITION_NONE
     assert list(spec.command) == ["new", "arg"]
     assert dict(spec.labels) == {"keep": "1", "new": "2"}
@@ -1110,6 +1180,52 @@ def test_service_logs_streams_to_stdout_and_stderr(
     assert servicer.requests("ServiceLogs")[0] == cpb.ServiceLogsRequest(service_ref="web", tail=10)
 
 
+def test_logs_since_and_timestamps_on_both_commands(
+    fake: tuple[FakeControl, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    servicer, addr = fake
+    servicer.answers["ListNodes"] = cpb.ListNodesResponse(
+        nodes=[pb.Node(meta=pb.Meta(id="n1"), description=pb.NodeDescription(hostname="h1"))]
+    )
+    servicer.answers["GetService"] = cpb.GetServiceResponse(
+        service=pb.Service(
+            meta=pb.Meta(id="s1"), spec=pb.ServiceSpec(name="once", standalone=pb.Standalone())
+        )
+    )
+    task = {"task_name": "web.1", "node_id": "n1"}
+    servicer.answers["ServiceLogs"] = [
+        cpb.LogLine(**task, stream="stdout", timestamp_ms=NOW_MS, data=b"b\n"),
+        cpb.LogLine(**task, stream="stderr", timestamp_ms=NOW_MS + 1, data=b"c\n"),
+    ]
+    assert run(addr, "service", "logs", "--since", "2026-12-04T21:55:02Z", "-t", "web") == 0
+    captured = capsys.readouterr()
+    assert captured.out == "2026-12-04T21:55:02.250000000Z web.1@h1 | b\n"
+    assert captured.err == "2026-12-04T21:55:02.251000000Z web.1@h1 | c\n"
+    assert servicer.requests("ServiceLogs")[-1] == cpb.ServiceLogsRequest(
+        service_ref="web", since_ms=NOW_MS - 250
+    )
+    assert run(addr, "logs", "--timestamps", "--since", "1796421302.25", "once") == 0
+    captured = capsys.readouterr()
+    assert captured.out == "2026-12-04T21:55:02.250000000Z b\n"
+    assert captured.err == "2026-12-04T21:55:02.251000000Z c\n"
+    assert servicer.requests("ServiceLogs")[-1] == cpb.ServiceLogsRequest(
+        service_ref="s1", since_ms=NOW_MS
+    )
+    # Without -t, `ovctl logs` prints the bytes as they were written.
+    assert run(addr, "logs", "once") == 0
+    assert capsys.readouterr().out == "b\n"
+
+
+@pytest.mark.parametrize("verb", [("service", "logs"), ("logs",)])
+def test_a_bad_since_is_a_usage_error_naming_flag_and_value(
+    verb: tuple[str, ...], fake: tuple[FakeControl, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    servicer, addr = fake
+    assert run(addr, *verb, "--since", "2026-12-32", "x") == 2
+    assert "argument --since: invalid since '2026-12-32'" in capsys.readouterr().err
+    assert servicer.requests("ServiceLogs") == []
+
+
 def test_node_update_and_rm(
     fake: tuple[FakeControl, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -1358,6 +1474,76 @@ def test_service_update_health_and_update_config(
     assert not servicer.requests("UpdateService")[1].spec.HasField("health_check")
 
 
+def test_update_and_rollback_flags(
+    fake: tuple[FakeControl, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    servicer, addr = fake
+    svc = pb.Service(meta=pb.Meta(id="idweb", version=3), spec=_stored_spec())
+    servicer.answers["GetService"] = cpb.GetServiceResponse(service=svc)
+    servicer.answers["UpdateService"] = cpb.UpdateServiceResponse(service=svc)
+    code = run(
+        addr, "service", "update", "-d",
+        "--update-order", "start-first", "--update-failure-action", "rollback",
+        "--update-monitor", "5s", "--update-max-failure-ratio", "0.25",
+        "--rollback-parallelism", "1", "--rollback-failure-action", "continue",
+        "web",
+    )  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    (req,) = servicer.requests("UpdateService")
+    u, r = req.spec.update_config, req.spec.rollback_config
+    assert (u.order, u.failure_action, u.monitor_ms, u.max_failure_ratio) == (
+        pb.UPDATE_ORDER_START_FIRST, pb.UPDATE_FAILURE_ACTION_ROLLBACK, 5000, 0.25,
+    )  # fmt: skip
+    assert (r.parallelism, r.failure_action) == (1, pb.UPDATE_FAILURE_ACTION_CONTINUE)
+    # Bad values are usage errors naming the flag; nothing is sent.
+    assert run(addr, "service", "update", "--update-max-failure-ratio", "2", "web") == 2
+    assert "invalid update max failure ratio '2': expected a number between 0 and 1" in (
+        capsys.readouterr().err
+    )
+    assert run(addr, "service", "update", "--rollback-failure-action", "rollback", "web") == 2
+    assert "invalid choice: 'rollback'" in capsys.readouterr().err
+    assert len(servicer.requests("UpdateService")) == 1
+    # service rollback asks for the previous spec, with no spec of its own.
+    assert run(addr, "service", "rollback", "-d", "web") == 0
+    last = servicer.requests("UpdateService")[-1]
+    assert last.rollback and not last.HasField("spec") and last.version == 3
+
+
+def test_update_retries_when_only_the_status_changed(
+    fake: tuple[FakeControl, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The orchestrator writing the update status bumps the version: the change is made again
+    on the new version; a real concurrent spec change is refused as before."""
+    servicer, addr = fake
+    svc = pb.Service(meta=pb.Meta(id="idweb", version=3), spec=_stored_spec())
+    reads: list[pb.Service] = []
+    bumped = pb.Service()
+    bumped.CopyFrom(svc)
+    bumped.meta.version = 4
+    bumped.update_status.state = pb.UpdateStatus.COMPLETED
+    # The first read is version 3; the status write lands before the update.
+    servicer.answers["GetService"] = lambda _r: cpb.GetServiceResponse(
+        service=reads.pop(0) if len(reads) > 1 else reads[0]
+    )
+    reads[:] = [svc, bumped]
+    servicer.answers["UpdateService"] = lambda req: (
+        cpb.UpdateServiceResponse(service=bumped)
+        if req.version == 4
+        else Abort(grpc.StatusCode.FAILED_PRECONDITION, "update out of sequence")
+    )
+    assert run(addr, "service", "update", "-d", "--env-add", "X=1", "web") == 0, (
+        capsys.readouterr().err
+    )
+    assert [r.version for r in servicer.requests("UpdateService")] == [3, 4]
+    # A spec that changed meanwhile is not overwritten.
+    changed = pb.Service()
+    changed.CopyFrom(bumped)
+    changed.spec.env.append("Z=9")
+    reads[:] = [svc, changed]
+    assert run(addr, "service", "update", "-d", "--env-add", "X=1", "web") == 1
+    assert "update out of sequence" in capsys.readouterr().err
+
+
 def test_task_state_shows_health() -> None:
     now = 100_000
     running = pb.TaskStatus(state=pb.TASK_STATE_RUNNING, timestamp_ms=95_000)
@@ -1394,8 +1580,16 @@ def test_health_check_text_and_service_pretty(
     assert run(addr, "service", "inspect", "--pretty", "web") == 0
     out = capsys.readouterr().out
     assert "Health check:     cmd 'true', every 1000 ms" in out
-    assert "Update:           parallelism 2, delay 5000 ms" in out
+    assert "Update:           parallelism 2, delay 5000 ms, stop-first, on failure pause" in out
     assert "Spec version:     4" in out
+    assert "Update status" not in out  # never updated
+    svc.update_status.CopyFrom(
+        pb.UpdateStatus(state=pb.UpdateStatus.PAUSED, message="update paused due to x")
+    )
+    servicer.answers["GetService"] = cpb.GetServiceResponse(service=svc)
+    assert run(addr, "service", "inspect", "--pretty", "web") == 0
+    out = capsys.readouterr().out
+    assert "Update status:    paused\n  Message:        update paused due to x" in out
     assert run(addr, "service", "inspect", "web") == 0
     (doc,) = json.loads(capsys.readouterr().out)
     assert doc["spec"]["health_check"]["command"] == ["sh", "-c", "true"]

@@ -122,11 +122,64 @@ def test_the_rich_view_draws_a_bar_per_replica() -> None:
     assert bars[0].count("━") == 40 and 0 < bars[1].count("━") < 40
 
 
-class FakeStub:
-    """GetService/ListTasks answering from a script of convergence verdicts."""
+def test_an_update_is_done_when_the_manager_says_completed() -> None:
+    tasks = [task(s, RUNNING) for s in (1, 2, 3)]
+    done = conv(3, programmed=3, converged=True)
+    svc = service()
+    svc.update_status.state = pb.UpdateStatus.UPDATING
+    snap = converge.snapshot(svc, tasks, done, HOSTS, stable_for=1.0)
+    assert not snap.converged and not snap.failed
+    assert snap.verify == "waiting for the update's monitor period to end"
+    assert snap.waiting == ("the update is not completed (its monitor period)",)
+    svc.update_status.state = pb.UpdateStatus.COMPLETED
+    assert converge.snapshot(svc, tasks, done, HOSTS, stable_for=1.0).converged
 
-    def __init__(self, verdicts: list[cpb.ServiceConvergence], interrupt_at: int = -1) -> None:
+
+@pytest.mark.parametrize(
+    ("state", "rollback", "failed"),
+    [
+        (pb.UpdateStatus.PAUSED, False, True),
+        (pb.UpdateStatus.ROLLBACK_PAUSED, True, True),
+        (pb.UpdateStatus.ROLLBACK_COMPLETED, False, True),
+        (pb.UpdateStatus.ROLLBACK_COMPLETED, True, False),
+        (pb.UpdateStatus.ROLLBACK_STARTED, False, False),
+        (pb.UpdateStatus.COMPLETED, False, False),
+    ],
+)
+def test_which_update_ends_fail_the_wait(state: int, rollback: bool, failed: bool) -> None:
+    status = pb.UpdateStatus(state=state, message="update paused due to X")  # type: ignore[arg-type]
+    assert bool(converge.update_failure(status, rollback)) == failed
+
+
+def test_a_rollback_on_failure_is_shown_then_fails_the_wait(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(converge, "POLL_S", 0.0)
+    S = pb.UpdateStatus
+    rolling = pb.UpdateStatus(state=S.ROLLBACK_STARTED, message="update rolled back due to X")
+    back = pb.UpdateStatus(state=S.ROLLBACK_COMPLETED, message="update rolled back due to X")
+    stub = FakeStub([conv(0, 1), conv(1, 1, 2, 2, converged=True)], statuses=[rolling, back])
+    out = io.StringIO()
+    with pytest.raises(converge.UpdateFailed, match=r"^web: update rolled back due to X$"):
+        converge.wait(stub, ["svc"], HOSTS, out=out, tty=False)
+    assert "verify: rollback: update rolled back due to X" in out.getvalue().splitlines()
+    # `service rollback` waits for that very end.
+    stub = FakeStub([conv(1, 1, 2, 2, converged=True)], statuses=[rolling, back])
+    assert converge.wait(stub, ["svc"], HOSTS, out=io.StringIO(), tty=False, rollback=True) == 0
+
+
+class FakeStub:
+    """GetService/ListTasks answering from a script of convergence verdicts (and, if given,
+    update statuses), one step per GetService."""
+
+    def __init__(
+        self,
+        verdicts: list[cpb.ServiceConvergence],
+        interrupt_at: int = -1,
+        statuses: list[pb.UpdateStatus] | None = None,
+    ) -> None:
         self.verdicts = verdicts
+        self.statuses = statuses or [pb.UpdateStatus()]
         self.calls = 0
         self.interrupt_at = interrupt_at
 
@@ -134,8 +187,10 @@ class FakeStub:
         if self.calls == self.interrupt_at:
             raise KeyboardInterrupt
         v = self.verdicts[min(self.calls, len(self.verdicts) - 1)]
+        svc = service(1)
+        svc.update_status.CopyFrom(self.statuses[min(self.calls, len(self.statuses) - 1)])
         self.calls += 1
-        return cpb.GetServiceResponse(service=service(1), convergence=v)
+        return cpb.GetServiceResponse(service=svc, convergence=v)
 
     def ListTasks(self, req: Any) -> cpb.ListTasksResponse:
         return cpb.ListTasksResponse(tasks=[task(1, RUNNING)])
