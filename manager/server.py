@@ -4,10 +4,11 @@ Two listeners, because gRPC Python can require a client certificate or not ask f
 ask for one optionally: the control listener (`listen`) requires a certificate signed by the
 cluster root, so a caller without one is refused in the TLS handshake; the join listener
 (`join_listen`) asks for none, serves the chain [manager cert, root] so a joining node can pin
-the root against its token, and answers only NodeCA.IssueNodeCertificate. Both serve this
-manager's certificate (manager/identity.py) through dynamic credentials, so renewing it needs
-no restart. The handlers themselves are built in manager/rpcedge.py; this module decides
-what serves each call:
+the root against its token, and answers only NodeCA.IssueNodeCertificate (and the standard
+gRPC health check, for balancers without a client certificate: manager/health.py, which also
+adds server reflection to the control listener). Both serve this manager's certificate
+(manager/identity.py) through dynamic credentials, so renewing it needs no restart. The
+handlers themselves are built in manager/rpcedge.py; this module decides what serves each call:
 - a follower forwards Control calls to the leader (ovctl can talk to any manager);
 - a follower refuses Dispatcher calls with UNAVAILABLE naming the leader, so agents reconnect
   there (a session is long-lived state that belongs on the leader);
@@ -37,6 +38,7 @@ from manager.controlapi import ControlAPI
 from manager.dispatcher import Dispatcher
 from manager.election import Election
 from manager.errors import Unauthenticated, Unavailable
+from manager.health import HealthReporter
 from manager.identity import ServingCerts, own_credentials, renew_forever
 from manager.ingress import ensure_default_ingress
 from manager.keymanager import GOSSIP, IPSEC, KeyManager
@@ -141,6 +143,7 @@ class Manager:
         self.port = 0
         self._tasks: list[asyncio.Task[None]] = []
         self.edge = RpcEdge(self)
+        self.health = HealthReporter(lambda: self.etcd.probe(timeout=1.0), self.health_role)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -165,6 +168,9 @@ class Manager:
         self.join_server = grpc.aio.server()
         self.join_server.add_generic_rpc_handlers(self.edge.handlers(join=True))
         self.join_server.add_secure_port(self.join_listen, self.certs.server_credentials(join=True))
+        self.health.add_to(self.server, reflect=True)
+        self.health.add_to(self.join_server, reflect=False)
+        await self.health.refresh()  # not the servicer's default SERVING before the first probe
         await self.server.start()
         await self.join_server.start()
         self._tasks = [
@@ -174,9 +180,11 @@ class Manager:
             asyncio.create_task(self._track_managers(), name="managers"),
             asyncio.create_task(self._track_removed(), name="removed"),
             asyncio.create_task(renew_forever(self.ca, self.certs, self.tls_dir), name="renew"),
+            asyncio.create_task(self.health.run(), name="health"),
         ]
 
     async def stop(self) -> None:
+        await self.health.shutdown()
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
@@ -250,12 +258,14 @@ class Manager:
         async with cluster.lock:
             await ensure_default_ingress(cluster)
         self.leading = Leadership(cluster, keys, self.manager_list, self.ca)
+        self.health.kick()
 
     async def _on_deposed(self) -> None:
         self.store.set_fence(self.election.leader_key, -1)  # nothing can match: no writes
         if self.leading is not None:
             await self.leading.stop()
             self.leading = None
+        self.health.kick()
 
     def _note_removed(self, batch: Batch) -> None:
         """On the leader, a removal takes effect at commit, before the watch reports it."""
@@ -284,6 +294,13 @@ class Manager:
 
     def leader_addr(self) -> str:
         return self.manager_addrs.get(self.election.leader_id, "")
+
+    def health_role(self) -> tuple[bool, str]:
+        """(this manager leads, the leader's address a follower forwards Control calls to), as
+        `target` and `leader_stub` decide them, for the health statuses."""
+        leader = self.election.leader_id
+        forward_to = self.leader_addr() if leader and leader != self.opts.manager_id else ""
+        return self.leading is not None, forward_to
 
     # ------------------------------------------------------------------ routing
 
