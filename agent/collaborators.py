@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Protocol
 from agent.endpoints import EndpointRecord
 from agent.executor.api import Exec
 from agent.health import CheckConfig, HealthState
+from agent.lb.drift import LbDrift
 from agent.lb.plan import LbSpec
 from agent.model import DesiredState
 from proto import dispatcher_pb2 as dpb
@@ -21,6 +22,8 @@ from proto import objects_pb2 as pb
 
 if TYPE_CHECKING:  # the kernel module loads netlink and nftables code
     from agent.dataplane.kernel import ApplyResult
+    from agent.dataplane.observed import Observed
+    from agent.dataplane.ops import Op
     from agent.session import Assignments
 
 
@@ -33,6 +36,8 @@ class Session(Protocol):
     gossip_status: Callable[[], pb.GossipStatus | None] | None
     ipsec_status: Callable[[], pb.IpsecStatus | None] | None
     programmed: Callable[[], pb.ProgrammedView | None] | None
+    # Answers the manager's DoctorCheck: (drift rows, error) (agent/doctor.py).
+    on_doctor: Callable[[dpb.DoctorCheck], Awaitable[tuple[list[pb.DriftRow], str]]] | None
 
     @property
     def unreachable(self) -> bool: ...
@@ -56,6 +61,8 @@ class DataPlane(Protocol):
     def sandbox_path(self, task_id: str) -> str: ...
 
     async def reconcile(self, desired: DesiredState) -> ApplyResult: ...
+
+    async def drift(self, desired: DesiredState) -> tuple[Observed, list[Op]]: ...
 
     def ipsec_status(self) -> pb.IpsecStatus | None: ...
 
@@ -111,6 +118,10 @@ class Balancer(Protocol):
     async def apply(self, key: str, netns: str | None, spec: LbSpec) -> None: ...
 
     async def remove(self, key: str, netns: str | None, *, delete_table: bool = True) -> None: ...
+
+    async def drift(self, key: str) -> list[LbDrift]: ...
+
+    def invalidate(self, key: str) -> None: ...
 
     async def close(self) -> None: ...
 

@@ -48,6 +48,7 @@ from agent.collaborators import (
 from agent.controller import Controller, Decision, Sandbox
 from agent.dataplane.desired import ingress_gw_address
 from agent.desiredstate import desired_dataplane, ipsec_keys
+from agent.doctor import AgentDoctor
 from agent.endpoints import (
     EndpointRecord,
     attachment_records,
@@ -222,6 +223,11 @@ class AgentDaemon:
         self._conflists = conflists
         # Attachments whose interface this pass built (their DNS, LB and records follow).
         self._attached: dict[str, pb.Attachment] = {}
+        # Held by every pass, so that `ovctl doctor` (agent/doctor.py) never looks at a kernel
+        # halfway through a change; and the data plane the last pass built, which it checks.
+        self.pass_lock = asyncio.Lock()
+        self.last_desired: DesiredState | None = None
+        session.on_doctor = AgentDoctor(self).check
 
     # ------------------------------------------------------------------ events
 
@@ -308,7 +314,8 @@ class AgentDaemon:
             while True:
                 self._wake.clear()
                 try:
-                    await self.step()
+                    async with self.pass_lock:
+                        await self.step()
                     self.passed.set()
                 except asyncio.CancelledError:
                     current = asyncio.current_task()
@@ -458,6 +465,7 @@ class AgentDaemon:
                 log.warning("data plane input: %s", text)
             why = {**failed_sandboxes(result, desired), **result.unbuilt, **problems}
             self._attachments_built(p.attachments, desired, why)
+            self.last_desired = desired
             if not self.controller.sandboxes_built(d.sandboxes, desired.sandboxes, why):
                 break
         return d, desired

@@ -168,6 +168,11 @@ class AgentSession:
         # What this host has programmed (the daemon's view after each pass); `nudge` sends a
         # changed one at once rather than a period later: `ovctl service create` waits on it.
         self.programmed: Callable[[], pb.ProgrammedView | None] | None = None
+        # Answers `ovctl doctor` (agent/doctor.py: the daemon sets it): (drift rows, error).
+        self.on_doctor: (
+            Callable[[dpb.DoctorCheck], Awaitable[tuple[list[pb.DriftRow], str]]] | None
+        ) = None
+        self._doctoring: set[asyncio.Task[None]] = set()
         self._nudged = asyncio.Event()
         self._channel: grpc.aio.Channel | None = None
         self._stub: dispatcher_pb2_grpc.DispatcherStub | None = None
@@ -309,6 +314,12 @@ class AgentSession:
                     if heartbeat is not None:
                         heartbeat.cancel()
                     heartbeat = asyncio.create_task(self._heartbeat(msg.heartbeat_period_ms))
+                if msg.HasField("doctor"):
+                    # Answered aside: the check may wait for a pass, the stream must not.
+                    task = asyncio.create_task(self._doctor(msg.doctor))
+                    self._doctoring.add(task)
+                    task.add_done_callback(self._doctoring.discard)
+                    continue
                 self.assignments.apply(msg.assignments)
                 self.connected.set()
                 self.failed_attempts = 0
@@ -490,6 +501,25 @@ class AgentSession:
         """Release one (the CNI plugin's DEL, or a release queued while no manager answered)."""
         stub = self._session_stub()
         return await _unless_closed(stub.Detach(_as_node(req, self.node_id), timeout=10))
+
+    async def _doctor(self, order: dpb.DoctorCheck) -> None:
+        """Check (agent/doctor.py) and send the report: `ovctl doctor` waits for it."""
+        rows: list[pb.DriftRow] = []
+        if self.on_doctor is None:
+            error = "this agent cannot check its data plane"
+        else:
+            rows, error = await self.on_doctor(order)
+        req = dpb.ReportDoctorRequest(
+            node_id=self.node_id,
+            session_id=self.session_id,
+            request_id=order.request_id,
+            rows=rows,
+            error=error,
+        )
+        try:
+            await _unless_closed(self._session_stub().ReportDoctor(req, timeout=10))
+        except (grpc.aio.AioRpcError, ConnectionError) as e:
+            log.info("doctor report not sent: %s", e)
 
     def _session_stub(self) -> dispatcher_pb2_grpc.DispatcherStub:
         if self._stub is None:

@@ -188,6 +188,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="prefix length of automatic subnets (default %(default)s)",
     )
     p.add_argument(
+        "--ui-listen",
+        default="",
+        metavar="ADDR",
+        help="address:port of the live web view (HTTPS with the cluster's CA; the admin "
+        "certificate or a token from `ovctl cluster ui-url`) (default: no web view)",
+    )
+    p.add_argument(
         "--task-history",
         type=int,
         default=5,
@@ -302,6 +309,7 @@ async def serve(args: argparse.Namespace) -> None:
         ("--advertise", args.advertise),
         ("--join-listen", args.join_listen),
         ("--join", args.join),
+        ("--ui-listen", args.ui_listen),
     ):
         if value:
             checked_addr(flag, value)
@@ -320,6 +328,7 @@ async def serve(args: argparse.Namespace) -> None:
         etcd_tls=etcd_tls(args),
         join_token=args.join_token,
         join_addr=args.join,
+        ui_listen=args.ui_listen,
     )
     config = ManagerConfig(
         default_pools=tuple(p.strip() for p in args.default_pool.split(",") if p.strip()),

@@ -36,6 +36,7 @@ from manager.ca.server import CertificateAuthority
 from manager.cluster import Cluster, ManagerConfig
 from manager.controlapi import ControlAPI
 from manager.dispatcher import Dispatcher
+from manager.doctor import Doctor
 from manager.election import Election
 from manager.errors import Unauthenticated, Unavailable
 from manager.health import HealthReporter
@@ -47,12 +48,13 @@ from manager.reconciler import Reconciler
 from manager.rpcedge import RpcEdge, service_roles
 from manager.store import Batch, Store
 from manager.store.etcd import EtcdClient, EtcdTLS
+from manager.webui import server as webui
 from osutil.hostport import next_port
 from proto import control_pb2 as cpb
 from proto import control_pb2_grpc
 from proto import objects_pb2 as pb
 from security import pki
-from security.credentials import MANAGER_CHANNEL_OPTIONS, NodeCredentials
+from security.credentials import CERT_FILE, KEY_FILE, MANAGER_CHANNEL_OPTIONS, NodeCredentials
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +78,8 @@ class ServerOptions:
     # Without credentials in state_dir: join through an existing manager's join listener.
     join_token: str = ""
     join_addr: str = ""
+    # The web view's HTTPS listener (manager/webui); empty: no web view.
+    ui_listen: str = ""
 
 
 class Leadership:
@@ -103,6 +107,7 @@ class Leadership:
             programmed=self.dispatcher.programmed,
             ca=ca,
         )
+        self.doctor = Doctor(cluster.state, self.dispatcher)
         self.tasks = [
             asyncio.create_task(self.reconciler.run(), name="reconciler"),
             asyncio.create_task(self.dispatcher.run(), name="dispatcher"),
@@ -144,6 +149,7 @@ class Manager:
         self._tasks: list[asyncio.Task[None]] = []
         self.edge = RpcEdge(self)
         self.health = HealthReporter(lambda: self.etcd.probe(timeout=1.0), self.health_role)
+        self.ui: webui.WebUI | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -173,6 +179,16 @@ class Manager:
         await self.health.refresh()  # not the servicer's default SERVING before the first probe
         await self.server.start()
         await self.join_server.start()
+        if self.opts.ui_listen:
+            self.ui = webui.WebUI(
+                self.opts.ui_listen,
+                webui.advertise_host(self.opts.ui_listen, self.public_addr),
+                (self.tls_dir / CERT_FILE, self.tls_dir / KEY_FILE),
+                lambda: self.certs.creds.root_pem if self.certs else b"",
+                self.ca,
+                lambda: webui.manager_view(self),
+            )
+            await self.ui.start()
         self._tasks = [
             asyncio.create_task(
                 self.election.run(self._on_elected, self._on_deposed), name="election"
@@ -185,6 +201,8 @@ class Manager:
 
     async def stop(self) -> None:
         await self.health.shutdown()
+        if self.ui is not None:
+            await self.ui.stop()
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
@@ -316,10 +334,14 @@ class Manager:
         if service == "Dispatcher":
             if self.leading is None:
                 raise self._not_leader()
-            return self.leading.dispatcher
+            return self.leading.doctor if name == "ReportDoctor" else self.leading.dispatcher
         if name == "GetClusterInfo":
             return self
-        return self.leading.control if self.leading is not None else None
+        if name == "CreateUiToken" and self.leading is not None:
+            return self.ui or webui.NoWebUI()
+        if self.leading is None:
+            return None
+        return self.leading.doctor if name == "Doctor" else self.leading.control
 
     async def leader_stub(self) -> control_pb2_grpc.ControlStub:
         addr = self.leader_addr()

@@ -50,7 +50,9 @@ ovctl node update [--availability active|pause|drain] [--role worker|manager]
                   [--label-add k=v] [--label-rm k] NODE
 ovctl node rm [--force] NODE...
 ovctl cluster info [--format table|json]
+ovctl doctor [NETWORK...] [--repair] [--format table|json]
 ovctl cluster join-token [--rotate] [-q] worker|manager
+ovctl cluster ui-url [--ttl SECONDS]
 
 ovctl dev up [--hosts N] [--prefix P] [--subnet CIDR] [--heartbeat-period SECONDS]
 ovctl dev down [--prefix P]          ovctl dev status [--prefix P] [--format table|json]
@@ -156,7 +158,7 @@ from typing import Any, NoReturn
 
 import grpc
 
-from ovctl import commands, converge, dev, logview, specs, standalone
+from ovctl import commands, converge, dev, doctor, logview, specs, standalone
 from ovctl.client import (
     DEFAULT_ADDR,
     ConfigError,
@@ -238,6 +240,7 @@ def build_parser(
     _node_verbs(groups.add_parser("node", help="manage nodes"), verb)
     standalone.add_verbs(groups, verb, _arg)
     stack_commands.add_verbs(groups, verb, _converge_options)
+    doctor.add_verb(groups, verb)
     cluster = groups.add_parser("cluster", help="cluster-wide information")
     sub = cluster.add_subparsers(dest="verb", required=True, metavar="VERB")
     p = verb(sub, "info", commands.cluster_info, "show the managers and which one leads")
@@ -251,6 +254,15 @@ def build_parser(
     p.add_argument("--rotate", action="store_true", help="replace the token with a new one")
     p.add_argument("-q", "--quiet", action="store_true", help="print the token only")
     p.add_argument("role", choices=("worker", "manager"), metavar="worker|manager")
+    p = verb(
+        sub,
+        "ui-url",
+        commands.cluster_ui_url,
+        "print a URL of the live web view with a short-lived token",
+    )
+    p.add_argument(
+        "--ttl", type=int, default=600, help="the token's lifetime in seconds (default %(default)s)"
+    )
     dev.add_verbs(
         groups.add_parser("dev", help="a local multi-host cluster in network namespaces (root)"),
         parser_class,

@@ -478,3 +478,14 @@ def cluster_join_token(stub: Stub, args: argparse.Namespace) -> int:
         )
     )
     return 0
+
+
+def cluster_ui_url(stub: Stub, args: argparse.Namespace) -> int:
+    """The leader's web view URL with a fresh token (who holds the URL can look, until it
+    expires: treat it like a password)."""
+    if args.ttl <= 0:
+        error("--ttl must be a positive number of seconds")
+        return 2
+    resp = stub.CreateUiToken(cpb.CreateUiTokenRequest(ttl_s=args.ttl))
+    print(resp.url)
+    return 0

@@ -345,3 +345,49 @@ class GetJoinTokenResponse(_message.Message):
     role: str
     token: str
     def __init__(self, role: _Optional[str] = ..., token: _Optional[str] = ...) -> None: ...
+
+class DoctorRequest(_message.Message):
+    __slots__ = ("network_refs", "repair", "timeout_ms")
+    NETWORK_REFS_FIELD_NUMBER: _ClassVar[int]
+    REPAIR_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    network_refs: _containers.RepeatedScalarFieldContainer[str]
+    repair: bool
+    timeout_ms: int
+    def __init__(self, network_refs: _Optional[_Iterable[str]] = ..., repair: _Optional[bool] = ..., timeout_ms: _Optional[int] = ...) -> None: ...
+
+class DoctorHost(_message.Message):
+    __slots__ = ("node_id", "hostname", "answered", "error")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    HOSTNAME_FIELD_NUMBER: _ClassVar[int]
+    ANSWERED_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    hostname: str
+    answered: bool
+    error: str
+    def __init__(self, node_id: _Optional[str] = ..., hostname: _Optional[str] = ..., answered: _Optional[bool] = ..., error: _Optional[str] = ...) -> None: ...
+
+class DoctorResponse(_message.Message):
+    __slots__ = ("rows", "hosts")
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    HOSTS_FIELD_NUMBER: _ClassVar[int]
+    rows: _containers.RepeatedCompositeFieldContainer[_objects_pb2.DriftRow]
+    hosts: _containers.RepeatedCompositeFieldContainer[DoctorHost]
+    def __init__(self, rows: _Optional[_Iterable[_Union[_objects_pb2.DriftRow, _Mapping]]] = ..., hosts: _Optional[_Iterable[_Union[DoctorHost, _Mapping]]] = ...) -> None: ...
+
+class CreateUiTokenRequest(_message.Message):
+    __slots__ = ("ttl_s",)
+    TTL_S_FIELD_NUMBER: _ClassVar[int]
+    ttl_s: int
+    def __init__(self, ttl_s: _Optional[int] = ...) -> None: ...
+
+class CreateUiTokenResponse(_message.Message):
+    __slots__ = ("url", "expires_unix", "token")
+    URL_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_UNIX_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    url: str
+    expires_unix: int
+    token: str
+    def __init__(self, url: _Optional[str] = ..., expires_unix: _Optional[int] = ..., token: _Optional[str] = ...) -> None: ...

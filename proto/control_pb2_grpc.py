@@ -119,6 +119,16 @@ class ControlStub:
                 request_serializer=proto_dot_control__pb2.GetJoinTokenRequest.SerializeToString,
                 response_deserializer=proto_dot_control__pb2.GetJoinTokenResponse.FromString,
                 _registered_method=True)
+        self.Doctor = channel.unary_unary(
+                '/ovnet.v1.Control/Doctor',
+                request_serializer=proto_dot_control__pb2.DoctorRequest.SerializeToString,
+                response_deserializer=proto_dot_control__pb2.DoctorResponse.FromString,
+                _registered_method=True)
+        self.CreateUiToken = channel.unary_unary(
+                '/ovnet.v1.Control/CreateUiToken',
+                request_serializer=proto_dot_control__pb2.CreateUiTokenRequest.SerializeToString,
+                response_deserializer=proto_dot_control__pb2.CreateUiTokenResponse.FromString,
+                _registered_method=True)
         self.GetClusterInfo = channel.unary_unary(
                 '/ovnet.v1.Control/GetClusterInfo',
                 request_serializer=proto_dot_control__pb2.GetClusterInfoRequest.SerializeToString,
@@ -232,6 +242,22 @@ class ControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Doctor(self, request, context):
+        """Every host's drift between what its agent should have programmed and what its kernel
+        holds (`ovctl doctor`); with repair, the agents reconcile at once and say what they fixed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateUiToken(self, request, context):
+        """A short-lived token and the leader's web view URL carrying it (`ovctl cluster ui-url`).
+        Managers may call it only to forward an admin's call to the leader.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetClusterInfo(self, request, context):
         """Which manager leads, and which managers are known; served by any manager.
         """
@@ -326,6 +352,16 @@ def add_ControlServicer_to_server(servicer, server):
                     servicer.GetJoinToken,
                     request_deserializer=proto_dot_control__pb2.GetJoinTokenRequest.FromString,
                     response_serializer=proto_dot_control__pb2.GetJoinTokenResponse.SerializeToString,
+            ),
+            'Doctor': grpc.unary_unary_rpc_method_handler(
+                    servicer.Doctor,
+                    request_deserializer=proto_dot_control__pb2.DoctorRequest.FromString,
+                    response_serializer=proto_dot_control__pb2.DoctorResponse.SerializeToString,
+            ),
+            'CreateUiToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateUiToken,
+                    request_deserializer=proto_dot_control__pb2.CreateUiTokenRequest.FromString,
+                    response_serializer=proto_dot_control__pb2.CreateUiTokenResponse.SerializeToString,
             ),
             'GetClusterInfo': grpc.unary_unary_rpc_method_handler(
                     servicer.GetClusterInfo,
@@ -792,6 +828,60 @@ class Control:
             '/ovnet.v1.Control/GetJoinToken',
             proto_dot_control__pb2.GetJoinTokenRequest.SerializeToString,
             proto_dot_control__pb2.GetJoinTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Doctor(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ovnet.v1.Control/Doctor',
+            proto_dot_control__pb2.DoctorRequest.SerializeToString,
+            proto_dot_control__pb2.DoctorResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateUiToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ovnet.v1.Control/CreateUiToken',
+            proto_dot_control__pb2.CreateUiTokenRequest.SerializeToString,
+            proto_dot_control__pb2.CreateUiTokenResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -26,7 +26,7 @@ from proto import ca_pb2 as proto_dot_ca__pb2
 from proto import objects_pb2 as proto_dot_objects__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16proto/dispatcher.proto\x12\x08ovnet.v1\x1a\x0eproto/ca.proto\x1a\x13proto/objects.proto\"t\n\x0fRegisterRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12.\n\x0b\x64\x65scription\x18\x02 \x01(\x0b\x32\x19.ovnet.v1.NodeDescription\x12 \n\x04spec\x18\x03 \x01(\x0b\x32\x12.ovnet.v1.NodeSpec\"@\n\x10RegisterResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x1b\n\x13heartbeat_period_ms\x18\x02 \x01(\x04\"Q\n\x0eSessionRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12.\n\x0b\x64\x65scription\x18\x02 \x01(\x0b\x32\x19.ovnet.v1.NodeDescription\"+\n\nGossipPeer\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0c\n\x04\x61\x64\x64r\x18\x02 \x01(\t\"_\n\x0cGossipConfig\x12\x1c\n\x04meta\x18\x01 \x01(\x0b\x32\x0e.ovnet.v1.Meta\x12\x0c\n\x04keys\x18\x02 \x03(\x0c\x12#\n\x05seeds\x18\x03 \x03(\x0b\x32\x14.ovnet.v1.GossipPeer\"R\n\x0bIpsecConfig\x12\x1c\n\x04meta\x18\x01 \x01(\x0b\x32\x0e.ovnet.v1.Meta\x12%\n\x04keys\x18\x02 \x03(\x0b\x32\x17.ovnet.v1.EncryptionKey\"\xdb\x02\n\nAssignment\x12*\n\x06\x61\x63tion\x18\x01 \x01(\x0e\x32\x1a.ovnet.v1.AssignmentAction\x12\x1e\n\x04task\x18\x02 \x01(\x0b\x32\x0e.ovnet.v1.TaskH\x00\x12$\n\x07network\x18\x03 \x01(\x0b\x32\x11.ovnet.v1.NetworkH\x00\x12$\n\x07service\x18\x04 \x01(\x0b\x32\x11.ovnet.v1.ServiceH\x00\x12(\n\x06gossip\x18\x06 \x01(\x0b\x32\x16.ovnet.v1.GossipConfigH\x00\x12\x1e\n\x04node\x18\x07 \x01(\x0b\x32\x0e.ovnet.v1.NodeH\x00\x12&\n\x05ipsec\x18\x08 \x01(\x0b\x32\x15.ovnet.v1.IpsecConfigH\x00\x12*\n\nattachment\x18\t \x01(\x0b\x32\x14.ovnet.v1.AttachmentH\x00\x42\x06\n\x04itemJ\x04\x08\x05\x10\x06R\tendpoints\"\x8c\x01\n\x12\x41ssignmentsMessage\x12\'\n\x04type\x18\x01 \x01(\x0e\x32\x19.ovnet.v1.AssignmentsType\x12%\n\x07\x63hanges\x18\x02 \x03(\x0b\x32\x14.ovnet.v1.Assignment\x12\x12\n\napplies_to\x18\x03 \x01(\x04\x12\x12\n\nresults_in\x18\x04 \x01(\x04\"\x97\x01\n\x0eSessionMessage\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x1b\n\x13heartbeat_period_ms\x18\x03 \x01(\x04\x12\x10\n\x08managers\x18\x04 \x03(\t\x12\x31\n\x0b\x61ssignments\x18\x05 \x01(\x0b\x32\x1c.ovnet.v1.AssignmentsMessage\"\xe0\x01\n\x10HeartbeatRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12&\n\x06gossip\x18\x03 \x01(\x0b\x32\x16.ovnet.v1.GossipStatus\x12$\n\x05ipsec\x18\x04 \x01(\x0b\x32\x15.ovnet.v1.IpsecStatus\x12+\n\tlistening\x18\x05 \x01(\x0b\x32\x18.ovnet.v1.ListeningPorts\x12,\n\nprogrammed\x18\x06 \x01(\x0b\x32\x18.ovnet.v1.ProgrammedView\"&\n\x11HeartbeatResponse\x12\x11\n\tperiod_ms\x18\x01 \x01(\x04\"I\n\x10TaskStatusUpdate\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12$\n\x06status\x18\x02 \x01(\x0b\x32\x14.ovnet.v1.TaskStatus\"k\n\x17UpdateTaskStatusRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12+\n\x07updates\x18\x03 \x03(\x0b\x32\x1a.ovnet.v1.TaskStatusUpdate\"\x1a\n\x18UpdateTaskStatusResponse\"~\n\x12PublishLogsMessage\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x0f\n\x07task_id\x18\x03 \x01(\t\x12\x0e\n\x06stream\x18\x04 \x01(\t\x12\x14\n\x0ctimestamp_ms\x18\x05 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x06 \x01(\x0c\"\x15\n\x13PublishLogsResponse\"\x85\x01\n\rAttachRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07network\x18\x02 \x01(\t\x12\x14\n\x0c\x63ontainer_id\x18\x03 \x01(\t\x12\x0e\n\x06ifname\x18\x04 \x01(\t\x12\r\n\x05netns\x18\x05 \x01(\t\x12\x0c\n\x04name\x18\x06 \x01(\t\x12\x0f\n\x07\x61liases\x18\x07 \x03(\t\"^\n\x0e\x41ttachResponse\x12(\n\nattachment\x18\x01 \x01(\x0b\x32\x14.ovnet.v1.Attachment\x12\"\n\x07network\x18\x02 \x01(\x0b\x32\x11.ovnet.v1.Network\"]\n\rDetachRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x15\n\rattachment_id\x18\x02 \x01(\t\x12\x14\n\x0c\x63ontainer_id\x18\x03 \x01(\t\x12\x0e\n\x06ifname\x18\x04 \x01(\t\"\"\n\x0e\x44\x65tachResponse\x12\x10\n\x08released\x18\x01 \x01(\x08*N\n\x10\x41ssignmentAction\x12\x1c\n\x18\x41SSIGNMENT_ACTION_UPDATE\x10\x00\x12\x1c\n\x18\x41SSIGNMENT_ACTION_REMOVE\x10\x01*R\n\x0f\x41ssignmentsType\x12\x1d\n\x19\x41SSIGNMENTS_TYPE_COMPLETE\x10\x00\x12 \n\x1c\x41SSIGNMENTS_TYPE_INCREMENTAL\x10\x01\x32\x9a\x05\n\nDispatcher\x12X\n\x08Register\x12\x19.ovnet.v1.RegisterRequest\x1a\x1a.ovnet.v1.RegisterResponse\"\x15\xca\xf3\x18\x06worker\xca\xf3\x18\x07manager\x12V\n\x07Session\x12\x18.ovnet.v1.SessionRequest\x1a\x18.ovnet.v1.SessionMessage\"\x15\xca\xf3\x18\x06worker\xca\xf3\x18\x07manager0\x01\x12[\n\tHeartbeat\x12\x1a.ovnet.v1.HeartbeatRequest\x1a\x1b.ovnet.v1.HeartbeatResponse\"\x15\xca\xf3\x18\x06worker\xca\xf3\x18\x07manager\x12p\n\x10UpdateTaskStatus\x12!.ovnet.v1.UpdateTaskStatusRequest\x1a\".ovnet.v1.UpdateTaskStatusResponse\"\x15\xca\xf3\x18\x06worker\xca\xf3\x18\x07manager\x12\x63\n\x0bPublishLogs\x12\x1c.ovnet.v1.PublishLogsMessage\x1a\x1d.ovnet.v1.PublishLogsResponse\"\x15\xca\xf3\x18\x06worker\xca\xf3\x18\x07manager(\x01\x12R\n\x06\x41ttach\x12\x17.ovnet.v1.AttachRequest\x1a\x18.ovnet.v1.AttachResponse\"\x15\xca\xf3\x18\x06worker\xca\xf3\x18\x07manager\x12R\n\x06\x44\x65tach\x12\x17.ovnet.v1.DetachRequest\x1a\x18.ovnet.v1.DetachResponse\"\x15\xca\xf3\x18\x06worker\xca\xf3\x18\x07managerb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16proto/dispatcher.proto\x12\x08ovnet.v1\x1a\x0eproto/ca.proto\x1a\x13proto/objects.proto\"t\n\x0fRegisterRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12.\n\x0b\x64\x65scription\x18\x02 \x01(\x0b\x32\x19.ovnet.v1.NodeDescription\x12 \n\x04spec\x18\x03 \x01(\x0b\x32\x12.ovnet.v1.NodeSpec\"@\n\x10RegisterResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x1b\n\x13heartbeat_period_ms\x18\x02 \x01(\x04\"Q\n\x0eSessionRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12.\n\x0b\x64\x65scription\x18\x02 \x01(\x0b\x32\x19.ovnet.v1.NodeDescription\"+\n\nGossipPeer\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0c\n\x04\x61\x64\x64r\x18\x02 \x01(\t\"_\n\x0cGossipConfig\x12\x1c\n\x04meta\x18\x01 \x01(\x0b\x32\x0e.ovnet.v1.Meta\x12\x0c\n\x04keys\x18\x02 \x03(\x0c\x12#\n\x05seeds\x18\x03 \x03(\x0b\x32\x14.ovnet.v1.GossipPeer\"R\n\x0bIpsecConfig\x12\x1c\n\x04meta\x18\x01 \x01(\x0b\x32\x0e.ovnet.v1.Meta\x12%\n\x04keys\x18\x02 \x03(\x0b\x32\x17.ovnet.v1.EncryptionKey\"\xdb\x02\n\nAssignment\x12*\n\x06\x61\x63tion\x18\x01 \x01(\x0e\x32\x1a.ovnet.v1.AssignmentAction\x12\x1e\n\x04task\x18\x02 \x01(\x0b\x32\x0e.ovnet.v1.TaskH\x00\x12$\n\x07network\x18\x03 \x01(\x0b\x32\x11.ovnet.v1.NetworkH\x00\x12$\n\x07service\x18\x04 \x01(\x0b\x32\x11.ovnet.v1.ServiceH\x00\x12(\n\x06gossip\x18\x06 \x01(\x0b\x32\x16.ovnet.v1.GossipConfigH\x00\x12\x1e\n\x04node\x18\x07 \x01(\x0b\x32\x0e.ovnet.v1.NodeH\x00\x12&\n\x05ipsec\x18\x08 \x01(\x0b\x32\x15.ovnet.v1.IpsecConfigH\x00\x12*\n\nattachment\x18\t \x01(\x0b\x32\x14.ovnet.v1.AttachmentH\x00\x42\x06\n\x04itemJ\x04\x08\x05\x10\x06R\tendpoints\"\x8c\x01\n\x12\x41ssignmentsMessage\x12\'\n\x04type\x18\x01 \x01(\x0e\x32\x19.ovnet.v1.AssignmentsType\x12%\n\x07\x63hanges\x18\x02 \x03(\x0b\x32\x14.ovnet.v1.Assignment\x12\x12\n\napplies_to\x18\x03 \x01(\x04\x12\x12\n\nresults_in\x18\x04 \x01(\x04\"\xbe\x01\n\x0eSessionMessage\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x1b\n\x13heartbeat_period_ms\x18\x03 \x01(\x04\x12\x10\n\x08managers\x18\x04 \x03(\t\x12\x31\n\x0b\x61ssignments\x18\x05 \x01(\x0b\x32\x1c.ovnet.v1.AssignmentsMessage\x12%\n\x06\x64octor\x18\x06 \x01(\x0b\x32\x15.ovnet.v1.DoctorCheck\"F\n\x0b\x44octorCheck\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x13\n\x0bnetwork_ids\x18\x02 \x03(\t\x12\x0e\n\x06repair\x18\x03 \x01(\x08\"\x7f\n\x13ReportDoctorRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12 \n\x04rows\x18\x04 \x03(\x0b\x32\x12.ovnet.v1.DriftRow\x12\r\n\x05\x65rror\x18\x05 \x01(\t\"\x16\n\x14ReportDoctorResponse\"\xe0\x01\n\x10HeartbeatRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12&\n\x06gossip\x18\x03 \x01(\x0b\x32\x16.ovnet.v1.GossipStatus\x12$\n\x05ipsec\x18\x04 \x01(\x0b\x32\x15.ovnet.v1.IpsecStatus\x12+\n\tlistening\x18\x05 \x01(\x0b\x32\x18.ovnet.v1.ListeningPorts\x12,\n\nprogrammed\x18\x06 \x01(\x0b\x32\x18.ovnet.v1.ProgrammedView\"&\n\x11HeartbeatResponse\x12\x11\n\tperiod_ms\x18\x01 \x01(\x04\"I\n\x10TaskStatusUpdate\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12$\n\x06status\x18\x02 \x01(\x0b\x32\x14.ovnet.v1.TaskStatus\"k\n\x17UpdateTaskStatusRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12+\n\x07updates\x18\x03 \x03(\x0b\x32\x1a.ovnet.v1.TaskStatusUpdate\"\x1a\n\x18UpdateTaskStatusResponse\"~\n\x12PublishLogsMessage\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x0f\n\x07task_id\x18\x03 \x01(\t\x12\x0e\n\x06stream\x18\x04 \x01(\t\x12\x14\n\x0ctimestamp_ms\x18\x05 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x06 \x01(\x0c\"\x15\n\x13PublishLogsResponse\"\x85\x01\n\rAttachRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07network\x18\x02 \x01(\t\x12\x14\n\x0c\x63ontainer_id\x18\x03 \x01(\t\x12\x0e\n\x06ifname\x18\x04 \x01(\t\x12\r\n\x05netns\x18\x05 \x01(\t\x12\x0c\n\x04name\x18\x06 \x01(\t\x12\x0f\n\x07\x61liases\x18\x07 \x03(\t\"^\n\x0e\x41ttachResponse\x12(\n\nattachment\x18\x01 \x01(\x0b\x32\x14.ovnet.v1.Attachment\x12\"\n\x07network\x18\x02 \x01(\x0b\x32\x11.ovnet.v1.Network\"]\n\rDetachRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x15\n\rattachment_id\x18\x02 \x01(\t\x12\x14\n\x0c\x63ontainer_id\x18\x03 \x01(\t\x12\x0e\n\x06ifname\x18\x04 \x01(\t\"\"\n\x0e\x44\x65tachResponse\x12\x10\n\x08released\x18\x01 \x01(\x08*N\n\x10\x41ssignmentAction\x12\x1c\n\x18\x41SSIGNMENT_ACTION_UPDATE\x10\x00\x12\x1c\n\x18\x41SSIGNMENT_ACTION_REMOVE\x10\x01*R\n\x0f\x41ssignmentsType\x12\x1d\n\x19\x41SSIGNMENTS_TYPE_COMPLETE\x10\x00\x12 \n\x1c\x41SSIGNMENTS_TYPE_INCREMENTAL\x10\x01\x32\x80\x06\n\nDispatcher\x12X\n\x08Register\x12\x19.ovnet.v1.RegisterRequest\x1a\x1a.ovnet.v1.RegisterResponse\"\x15\xca\xf3\x18\x06worker\xca\xf3\x18\x07manager\x12V\n\x07Session\x12\x18.ovnet.v1.SessionRequest\x1a\x18.ovnet.v1.SessionMessage\"\x15\xca\xf3\x18\x06worker\xca\xf3\x18\x07manager0\x01\x12[\n\tHeartbeat\x12\x1a.ovnet.v1.HeartbeatRequest\x1a\x1b.ovnet.v1.HeartbeatResponse\"\x15\xca\xf3\x18\x06worker\xca\xf3\x18\x07manager\x12p\n\x10UpdateTaskStatus\x12!.ovnet.v1.UpdateTaskStatusRequest\x1a\".ovnet.v1.UpdateTaskStatusResponse\"\x15\xca\xf3\x18\x06worker\xca\xf3\x18\x07manager\x12\x63\n\x0bPublishLogs\x12\x1c.ovnet.v1.PublishLogsMessage\x1a\x1d.ovnet.v1.PublishLogsResponse\"\x15\xca\xf3\x18\x06worker\xca\xf3\x18\x07manager(\x01\x12R\n\x06\x41ttach\x12\x17.ovnet.v1.AttachRequest\x1a\x18.ovnet.v1.AttachResponse\"\x15\xca\xf3\x18\x06worker\xca\xf3\x18\x07manager\x12\x64\n\x0cReportDoctor\x12\x1d.ovnet.v1.ReportDoctorRequest\x1a\x1e.ovnet.v1.ReportDoctorResponse\"\x15\xca\xf3\x18\x06worker\xca\xf3\x18\x07manager\x12R\n\x06\x44\x65tach\x12\x17.ovnet.v1.DetachRequest\x1a\x18.ovnet.v1.DetachResponse\"\x15\xca\xf3\x18\x06worker\xca\xf3\x18\x07managerb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -45,12 +45,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DISPATCHER'].methods_by_name['PublishLogs']._serialized_options = b'\312\363\030\006worker\312\363\030\007manager'
   _globals['_DISPATCHER'].methods_by_name['Attach']._loaded_options = None
   _globals['_DISPATCHER'].methods_by_name['Attach']._serialized_options = b'\312\363\030\006worker\312\363\030\007manager'
+  _globals['_DISPATCHER'].methods_by_name['ReportDoctor']._loaded_options = None
+  _globals['_DISPATCHER'].methods_by_name['ReportDoctor']._serialized_options = b'\312\363\030\006worker\312\363\030\007manager'
   _globals['_DISPATCHER'].methods_by_name['Detach']._loaded_options = None
   _globals['_DISPATCHER'].methods_by_name['Detach']._serialized_options = b'\312\363\030\006worker\312\363\030\007manager'
-  _globals['_ASSIGNMENTACTION']._serialized_start=2206
-  _globals['_ASSIGNMENTACTION']._serialized_end=2284
-  _globals['_ASSIGNMENTSTYPE']._serialized_start=2286
-  _globals['_ASSIGNMENTSTYPE']._serialized_end=2368
+  _globals['_ASSIGNMENTACTION']._serialized_start=2470
+  _globals['_ASSIGNMENTACTION']._serialized_end=2548
+  _globals['_ASSIGNMENTSTYPE']._serialized_start=2550
+  _globals['_ASSIGNMENTSTYPE']._serialized_end=2632
   _globals['_REGISTERREQUEST']._serialized_start=73
   _globals['_REGISTERREQUEST']._serialized_end=189
   _globals['_REGISTERRESPONSE']._serialized_start=191
@@ -68,29 +70,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ASSIGNMENTSMESSAGE']._serialized_start=917
   _globals['_ASSIGNMENTSMESSAGE']._serialized_end=1057
   _globals['_SESSIONMESSAGE']._serialized_start=1060
-  _globals['_SESSIONMESSAGE']._serialized_end=1211
-  _globals['_HEARTBEATREQUEST']._serialized_start=1214
-  _globals['_HEARTBEATREQUEST']._serialized_end=1438
-  _globals['_HEARTBEATRESPONSE']._serialized_start=1440
-  _globals['_HEARTBEATRESPONSE']._serialized_end=1478
-  _globals['_TASKSTATUSUPDATE']._serialized_start=1480
-  _globals['_TASKSTATUSUPDATE']._serialized_end=1553
-  _globals['_UPDATETASKSTATUSREQUEST']._serialized_start=1555
-  _globals['_UPDATETASKSTATUSREQUEST']._serialized_end=1662
-  _globals['_UPDATETASKSTATUSRESPONSE']._serialized_start=1664
-  _globals['_UPDATETASKSTATUSRESPONSE']._serialized_end=1690
-  _globals['_PUBLISHLOGSMESSAGE']._serialized_start=1692
-  _globals['_PUBLISHLOGSMESSAGE']._serialized_end=1818
-  _globals['_PUBLISHLOGSRESPONSE']._serialized_start=1820
-  _globals['_PUBLISHLOGSRESPONSE']._serialized_end=1841
-  _globals['_ATTACHREQUEST']._serialized_start=1844
-  _globals['_ATTACHREQUEST']._serialized_end=1977
-  _globals['_ATTACHRESPONSE']._serialized_start=1979
-  _globals['_ATTACHRESPONSE']._serialized_end=2073
-  _globals['_DETACHREQUEST']._serialized_start=2075
-  _globals['_DETACHREQUEST']._serialized_end=2168
-  _globals['_DETACHRESPONSE']._serialized_start=2170
-  _globals['_DETACHRESPONSE']._serialized_end=2204
-  _globals['_DISPATCHER']._serialized_start=2371
-  _globals['_DISPATCHER']._serialized_end=3037
+  _globals['_SESSIONMESSAGE']._serialized_end=1250
+  _globals['_DOCTORCHECK']._serialized_start=1252
+  _globals['_DOCTORCHECK']._serialized_end=1322
+  _globals['_REPORTDOCTORREQUEST']._serialized_start=1324
+  _globals['_REPORTDOCTORREQUEST']._serialized_end=1451
+  _globals['_REPORTDOCTORRESPONSE']._serialized_start=1453
+  _globals['_REPORTDOCTORRESPONSE']._serialized_end=1475
+  _globals['_HEARTBEATREQUEST']._serialized_start=1478
+  _globals['_HEARTBEATREQUEST']._serialized_end=1702
+  _globals['_HEARTBEATRESPONSE']._serialized_start=1704
+  _globals['_HEARTBEATRESPONSE']._serialized_end=1742
+  _globals['_TASKSTATUSUPDATE']._serialized_start=1744
+  _globals['_TASKSTATUSUPDATE']._serialized_end=1817
+  _globals['_UPDATETASKSTATUSREQUEST']._serialized_start=1819
+  _globals['_UPDATETASKSTATUSREQUEST']._serialized_end=1926
+  _globals['_UPDATETASKSTATUSRESPONSE']._serialized_start=1928
+  _globals['_UPDATETASKSTATUSRESPONSE']._serialized_end=1954
+  _globals['_PUBLISHLOGSMESSAGE']._serialized_start=1956
+  _globals['_PUBLISHLOGSMESSAGE']._serialized_end=2082
+  _globals['_PUBLISHLOGSRESPONSE']._serialized_start=2084
+  _globals['_PUBLISHLOGSRESPONSE']._serialized_end=2105
+  _globals['_ATTACHREQUEST']._serialized_start=2108
+  _globals['_ATTACHREQUEST']._serialized_end=2241
+  _globals['_ATTACHRESPONSE']._serialized_start=2243
+  _globals['_ATTACHRESPONSE']._serialized_end=2337
+  _globals['_DETACHREQUEST']._serialized_start=2339
+  _globals['_DETACHREQUEST']._serialized_end=2432
+  _globals['_DETACHRESPONSE']._serialized_start=2434
+  _globals['_DETACHRESPONSE']._serialized_end=2468
+  _globals['_DISPATCHER']._serialized_start=2635
+  _globals['_DISPATCHER']._serialized_end=3403
 # @@protoc_insertion_point(module_scope)

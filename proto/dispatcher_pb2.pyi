@@ -108,18 +108,48 @@ class AssignmentsMessage(_message.Message):
     def __init__(self, type: _Optional[_Union[AssignmentsType, str]] = ..., changes: _Optional[_Iterable[_Union[Assignment, _Mapping]]] = ..., applies_to: _Optional[int] = ..., results_in: _Optional[int] = ...) -> None: ...
 
 class SessionMessage(_message.Message):
-    __slots__ = ("session_id", "node_id", "heartbeat_period_ms", "managers", "assignments")
+    __slots__ = ("session_id", "node_id", "heartbeat_period_ms", "managers", "assignments", "doctor")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_PERIOD_MS_FIELD_NUMBER: _ClassVar[int]
     MANAGERS_FIELD_NUMBER: _ClassVar[int]
     ASSIGNMENTS_FIELD_NUMBER: _ClassVar[int]
+    DOCTOR_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     node_id: str
     heartbeat_period_ms: int
     managers: _containers.RepeatedScalarFieldContainer[str]
     assignments: AssignmentsMessage
-    def __init__(self, session_id: _Optional[str] = ..., node_id: _Optional[str] = ..., heartbeat_period_ms: _Optional[int] = ..., managers: _Optional[_Iterable[str]] = ..., assignments: _Optional[_Union[AssignmentsMessage, _Mapping]] = ...) -> None: ...
+    doctor: DoctorCheck
+    def __init__(self, session_id: _Optional[str] = ..., node_id: _Optional[str] = ..., heartbeat_period_ms: _Optional[int] = ..., managers: _Optional[_Iterable[str]] = ..., assignments: _Optional[_Union[AssignmentsMessage, _Mapping]] = ..., doctor: _Optional[_Union[DoctorCheck, _Mapping]] = ...) -> None: ...
+
+class DoctorCheck(_message.Message):
+    __slots__ = ("request_id", "network_ids", "repair")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    NETWORK_IDS_FIELD_NUMBER: _ClassVar[int]
+    REPAIR_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    network_ids: _containers.RepeatedScalarFieldContainer[str]
+    repair: bool
+    def __init__(self, request_id: _Optional[str] = ..., network_ids: _Optional[_Iterable[str]] = ..., repair: _Optional[bool] = ...) -> None: ...
+
+class ReportDoctorRequest(_message.Message):
+    __slots__ = ("node_id", "session_id", "request_id", "rows", "error")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    session_id: str
+    request_id: str
+    rows: _containers.RepeatedCompositeFieldContainer[_objects_pb2.DriftRow]
+    error: str
+    def __init__(self, node_id: _Optional[str] = ..., session_id: _Optional[str] = ..., request_id: _Optional[str] = ..., rows: _Optional[_Iterable[_Union[_objects_pb2.DriftRow, _Mapping]]] = ..., error: _Optional[str] = ...) -> None: ...
+
+class ReportDoctorResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
 
 class HeartbeatRequest(_message.Message):
     __slots__ = ("node_id", "session_id", "gossip", "ipsec", "listening", "programmed")

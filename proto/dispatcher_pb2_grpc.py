@@ -64,6 +64,11 @@ class DispatcherStub:
                 request_serializer=proto_dot_dispatcher__pb2.AttachRequest.SerializeToString,
                 response_deserializer=proto_dot_dispatcher__pb2.AttachResponse.FromString,
                 _registered_method=True)
+        self.ReportDoctor = channel.unary_unary(
+                '/ovnet.v1.Dispatcher/ReportDoctor',
+                request_serializer=proto_dot_dispatcher__pb2.ReportDoctorRequest.SerializeToString,
+                response_deserializer=proto_dot_dispatcher__pb2.ReportDoctorResponse.FromString,
+                _registered_method=True)
         self.Detach = channel.unary_unary(
                 '/ovnet.v1.Dispatcher/Detach',
                 request_serializer=proto_dot_dispatcher__pb2.DetachRequest.SerializeToString,
@@ -112,6 +117,13 @@ class DispatcherServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReportDoctor(self, request, context):
+        """The answer to a DoctorCheck the session carried (`ovctl doctor`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Detach(self, request, context):
         """Release one (the CNI plugin's DEL). Idempotent: releasing what is gone is no error.
         """
@@ -151,6 +163,11 @@ def add_DispatcherServicer_to_server(servicer, server):
                     servicer.Attach,
                     request_deserializer=proto_dot_dispatcher__pb2.AttachRequest.FromString,
                     response_serializer=proto_dot_dispatcher__pb2.AttachResponse.SerializeToString,
+            ),
+            'ReportDoctor': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportDoctor,
+                    request_deserializer=proto_dot_dispatcher__pb2.ReportDoctorRequest.FromString,
+                    response_serializer=proto_dot_dispatcher__pb2.ReportDoctorResponse.SerializeToString,
             ),
             'Detach': grpc.unary_unary_rpc_method_handler(
                     servicer.Detach,
@@ -320,6 +337,33 @@ class Dispatcher:
             '/ovnet.v1.Dispatcher/Attach',
             proto_dot_dispatcher__pb2.AttachRequest.SerializeToString,
             proto_dot_dispatcher__pb2.AttachResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportDoctor(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ovnet.v1.Dispatcher/ReportDoctor',
+            proto_dot_dispatcher__pb2.ReportDoctorRequest.SerializeToString,
+            proto_dot_dispatcher__pb2.ReportDoctorResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -668,3 +668,21 @@ class Keyring(_message.Message):
     KEYS_FIELD_NUMBER: _ClassVar[int]
     keys: _containers.RepeatedCompositeFieldContainer[EncryptionKey]
     def __init__(self, keys: _Optional[_Iterable[_Union[EncryptionKey, _Mapping]]] = ...) -> None: ...
+
+class DriftRow(_message.Message):
+    __slots__ = ("host", "network", "kind", "object", "expected", "found", "repaired")
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    NETWORK_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    OBJECT_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_FIELD_NUMBER: _ClassVar[int]
+    FOUND_FIELD_NUMBER: _ClassVar[int]
+    REPAIRED_FIELD_NUMBER: _ClassVar[int]
+    host: str
+    network: str
+    kind: str
+    object: str
+    expected: str
+    found: str
+    repaired: bool
+    def __init__(self, host: _Optional[str] = ..., network: _Optional[str] = ..., kind: _Optional[str] = ..., object: _Optional[str] = ..., expected: _Optional[str] = ..., found: _Optional[str] = ..., repaired: _Optional[bool] = ...) -> None: ...

@@ -9,7 +9,8 @@
 #      blocks ESP there), debootstrap and systemd-container (tests/nodes: booted Debian 12
 #      nodes under systemd-nspawn, their rootfs made by debootstrap), openssh-client (Ansible
 #      reaches those nodes by SSH), podman, runc and busybox-static (bench/images.py: a
-#      private podman and a locally built test image), and what a venv with C extensions
+#      private podman and a locally built test image), chromium (tests/e2e/test_webview.py:
+#      the manager's web view in a headless browser), and what a venv with C extensions
 #      needs. Debian's etcd service is stopped and disabled right after we install it: the
 #      tests start their own etcd on free loopback ports, and a system etcd on 2379 would only
 #      get in the way.
@@ -26,7 +27,7 @@ venv="$root/.venv"
 stamp="$venv/.ovnet-install-stamp"
 python=${PYTHON:-python3}
 
-packages=(etcd-server etcd-client nftables iproute2 util-linux tcpdump iperf3 dnsperf dnsmasq-base user-mode-linux kmod iptables debootstrap systemd-container openssh-client podman runc busybox-static python3-venv python3-dev gcc tmux)
+packages=(etcd-server etcd-client nftables iproute2 util-linux tcpdump iperf3 dnsperf dnsmasq-base user-mode-linux kmod iptables debootstrap systemd-container openssh-client podman runc busybox-static chromium python3-venv python3-dev gcc tmux)
 
 say() { printf 'install.sh: %s\n' "$*"; }
 die() { printf 'install.sh: error: %s\n' "$*" >&2; exit 1; }

@@ -274,6 +274,16 @@ class DataPlane:
             result.seconds = time.perf_counter() - t0
             return result
 
+    async def drift(self, desired: DesiredState) -> tuple[Observed, list[ops.Op]]:
+        """What a reconcile to `desired` would change now, without changing it (`ovctl
+        doctor`), and the snapshot it was planned from. The nftables table is looked at
+        afresh (a pass trusts its check for NFT_RECHECK_S). IPsec is not planned here: its
+        states and policies are not compared."""
+        async with self._lock:
+            self._nft_seen = None
+            observed = await self.observe()
+            return observed, plan(self.host, desired, observed)
+
     async def remove_all(self) -> None:
         """Delete everything carrying the prefix (tests, `ovnet-agent --cleanup`)."""
         async with self._lock:

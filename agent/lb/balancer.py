@@ -17,6 +17,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 
+from agent.lb.drift import LbDrift, chain_drift
 from agent.lb.nft import NetnsGone, Nft, NftError
 from agent.lb.plan import LbSpec, LbState, render_delete, render_full, render_update
 
@@ -33,6 +34,7 @@ class _Entry:
     nft: Nft
     state: LbState | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    spec: LbSpec | None = None  # the last one applied (what `drift` compares with)
 
 
 @dataclass
@@ -98,6 +100,7 @@ class LoadBalancer:
                 except NetnsGone:
                     self._forget_gone(key)
                     return
+                entry.spec = spec
                 break
         self.last_apply_ms[key] = (time.perf_counter() - t0) * 1000
 
@@ -176,6 +179,31 @@ class LoadBalancer:
             async with entry.lock:
                 entry.nft.close()
         self.last_apply_ms.clear()
+
+    async def drift(self, key: str) -> list[LbDrift]:
+        """How the kernel's table of `key` differs from the last applied spec (`ovctl
+        doctor`): updates only send differences, so a rule deleted by hand stays deleted
+        until `invalidate` makes the next apply a full replace."""
+        entry = self._entries.get(key)
+        if entry is None or entry.spec is None:
+            return []
+        async with entry.lock:
+            if entry.spec is None:
+                return []
+            script, _ = render_full(self.table, entry.spec)
+            try:
+                listing: str | None = await entry.nft.arun(f"list table ip {self.table}")
+            except NetnsGone:
+                return []
+            except NftError:
+                listing = None
+        return chain_drift(self.table, entry.netns or "host", script, listing)
+
+    def invalidate(self, key: str) -> None:
+        """Forget what the table of `key` holds: its next apply replaces it whole."""
+        entry = self._entries.get(key)
+        if entry is not None:
+            entry.state = None
 
     def __contains__(self, key: str) -> bool:
         return key in self._entries

@@ -64,6 +64,7 @@ from ovctl.devcluster.procs import (
     ManagedProcess,
     ProcessError,
     free_port_pair,
+    free_ports,
     tail,
     terminate_pids,
 )
@@ -209,6 +210,8 @@ class DevCluster(RecordedCluster):
         # join-token` prints) look for it by default.
         port = free_port_pair(host)
         addr, join = join_hostport(host, port), join_hostport(host, port + 1)
+        # The web view on a free port (`ovctl cluster ui-url` prints its URL).
+        ui_port = next(p for p in free_ports(3, host) if p not in (port, port + 1))
         self._state["manager_addr"] = addr
         self._state["join_addr"] = join
         self._save()
@@ -219,7 +222,7 @@ class DevCluster(RecordedCluster):
             self.etcd_endpoint,
             self.heartbeat_period_ms,
             f"{self.prefix}manager",
-            self.manager_args,
+            ["--ui-listen", join_hostport(host, ui_port), *self.manager_args],
             files=self.files,
             join_listen=join,
         )

@@ -22,10 +22,13 @@ from typing import Any
 from agent.collaborators import Session
 from agent.daemon import AgentDaemon, DaemonOptions
 from agent.dataplane.kernel import ApplyResult
+from agent.dataplane.observed import Observed
+from agent.dataplane.ops import Op
 from agent.endpoints import EndpointRecord
 from agent.executor.api import Adopted, Exec, ExitInfo, Running, StartError, TaskSpec
 from agent.executor.logs import LogChunk
 from agent.health import CheckConfig, HealthState
+from agent.lb.drift import LbDrift
 from agent.lb.plan import LbSpec
 from agent.model import DesiredState, HostConfig, Names
 from agent.session import Assignments
@@ -143,6 +146,9 @@ class FakeSession:
         self.gossip_status: Callable[[], pb.GossipStatus | None] | None = None
         self.ipsec_status: Callable[[], pb.IpsecStatus | None] | None = None
         self.programmed: Callable[[], pb.ProgrammedView | None] | None = None
+        self.on_doctor: (
+            Callable[[dpb.DoctorCheck], Awaitable[tuple[list[pb.DriftRow], str]]] | None
+        ) = None
         self.nudges = 0
         self.reports: list[dpb.TaskStatusUpdate] = []
 
@@ -175,6 +181,10 @@ class FakeDataPlane:
         self.events = events
         self.gw_addresses: dict[str, str] = {}
         self.sandboxes: set[str] = set()
+        # Ops a test says the kernel has drifted by (`ovctl doctor`); a reconcile repairs them
+        # unless `heal` is off (a drift that outlives the periodic passes).
+        self.drifted: list[Op] = []
+        self.heal = True
 
     def sandbox_path(self, task_id: str) -> str:
         return f"/run/netns/test-{task_id}"
@@ -182,7 +192,12 @@ class FakeDataPlane:
     async def reconcile(self, desired: DesiredState) -> ApplyResult:
         self.sandboxes = set(desired.sandboxes)
         self.events.append((time.monotonic(), "sandboxes", frozenset(self.sandboxes)))
+        if self.heal:
+            self.drifted = []
         return ApplyResult()
+
+    async def drift(self, desired: DesiredState) -> tuple[Observed, list[Op]]:
+        return Observed(), list(self.drifted)
 
     def ipsec_status(self) -> pb.IpsecStatus | None:
         return None
@@ -250,12 +265,25 @@ class FakeResolver:
 class FakeBalancer:
     def __init__(self) -> None:
         self.specs: dict[str, LbSpec] = {}
+        # Per key, what a test says its table has drifted by; a replace after `invalidate`
+        # repairs it.
+        self.drifted: dict[str, list[LbDrift]] = {}
+        self.invalid: set[str] = set()
 
     def keys(self) -> set[str]:
         return set(self.specs)
 
+    async def drift(self, key: str) -> list[LbDrift]:
+        return list(self.drifted.get(key, []))
+
+    def invalidate(self, key: str) -> None:
+        self.invalid.add(key)
+
     async def apply(self, key: str, netns: str | None, spec: LbSpec) -> None:
         self.specs[key] = spec
+        if key in self.invalid:
+            self.invalid.discard(key)
+            self.drifted.pop(key, None)
 
     async def remove(self, key: str, netns: str | None, *, delete_table: bool = True) -> None:
         self.specs.pop(key, None)

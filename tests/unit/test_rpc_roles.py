@@ -14,6 +14,8 @@ from manager.ca.server import CertificateAuthority
 from manager.cluster import ManagerConfig
 from manager.controlapi import ControlAPI
 from manager.dispatcher import Dispatcher
+from manager.doctor import Doctor
+from manager.webui.server import WebUI
 from proto import ca_pb2, control_pb2, dispatcher_pb2
 
 EXPECTED = {
@@ -49,8 +51,8 @@ def test_roles_per_service() -> None:
 def test_every_method_has_a_body() -> None:
     """The edge calls snake_case(method) on the serving object: each must exist."""
     owners = {
-        "Control": (ControlAPI, server.Manager),
-        "Dispatcher": (Dispatcher,),
+        "Control": (ControlAPI, server.Manager, Doctor, WebUI),
+        "Dispatcher": (Dispatcher, Doctor),
         "NodeCA": (CertificateAuthority,),
     }
     for name, module in rpcedge.SERVICES:
