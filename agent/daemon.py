@@ -227,6 +227,8 @@ class AgentDaemon:
         # halfway through a change; and the data plane the last pass built, which it checks.
         self.pass_lock = asyncio.Lock()
         self.last_desired: DesiredState | None = None
+        # Told the seconds each completed pass took (agent/metrics.py), if set.
+        self.on_pass: Callable[[float], None] | None = None
         session.on_doctor = AgentDoctor(self).check
 
     # ------------------------------------------------------------------ events
@@ -315,7 +317,10 @@ class AgentDaemon:
                 self._wake.clear()
                 try:
                     async with self.pass_lock:
+                        t0 = time.perf_counter()
                         await self.step()
+                        if self.on_pass is not None:
+                            self.on_pass(time.perf_counter() - t0)
                     self.passed.set()
                 except asyncio.CancelledError:
                     current = asyncio.current_task()

@@ -23,6 +23,7 @@ import signal
 import socket
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 
@@ -41,6 +42,9 @@ from proto import objects_pb2 as pb
 from security import certinfo
 from security.credentials import CREDS_DIRNAME, NodeCredentials
 from security.join import JoinError, ManagerUnreachable, join, renew_anywhere
+
+if TYPE_CHECKING:
+    from agent.metrics import AgentMetrics
 
 log = logging.getLogger("ovnet-agent")
 
@@ -253,6 +257,26 @@ def _describe(args: argparse.Namespace) -> pb.NodeDescription:
     return desc
 
 
+class UsageError(Exception):
+    """A flag the operator must fix, found once the agent runs; printed without a traceback."""
+
+
+async def _metrics(addr: str) -> AgentMetrics | None:
+    """The agent's metrics, served on `addr` for as long as the agent runs (None: no
+    --metrics-listen). Imported only then: an agent without metrics does not load
+    prometheus_client."""
+    if not addr:
+        return None
+    from agent.metrics import AgentMetrics
+
+    metrics = AgentMetrics()
+    try:
+        await metrics.serve(addr)
+    except OSError as e:
+        raise UsageError(f"--metrics-listen {addr}: cannot listen: {e.strerror or e}") from None
+    return metrics
+
+
 async def run(args: argparse.Namespace) -> int:
     # Imported here so that --help stays light.
     from agent.daemon import DaemonOptions
@@ -294,6 +318,7 @@ async def run(args: argparse.Namespace) -> int:
     )
     # What programs listen on here: the manager refuses `ovctl run -p` mappings onto them.
     session.listening_ports = ListeningWatch().report
+    metrics = await _metrics(args.metrics_listen)
     daemon = build_daemon(
         host,
         session,
@@ -312,6 +337,7 @@ async def run(args: argparse.Namespace) -> int:
             drain_delay=args.drain_delay,
         ),
         podman_of(args),
+        metrics,
     )
     log.info(
         "agent %s: vtep %s, underlay MTU %d, netns prefix %r",
@@ -443,7 +469,11 @@ def main(argv: list[str] | None = None) -> int:
         return _renew_only(args)
     args.addr = args.addr or detect_vtep(managers)
     args.underlay_mtu = args.underlay_mtu or underlay_mtu(args.addr)
-    return asyncio.run(run(args))
+    try:
+        return asyncio.run(run(args))
+    except UsageError as e:
+        print(f"ovnet-agent: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -196,13 +196,32 @@ def _discovery_args(g: argparse._ArgumentGroup) -> None:
 
 
 def _admin_args(g: argparse._ArgumentGroup) -> None:
-    """One-shot operations and logging."""
+    """One-shot operations, logging and metrics."""
     g.add_argument(
         "--cleanup",
         action="store_true",
         help="stop this agent's tasks and remove every kernel object it made, then exit",
     )
     g.add_argument("--log-level", default="info")
+    g.add_argument(
+        "--metrics-listen",
+        default="",
+        type=listen_addr,
+        metavar="ADDR",
+        help="address:port of the Prometheus metrics, plain HTTP at /metrics, in the agent's "
+        "network namespace (default: none)",
+    )
+
+
+def listen_addr(value: str) -> str:
+    """HOST:PORT for a listener ("" stays off): argparse names the flag in the error."""
+    if not value:
+        return ""
+    try:
+        split_hostport(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return value
 
 
 def parse_upstreams(values: list[str]) -> list[tuple[str, int]] | None:

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from agent.daemon import AgentDaemon, DaemonOptions
     from agent.executor.container import Podman
     from agent.gossip import GossipTuning
+    from agent.metrics import AgentMetrics
 
 
 @dataclass(frozen=True)
@@ -43,8 +44,10 @@ def build_daemon(
     services: Services,
     options: DaemonOptions,
     podman: Podman | None = None,
+    metrics: AgentMetrics | None = None,
 ) -> AgentDaemon:
-    """The daemon with its real collaborators. Call it from the running event loop."""
+    """The daemon with its real collaborators, feeding `metrics` if given. Call it from the
+    running event loop."""
     from agent.daemon import AgentDaemon
     from agent.dataplane.kernel import DataPlane
     from agent.discovery import Discovery
@@ -70,7 +73,14 @@ def build_daemon(
         from agent.cni.conflists import ConflistWriter
 
         conflists = ConflistWriter(Path(services.cni_conf_dir), services.cni_socket)
-    return AgentDaemon(
+    dataplane = DataPlane(host)
+    # The daemon connects their change callbacks to its own wake-up.
+    discovery = Discovery(str(host.vtep), services.gossip_port, state_dir, services.gossip_tuning)
+    dns = DnsServer(
+        DnsServer.host_upstreams() if upstreams is None else upstreams, ttl=services.dns_ttl
+    )
+    lb = LoadBalancer(host.names.lb_table)
+    daemon = AgentDaemon(
         host,
         session,
         state_dir,
@@ -78,17 +88,15 @@ def build_daemon(
             ProcessExecutor(state_dir),
             ContainerExecutor(state_dir, podman or Podman(), host.names.prefix),
         ),
-        dataplane=DataPlane(host),
-        # The daemon connects their change callbacks to its own wake-up.
-        discovery=Discovery(
-            str(host.vtep), services.gossip_port, state_dir, services.gossip_tuning
-        ),
-        dns=DnsServer(
-            DnsServer.host_upstreams() if upstreams is None else upstreams, ttl=services.dns_ttl
-        ),
-        lb=LoadBalancer(host.names.lb_table),
+        dataplane=dataplane,
+        discovery=discovery,
+        dns=dns,
+        lb=lb,
         health=HealthMonitor(lambda _: None),
         options=options,
         cni=cni,
         conflists=conflists,
     )
+    if metrics is not None:
+        metrics.attach(daemon, dataplane=dataplane, lb=lb, dns=dns, discovery=discovery)
+    return daemon

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from manager.allocator import Allocator
 from manager.state import ClusterState
 from manager.store import Batch, Store
+from proto import objects_pb2 as pb
 
 _ID_ALPHABET = string.ascii_lowercase + string.digits
 
@@ -67,6 +68,10 @@ class Cluster:
             attachments=state.attachments.values(),
         )
         self._listeners: list[Listener] = []
+        # Told each task at the commit that first records it RUNNING, with the wall-clock ms
+        # (the scheduling delay of manager/metrics.py); states only move forward, so that is
+        # once per task.
+        self.on_task_running: Callable[[pb.Task, int], None] | None = None
 
     @classmethod
     async def load(cls, store: Store, config: ManagerConfig) -> Cluster:
@@ -79,7 +84,24 @@ class Cluster:
     async def commit(self, batch: Batch) -> int:
         """Write `batch` to etcd, then to memory, then tell listeners. Callers hold `lock`."""
         rev = await self.store.commit(batch)
+        started = self._started(batch) if self.on_task_running is not None else []
         self.state.apply(batch, rev)
         for listener in self._listeners:
             listener(batch)
+        if started and self.on_task_running is not None:
+            now = now_ms()
+            for task in started:
+                self.on_task_running(task, now)
         return rev
+
+    def _started(self, batch: Batch) -> list[pb.Task]:
+        """Tasks `batch` puts RUNNING that the state (not yet updated) holds in an earlier
+        state."""
+        out = []
+        for _, obj in batch.puts:
+            if not isinstance(obj, pb.Task) or obj.status.state != pb.TASK_STATE_RUNNING:
+                continue
+            old = self.state.tasks.get(obj.meta.id)
+            if old is not None and old.status.state < pb.TASK_STATE_RUNNING:
+                out.append(obj)
+        return out

@@ -200,6 +200,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=5,
         help="finished tasks kept per slot (default %(default)s)",
     )
+    p.add_argument(
+        "--metrics-listen",
+        default="",
+        metavar="ADDR",
+        help="address:port of the Prometheus metrics, plain HTTP at /metrics (default: none)",
+    )
     return p.parse_args(argv)
 
 
@@ -310,6 +316,7 @@ async def serve(args: argparse.Namespace) -> None:
         ("--join-listen", args.join_listen),
         ("--join", args.join),
         ("--ui-listen", args.ui_listen),
+        ("--metrics-listen", args.metrics_listen),
     ):
         if value:
             checked_addr(flag, value)
@@ -349,9 +356,12 @@ async def serve(args: argparse.Namespace) -> None:
         loop.add_signal_handler(sig, stop.set)
     stackdump.install(loop)
     systemd = Notifier()
+    metrics = await start_metrics(args.metrics_listen, mgr)
     try:
         await mgr.start()
     except BaseException:
+        if metrics is not None:
+            metrics.close()
         await mgr.stop()
         raise
     print(
@@ -367,7 +377,22 @@ async def serve(args: argparse.Namespace) -> None:
             await asyncio.wait_for(stop.wait(), STATUS_EVERY_S)
         systemd.status(mgr.status_line())
     systemd.stopping()
+    if metrics is not None:
+        metrics.close()
     await mgr.stop()
+
+
+async def start_metrics(addr: str, mgr: Manager) -> asyncio.Server | None:
+    """The Prometheus endpoint of --metrics-listen (None without it); bound before the manager
+    starts, so that a taken or foreign address is a usage error at once."""
+    if not addr:
+        return None
+    from manager import metrics  # prometheus_client only for a manager that exports metrics
+
+    try:
+        return await metrics.start(addr, mgr)
+    except OSError as e:
+        raise UsageError(f"--metrics-listen {addr}: cannot listen: {e.strerror or e}") from None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -150,6 +150,9 @@ class Manager:
         self.edge = RpcEdge(self)
         self.health = HealthReporter(lambda: self.etcd.probe(timeout=1.0), self.health_role)
         self.ui: webui.WebUI | None = None
+        # Each leader's cluster tells it of every task first recorded RUNNING (the metrics'
+        # scheduling delay, manager/metrics.py); None: nobody asked.
+        self.task_running: Callable[[pb.Task, int], None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -265,6 +268,7 @@ class Manager:
         self.store.set_fence(self.election.leader_key, fence_revision)
         cluster = await Cluster.load(self.store, self.config)
         cluster.subscribe(self._note_removed)
+        cluster.on_task_running = self.task_running
         keys = KeyManager(
             self.store,
             subsystems=(GOSSIP, IPSEC),

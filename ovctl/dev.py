@@ -89,7 +89,7 @@ def add_verbs(group: argparse.ArgumentParser, parser_class: type[argparse.Argume
         "--wait", type=float, default=60.0, metavar="SECONDS", help="how long to wait for Ready"
     )
     verb("down", down, "stop the local cluster and remove everything it made")
-    p = verb("status", status, "show the local cluster's hosts, addresses and daemons")
+    p = verb("status", status, "show the local cluster's hosts, addresses, daemons, metrics")
     p.add_argument("--format", choices=("table", "json"), default="table")
     p = verb("exec", exec_, "run a command in a host's (or client's) network namespace")
     p.set_defaults(takes_command=True)
@@ -208,8 +208,10 @@ def status(args: argparse.Namespace) -> int:
             f"manager  {info['manager']['addr']} (join {info['manager'].get('join_addr')})  "
             f"{run(info['manager'])}"
         )
+        if info["manager"].get("metrics_url"):
+            print(f"metrics  {info['manager']['metrics_url']} (and each host's below)")
         print(f"etcd     {info['etcd']['endpoint']}  {run(info['etcd'])}")
-        rows = [("HOST", "ADDRESS", "NETNS", "LINK", "NODE", "AGENT")]
+        rows = [("HOST", "ADDRESS", "NETNS", "LINK", "NODE", "AGENT", "METRICS")]
         for h in info["hosts"]:
             rows.append(
                 (
@@ -219,10 +221,11 @@ def status(args: argparse.Namespace) -> int:
                     "up" if h["link_up"] else "down",
                     h["node"],
                     run(h["agent"]),
+                    h.get("metrics_url") or "",
                 )
             )
         for c in info["clients"]:
-            rows.append((c["name"], c["addr"], c["netns"], "", "(client)", ""))
+            rows.append((c["name"], c["addr"], c["netns"], "", "(client)", "", ""))
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         for r in rows:
             print("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())

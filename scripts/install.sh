@@ -10,10 +10,11 @@
 #      nodes under systemd-nspawn, their rootfs made by debootstrap), openssh-client (Ansible
 #      reaches those nodes by SSH), podman, runc and busybox-static (bench/images.py: a
 #      private podman and a locally built test image), chromium (tests/e2e/test_webview.py:
-#      the manager's web view in a headless browser), and what a venv with C extensions
-#      needs. Debian's etcd service is stopped and disabled right after we install it: the
-#      tests start their own etcd on free loopback ports, and a system etcd on 2379 would only
-#      get in the way.
+#      the manager's web view in a headless browser), prometheus (tests/e2e/test_metrics.py:
+#      a real Prometheus scraping a dev cluster), and what a venv with C extensions needs.
+#      Debian's etcd and prometheus services are stopped and disabled right after we install
+#      them: the tests start their own etcd on free loopback ports and their own Prometheus,
+#      and system ones on 2379 and 9090 would only get in the way.
 #   2. .venv in the repository, made with the python3 on PATH (3.11 or newer), with
 #      `pip install -e '.[dev]'`. A stamp file holding a hash of pyproject.toml and the
 #      interpreter's version skips the pip step when nothing changed.
@@ -27,7 +28,7 @@ venv="$root/.venv"
 stamp="$venv/.ovnet-install-stamp"
 python=${PYTHON:-python3}
 
-packages=(etcd-server etcd-client nftables iproute2 util-linux tcpdump iperf3 dnsperf dnsmasq-base user-mode-linux kmod iptables debootstrap systemd-container openssh-client podman runc busybox-static chromium python3-venv python3-dev gcc tmux)
+packages=(etcd-server etcd-client nftables iproute2 util-linux tcpdump iperf3 dnsperf dnsmasq-base user-mode-linux kmod iptables debootstrap systemd-container openssh-client podman runc busybox-static chromium prometheus python3-venv python3-dev gcc tmux)
 
 say() { printf 'install.sh: %s\n' "$*"; }
 die() { printf 'install.sh: error: %s\n' "$*" >&2; exit 1; }
@@ -36,16 +37,18 @@ is_installed() {
     [[ $(dpkg-query -W -f='${Status}' "$1" 2>/dev/null || true) == "install ok installed" ]]
 }
 
-# Debian's postinst may start etcd on 127.0.0.1:2379 (with systemd) or through its init script;
-# either way it is not ours to keep running. Without systemd (a container) the policy-rc.d
-# usually prevents the start, so every step here tolerates "nothing to stop".
-stop_system_etcd() {
+# Debian's postinst may start etcd on 127.0.0.1:2379 (or prometheus on :9090) with systemd or
+# through its init script; either way it is not ours to keep running. Without systemd (a
+# container) the policy-rc.d usually prevents the start, so every step here tolerates "nothing
+# to stop".
+stop_system_service() {
+    local name=$1
     if [[ -d /run/systemd/system ]] && command -v systemctl >/dev/null; then
-        say "stopping and disabling Debian's etcd service (tests run their own etcd)"
-        systemctl disable --now etcd >/dev/null 2>&1 || true
-    elif [[ -x /etc/init.d/etcd ]] && /etc/init.d/etcd status >/dev/null 2>&1; then
-        say "stopping Debian's etcd service started by its init script"
-        /etc/init.d/etcd stop >/dev/null 2>&1 || true
+        say "stopping and disabling Debian's $name service (tests run their own $name)"
+        systemctl disable --now "$name" >/dev/null 2>&1 || true
+    elif [[ -x /etc/init.d/$name ]] && "/etc/init.d/$name" status >/dev/null 2>&1; then
+        say "stopping Debian's $name service started by its init script"
+        "/etc/init.d/$name" stop >/dev/null 2>&1 || true
     fi
 }
 
@@ -71,7 +74,10 @@ as root (a fresh Debian 12 has no sudo: log in as root, or su -)"
     apt-get update
     apt-get install -y --no-install-recommends "${missing[@]}"
     if [[ " ${missing[*]} " == *" etcd-server "* ]]; then
-        stop_system_etcd
+        stop_system_service etcd
+    fi
+    if [[ " ${missing[*]} " == *" prometheus "* ]]; then
+        stop_system_service prometheus
     fi
 }
 

@@ -35,6 +35,7 @@ from agent.dataplane import nl, nlmsg, observe, ops
 from agent.dataplane.desired import allocate_gw_addresses, problems, wants_egress
 from agent.dataplane.observed import NetworkNs, Observed, SandboxNs
 from agent.dataplane.plan import plan
+from agent.dataplane.repairs import repairs
 from agent.dataplane.xfrm import IpsecTables
 from agent.lb.nft import Nft, NftError
 from agent.model import DesiredState, HostConfig
@@ -105,6 +106,10 @@ class DataPlane:
         # Each egress sandbox's gwbridge address as of the last reconcile (task ID -> IP).
         self.gw_addresses: dict[str, str] = {}
         self._ipsec = IpsecTables(host, host_netns)
+        # Ops that repaired drift so far, by kind (repairs.py), and the desired state the last
+        # fully successful reconcile applied (None: nothing settled yet, or it failed).
+        self.repairs: dict[str, int] = {}
+        self._settled: DesiredState | None = None
 
     # ---------------------------------------------------------------- handles
 
@@ -268,6 +273,11 @@ class DataPlane:
                 t: str(a.ip) for t, a in allocate_gw_addresses(self.host, egress, observed).items()
             }
             result = await self.apply(todo) if todo else ApplyResult()
+            if todo and self._settled is not None:
+                before = plan(self.host, self._settled, observed)
+                for kind, n in repairs(todo, before, (f.op for f in result.failures)).items():
+                    self.repairs[kind] = self.repairs.get(kind, 0) + n
+            self._settled = None if result.failures else desired
             await self._ipsec.finish()
             result.problems = problems(desired)
             result.unbuilt = unbuilt

@@ -29,12 +29,14 @@ import itertools
 import logging
 import math
 import socket
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from dnslib import EDNS0, QTYPE, RCODE, DNSHeader, DNSRecord
 
+from agent.dns.meter import QueryMeter
 from agent.dns.names import DEFAULT_TTL, Kind, NameTable, Resolution
 from agent.dns.upstream import Forwarder, host_upstreams
 from agent.endpoints import EndpointRecord
@@ -126,6 +128,8 @@ class DnsServer:
             netns=upstream_netns,
         )
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Answers by rcode and their latency (agent/dns/meter.py), when metrics are on.
+        self.meter: QueryMeter | None = None
 
     # ------------------------------------------------------------------ table
 
@@ -315,6 +319,7 @@ class DnsServer:
         cache = view.udp
         recv = sock.recvfrom
         send = sock.sendto
+        meter, clock = self.meter, time.perf_counter
         n = hits = 0
         try:
             for _ in range(UDP_BATCH):
@@ -323,6 +328,7 @@ class DnsServer:
                 except (BlockingIOError, InterruptedError):
                     break
                 n += 1
+                t0 = clock() if meter is not None else 0.0
                 entry = cache.get(data[2:])
                 if entry is None:
                     entry = self._compute(view, data, False)
@@ -337,7 +343,7 @@ class DnsServer:
                 if entry.__class__ is bytes:
                     out = data[:2] + entry
                 elif entry is _FORWARD:
-                    self._forward_udp(sock, data, addr)
+                    self._forward_udp(sock, data, addr, t0)
                     continue
                 else:
                     out = data[:2] + next(entry)
@@ -346,16 +352,22 @@ class DnsServer:
                     send(out, addr)
                 except OSError:
                     pass  # client gone or buffer full: as good as a lost datagram
+                if meter is not None:
+                    meter.record(out[3] & 0x0F, clock() - t0)
         except OSError as e:
             log.debug("dns %s: udp read: %s", sb.key, e)
         finally:
             self.stats["queries"] += n
             self.stats["cache_hits"] += hits
 
-    def _forward_udp(self, sock: socket.socket, data: bytes, addr: Any) -> None:
+    def _forward_udp(self, sock: socket.socket, data: bytes, addr: Any, t0: float = 0.0) -> None:
+        meter = self.meter
+
         def reply(resp: bytes) -> None:
             with contextlib.suppress(OSError):
                 sock.sendto(resp, addr)
+            if meter is not None and len(resp) > 3:
+                meter.record(resp[3] & 0x0F, time.perf_counter() - t0)
 
         self._upstream.forward(data, reply)
 
@@ -377,11 +389,14 @@ class DnsServer:
                     reader.readexactly(int.from_bytes(hdr, "big")), TCP_IDLE
                 )
                 self.stats["queries"] += 1
+                t0 = time.perf_counter()
                 resp = await self._answer_tcp(sb.view, data)
                 if resp is None:
                     break  # malformed: a stream we cannot trust the framing of any more
                 writer.write(len(resp).to_bytes(2, "big") + resp)
                 await writer.drain()
+                if self.meter is not None and len(resp) > 3:
+                    self.meter.record(resp[3] & 0x0F, time.perf_counter() - t0)
         except (asyncio.IncompleteReadError, TimeoutError, ConnectionError, OSError):
             pass
         finally:

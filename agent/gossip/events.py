@@ -39,6 +39,10 @@ class EntryChanged:
 
 Event = MemberChanged | EntryChanged
 
+# Every reason a drop is counted under (see `Stats`): the bounded label set of the agent's
+# ovnet_gossip_dropped_packets_total{reason}, each exported from 0.
+DROP_REASONS = ("malformed", "auth", "replay", "misdirected", "loop", "too_large")
+
 
 @dataclass
 class Stats:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from agent.lb.drift import LbDrift, chain_drift
@@ -53,6 +54,8 @@ class LoadBalancer:
         self._entries: dict[str, _Entry] = {}
         self.last_apply_ms: dict[str, float] = {}
         self.stats = LbStats()
+        # Told the seconds of each apply that changed the kernel (agent/metrics.py), if set.
+        self.on_apply: Callable[[float], None] | None = None
 
     def keys(self) -> set[str]:
         return set(self._entries)
@@ -70,6 +73,7 @@ class LoadBalancer:
     async def apply(self, key: str, netns: str | None, spec: LbSpec) -> None:
         """Make our table in ``netns`` match ``spec`` (ValueError for an invalid spec)."""
         t0 = time.perf_counter()
+        changed = False
         while True:
             entry = self._entries.get(key)
             if entry is None:
@@ -96,26 +100,29 @@ class LoadBalancer:
                     self._drop(key)
                     continue
                 try:
-                    await self._apply_locked(key, entry, spec)
+                    changed = await self._apply_locked(key, entry, spec)
                 except NetnsGone:
                     self._forget_gone(key)
                     return
                 entry.spec = spec
                 break
         self.last_apply_ms[key] = (time.perf_counter() - t0) * 1000
+        if changed and self.on_apply is not None:
+            self.on_apply(time.perf_counter() - t0)
 
-    async def _apply_locked(self, key: str, entry: _Entry, spec: LbSpec) -> None:
+    async def _apply_locked(self, key: str, entry: _Entry, spec: LbSpec) -> bool:
+        """Whether nft was given a script (False: the table already held `spec`)."""
         if entry.state is not None:
             script, state = render_update(self.table, entry.state, spec)
             if not script:
                 entry.state = state
                 self.stats.noops += 1
-                return
+                return False
             try:
                 await entry.nft.arun(script)
                 entry.state = state
                 self.stats.updates += 1
-                return
+                return True
             except NetnsGone:
                 raise
             except NftError as e:
@@ -131,6 +138,7 @@ class LoadBalancer:
             raise LbError(f"lb {key}: nft refused the full ruleset: {e}") from e
         entry.state = state
         self.stats.full += 1
+        return True
 
     def _forget_gone(self, key: str) -> None:
         log.info("lb %s: network namespace gone; forgetting it", key)

@@ -19,6 +19,8 @@ Only this package talks to etcd (tests/unit/test_layers.py enforces it): `etcd` 
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -126,6 +128,8 @@ class Store:
         self.etcd = etcd
         self.prefix = prefix.rstrip("/")
         self._fence: tuple[bytes, int] | None = None
+        # Told the seconds each commit's etcd transaction took (manager/metrics.py), if set.
+        self.on_txn: Callable[[float], None] | None = None
 
     def key(self, *parts: str) -> bytes:
         return "/".join((self.prefix, *parts)).encode()
@@ -199,10 +203,14 @@ class Store:
         if len(batch) > self.MAX_OPS:
             raise ValueError(f"batch of {len(batch)} operations exceeds {self.MAX_OPS}")
         conds, ops = self.batch_txn(batch)
+        t0 = time.perf_counter()
         try:
             result = await self.etcd.txn(conds, ops)
         except grpc.aio.AioRpcError as e:
             raise Unavailable(f"etcd is unreachable: {e.details()}") from e
+        finally:
+            if self.on_txn is not None:
+                self.on_txn(time.perf_counter() - t0)
         if not result.succeeded:
             if self._fence is not None:
                 cur = await self.etcd.get(self._fence[0])

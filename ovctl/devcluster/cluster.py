@@ -56,6 +56,7 @@ from ovctl.devcluster.plan import (
     Teardown,
     agent_argv,
     context_text,
+    listener_flags,
     manager_argv,
     manager_init_argv,
     state_name,
@@ -210,8 +211,7 @@ class DevCluster(RecordedCluster):
         # join-token` prints) look for it by default.
         port = free_port_pair(host)
         addr, join = join_hostport(host, port), join_hostport(host, port + 1)
-        # The web view on a free port (`ovctl cluster ui-url` prints its URL).
-        ui_port = next(p for p in free_ports(3, host) if p not in (port, port + 1))
+        ui_port, metrics_port = [p for p in free_ports(4, host) if p not in (port, port + 1)][:2]
         self._state["manager_addr"] = addr
         self._state["join_addr"] = join
         self._save()
@@ -222,7 +222,7 @@ class DevCluster(RecordedCluster):
             self.etcd_endpoint,
             self.heartbeat_period_ms,
             f"{self.prefix}manager",
-            ["--ui-listen", join_hostport(host, ui_port), *self.manager_args],
+            [*listener_flags(host, ui_port, metrics_port), *self.manager_args],
             files=self.files,
             join_listen=join,
         )
@@ -505,6 +505,7 @@ class DevCluster(RecordedCluster):
             "manager": {
                 "addr": self._state.get("manager_addr"),
                 "join_addr": self._state.get("join_addr"),
+                "metrics_url": self.metrics_url("manager"),
                 **proc("manager"),
             },
             "etcd": {
@@ -519,6 +520,7 @@ class DevCluster(RecordedCluster):
                     "link_up": link_is_up(h.veth),
                     "node": nodes.get(h.name, "?"),
                     "agent": proc(f"agent-{h.name}"),
+                    "metrics_url": self.metrics_url(f"agent-{h.name}"),
                 }
                 for h in self.plan.hosts
             ],

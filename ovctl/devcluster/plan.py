@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Interface, IPv4Network
 from pathlib import Path
 
+from osutil.hostport import join_hostport
 from ovctl.client import DEFAULT_CONFIG, TLS_FILE_NAMES, TLSFiles
 
 DEFAULT_PREFIX = "ovd-"
@@ -41,6 +42,10 @@ CONTEXT_FILE = "context.yaml"
 # Manager flags `init` takes too, passed through from the manager's extra arguments.
 INIT_FLAGS = ("--prefix", "--cert-expiry")
 CONTEXT_MARKER = "# written by ovctl dev up"
+# Every agent's Prometheus metrics, on its host's underlay address (a port of the host's own
+# namespace, so one port serves them all; reachable from the root namespace over the bridge).
+AGENT_METRICS_PORT = 9464
+METRICS_FLAG = "--metrics-listen"
 # Letters and digits, then one dash: no prefix can then start with another one, so sweeping
 # "<prefix>*" never reaches another cluster (ovd- vs ovd-x- would otherwise collide).
 _PREFIX_RE = re.compile(r"^[a-z][a-z0-9]*-$")
@@ -337,7 +342,8 @@ def agent_argv(
     """One host's agent, entered into the host's namespace with nsenter (not `ip netns exec`,
     which remounts /sys). Each host's agent gets its own netns prefix so that the agents'
     network and sandbox namespaces, which are global to the machine, do not collide. The
-    join token is used once, when the agent has no certificate in its state dir yet."""
+    join token is used once, when the agent has no certificate in its state dir yet. Its
+    metrics are served on the host's underlay address (AGENT_METRICS_PORT)."""
     argv = [
         "nsenter",
         f"--net={NETNS_DIR / host.netns}",
@@ -361,6 +367,8 @@ def agent_argv(
         str(state_dir / host.name / "cni.sock"),
         "--cni-conf-dir",
         str(state_dir / host.name / "cni" / "net.d"),
+        METRICS_FLAG,
+        f"{host.ip}:{AGENT_METRICS_PORT}",
     ]
     if join_token:
         argv += ["--join-token", join_token]
@@ -371,6 +379,30 @@ def agent_argv(
         # to use (and not reachable from them). Names outside the cluster get NXDOMAIN.
         argv += ["--dns-upstream", "none"]
     return [*argv, *extra]
+
+
+def listener_flags(host: str, ui_port: int, metrics_port: int) -> list[str]:
+    """The manager's listeners besides its control and join ones, on ``host`` (the bridge
+    address) at free ports: the web view (`ovctl cluster ui-url` prints its URL) and the
+    Prometheus metrics (`ovctl dev status` lists them with the agents')."""
+    return [
+        "--ui-listen",
+        join_hostport(host, ui_port),
+        METRICS_FLAG,
+        join_hostport(host, metrics_port),
+    ]
+
+
+def metrics_url(argv: Sequence[str]) -> str | None:
+    """The metrics URL of a daemon started with `argv` (its last --metrics-listen, as argparse
+    takes it), or None when it exports none."""
+    addr = None
+    for i, arg in enumerate(argv):
+        if arg == METRICS_FLAG and i + 1 < len(argv):
+            addr = argv[i + 1]
+        elif arg.startswith(f"{METRICS_FLAG}="):
+            addr = arg.split("=", 1)[1]
+    return f"http://{addr}/metrics" if addr else None
 
 
 def context_marker(prefix: str) -> str:

@@ -37,6 +37,7 @@ from ovctl.devcluster.plan import (
     default_state_dir,
     make_plan,
     manager_files,
+    metrics_url,
     state_name,
     validate_prefix,
 )
@@ -164,6 +165,11 @@ class RecordedCluster:
         if not self._proc_alive(key):
             return None
         return int(self._state["procs"][key]["pid"])
+
+    def metrics_url(self, daemon: str) -> str | None:
+        """Where a recorded daemon ("manager", "agent-h1") serves its metrics, if it does."""
+        rec = self._state["procs"].get(daemon)
+        return metrics_url(rec["argv"]) if rec else None
 
     def log_path(self, daemon: str) -> Path:
         """Log of "etcd", "manager" or a host's agent ("h1")."""

@@ -23,11 +23,13 @@ from ovctl.devcluster.plan import (
     default_state_dir,
     init_passthrough,
     is_cluster_daemon,
+    listener_flags,
     make_plan,
     manager_argv,
     manager_files,
     manager_init_argv,
     max_hosts,
+    metrics_url,
     parse_init_output,
     parse_subnet,
     validate_prefix,
@@ -187,8 +189,11 @@ def test_agent_command_line_enters_the_host_namespace() -> None:
         "--cni-conf-dir": "/st/h2/cni/net.d",
         # The hosts never forward names to this machine's own resolver.
         "--dns-upstream": "none",
+        # Metrics on the host's underlay address, reachable from the root namespace.
+        "--metrics-listen": "198.51.100.12:9464",
     }
     assert argv[-1] == "--v"
+    assert metrics_url(argv) == "http://198.51.100.12:9464/metrics"
     mine = agent_argv("/py", host, "198.51.100.1:5000", Path("/st"), ["--dns-upstream", "x"])
     assert mine.count("--dns-upstream") == 1 and mine[-1] == "x"
     joining = agent_argv(
@@ -196,6 +201,17 @@ def test_agent_command_line_enters_the_host_namespace() -> None:
     )
     flags = dict(zip(joining[6::2], joining[7::2], strict=True))
     assert flags["--join-token"] == "T" and flags["--join-addr"] == "198.51.100.1:7"
+
+
+def test_metrics_urls_follow_the_last_flag() -> None:
+    """`ovctl dev status` lists the URL a daemon serves its metrics at, from its command line:
+    the last --metrics-listen wins (as in argparse), an empty one means none."""
+    flags = listener_flags("198.51.100.1", 5002, 5003)
+    assert flags == ["--ui-listen", "198.51.100.1:5002", "--metrics-listen", "198.51.100.1:5003"]
+    assert metrics_url(["/py", *flags]) == "http://198.51.100.1:5003/metrics"
+    assert metrics_url([*flags, "--metrics-listen=127.0.0.1:9"]) == "http://127.0.0.1:9/metrics"
+    assert metrics_url([*flags, "--metrics-listen", ""]) is None
+    assert metrics_url(["--ui-listen", "198.51.100.1:5002"]) is None
 
 
 def test_context_file_marker() -> None:
